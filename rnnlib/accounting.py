@@ -1,0 +1,32 @@
+"""Row accounting: every input row is either kept or rejected with a reason, at every stage."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+KEPT = "kept"
+
+
+def outcomes(reject: pa.Array | pa.ChunkedArray) -> Counter:
+    """Counts of `kept` and of each reject reason in a reject column."""
+    counts = pc.value_counts(pc.fill_null(reject, KEPT))
+    return Counter(
+        {str(v["values"]): int(v["counts"]) for v in counts.to_pylist()}
+    )
+
+
+def summarise(counters: Iterable[Mapping[str, int]]) -> dict[str, Any]:
+    """Totals over partitions: rows = kept + sum(rejected)."""
+    total: Counter = Counter()
+    for counts in counters:
+        total.update(counts)
+    return {
+        "rows": sum(total.values()),
+        "kept": total.get(KEPT, 0),
+        "rejected": {k: v for k, v in sorted(total.items()) if k != KEPT},
+    }

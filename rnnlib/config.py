@@ -1,0 +1,162 @@
+"""Typed configuration of the pipeline: one object per flow, loadable from YAML, so a run is
+reproducible from one file. The defaults are the surnames-by-language recipe."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Format = Literal[
+    "auto", "csv", "tsv", "jsonl", "parquet", "text", "folder_per_class", "file_per_class"
+]
+SplitName = Literal["train", "val", "test"]
+SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
+Placeholder = Literal["url", "mention", "hashtag", "digit"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(_Strict):
+    """One input: a file, a directory, a glob or an fsspec URL, and how to read it."""
+
+    path: str
+    format: Format = "auto"
+    split: SplitName | None = Field(None, description="predefined split of every row of this input")
+    header: bool = Field(True, description="CSV/TSV: first line holds column names")
+    delimiter: str | None = Field(None, description="CSV/TSV: field separator (default , or tab)")
+    text_columns: list[str | int] = Field(
+        default_factory=lambda: ["text"],
+        description="columns (names, or positions without header) joined by a space into the text",
+    )
+    label_column: str | int | None = "label"
+    id_column: str | int | None = Field(None, description="default: a stable id from file and row")
+    pattern: str = Field("*.txt", description="file glob inside folder/file-per-class layouts")
+
+
+class SourceConfig(_Strict):
+    """Where the labelled text comes from: a registered public dataset or explicit inputs."""
+
+    dataset: str | None = Field(None, description="registered dataset name (see rnnlib.datasets)")
+    inputs: list[InputSpec] = Field(default_factory=list)
+    label_names: dict[str, str] = Field(
+        default_factory=dict, description="rename raw labels, e.g. {'0': 'neutral'}"
+    )
+    mirror: str | None = Field(
+        default_factory=lambda: os.environ.get("RNNLIB_DATASETS_MIRROR"),
+        description="local directory mirroring the public datasets (env RNNLIB_DATASETS_MIRROR)",
+    )
+    cache_dir: str = Field(
+        default_factory=lambda: os.environ.get(
+            "RNNLIB_CACHE_DIR", str(Path("~/.cache/rnnlib/datasets").expanduser())
+        ),
+        description="where downloaded datasets are kept",
+    )
+    partition_rows: int = Field(10_000, gt=0, description="rows per canonical Parquet partition")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceConfig:
+        if (self.dataset is None) == (not self.inputs):
+            raise ValueError("give exactly one of source.dataset or source.inputs")
+        return self
+
+
+class PreprocessConfig(_Strict):
+    """Text normalisation and tokenisation, in the order the fields are listed."""
+
+    level: Literal["word", "char"] = "char"
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFC"
+    strip_accents: bool = Field(False, description="drop combining marks (é -> e)")
+    strip_html: bool = False
+    lowercase: bool = False
+    placeholders: list[Placeholder] = Field(
+        default_factory=list, description="replace URLs/@mentions/#hashtags/digits by <url>, ..."
+    )
+    remove_parentheses: bool = Field(False, description="drop '(...)' and its content")
+    keep_emoticons: bool = Field(False, description="keep :) ;-( <3 ... as tokens")
+    punctuation: Literal["keep", "split", "remove"] = Field(
+        "split", description="word level: keep attached, split into own tokens, or remove"
+    )
+    stopwords: bool = Field(False, description="drop NLTK stop words (needs NLTK's corpus)")
+    stopwords_language: str = "english"
+    stem: bool = Field(False, description="Porter stemming (word level)")
+
+
+class SplitConfig(_Strict):
+    """Stratified train/validation/test fractions; deterministic for a seed."""
+
+    train: float = Field(0.70, ge=0, le=1)
+    val: float = Field(0.15, ge=0, le=1)
+    test: float = Field(0.15, ge=0, le=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> SplitConfig:
+        if abs(self.train + self.val + self.test - 1.0) > 1e-9:
+            raise ValueError("split fractions train + val + test must sum to 1")
+        return self
+
+
+class VocabConfig(_Strict):
+    min_freq: int = Field(1, ge=1)
+    max_size: int | None = Field(None, ge=2, description="including <PAD> and <UNK>")
+
+
+class TensorizeConfig(_Strict):
+    max_length: int | None = Field(None, gt=0, description="truncate longer sequences")
+    shard_rows: int = Field(50_000, gt=0, description="maximum rows per Parquet shard")
+
+
+class DaskConfig(_Strict):
+    address: str | None = Field(None, description="existing scheduler; default: a LocalCluster")
+    n_workers: int | None = Field(None, gt=0, description="LocalCluster workers (default: cores)")
+    processes: bool = Field(True, description="LocalCluster: worker processes, not threads")
+
+
+class PrepareConfig(_Strict):
+    """Everything the `prepare` flow needs."""
+
+    source: SourceConfig = Field(default_factory=lambda: SourceConfig(dataset="names"))
+    preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    vocab: VocabConfig = Field(default_factory=VocabConfig)
+    tensorize: TensorizeConfig = Field(default_factory=TensorizeConfig)
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+    work_dir: str = Field(".rnnlib", description="where stage outputs are written")
+
+
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` override in place; the value is parsed as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ValueError(f"override {assignment!r} is not of the form key=value")
+    *parents, leaf = key.strip().split(".")
+    node = data
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {assignment!r}: {part!r} is not a section")
+    node[leaf] = yaml.safe_load(raw)
+
+
+def load_config(
+    cls: type[ConfigT], path: str | os.PathLike[str] | None = None, overrides: list[str] = ()
+) -> ConfigT:
+    """Build a config from an optional YAML file plus `key=value` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a config file must hold a mapping")
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return cls.model_validate(data)

@@ -1,0 +1,222 @@
+"""Ingest: read every input into one canonical Parquet table (a folder of bounded partitions).
+
+Columns: id, text, label, split (predefined or null), source, row, reject. A rejected row keeps
+its provenance and reason with a null text, so every input row stays accounted for.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fsspec.implementations.zip import ZipFileSystem
+
+from rnnlib.accounting import KEPT, summarise
+from rnnlib.config import InputSpec, SourceConfig
+from rnnlib.datasets import locate
+from rnnlib.errors import InputError
+from rnnlib.fingerprint import url_digest
+from rnnlib.readers import infer_format, read_input
+from rnnlib.storage import MANIFEST, building, write_json
+
+CANONICAL_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("text", pa.string()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("reject", pa.string()),
+    ]
+)
+UNDECODABLE = "undecodable bytes (not UTF-8)"
+CLASS_LAYOUTS = ("folder_per_class", "file_per_class")
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    fs: fsspec.AbstractFileSystem
+    path: str
+    spec: InputSpec
+
+
+def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str, str]]:
+    """Turn the source config into concrete (filesystem, path, spec) triples; globs expand."""
+    root, specs, label_names = locate(source)
+    resolved: list[ResolvedInput] = []
+    for spec in specs:
+        url = posixpath.join(root, spec.path) if root else spec.path
+        fs, path = fsspec.core.url_to_fs(url)
+        if path.lower().endswith(".zip") and spec.format in CLASS_LAYOUTS:
+            if not fs.exists(path):
+                raise InputError("file not found", file=url)
+            fs, path = ZipFileSystem(fs.open(path, "rb")), ""
+        paths = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
+        if not paths or (path and not fs.exists(paths[0])):
+            raise InputError("file not found" if len(paths) <= 1 else "no file matches", file=url)
+        for p in paths:
+            fmt = spec.format if spec.format != "auto" else infer_format(fs, p)
+            resolved.append(ResolvedInput(fs, p, spec.model_copy(update={"format": fmt})))
+    return resolved, label_names
+
+
+def is_labelled(inputs: list[ResolvedInput]) -> bool:
+    """Whether the inputs carry labels; a mix of labelled and unlabelled inputs is refused."""
+    flags = {i.spec.label_column is not None or i.spec.format in CLASS_LAYOUTS for i in inputs}
+    if len(flags) > 1:
+        raise InputError("some inputs have labels and others not; prepare them separately")
+    return flags.pop()
+
+
+def fingerprint_inputs(source: SourceConfig) -> dict[str, Any]:
+    """Content fingerprint of a source: every file's digest (by its name relative to its input)
+    plus how it is read. Moving the data elsewhere keeps the fingerprint."""
+    inputs, label_names = resolve_inputs(source)
+    parts = []
+    for item in inputs:
+        files = sorted(item.fs.find(item.path)) if item.fs.isdir(item.path) else [item.path]
+        cut = len(posixpath.dirname(item.path.rstrip("/")))  # names relative to the input's parent
+        parts.append(
+            {
+                "spec": item.spec.model_dump(exclude={"path"}),
+                "files": {f[cut:].lstrip("/"): url_digest(item.fs, f) for f in files},
+            }
+        )
+    return {"inputs": parts, "label_names": label_names}
+
+
+def _has_surrogates(values: np.ndarray) -> np.ndarray:
+    """Rows whose decoded text holds escaped undecodable bytes. Fast path: one encode of all."""
+    present = np.array([isinstance(v, str) for v in values])
+    try:
+        "\n".join(values[present]).encode("utf-8")
+        return np.zeros(len(values), dtype=bool)
+    except UnicodeEncodeError:
+        bad = pd.Series(values[present]).str.contains("[\udc80-\udcff]", regex=True).to_numpy()
+        out = np.zeros(len(values), dtype=bool)
+        out[present] = bad
+        return out
+
+
+def canonicalize(
+    frame: pd.DataFrame, split: str | None, label_names: dict[str, str], labelled: bool
+) -> pa.Table:
+    """Validate a reader chunk and give it the canonical schema, flagging rejects with reasons."""
+    n = len(frame)
+    text = frame["text"].to_numpy(dtype=object)
+    reject = (
+        frame["reject"].to_numpy(dtype=object) if "reject" in frame else np.full(n, None, object)
+    )
+    is_null = pd.isna(text)
+    text = np.where(is_null, None, text)
+    as_str = pd.Series(text, dtype=object)
+    reasons = [
+        (is_null, "null text"),
+        (_has_surrogates(text), UNDECODABLE),
+        (~is_null & (as_str.str.strip() == "").to_numpy(dtype=bool, na_value=False), "empty text"),
+    ]
+    label = frame["label"].to_numpy(dtype=object)
+    label = np.where(pd.isna(label), None, label)
+    if labelled:
+        label = np.array([None if v is None else str(v).strip() for v in label], dtype=object)
+        label = pd.Series(label, dtype=object).replace(label_names).to_numpy(dtype=object)
+        missing = np.array([v is None or v == "" for v in label])
+        reasons += [(missing, "missing label"), (_has_surrogates(label), UNDECODABLE)]
+    for mask, reason in reasons:  # first reason wins
+        reject = np.where((reject == None) & mask, reason, reject)  # noqa: E711
+    rejected = reject != None  # noqa: E711
+    text = np.where(rejected, None, text)
+    label = np.where(rejected, None, label) if labelled else np.full(n, None, object)
+    source = frame["source"].astype(str).to_numpy(dtype=object)
+    rows = frame["row"].to_numpy(dtype=np.int64)
+    ids = frame["id"].to_numpy(dtype=object)
+    generated = np.char.add(np.char.add(source.astype(str), ":"), rows.astype(str)).astype(object)
+    ids = np.where(pd.isna(ids), generated, ids)
+    return pa.table(
+        {
+            "id": pa.array([str(v) for v in ids], pa.string()),
+            "text": pa.array(text, pa.string()),
+            "label": pa.array(label, pa.string()),
+            "split": pa.array([split] * n, pa.string()),
+            "source": pa.array(source, pa.string()),
+            "row": pa.array(rows, pa.int64()),
+            "reject": pa.array(reject, pa.string()),
+        },
+        schema=CANONICAL_SCHEMA,
+    )
+
+
+class PartWriter:
+    """Buffers tables and writes Parquet partitions of exactly `rows` rows (the last may be short)."""
+
+    def __init__(self, out_dir: Path, rows: int) -> None:
+        self.out_dir, self.rows = out_dir, rows
+        self.buffer: list[pa.Table] = []
+        self.buffered = 0
+        self.parts: list[str] = []
+
+    def add(self, table: pa.Table) -> None:
+        self.buffer.append(table)
+        self.buffered += table.num_rows
+        while self.buffered >= self.rows:
+            self._flush(self.rows)
+
+    def close(self) -> None:
+        if self.buffered:
+            self._flush(self.buffered)
+
+    def _flush(self, n: int) -> None:
+        table = pa.concat_tables(self.buffer)
+        name = f"part-{len(self.parts):05d}.parquet"
+        pq.write_table(table.slice(0, n), self.out_dir / name)
+        self.parts.append(name)
+        rest = table.slice(n)
+        self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
+
+
+def ingest(source: SourceConfig, out_dir: str | Path) -> dict[str, Any]:
+    """Read all inputs into canonical partitions under `out_dir`; return the stage manifest."""
+    inputs, label_names = resolve_inputs(source)
+    labelled = is_labelled(inputs)
+    per_file: dict[str, Counter] = {}
+    with building(out_dir) as scratch:
+        writer = PartWriter(scratch, source.partition_rows)
+        for item in inputs:
+            for frame in read_input(item.fs, item.path, item.spec, source.partition_rows):
+                table = canonicalize(frame, item.spec.split, label_names, labelled)
+                _count_outcomes(per_file, table)
+                writer.add(table)
+        writer.close()
+        manifest = _summarise(per_file, writer.parts, labelled)
+        write_json(scratch / MANIFEST, manifest)
+    return manifest
+
+
+def _count_outcomes(per_file: dict[str, Counter], table: pa.Table) -> None:
+    """Add a chunk's kept/rejected counts per source file."""
+    grouped = table.group_by(["source", "reject"]).aggregate([("row", "count")])
+    for src, reason, n in zip(*(grouped[c].to_pylist() for c in ("source", "reject", "row_count"))):
+        per_file.setdefault(src, Counter())[reason or KEPT] += n
+
+
+def _summarise(per_file: dict[str, Counter], parts: list[str], labelled: bool) -> dict[str, Any]:
+    files = {src: summarise([c]) for src, c in per_file.items()}
+    if len(files) > 100:  # one-document-per-file layouts: list only the files with rejects
+        files = {src: f for src, f in files.items() if f["rejected"]}
+    return {
+        "stage": "ingest",
+        **summarise(per_file.values()),
+        "files_read": len(per_file),
+        "files": files,
+        "parts": parts,
+        "labelled": labelled,
+    }

@@ -1,0 +1,66 @@
+"""Preprocess: canonical text partitions -> token-list partitions, one Dask task per partition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from distributed import Client
+
+from rnnlib.accounting import outcomes, summarise
+from rnnlib.cluster import map_partitions, partitions
+from rnnlib.config import PreprocessConfig
+from rnnlib.storage import MANIFEST, building, write_json
+from rnnlib.text import tokenize
+
+# Token lists get an explicit Arrow list type: generic dataframe conversions mangle them.
+TOKENS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("tokens", pa.list_(pa.string())),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("reject", pa.string()),
+    ]
+)
+NO_TOKENS = "no tokens after preprocessing"
+
+
+def preprocess_table(table: pa.Table, cfg: PreprocessConfig) -> pa.Table:
+    """Tokenise the text column; kept rows left with no token are rejected with a reason."""
+    tokens = tokenize(table["text"], cfg)
+    empty = pc.and_(pc.is_null(table["reject"]), pc.equal(pc.list_value_length(tokens), 0))
+    reject = pc.if_else(empty, pa.scalar(NO_TOKENS), table["reject"])
+    tokens = pc.if_else(pc.is_null(reject), tokens, pa.nulls(len(tokens), tokens.type))
+    columns = {name: table[name] for name in TOKENS_SCHEMA.names if name in table.column_names}
+    return pa.table({**columns, "tokens": tokens, "reject": reject}).select(TOKENS_SCHEMA.names).cast(
+        TOKENS_SCHEMA
+    )
+
+
+def preprocess_partition(in_file: Path, out_file: Path, cfg: PreprocessConfig) -> dict[str, Any]:
+    table = preprocess_table(pq.read_table(in_file), cfg)
+    pq.write_table(table, out_file)
+    return {"outcomes": outcomes(table["reject"]), "tokens": int(pc.sum(pc.list_value_length(table["tokens"])).as_py() or 0)}
+
+
+def preprocess(in_dir: str | Path, out_dir: str | Path, cfg: PreprocessConfig, client: Client) -> dict[str, Any]:
+    """Tokenise every partition on the cluster; the manifest carries the cumulative accounting."""
+    files = partitions(in_dir)
+    with building(out_dir) as scratch:
+        stats = map_partitions(
+            client, preprocess_partition, files, [scratch / f.name for f in files], cfg=cfg
+        )
+        manifest = {
+            "stage": "preprocess",
+            **summarise(s["outcomes"] for s in stats),
+            "tokens": sum(s["tokens"] for s in stats),
+            "parts": [f.name for f in files],
+        }
+        write_json(scratch / MANIFEST, manifest)
+    return manifest

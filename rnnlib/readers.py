@@ -1,0 +1,236 @@
+"""Format readers. Each yields pandas chunks with the raw columns `text`, `label`, `id`,
+`source` (file name relative to the input root) and `row` (1-based record number in that file).
+
+Text is decoded with `surrogateescape`, so undecodable bytes survive to be rejected per row
+instead of sinking the whole file; ingest validates and flags them.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Iterator
+from typing import Any
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from rnnlib.config import InputSpec
+from rnnlib.errors import InputError
+
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip", ".zst": "zstd"}
+SUFFIX_FORMATS = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".txt": "text",
+}
+
+
+def infer_format(fs: fsspec.AbstractFileSystem, path: str) -> str:
+    """Format from the file suffix (after a compression suffix); directories are class layouts."""
+    if fs.isdir(path):
+        has_subdirs = any(entry["type"] == "directory" for entry in fs.ls(path, detail=True))
+        return "folder_per_class" if has_subdirs else "file_per_class"
+    stem, suffix = posixpath.splitext(path.lower())
+    if suffix in COMPRESSIONS:
+        stem, suffix = posixpath.splitext(stem)
+    if suffix not in SUFFIX_FORMATS:
+        raise InputError(f"cannot infer the format from suffix {suffix!r}; set format", file=path)
+    return SUFFIX_FORMATS[suffix]
+
+
+def open_binary(fs: fsspec.AbstractFileSystem, path: str) -> Any:
+    """Open a file for reading, decompressing by suffix."""
+    suffix = posixpath.splitext(path.lower())[1]
+    return fs.open(path, "rb", compression=COMPRESSIONS.get(suffix))
+
+
+def _frame(text: Any, label: Any, ids: Any, source: Any, rows: Any) -> pd.DataFrame:
+    n = len(text)
+    return pd.DataFrame(
+        {
+            "text": text,
+            "label": label if label is not None else [None] * n,
+            "id": ids if ids is not None else [None] * n,
+            "source": source,
+            "row": rows,
+        }
+    )
+
+
+def _rows(first: int, n: int) -> np.ndarray:
+    return np.arange(first, first + n, dtype=np.int64)
+
+
+def _column(frame: pd.DataFrame, column: str | int, spec: InputSpec, source: str) -> pd.Series:
+    if isinstance(column, int) and not spec.header:
+        if column >= frame.shape[1]:
+            raise InputError(f"column {column} out of range ({frame.shape[1]} columns)", file=source)
+        return frame.iloc[:, column]
+    if column not in frame.columns:
+        raise InputError(
+            f"unknown column {column!r}; columns are {list(map(str, frame.columns))}", file=source
+        )
+    return frame[column]
+
+
+def _select(frame: pd.DataFrame, spec: InputSpec, source: str, first_row: int) -> pd.DataFrame:
+    """Pick text (joining several columns), label and id out of a table-like chunk."""
+    texts = [_column(frame, c, spec, source) for c in spec.text_columns]
+    text = texts[0] if len(texts) == 1 else texts[0].str.cat(texts[1:], sep=" ")
+    label = None if spec.label_column is None else _column(frame, spec.label_column, spec, source)
+    ids = None if spec.id_column is None else _column(frame, spec.id_column, spec, source)
+    to_obj = lambda s: None if s is None else s.astype(object).to_numpy()  # noqa: E731
+    return _frame(to_obj(text), to_obj(label), to_obj(ids), source, _rows(first_row, len(frame)))
+
+
+def read_delimited(fs, path: str, source: str, spec: InputSpec, chunk_rows: int):
+    default_sep = "\t" if spec.format == "tsv" else ","
+    with open_binary(fs, path) as fh:
+        try:
+            chunks = pd.read_csv(
+                fh,
+                sep=spec.delimiter or default_sep,
+                header=0 if spec.header else None,
+                dtype=object,
+                keep_default_na=False,
+                na_values=[],
+                encoding="utf-8",
+                encoding_errors="surrogateescape",
+                chunksize=chunk_rows,
+            )
+            first = 1
+            for chunk in chunks:
+                yield _select(chunk, spec, source, first)
+                first += len(chunk)
+        except pd.errors.EmptyDataError:
+            return
+        except pd.errors.ParserError as exc:
+            raise InputError(f"malformed CSV: {exc}", file=source) from exc
+
+
+def read_jsonl(fs, path: str, source: str, spec: InputSpec, chunk_rows: int):
+    """JSON Lines, one object per line; a line that is not a JSON object is rejected, not fatal."""
+    records: list[dict] = []
+    first = 1
+    with open_binary(fs, path) as fh:
+        for number, raw in enumerate(fh, start=1):
+            line = raw.decode("utf-8", errors="surrogateescape").strip()
+            try:
+                record = json.loads(line) if line else None
+            except json.JSONDecodeError as exc:
+                record = {"__reject__": f"malformed JSON: {exc.msg}"}
+            if not isinstance(record, dict):
+                record = {"__reject__": "malformed JSON: not an object"}
+            records.append(record)
+            if len(records) == chunk_rows:
+                yield _json_chunk(records, spec, source, first)
+                first, records = number + 1, []
+    if records:
+        yield _json_chunk(records, spec, source, first)
+
+
+def _json_chunk(records: list[dict], spec: InputSpec, source: str, first: int) -> pd.DataFrame:
+    frame = pd.DataFrame.from_records(records)
+    for column in [*spec.text_columns, spec.label_column, spec.id_column]:
+        if column is not None and column not in frame.columns:
+            if "__reject__" not in frame.columns:
+                raise InputError(f"unknown field {column!r}", file=source)
+            frame[column] = None
+    out = _select(frame, spec, source, first)
+    if "__reject__" in frame.columns:
+        out["reject"] = frame["__reject__"].to_numpy(dtype=object)
+    return out
+
+
+def read_parquet(fs, path: str, source: str, spec: InputSpec, chunk_rows: int):
+    wanted = [c for c in [*spec.text_columns, spec.label_column, spec.id_column] if c is not None]
+    with fs.open(path, "rb") as fh:
+        try:
+            parquet = pq.ParquetFile(fh)
+            names = parquet.schema_arrow.names
+            missing = [c for c in wanted if c not in names]
+            if missing:
+                raise InputError(f"unknown column {missing[0]!r}; columns are {names}", file=source)
+            first = 1
+            for batch in parquet.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(wanted))):
+                frame = batch.to_pandas(types_mapper=lambda t: None)
+                yield _select(frame, spec.model_copy(update={"header": True}), source, first)
+                first += batch.num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            if isinstance(exc, FileNotFoundError):
+                raise
+            raise InputError(f"corrupt Parquet file: {exc}", file=source) from exc
+
+
+def read_text_lines(fs, path: str, source: str, spec: InputSpec, chunk_rows: int, label=None):
+    """Plain text, one document per line (a trailing newline does not make an empty document)."""
+    with open_binary(fs, path) as fh:
+        first = 1
+        while True:
+            lines = fh.readlines(chunk_rows * 256)
+            if not lines:
+                return
+            text = [
+                line.decode("utf-8", errors="surrogateescape").rstrip("\r\n") for line in lines
+            ]
+            labels = None if label is None else [label] * len(text)
+            yield _frame(np.array(text, dtype=object), labels, None, source, _rows(first, len(text)))
+            first += len(text)
+
+
+def read_file_per_class(fs, root: str, spec: InputSpec, chunk_rows: int):
+    """One example per line; the label is the file name without its suffix (surnames layout)."""
+    files = sorted(fs.glob(posixpath.join(root, spec.pattern)))
+    if not files:
+        raise InputError(f"no files match {spec.pattern!r}", file=root)
+    for path in files:
+        label = posixpath.splitext(posixpath.basename(path))[0]
+        source = posixpath.relpath(path, posixpath.dirname(root.rstrip("/")))
+        produced = False
+        for frame in read_text_lines(fs, path, source, spec, chunk_rows, label=label):
+            produced = True
+            yield frame
+        if not produced:
+            raise InputError("file is empty", file=source)
+
+
+def read_folder_per_class(fs, root: str, spec: InputSpec, chunk_rows: int):
+    """One document per file, the label is its folder's name (`split/label/*.txt`, as aclImdb)."""
+    files = sorted(fs.glob(posixpath.join(root, "*", spec.pattern)))
+    if not files:
+        raise InputError(f"no files match */{spec.pattern!r}", file=root)
+    base = posixpath.dirname(root.rstrip("/"))
+    for start in range(0, len(files), chunk_rows):
+        batch = files[start : start + chunk_rows]
+        contents = fs.cat(batch) if len(batch) > 1 else {batch[0]: fs.cat(batch[0])}
+        text = [contents[p].decode("utf-8", errors="surrogateescape") for p in batch]
+        labels = [posixpath.basename(posixpath.dirname(p)) for p in batch]
+        sources = [posixpath.relpath(p, base) for p in batch]
+        yield _frame(np.array(text, dtype=object), labels, sources, sources, 1)
+
+
+def read_input(fs, path: str, spec: InputSpec, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Dispatch on the input's (given or inferred) format."""
+    fmt = spec.format if spec.format != "auto" else infer_format(fs, path)
+    spec = spec.model_copy(update={"format": fmt})
+    if fmt == "folder_per_class":
+        yield from read_folder_per_class(fs, path, spec, chunk_rows)
+        return
+    if fmt == "file_per_class":
+        yield from read_file_per_class(fs, path, spec, chunk_rows)
+        return
+    source = posixpath.basename(path)
+    reader = {
+        "csv": read_delimited, "tsv": read_delimited, "jsonl": read_jsonl,
+        "parquet": read_parquet, "text": read_text_lines,
+    }[fmt]
+    produced = False
+    for frame in reader(fs, path, source, spec, chunk_rows):
+        produced = produced or len(frame) > 0
+        yield frame
+    if not produced:
+        raise InputError("file is empty (no rows)", file=source)
+

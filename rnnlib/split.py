@@ -1,0 +1,148 @@
+"""Stratified, deterministic train/validation/test split that never gathers the text.
+
+Pass 1 counts kept rows per (partition, pool, label), where the pool is the row's predefined
+split or none. The driver turns these small counts into exact per-partition quotas: each
+(pool, label) group gets its fractions to within one row overall (largest remainder), spread over
+partitions in proportion to their size. Pass 2 ranks each partition's rows of a group by a
+seeded hash of their id and hands out the quotas in that order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from distributed import Client
+
+from rnnlib.cluster import map_partitions, partitions
+from rnnlib.config import SPLITS, SplitConfig
+from rnnlib.storage import MANIFEST, building, write_json
+
+UNLABELLED_SPLIT = "all"  # unlabelled corpora (scoring input) are kept whole
+NO_POOL = ""
+
+
+def pool_fractions(pool: str, cfg: SplitConfig, predefined: set[str]) -> np.ndarray:
+    """Target fractions (train, val, test) for the rows of one pool."""
+    if pool == NO_POOL:
+        return np.array([cfg.train, cfg.val, cfg.test])
+    if pool == "train" and "val" not in predefined and cfg.train + cfg.val > 0:
+        return np.array([cfg.train, cfg.val, 0.0]) / (cfg.train + cfg.val)  # carve val from train
+    return np.array([float(pool == s) for s in SPLITS])
+
+
+def largest_remainder(total: int, fractions: np.ndarray) -> np.ndarray:
+    """Integers summing to `total`, each within one of total * fraction."""
+    ideal = total * fractions
+    counts = np.floor(ideal).astype(np.int64)
+    order = np.argsort(-(ideal - counts), kind="stable")
+    counts[order[: total - counts.sum()]] += 1
+    return counts
+
+
+def allocate(partition_counts: np.ndarray, fractions: np.ndarray) -> np.ndarray:
+    """(P,) partition sizes -> (P, S) quotas whose rows sum to the sizes and whose columns sum
+    to the group's largest-remainder targets."""
+    targets = largest_remainder(int(partition_counts.sum()), fractions)
+    ideal = partition_counts[:, None] * fractions[None, :]
+    quotas = np.floor(ideal).astype(np.int64)
+    row_left = partition_counts - quotas.sum(axis=1)
+    col_left = targets - quotas.sum(axis=0)
+    for p in np.argsort(-(ideal - quotas).max(axis=1), kind="stable"):
+        for s in np.argsort(-(ideal[p] - quotas[p]), kind="stable"):
+            give = min(row_left[p], col_left[s])
+            quotas[p, s] += give
+            row_left[p] -= give
+            col_left[s] -= give
+    for p in range(len(partition_counts)):  # leftovers where the fractional order ran dry
+        for s in range(len(fractions)):
+            give = min(row_left[p], col_left[s])
+            quotas[p, s] += give
+            row_left[p] -= give
+            col_left[s] -= give
+    return quotas
+
+
+def _kept_groups(table: pa.Table) -> pd.DataFrame:
+    frame = table.select(["id", "label", "split", "reject"]).to_pandas()
+    frame = frame[frame["reject"].isna()]
+    frame["pool"] = frame["split"].fillna(NO_POOL)
+    frame["label"] = frame["label"].fillna("")
+    return frame
+
+
+def count_partition(in_file: Path) -> dict[tuple[str, str], int]:
+    frame = _kept_groups(pq.read_table(in_file, columns=["id", "label", "split", "reject"]))
+    return {k: int(v) for k, v in frame.groupby(["pool", "label"]).size().items()}
+
+
+def _hash_key(seed: int) -> str:
+    return hashlib.md5(str(seed).encode()).hexdigest()[:16]
+
+
+def assign_partition(
+    in_file: Path, out_file: Path, quotas: dict[tuple[str, str], list[int]], seed: int,
+    labelled: bool,
+) -> dict[str, dict[str, int]]:
+    """Write the partition with its final split; return kept rows per (split, label)."""
+    table = pq.read_table(in_file)
+    split = np.full(table.num_rows, None, dtype=object)
+    frame = _kept_groups(table)
+    if labelled:
+        frame["rank"] = pd.util.hash_pandas_object(frame["id"], index=False, hash_key=_hash_key(seed))
+        frame = frame.sort_values(["pool", "label", "rank"], kind="stable")
+        within = frame.groupby(["pool", "label"]).cumcount().to_numpy()
+        bounds = np.array([np.cumsum(quotas[g]) for g in zip(frame["pool"], frame["label"])])
+        chosen = (within[:, None] >= bounds).sum(axis=1) if len(frame) else np.array([], int)
+        split[frame.index.to_numpy()] = np.array(SPLITS, dtype=object)[chosen]
+    else:
+        split[frame.index.to_numpy()] = UNLABELLED_SPLIT
+    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(split, pa.string()))
+    pq.write_table(table, out_file)
+    kept = table.filter(pc.is_null(table["reject"]))
+    counts: dict[str, dict[str, int]] = defaultdict(dict)
+    grouped = kept.group_by(["split", "label"]).aggregate([("row", "count")]).to_pylist()
+    for item in grouped:
+        counts[item["split"]][item["label"] or ""] = item["row_count"]
+    return dict(counts)
+
+
+def split(
+    in_dir: str | Path, out_dir: str | Path, cfg: SplitConfig, labelled: bool, client: Client
+) -> dict[str, Any]:
+    files = partitions(in_dir)
+    per_partition = map_partitions(client, count_partition, files)
+    groups = sorted({g for counts in per_partition for g in counts})
+    predefined = {pool for pool, _ in groups if pool != NO_POOL}
+    quotas: list[dict[tuple[str, str], list[int]]] = [{} for _ in files]
+    for group in groups:
+        sizes = np.array([counts.get(group, 0) for counts in per_partition])
+        table = allocate(sizes, pool_fractions(group[0], cfg, predefined))
+        for p, row in enumerate(table):
+            quotas[p][group] = row.tolist()
+    with building(out_dir) as scratch:
+        outs = [scratch / f.name for f in files]
+        stats = map_partitions(client, assign_partition, files, outs, quotas, seed=cfg.seed, labelled=labelled)
+        class_counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        for part in stats:
+            for name, labels in part.items():
+                for label, n in labels.items():
+                    class_counts[name][label] += n
+        manifest = {
+            "stage": "split",
+            "splits": {name: {"rows": sum(c.values()), "class_counts": dict(sorted(c.items()))}
+                       for name, c in sorted(class_counts.items())},
+            "predefined": sorted(predefined),
+            "parts": [f.name for f in files],
+            "kept": sum(sum(c.values()) for c in class_counts.values()),
+        }
+        write_json(scratch / MANIFEST, manifest)
+    return manifest
+

@@ -1,0 +1,48 @@
+"""Atomic, content-addressed stage outputs: a stage directory either holds a finished result
+(with its manifest) or does not exist, so a crash never leaves a half-written output behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+MANIFEST = "_manifest.json"  # "_" keeps Parquet dataset readers off it
+
+
+def write_json(path: str | Path, value: Any) -> None:
+    """Write JSON atomically (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def is_complete(stage_dir: str | Path) -> bool:
+    return (Path(stage_dir) / MANIFEST).is_file()
+
+
+@contextmanager
+def building(stage_dir: str | Path) -> Iterator[Path]:
+    """Yield a scratch directory that becomes `stage_dir` only if the block succeeds."""
+    final = Path(stage_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    scratch = final.with_name(f".{final.name}.{uuid.uuid4().hex}.tmp")
+    scratch.mkdir()
+    try:
+        yield scratch
+        if final.exists():  # an incomplete leftover of a crashed run
+            shutil.rmtree(final)
+        os.replace(scratch, final)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)

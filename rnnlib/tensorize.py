@@ -1,0 +1,149 @@
+"""Tensorize: token lists -> integer id sequences in bounded Parquet shards, one folder per split,
+with a manifest per split and a rejects table that accounts for every row not kept."""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from distributed import Client
+
+from rnnlib.accounting import outcomes, summarise
+from rnnlib.cluster import map_partitions, partitions
+from rnnlib.config import TensorizeConfig
+from rnnlib.storage import MANIFEST, building, write_json
+from rnnlib.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary
+
+SCHEMA_VERSION = 1
+SHARD_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("ids", pa.list_(pa.int32())),
+        ("length", pa.int32()),
+        ("label", pa.int64()),  # null for unlabelled corpora
+    ]
+)
+REJECTS_SCHEMA = pa.schema(
+    [("id", pa.string()), ("source", pa.string()), ("row", pa.int64()), ("reason", pa.string())]
+)
+REJECTS_DIR = "rejects"
+UNSEEN_LABEL = "label unseen at fit time"
+
+
+def encode_ids(tokens: pa.Array, vocab: Vocabulary, max_length: int | None) -> tuple[pa.Array, np.ndarray]:
+    """list<string> -> (list<int32> ids truncated to max_length, original lengths)."""
+    if isinstance(tokens, pa.ChunkedArray):
+        tokens = tokens.combine_chunks()
+    lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
+    if max_length is not None:
+        tokens = pc.list_slice(tokens, 0, max_length)
+    kept = np.minimum(lengths, max_length) if max_length is not None else lengths
+    offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int32)
+    ids = vocab.lookup(pc.list_flatten(tokens))
+    return pa.ListArray.from_arrays(pa.array(offsets), ids), lengths
+
+
+def tensorize_partition(
+    in_file: Path, out_dir: Path, vocab_dir: Path, cfg: TensorizeConfig, labelled: bool
+) -> dict[str, Any]:
+    vocab = Vocabulary.load(vocab_dir / VOCAB_FILE)
+    encoder = LabelEncoder.load(vocab_dir / LABELS_FILE)
+    table = pq.read_table(in_file)
+    reject = table["reject"]
+    label_ids = encoder.encode(table["label"]) if labelled else pa.nulls(table.num_rows, pa.int64())
+    if labelled:
+        unseen = pc.and_(pc.is_null(reject), pc.is_null(label_ids))
+        reject = pc.if_else(unseen, pa.scalar(UNSEEN_LABEL), reject)
+    rejected = table.filter(pc.is_valid(reject))
+    pq.write_table(
+        pa.table({"id": rejected["id"], "source": rejected["source"], "row": rejected["row"],
+                  "reason": pc.drop_null(reject)}, schema=REJECTS_SCHEMA),
+        out_dir / REJECTS_DIR / in_file.name,
+    )
+    keep = pc.is_null(reject)
+    table = table.filter(keep).set_column(table.schema.get_field_index("label"), "label",
+                                          label_ids.filter(keep))
+    splits: dict[str, Any] = {}
+    for name in sorted(set(pc.unique(table["split"]).to_pylist()) - {None}):
+        part = table.filter(pc.equal(table["split"], name))
+        ids, lengths = encode_ids(part["tokens"], vocab, cfg.max_length)
+        shard = pa.table(
+            {"id": part["id"], "ids": ids, "length": pc.list_value_length(ids).cast(pa.int32()),
+             "label": part["label"]}, schema=SHARD_SCHEMA,
+        )
+        (out_dir / name).mkdir(exist_ok=True)
+        shards = []
+        for k, start in enumerate(range(0, shard.num_rows, cfg.shard_rows)):
+            file = f"shard-{in_file.stem.removeprefix('part-')}-{k:03d}.parquet"
+            chunk = shard.slice(start, cfg.shard_rows)
+            pq.write_table(chunk, out_dir / name / file)
+            shards.append({"file": file, "rows": chunk.num_rows})
+        flat = pc.list_flatten(ids)
+        splits[name] = {
+            "rows": shard.num_rows,
+            "tokens": len(flat),
+            "unk_tokens": int(pc.sum(pc.equal(flat, 1)).as_py() or 0),
+            "truncated": int((lengths > cfg.max_length).sum()) if cfg.max_length else 0,
+            "max_length_seen": int(lengths.max()) if len(lengths) else 0,
+            "class_counts": Counter(
+                encoder.labels[i] for i in part["label"].to_pylist() if i is not None
+            ),
+            "shards": shards,
+        }
+    return {"outcomes": outcomes(reject), "splits": splits}
+
+
+def _merge_split(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    classes: Counter = Counter()
+    for p in parts:
+        classes.update(p["class_counts"])
+    return {
+        "rows": sum(p["rows"] for p in parts),
+        "tokens": sum(p["tokens"] for p in parts),
+        "unk_tokens": sum(p["unk_tokens"] for p in parts),
+        "truncated": sum(p["truncated"] for p in parts),
+        "max_length_seen": max(p["max_length_seen"] for p in parts),
+        "class_counts": dict(sorted(classes.items())),
+        "shards": [s for p in parts for s in p["shards"]],
+    }
+
+
+def tensorize(
+    in_dir: str | Path, vocab_dir: str | Path, out_dir: str | Path, cfg: TensorizeConfig,
+    labelled: bool, client: Client,
+) -> dict[str, Any]:
+    """Write `<split>/shard-*.parquet` with a manifest per split, plus `rejects/`."""
+    files = partitions(in_dir)
+    vocab_dir = Path(vocab_dir)
+    vocab = Vocabulary.load(vocab_dir / VOCAB_FILE)
+    encoder = LabelEncoder.load(vocab_dir / LABELS_FILE)
+    with building(out_dir) as scratch:
+        (scratch / REJECTS_DIR).mkdir()
+        stats = map_partitions(client, tensorize_partition, files, out_dir=scratch,
+                               vocab_dir=vocab_dir, cfg=cfg, labelled=labelled)
+        by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for part in stats:
+            for name, s in part["splits"].items():
+                by_split[name].append(s)
+        common = {
+            "schema_version": SCHEMA_VERSION, "vocab_hash": vocab.hash, "vocab_size": len(vocab.tokens),
+            "labels": list(encoder.labels), "labels_hash": encoder.hash, "max_length": cfg.max_length,
+        }
+        split_manifests = {name: {"split": name, **_merge_split(parts), **common}
+                           for name, parts in sorted(by_split.items())}
+        for name, manifest in split_manifests.items():
+            write_json(scratch / name / MANIFEST, manifest)
+        accounting = summarise(s["outcomes"] for s in stats)
+        manifest = {
+            "stage": "tensorize",
+            **accounting,
+            "splits": {name: m["rows"] for name, m in split_manifests.items()},
+            **common,
+        }
+        write_json(scratch / MANIFEST, manifest)
+    return manifest

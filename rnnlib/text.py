@@ -1,0 +1,153 @@
+"""Vectorised text normalisation and tokenisation on Arrow arrays.
+
+String-level steps are Arrow (RE2) kernels over the whole column. Token-level steps work on the
+flattened token array with each token's row index, and lists are rebuilt from those indices, so
+no step loops over rows in Python. Stemming runs once per distinct token, not per occurrence.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rnnlib.config import PreprocessConfig
+
+WORD = r"\p{L}\p{N}\p{M}_"  # RE2's \w is ASCII-only
+EMOTICON = (
+    r"(?:[<>]?[:;=8][\-o\*']?[\)\]\(\[dDpP/\\\}\{@\|]+"
+    r"|[\)\]\(\[/\\\}\{@\|]+[\-o\*']?[:;=8]"
+    r"|</?3|\^_*\^|-_+-|[oO]_[oO])"
+)
+PLACEHOLDER = r"<+[a-zA-Z_]+>+"  # ours (<url>) and pre-tokenised corpora's (<<<MENTION>>>)
+PLACEHOLDER_PATTERNS = {  # applied in this order: URLs hold digits, e-mails hold @
+    "url": (r"(?i)(?:https?://|www\.)\S+", " <url> "),
+    "mention": (rf"(^|[^{WORD}])@[{WORD}]+", r"\1 <mention> "),
+    "hashtag": (rf"(^|[^{WORD}&])#[{WORD}]+", r"\1 <hashtag> "),
+    "digit": (r"\p{N}+(?:[.,:]\p{N}+)*", " <digit> "),
+}
+HTML_ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&#39;": "'", "&nbsp;": " "}
+
+
+@lru_cache(maxsize=8)
+def stopword_set(language: str) -> pa.Array:
+    """NLTK's stop-word list; its corpus must be installed (or NLTK_DATA point at it)."""
+    from nltk.corpus import stopwords
+
+    try:
+        return pa.array(sorted(set(stopwords.words(language))), pa.string())
+    except LookupError as exc:
+        raise RuntimeError(
+            f"NLTK's stop-word corpus for {language!r} is not installed: run "
+            "`python -m nltk.downloader stopwords` or set NLTK_DATA "
+            f"(now {os.environ.get('NLTK_DATA')!r})"
+        ) from exc
+
+
+@lru_cache(maxsize=1)
+def _stemmer():
+    from nltk.stem import PorterStemmer
+
+    return PorterStemmer()
+
+
+def normalise(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
+    """String-level steps, in the order the config lists them."""
+    if cfg.unicode_form or cfg.strip_accents:
+        text = pc.utf8_normalize(text, form="NFD" if cfg.strip_accents else cfg.unicode_form)
+    if cfg.strip_accents:
+        text = pc.replace_substring_regex(text, r"\p{Mn}+", "")
+        if cfg.unicode_form:
+            text = pc.utf8_normalize(text, form=cfg.unicode_form)
+    if cfg.strip_html:
+        text = pc.replace_substring_regex(text, r"</?[a-zA-Z!][^>]*>", " ")
+        for entity, char in HTML_ENTITIES.items():
+            text = pc.replace_substring(text, entity, char)
+    if cfg.lowercase:
+        text = pc.utf8_lower(text)
+    for name, (pattern, replacement) in PLACEHOLDER_PATTERNS.items():
+        if name in cfg.placeholders:
+            text = pc.replace_substring_regex(text, pattern, replacement)
+    if cfg.remove_parentheses:
+        text = pc.replace_substring_regex(text, r"\([^()]*\)", " ")
+    if cfg.keep_emoticons and cfg.level == "word":  # detach emoticons glued to a word
+        text = pc.replace_substring_regex(text, rf"([^\s])({EMOTICON})(\s|$)", r"\1 \2\3")
+    return text
+
+
+def _rebuild(values: pa.Array, parents: np.ndarray, n_rows: int, null_rows: pa.Array) -> pa.Array:
+    """Lists from flat values and each value's (non-decreasing) row index."""
+    counts = np.bincount(parents, minlength=n_rows) if len(parents) else np.zeros(n_rows, np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), values, mask=null_rows)
+
+
+def _split_flat(tokens: pa.Array, parents: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """Split each flat token on whitespace again, carrying row indices along."""
+    lists = pc.utf8_split_whitespace(tokens)
+    inner = pc.list_parent_indices(lists).to_numpy()
+    return pc.list_flatten(lists), parents[inner]
+
+
+def _punctuation(tokens: pa.Array, mode: str) -> pa.Array:
+    if mode == "split":
+        tokens = pc.replace_substring_regex(tokens, rf"([^{WORD}\s'])", r" \1 ")
+        tokens = pc.replace_substring_regex(tokens, r"^'+|'+$", " ' ")
+    else:  # remove
+        tokens = pc.replace_substring_regex(tokens, rf"[^{WORD}\s']+", " ")
+        tokens = pc.utf8_trim(tokens, characters="'")
+    return tokens
+
+
+def _stem(tokens: pa.Array) -> pa.Array:
+    distinct = pc.unique(tokens)
+    stemmer = _stemmer()
+    stems = pa.array([stemmer.stem(t) for t in distinct.to_pylist()], pa.string())
+    return stems.take(pc.index_in(tokens, value_set=distinct))
+
+
+def _characters(text: pa.Array) -> pa.Array:
+    """Each string as a list of its characters, via one UTF-32 view of the whole column."""
+    text = pc.utf8_trim_whitespace(pc.replace_substring_regex(text, r"\s+", " "))
+    null_rows = pc.is_null(text)
+    filled = pc.fill_null(text, "")
+    offsets = np.frombuffer(filled.buffers()[1], np.int32)[filled.offset :][: len(filled) + 1]
+    utf8 = filled.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]] if len(filled) else b""
+    points = np.frombuffer(utf8.decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
+    distinct, inverse = np.unique(points, return_inverse=True)
+    chars = pa.array([chr(c) for c in distinct], pa.string()).take(pa.array(inverse))
+    lengths = pc.utf8_length(filled).to_numpy()
+    parents = np.repeat(np.arange(len(filled)), lengths)
+    return _rebuild(chars, parents, len(filled), null_rows)
+
+
+def tokenize(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
+    """Arrow string array -> list<string> tokens (null stays null)."""
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    text = normalise(text, cfg)
+    if cfg.level == "char":
+        if cfg.punctuation == "remove":
+            text = pc.replace_substring_regex(text, rf"[^{WORD}\s]+", "")
+        return _characters(text)
+    null_rows = pc.is_null(text)
+    lists = pc.utf8_split_whitespace(text)
+    parents = pc.list_parent_indices(lists).to_numpy()
+    tokens = pc.list_flatten(lists)
+    if cfg.punctuation != "keep" and len(tokens):
+        protected = pc.match_substring_regex(tokens, f"^(?:{PLACEHOLDER})$")
+        if cfg.keep_emoticons:
+            protected = pc.or_(protected, pc.match_substring_regex(tokens, f"^(?:{EMOTICON})$"))
+        tokens = pc.if_else(protected, tokens, _punctuation(tokens, cfg.punctuation))
+        tokens, parents = _split_flat(tokens, parents)
+    keep = pc.not_equal(pc.utf8_length(tokens), 0)
+    if cfg.stopwords:
+        keep = pc.and_(keep, pc.invert(pc.is_in(tokens, value_set=stopword_set(cfg.stopwords_language))))
+    mask = keep.to_numpy(zero_copy_only=False)
+    tokens, parents = tokens.filter(keep), parents[mask]
+    if cfg.stem and len(tokens):
+        tokens = _stem(tokens)
+    return _rebuild(tokens, parents, len(text), null_rows)

@@ -1,0 +1,137 @@
+"""Vocabulary and label encoder, fitted on the training split only (never validation/test).
+
+Token counts are a Dask reduction: each partition counts its own training tokens, the partial
+tables are merged on the cluster, and only the final (token, count) table reaches the driver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from distributed import Client
+
+from rnnlib.cluster import partitions
+from rnnlib.config import VocabConfig
+from rnnlib.errors import InputError
+from rnnlib.fingerprint import digest_json
+from rnnlib.storage import MANIFEST, building, read_json, write_json
+
+PAD, UNK = "<PAD>", "<UNK>"
+SPECIALS = (PAD, UNK)  # ids 0 and 1
+VOCAB_FILE, LABELS_FILE = "vocab.json", "labels.json"
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    tokens: tuple[str, ...]  # index = id; starts with SPECIALS
+
+    @property
+    def hash(self) -> str:
+        return digest_json(list(self.tokens))
+
+    def lookup(self, tokens: pa.Array) -> pa.Array:
+        """Token strings -> int32 ids; unknown tokens -> <UNK>'s id. Vectorised."""
+        ids = pc.index_in(tokens, value_set=pa.array(self.tokens[len(SPECIALS):], pa.string()))
+        return pc.fill_null(pc.add(ids, len(SPECIALS)), SPECIALS.index(UNK)).cast(pa.int32())
+
+    def save(self, path: Path) -> None:
+        write_json(path, {"tokens": list(self.tokens), "hash": self.hash})
+
+    @classmethod
+    def load(cls, path: Path) -> Vocabulary:
+        data = read_json(path)
+        vocab = cls(tuple(data["tokens"]))
+        if vocab.tokens[: len(SPECIALS)] != SPECIALS or vocab.hash != data["hash"]:
+            raise InputError("vocabulary is damaged (hash or special tokens do not match)", file=str(path))
+        return vocab
+
+
+@dataclass(frozen=True)
+class LabelEncoder:
+    labels: tuple[str, ...]  # index = class id
+
+    @property
+    def hash(self) -> str:
+        return digest_json(list(self.labels))
+
+    def encode(self, labels: pa.Array) -> pa.Array:
+        """Label strings -> int64 class ids; null where the label was unseen at fit time."""
+        return pc.index_in(labels, value_set=pa.array(self.labels, pa.string())).cast(pa.int64())
+
+    def save(self, path: Path) -> None:
+        write_json(path, {"labels": list(self.labels), "hash": self.hash})
+
+    @classmethod
+    def load(cls, path: Path) -> LabelEncoder:
+        data = read_json(path)
+        encoder = cls(tuple(data["labels"]))
+        if encoder.hash != data["hash"]:
+            raise InputError("label encoder is damaged (hash does not match)", file=str(path))
+        return encoder
+
+
+def count_partition(in_file: Path, fit_split: str) -> pa.Table:
+    """(token, count) and (label, count) of one partition's fitting rows."""
+    table = pq.read_table(in_file, columns=["tokens", "label", "split"])
+    table = table.filter(pc.equal(table["split"], fit_split))
+    tokens = pc.list_flatten(table["tokens"])
+    counts = pc.value_counts(tokens).flatten()
+    labels = pc.value_counts(pc.drop_null(table["label"])).flatten()
+    return pa.table(
+        {
+            "kind": pa.array(["token"] * len(counts[0]) + ["label"] * len(labels[0]), pa.string()),
+            "value": pa.concat_arrays([counts[0], labels[0].cast(pa.string())]),
+            "count": pa.concat_arrays([counts[1], labels[1]]),
+        }
+    )
+
+
+def merge_counts(*tables: pa.Table) -> pa.Table:
+    """Sum partial count tables (pandas: Acero warns on buffers that crossed the network)."""
+    frame = pd.concat([t.to_pandas() for t in tables], ignore_index=True)
+    summed = frame.groupby(["kind", "value"], sort=False, as_index=False)["count"].sum()
+    return pa.Table.from_pandas(summed, preserve_index=False)
+
+
+def _tree_reduce(client: Client, futures: list[Any], fan_in: int = 8) -> Any:
+    while len(futures) > 1:
+        futures = [client.submit(merge_counts, *futures[i : i + fan_in], pure=False)
+                   for i in range(0, len(futures), fan_in)]
+    return futures[0]
+
+
+def fit(in_dir: str | Path, out_dir: str | Path, cfg: VocabConfig, fit_split: str, client: Client) -> dict[str, Any]:
+    files = partitions(in_dir)
+    partial = client.map(count_partition, files, fit_split=fit_split, pure=False)
+    counts: pa.Table = client.gather(_tree_reduce(client, partial))
+    is_token = pc.equal(counts["kind"], "token")
+    tokens = counts.filter(is_token).sort_by([("count", "descending"), ("value", "ascending")])
+    if tokens.num_rows == 0:
+        raise InputError(f"the {fit_split!r} split has no tokens to fit a vocabulary on", file=str(in_dir))
+    tokens = tokens.filter(pc.greater_equal(tokens["count"], cfg.min_freq))
+    tokens = tokens.filter(pc.invert(pc.is_in(tokens["value"], value_set=pa.array(SPECIALS))))
+    if cfg.max_size is not None:
+        tokens = tokens.slice(0, cfg.max_size - len(SPECIALS))
+    vocab = Vocabulary(SPECIALS + tuple(tokens["value"].to_pylist()))
+    labels = LabelEncoder(tuple(sorted(counts.filter(pc.invert(is_token))["value"].to_pylist())))
+    with building(out_dir) as scratch:
+        vocab.save(scratch / VOCAB_FILE)
+        labels.save(scratch / LABELS_FILE)
+        manifest = {
+            "stage": "vocab",
+            "fit_split": fit_split,
+            "vocab_size": len(vocab.tokens),
+            "vocab_hash": vocab.hash,
+            "labels": list(labels.labels),
+            "labels_hash": labels.hash,
+            "tokens_seen": int(pc.sum(counts.filter(is_token)["count"]).as_py()),
+            "distinct_tokens_seen": int(pc.sum(is_token).as_py()),
+        }
+        write_json(scratch / MANIFEST, manifest)
+    return manifest
