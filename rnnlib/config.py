@@ -16,6 +16,7 @@ Format = Literal[
 SplitName = Literal["train", "val", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
 Placeholder = Literal["url", "mention", "hashtag", "digit"]
+DEFAULT_DATASET = "names"
 
 
 class _Strict(BaseModel):
@@ -42,7 +43,7 @@ class InputSpec(_Strict):
 class SourceConfig(_Strict):
     """Where the labelled text comes from: a registered public dataset or explicit inputs."""
 
-    dataset: str | None = Field(None, description="registered dataset name (see rnnlib.datasets)")
+    dataset: str | None = Field(None, description=f"registered dataset (default {DEFAULT_DATASET!r})")
     inputs: list[InputSpec] = Field(default_factory=list)
     label_names: dict[str, str] = Field(
         default_factory=dict, description="rename raw labels, e.g. {'0': 'neutral'}"
@@ -58,6 +59,14 @@ class SourceConfig(_Strict):
         description="where downloaded datasets are kept",
     )
     partition_rows: int = Field(10_000, gt=0, description="rows per canonical Parquet partition")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_dataset(cls, data: Any) -> Any:
+        """No dataset and no inputs given: the built-in default, surnames by language."""
+        if isinstance(data, dict) and data.get("dataset") is None and not data.get("inputs"):
+            return {**data, "dataset": DEFAULT_DATASET}
+        return data
 
     @model_validator(mode="after")
     def _one_source(self) -> SourceConfig:
@@ -121,7 +130,7 @@ class DaskConfig(_Strict):
 class PrepareConfig(_Strict):
     """Everything the `prepare` flow needs."""
 
-    source: SourceConfig = Field(default_factory=lambda: SourceConfig(dataset="names"))
+    source: SourceConfig = Field(default_factory=SourceConfig)
     preprocess: PreprocessConfig = Field(default_factory=PreprocessConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     vocab: VocabConfig = Field(default_factory=VocabConfig)

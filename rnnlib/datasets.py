@@ -205,17 +205,20 @@ def download(dataset: Dataset, cache_dir: str | Path) -> Path:
     return root
 
 
-def locate(source: SourceConfig) -> tuple[str, list[InputSpec], dict[str, str]]:
-    """Resolve a source to (root, inputs with paths under root, label renames)."""
+def materialize(source: SourceConfig) -> SourceConfig:
+    """Resolve a registered dataset to explicit local inputs (mirror, else cached download)."""
     if source.dataset is None:
-        return "", list(source.inputs), dict(source.label_names)
+        return source
     if source.dataset not in REGISTRY:
         raise InputError(f"unknown dataset {source.dataset!r}; known: {sorted(REGISTRY)}")
     dataset = REGISTRY[source.dataset]
-    labels = {**dataset.label_names, **source.label_names}
     mirror = Path(source.mirror).expanduser() if source.mirror else None
     if mirror is not None and all((mirror / spec.path).exists() for spec in dataset.inputs):
-        root = mirror
+        root = mirror.resolve()
     else:
         root = download(dataset, source.cache_dir)
-    return str(root), list(dataset.inputs), labels
+    inputs = [spec.model_copy(update={"path": str(root / spec.path)}) for spec in dataset.inputs]
+    return source.model_copy(
+        update={"dataset": None, "inputs": inputs,
+                "label_names": {**dataset.label_names, **source.label_names}}
+    )

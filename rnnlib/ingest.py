@@ -21,7 +21,7 @@ from fsspec.implementations.zip import ZipFileSystem
 
 from rnnlib.accounting import KEPT, summarise
 from rnnlib.config import InputSpec, SourceConfig
-from rnnlib.datasets import locate
+from rnnlib.datasets import materialize
 from rnnlib.errors import InputError
 from rnnlib.fingerprint import url_digest
 from rnnlib.readers import infer_format, read_input
@@ -51,10 +51,10 @@ class ResolvedInput:
 
 def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str, str]]:
     """Turn the source config into concrete (filesystem, path, spec) triples; globs expand."""
-    root, specs, label_names = locate(source)
+    source = materialize(source)
     resolved: list[ResolvedInput] = []
-    for spec in specs:
-        url = posixpath.join(root, spec.path) if root else spec.path
+    for spec in source.inputs:
+        url = spec.path
         fs, path = fsspec.core.url_to_fs(url)
         if path.lower().endswith(".zip") and spec.format in CLASS_LAYOUTS:
             if not fs.exists(path):
@@ -66,7 +66,7 @@ def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str,
         for p in paths:
             fmt = spec.format if spec.format != "auto" else infer_format(fs, p)
             resolved.append(ResolvedInput(fs, p, spec.model_copy(update={"format": fmt})))
-    return resolved, label_names
+    return resolved, source.label_names
 
 
 def is_labelled(inputs: list[ResolvedInput]) -> bool:

@@ -1,0 +1,78 @@
+"""`rnnlib` command line: one subcommand per flow, each configured by a YAML file plus overrides."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+# A fresh Prefect database takes longer to create than the ephemeral server's default start-up
+# timeout allows; these must be set before Prefect reads its settings.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from rnnlib.config import PrepareConfig, load_config  # noqa: E402
+
+SHORTCUTS = {  # friendly flags for the most used fields; everything else via --set
+    "dataset": ("source.dataset", "registered dataset: names, imdb, semeval2016_tweets, ag_news"),
+    "mirror": ("source.mirror", "local mirror of the public datasets"),
+    "work_dir": ("work_dir", "where stage outputs are written"),
+    "dask_address": ("dask.address", "scheduler address of an existing Dask cluster"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rnnlib", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    prepare = sub.add_parser(
+        "prepare",
+        help="ingest, preprocess, split, fit the vocabulary and write tensor shards",
+        description="Run the prepare flow. Configuration: defaults (surnames recipe) < --config "
+        "file < shortcut flags < --set overrides. Every field of rnnlib.config.PrepareConfig "
+        "can be set, e.g. --set preprocess.level=word --set split.seed=3.",
+    )
+    prepare.add_argument("--config", metavar="FILE.yaml", help="YAML file with a PrepareConfig")
+    prepare.add_argument("--set", dest="overrides", action="append", default=[],
+                         metavar="KEY=VALUE", help="override one field (dotted key, YAML value)")
+    for name, (_, text) in SHORTCUTS.items():
+        prepare.add_argument(f"--{name.replace('_', '-')}", help=text)
+    prepare.add_argument("--print-config", action="store_true",
+                         help="print the resolved configuration as YAML and exit")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    shortcut = [f"{field}={json.dumps(getattr(args, name))}"
+                for name, (field, _) in SHORTCUTS.items() if getattr(args, name) is not None]
+    return shortcut + args.overrides
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print("\nstage        cached   seconds")
+    for name, s in summary["stages"].items():
+        print(f"{name:<12} {str(s['cached']):<8} {s['seconds']:>7.2f}")
+    print(f"\nrows {summary['rows']}: kept {summary['kept']} {summary['splits']}; "
+          f"rejected {summary['rejected'] or 'none'}")
+    print(f"vocabulary: {summary['vocab_size']} tokens, {len(summary['labels'])} labels "
+          f"in {summary['vocab']}")
+    print(f"tensor shards: {summary['tensors']}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    config = load_config(PrepareConfig, args.config, _overrides(args))
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+        return 0
+    from flows.prepare import prepare_flow
+
+    _print_summary(prepare_flow(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

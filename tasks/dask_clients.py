@@ -1,0 +1,31 @@
+"""One Dask client per flow run, started on first use: a run served from cache starts no cluster."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import ExitStack
+
+from distributed import Client
+
+from rnnlib.cluster import dask_client
+from rnnlib.config import DaskConfig
+
+_lock = threading.Lock()
+_stack = ExitStack()
+_clients: dict[str, Client] = {}
+
+
+def get_client(cfg: DaskConfig) -> Client:
+    key = cfg.model_dump_json()
+    with _lock:
+        if key not in _clients:
+            logging.getLogger("distributed").setLevel(logging.WARNING)  # Prefect's config is chatty
+            _clients[key] = _stack.enter_context(dask_client(cfg))
+        return _clients[key]
+
+
+def close_clients() -> None:
+    with _lock:
+        _clients.clear()
+        _stack.close()

@@ -1,0 +1,69 @@
+"""Prefect tasks of the `prepare` flow: thin wrappers adding caching and retries to rnnlib."""
+
+from __future__ import annotations
+
+from prefect import task
+
+from rnnlib import datasets, ingest, preprocess, split, tensorize, vocab
+from rnnlib.config import (
+    DaskConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, VocabConfig,
+)
+from tasks.caching import StageCachePolicy, StageOutput, run_stage
+from tasks.dask_clients import get_client
+from tasks.retries import IO_RETRIES
+
+STAGE = {"cache_policy": StageCachePolicy(), "persist_result": True, **IO_RETRIES}
+
+
+@task(name="fetch", **IO_RETRIES)
+def fetch_task(source: SourceConfig) -> SourceConfig:
+    """Resolve a registered dataset to local files (mirror, cache or download)."""
+    return datasets.materialize(source)
+
+
+@task(name="ingest", **STAGE)
+def ingest_task(source: SourceConfig, work_dir: str) -> StageOutput:
+    return run_stage("ingest", locals(), lambda out: ingest.ingest(source, out))
+
+
+@task(name="preprocess", **STAGE)
+def preprocess_task(
+    ingested: StageOutput, cfg: PreprocessConfig, dask: DaskConfig, work_dir: str
+) -> StageOutput:
+    return run_stage(
+        "preprocess", locals(),
+        lambda out: preprocess.preprocess(ingested.path, out, cfg, get_client(dask)),
+    )
+
+
+@task(name="split", **STAGE)
+def split_task(
+    preprocessed: StageOutput, labelled: bool, cfg: SplitConfig, dask: DaskConfig, work_dir: str
+) -> StageOutput:
+    return run_stage(
+        "split", locals(),
+        lambda out: split.split(preprocessed.path, out, cfg, labelled, get_client(dask)),
+    )
+
+
+@task(name="vocab", **STAGE)
+def vocab_task(
+    splitted: StageOutput, fit_split: str, cfg: VocabConfig, dask: DaskConfig, work_dir: str
+) -> StageOutput:
+    return run_stage(
+        "vocab", locals(),
+        lambda out: vocab.fit(splitted.path, out, cfg, fit_split, get_client(dask)),
+    )
+
+
+@task(name="tensorize", **STAGE)
+def tensorize_task(
+    splitted: StageOutput, fitted: StageOutput, labelled: bool, cfg: TensorizeConfig,
+    dask: DaskConfig, work_dir: str,
+) -> StageOutput:
+    return run_stage(
+        "tensorize", locals(),
+        lambda out: tensorize.tensorize(
+            splitted.path, fitted.path, out, cfg, labelled, get_client(dask)
+        ),
+    )
