@@ -7,6 +7,7 @@ its provenance and reason with a null text, so every input row stays accounted f
 from __future__ import annotations
 
 import posixpath
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.zip import ZipFileSystem
 
@@ -40,6 +42,7 @@ CANONICAL_SCHEMA = pa.schema(
 )
 UNDECODABLE = "undecodable bytes (not UTF-8)"
 CLASS_LAYOUTS = ("folder_per_class", "file_per_class")
+SURROGATE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of undecodable bytes
 
 
 @dataclass(frozen=True)
@@ -96,60 +99,70 @@ def fingerprint_inputs(source: SourceConfig) -> dict[str, Any]:
 
 def _has_surrogates(values: np.ndarray) -> np.ndarray:
     """Rows whose decoded text holds escaped undecodable bytes. Fast path: one encode of all."""
-    present = np.array([isinstance(v, str) for v in values])
+    strings = [v for v in values if isinstance(v, str)]
     try:
-        "\n".join(values[present]).encode("utf-8")
+        "\n".join(strings).encode("utf-8")
         return np.zeros(len(values), dtype=bool)
-    except UnicodeEncodeError:
-        bad = pd.Series(values[present]).str.contains("[\udc80-\udcff]", regex=True).to_numpy()
-        out = np.zeros(len(values), dtype=bool)
-        out[present] = bad
-        return out
+    except UnicodeEncodeError:  # rare: find the rows
+        return np.array([isinstance(v, str) and bool(SURROGATE.search(v)) for v in values], bool)
+
+
+def _objects(column: pd.Series) -> np.ndarray:
+    values = column.to_numpy(dtype=object)
+    return np.where(pd.isna(values), None, values)
+
+
+def _strings(values: np.ndarray, drop: np.ndarray) -> pa.Array:
+    """Python values as an Arrow string array (labels may be numbers); `drop` rows become null."""
+    return pa.array([None if d or v is None else str(v) for v, d in zip(values, drop)], pa.string())
 
 
 def canonicalize(
     frame: pd.DataFrame, split: str | None, label_names: dict[str, str], labelled: bool
 ) -> pa.Table:
-    """Validate a reader chunk and give it the canonical schema, flagging rejects with reasons."""
+    """Validate a reader chunk and give it the canonical schema, flagging rejects with reasons.
+
+    Undecodable bytes are found first (they cannot enter Arrow); the rest runs on Arrow arrays.
+    """
     n = len(frame)
-    text = frame["text"].to_numpy(dtype=object)
-    reject = (
-        frame["reject"].to_numpy(dtype=object) if "reject" in frame else np.full(n, None, object)
-    )
-    is_null = pd.isna(text)
-    text = np.where(is_null, None, text)
-    as_str = pd.Series(text, dtype=object)
-    reasons = [
-        (is_null, "null text"),
-        (_has_surrogates(text), UNDECODABLE),
-        (~is_null & (as_str.str.strip() == "").to_numpy(dtype=bool, na_value=False), "empty text"),
+    raw_text = _objects(frame["text"])
+    bad_text = _has_surrogates(raw_text)
+    text = _strings(raw_text, bad_text)
+    raw_label = _objects(frame["label"])
+    bad_label = _has_surrogates(raw_label) if labelled else np.ones(n, dtype=bool)
+    label = pc.utf8_trim_whitespace(_strings(raw_label, bad_label))
+    if label_names:
+        keys = pa.array(list(label_names), pa.string())
+        renamed = pa.array(list(label_names.values()), pa.string()).take(pc.index_in(label, keys))
+        label = pc.coalesce(renamed, label)
+    checks = [
+        (bad_text, UNDECODABLE),
+        (pa.array(raw_text == None), "null text"),  # noqa: E711
+        (pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), "empty text"),
     ]
-    label = frame["label"].to_numpy(dtype=object)
-    label = np.where(pd.isna(label), None, label)
     if labelled:
-        label = np.array([None if v is None else str(v).strip() for v in label], dtype=object)
-        label = pd.Series(label, dtype=object).replace(label_names).to_numpy(dtype=object)
-        missing = np.array([v is None or v == "" for v in label])
-        reasons += [(missing, "missing label"), (_has_surrogates(label), UNDECODABLE)]
-    for mask, reason in reasons:  # first reason wins
-        reject = np.where((reject == None) & mask, reason, reject)  # noqa: E711
-    rejected = reject != None  # noqa: E711
-    text = np.where(rejected, None, text)
-    label = np.where(rejected, None, label) if labelled else np.full(n, None, object)
-    source = frame["source"].astype(str).to_numpy(dtype=object)
-    rows = frame["row"].to_numpy(dtype=np.int64)
-    ids = frame["id"].to_numpy(dtype=object)
-    generated = np.char.add(np.char.add(source.astype(str), ":"), rows.astype(str)).astype(object)
-    ids = np.where(pd.isna(ids), generated, ids)
+        checks += [(bad_label, UNDECODABLE),
+                   (pc.or_kleene(pc.is_null(label), pc.equal(label, "")), "missing label")]
+    reject = pa.array(_objects(frame["reject"]) if "reject" in frame else [None] * n, pa.string())
+    for mask, reason in checks:  # the first reason found wins
+        hit = pc.and_(pc.is_null(reject), pc.fill_null(pa.array(mask), False))
+        reject = pc.if_else(hit, pa.scalar(reason), reject)
+    kept = pc.is_null(reject)
+    source = pa.array(frame["source"].astype(str).to_numpy(dtype=object), pa.string())
+    rows = pa.array(frame["row"].to_numpy(dtype=np.int64), pa.int64())
+    raw_ids = _objects(frame["id"])
+    generated = pc.binary_join_element_wise(source, pc.cast(rows, pa.string()), ":")
+    ids = pc.coalesce(_strings(raw_ids, _has_surrogates(raw_ids)), generated)
+    null = pa.nulls(n, pa.string())
     return pa.table(
         {
-            "id": pa.array([str(v) for v in ids], pa.string()),
-            "text": pa.array(text, pa.string()),
-            "label": pa.array(label, pa.string()),
+            "id": ids,
+            "text": pc.if_else(kept, text, null),
+            "label": pc.if_else(kept, label, null) if labelled else null,
             "split": pa.array([split] * n, pa.string()),
-            "source": pa.array(source, pa.string()),
-            "row": pa.array(rows, pa.int64()),
-            "reject": pa.array(reject, pa.string()),
+            "source": source,
+            "row": rows,
+            "reject": reject,
         },
         schema=CANONICAL_SCHEMA,
     )

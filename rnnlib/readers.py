@@ -28,6 +28,9 @@ SUFFIX_FORMATS = {
 }
 
 
+MALFORMED_JSON = "malformed JSON"  # a line that is not one JSON object
+
+
 def infer_format(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """Format from the file suffix (after a compression suffix); directories are class layouts."""
     if fs.isdir(path):
@@ -49,11 +52,13 @@ def open_binary(fs: fsspec.AbstractFileSystem, path: str) -> Any:
 
 def _frame(text: Any, label: Any, ids: Any, source: Any, rows: Any) -> pd.DataFrame:
     n = len(text)
+    as_object = lambda v: pd.Series(v if v is not None else [None] * n, dtype=object)  # noqa: E731
+    # object dtype: pandas' Arrow-backed strings cannot hold the escaped undecodable bytes
     return pd.DataFrame(
         {
-            "text": text,
-            "label": label if label is not None else [None] * n,
-            "id": ids if ids is not None else [None] * n,
+            "text": as_object(text),
+            "label": as_object(label),
+            "id": as_object(ids),
             "source": source,
             "row": rows,
         }
@@ -120,10 +125,10 @@ def read_jsonl(fs, path: str, source: str, spec: InputSpec, chunk_rows: int):
             line = raw.decode("utf-8", errors="surrogateescape").strip()
             try:
                 record = json.loads(line) if line else None
-            except json.JSONDecodeError as exc:
-                record = {"__reject__": f"malformed JSON: {exc.msg}"}
+            except json.JSONDecodeError:
+                record = None
             if not isinstance(record, dict):
-                record = {"__reject__": "malformed JSON: not an object"}
+                record = {"__reject__": MALFORMED_JSON}
             records.append(record)
             if len(records) == chunk_rows:
                 yield _json_chunk(records, spec, source, first)

@@ -1,0 +1,134 @@
+"""Bad input: a clear error naming file (and row) and reason, or a counted rejection."""
+
+from __future__ import annotations
+
+import pyarrow.parquet as pq
+import pytest
+
+from rnnlib.config import InputSpec, SourceConfig, TensorizeConfig, PreprocessConfig, SplitConfig, VocabConfig
+from rnnlib.errors import InputError
+from rnnlib.ingest import ingest
+from rnnlib.preprocess import preprocess
+from rnnlib.split import split
+from rnnlib.tensorize import tensorize
+from rnnlib.vocab import fit
+
+
+def ingest_one(tmp_path, name: str, **spec):
+    return ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / name), **spec)]), tmp_path / "out")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match=r"nope\.csv: file not found"):
+        ingest_one(tmp_path, "nope.csv")
+
+
+@pytest.mark.parametrize("name,content", [("e.csv", ""), ("e.txt", ""), ("e.jsonl", ""), ("h.csv", "text,label\n")])
+def test_empty_file(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(InputError, match=rf"{name}: file is empty"):
+        ingest_one(tmp_path, name, **({"label_column": None} if name.endswith(".txt") else {}))
+
+
+@pytest.mark.parametrize("name,content", [
+    ("u.csv", "body,label\nhi,1\n"),
+    ("u.jsonl", '{"body": "hi", "label": 1}\n'),
+])
+def test_unknown_column(tmp_path, name, content):
+    (tmp_path / name).write_text(content)
+    with pytest.raises(InputError, match=rf"{name}: unknown (column|field) 'text'"):
+        ingest_one(tmp_path, name)
+
+
+def test_unknown_parquet_column_and_out_of_range_position(tmp_path):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"body": ["x"]}), tmp_path / "p.parquet")
+    with pytest.raises(InputError, match=r"p\.parquet: unknown column 'text'"):
+        ingest_one(tmp_path, "p.parquet")
+    (tmp_path / "n.csv").write_text("a,b\n")
+    with pytest.raises(InputError, match=r"n\.csv: column 5 out of range"):
+        ingest_one(tmp_path, "n.csv", header=False, text_columns=[5], label_column=0)
+
+
+def test_corrupt_parquet(tmp_path):
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not really parquet")
+    with pytest.raises(InputError, match=r"bad\.parquet: corrupt Parquet file"):
+        ingest_one(tmp_path, "bad.parquet")
+
+
+def test_malformed_csv_names_the_line(tmp_path):
+    (tmp_path / "m.csv").write_text('text,label\nok,1\nbroken,1,extra,fields\n')
+    with pytest.raises(InputError, match=r"m\.csv: malformed CSV: .*line 3"):
+        ingest_one(tmp_path, "m.csv")
+
+
+def test_bad_rows_are_rejected_with_file_row_and_reason(tmp_path):
+    data = b"text,label\ngood,1\n,1\n   ,0\nbad \xff\xfe bytes,0\nno label,\nfine,0\n"
+    (tmp_path / "rows.csv").write_bytes(data)
+    manifest = ingest_one(tmp_path, "rows.csv")
+    assert manifest["rows"] == 6 and manifest["kept"] == 2
+    assert manifest["rejected"] == {
+        "empty text": 2, "missing label": 1, "undecodable bytes (not UTF-8)": 1,
+    }
+    df = pq.read_table(tmp_path / "out").to_pandas()
+    rejected = df[df["reject"].notna()]
+    assert rejected[["source", "row", "reject"]].values.tolist() == [
+        ["rows.csv", 2, "empty text"], ["rows.csv", 3, "empty text"],
+        ["rows.csv", 4, "undecodable bytes (not UTF-8)"], ["rows.csv", 5, "missing label"],
+    ]
+    assert rejected["text"].isna().all()
+
+
+def test_malformed_and_null_json_lines_are_rejected(tmp_path):
+    (tmp_path / "d.jsonl").write_text(
+        '{"text": "ok", "label": "a"}\n{"text": null, "label": "a"}\n{not json\n[1, 2]\n'
+    )
+    manifest = ingest_one(tmp_path, "d.jsonl")
+    assert manifest["rows"] == 4 and manifest["kept"] == 1
+    assert manifest["rejected"] == {"malformed JSON": 2, "null text": 1}
+    df = pq.read_table(tmp_path / "out").to_pandas()
+    assert df.loc[df["row"] == 3, "reject"].item() == "malformed JSON"
+
+
+def test_undecodable_line_in_plain_text(tmp_path):
+    (tmp_path / "d.txt").write_bytes(b"fine\n\xc3\x28 broken\nalso fine\n")
+    manifest = ingest_one(tmp_path, "d.txt", label_column=None)
+    assert manifest["kept"] == 2 and manifest["files"]["d.txt"]["rejected"] == {
+        "undecodable bytes (not UTF-8)": 1
+    }
+
+
+def test_mixed_labelled_and_unlabelled_inputs_are_refused(tmp_path):
+    (tmp_path / "a.csv").write_text("text,label\nx,1\n")
+    (tmp_path / "b.txt").write_text("y\n")
+    source = SourceConfig(inputs=[InputSpec(path=str(tmp_path / "a.csv")),
+                                  InputSpec(path=str(tmp_path / "b.txt"), label_column=None)])
+    with pytest.raises(InputError, match="some inputs have labels and others not"):
+        ingest(source, tmp_path / "out")
+
+
+def test_unknown_dataset():
+    with pytest.raises(InputError, match="unknown dataset 'nope'"):
+        ingest(SourceConfig(dataset="nope"), "/tmp/never-written")
+
+
+def test_label_unseen_at_fit_time_is_rejected_not_lost(tmp_path, client):
+    rows = "".join(f"word{i} common,a\n" for i in range(20)) + "rare text,zzz\n"
+    (tmp_path / "d.csv").write_text("text,label\n" + rows)
+    ingest_one(tmp_path, "d.csv")
+    preprocess(tmp_path / "out", tmp_path / "pre", PreprocessConfig(level="word"), client)
+    # everything of class a in train; the single zzz row forced to test
+    manifest = split(tmp_path / "pre", tmp_path / "split", SplitConfig(train=0.0, val=0.0, test=1.0), True, client)
+    assert manifest["splits"]["test"]["rows"] == 21
+    import pandas as pd
+
+    df = pq.read_table(tmp_path / "split").to_pandas()
+    df.loc[df["label"] == "a", "split"] = "train"
+    pq.write_table(pq.read_table(tmp_path / "split").from_pandas(df, preserve_index=False), tmp_path / "split" / "part-00000.parquet")
+    fit(tmp_path / "split", tmp_path / "vocab", VocabConfig(), "train", client)
+    result = tensorize(tmp_path / "split", tmp_path / "vocab", tmp_path / "t", TensorizeConfig(), True, client)
+    assert result["rows"] == 21 and result["kept"] == 20
+    assert result["rejected"] == {"label unseen at fit time": 1}
+    rejects = pd.read_parquet(tmp_path / "t" / "rejects")
+    assert rejects[["source", "row", "reason"]].values.tolist() == [["d.csv", 21, "label unseen at fit time"]]

@@ -1,0 +1,159 @@
+"""Readers and the canonical table: every format, provenance, ids, and the real mirrored sets."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from rnnlib.config import InputSpec, SourceConfig
+from rnnlib.ingest import fingerprint_inputs, ingest
+
+
+def run(tmp_path: Path, *inputs: InputSpec, **source) -> tuple[dict, pd.DataFrame]:
+    out = tmp_path / "out"
+    manifest = ingest(SourceConfig(inputs=list(inputs), **source), out)
+    return manifest, pq.read_table(out).to_pandas()
+
+
+def test_csv_with_header_and_concatenated_columns(tmp_path):
+    (tmp_path / "news.csv").write_text(
+        'title,body,topic\n"Stocks rise","Markets, up",Business\nGoal!,"Late win",Sports\n'
+    )
+    spec = InputSpec(path=str(tmp_path / "news.csv"), text_columns=["title", "body"],
+                     label_column="topic")
+    manifest, df = run(tmp_path, spec)
+    assert df["text"].tolist() == ["Stocks rise Markets, up", "Goal! Late win"]
+    assert df["label"].tolist() == ["Business", "Sports"]
+    assert df["source"].tolist() == ["news.csv"] * 2 and df["row"].tolist() == [1, 2]
+    assert df["id"].tolist() == ["news.csv:1", "news.csv:2"]
+    assert manifest["rows"] == manifest["kept"] == 2
+
+
+def test_headerless_csv_by_position_as_ag_news_is_laid_out(tmp_path):
+    (tmp_path / "train.csv").write_text('"3","Wall St.","Shares fell"\n"2","Cup","Final"\n')
+    spec = InputSpec(path=str(tmp_path / "train.csv"), header=False, text_columns=[1, 2],
+                     label_column=0)
+    _, df = run(tmp_path, spec, label_names={"3": "Business"})
+    assert df["text"].tolist() == ["Wall St. Shares fell", "Cup Final"]
+    assert df["label"].tolist() == ["Business", "2"]
+
+
+def test_gzipped_tsv_with_id_column_keeps_ids(tmp_path):
+    with gzip.open(tmp_path / "t.tsv.gz", "wt") as fh:
+        fh.write("doc\ttext\tlabel\nA7\tgood film\tpos\nB9\tbad, film\tneg\n")
+    manifest, df = run(tmp_path, InputSpec(path=str(tmp_path / "t.tsv.gz"), id_column="doc"))
+    assert df["id"].tolist() == ["A7", "B9"]
+    assert df["text"].tolist() == ["good film", "bad, film"]
+
+
+def test_jsonl_and_zipped_jsonl(tmp_path):
+    lines = [json.dumps({"text": f"doc {i}", "label": i % 2}) for i in range(5)]
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    with zipfile.ZipFile(tmp_path / "d.jsonl.zip", "w") as zf:
+        zf.writestr("d.jsonl", "\n".join(lines))
+    for name in ("d.jsonl", "d.jsonl.zip"):
+        manifest, df = run(tmp_path / name.replace(".", "_"), InputSpec(path=str(tmp_path / name)))
+        assert df["text"].tolist() == [f"doc {i}" for i in range(5)]
+        assert df["label"].tolist() == ["0", "1", "0", "1", "0"]
+        assert manifest["kept"] == 5
+
+
+def test_parquet_input(tmp_path):
+    pq.write_table(pa.table({"review": ["fine", "awful"], "y": ["p", "n"]}), tmp_path / "r.parquet")
+    spec = InputSpec(path=str(tmp_path / "r.parquet"), text_columns=["review"], label_column="y")
+    _, df = run(tmp_path, spec)
+    assert df[["text", "label"]].values.tolist() == [["fine", "p"], ["awful", "n"]]
+
+
+def test_plain_text_is_unlabelled_one_document_per_line(tmp_path):
+    (tmp_path / "dump.txt").write_text("first doc\nsecond doc\n")
+    manifest, df = run(tmp_path, InputSpec(path=str(tmp_path / "dump.txt"), label_column=None))
+    assert df["text"].tolist() == ["first doc", "second doc"]
+    assert df["label"].isna().all() and manifest["labelled"] is False
+
+
+def _folder_layout(root: Path) -> None:
+    for label, docs in {"pos": ["great", "superb"], "neg": ["dull"]}.items():
+        (root / label).mkdir(parents=True)
+        for i, doc in enumerate(docs):
+            (root / label / f"{i}_1.txt").write_text(doc)
+
+
+def test_folder_per_class_plain_and_zipped(tmp_path):
+    _folder_layout(tmp_path / "train")
+    _, df = run(tmp_path, InputSpec(path=str(tmp_path / "train"), split="train"))
+    assert sorted(zip(df["label"], df["text"])) == [("neg", "dull"), ("pos", "great"), ("pos", "superb")]
+    assert set(df["id"]) == {"train/neg/0_1.txt", "train/pos/0_1.txt", "train/pos/1_1.txt"}
+    assert (df["split"] == "train").all()
+    with zipfile.ZipFile(tmp_path / "train.zip", "w") as zf:
+        for f in (tmp_path / "train").rglob("*.txt"):
+            zf.write(f, f.relative_to(tmp_path / "train"))
+    _, zdf = run(tmp_path / "z", InputSpec(path=str(tmp_path / "train.zip"), format="folder_per_class"))
+    assert sorted(zdf["text"]) == sorted(df["text"])
+
+
+def test_file_per_class_label_is_file_name(tmp_path):
+    (tmp_path / "names").mkdir()
+    (tmp_path / "names" / "Irish.txt").write_text("Ó Briain\nMurphy\n")
+    (tmp_path / "names" / "Greek.txt").write_text("Pappas\n")
+    _, df = run(tmp_path, InputSpec(path=str(tmp_path / "names")))
+    assert sorted(zip(df["label"], df["text"])) == [
+        ("Greek", "Pappas"), ("Irish", "Murphy"), ("Irish", "Ó Briain")
+    ]
+    assert set(df["source"]) == {"names/Irish.txt", "names/Greek.txt"}
+
+
+def test_partitions_are_bounded(tmp_path):
+    (tmp_path / "d.txt").write_text("".join(f"doc {i}\n" for i in range(25)))
+    manifest = ingest(
+        SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.txt"), label_column=None)],
+                     partition_rows=10), tmp_path / "out"
+    )
+    sizes = [pq.read_metadata(tmp_path / "out" / p).num_rows for p in manifest["parts"]]
+    assert sizes == [10, 10, 5]
+
+
+def test_mirrored_surnames(datasets, tmp_path):
+    manifest = ingest(SourceConfig(dataset="names", mirror=str(datasets)), tmp_path / "out")
+    assert manifest["rows"] == manifest["kept"] == 20074
+    assert manifest["files"]["names/Russian.txt"]["rows"] == 9408
+    df = pq.read_table(tmp_path / "out").to_pandas()
+    assert df["label"].nunique() == 18
+
+
+def test_mirrored_tweets_keep_predefined_splits_and_label_names(datasets, tmp_path):
+    manifest = ingest(SourceConfig(dataset="semeval2016_tweets", mirror=str(datasets)), tmp_path / "o")
+    df = pq.read_table(tmp_path / "o").to_pandas()
+    assert manifest["rows"] == 6000 + 1999 + 20632
+    assert df.groupby("split").size().to_dict() == {"train": 6000, "val": 1999, "test": 20632}
+    assert df[df["split"] == "train"]["label"].value_counts().to_dict() == {
+        "positive": 3094, "neutral": 2043, "negative": 863
+    }
+
+
+@pytest.mark.slow
+def test_mirrored_imdb_folders_and_unlabelled_dump(datasets, tmp_path):
+    manifest = ingest(SourceConfig(dataset="imdb", mirror=str(datasets)), tmp_path / "imdb")
+    assert manifest["rows"] == manifest["kept"] == 50000
+    df = pq.read_table(tmp_path / "imdb", columns=["split", "label"]).to_pandas()
+    assert df.groupby(["split", "label"]).size().tolist() == [12500] * 4
+    dump = InputSpec(path=str(datasets / "imdb" / "unsup.jsonl.gz"), label_column=None)
+    manifest = ingest(SourceConfig(inputs=[dump]), tmp_path / "unsup")
+    assert manifest["rows"] == manifest["kept"] == 50000 and not manifest["labelled"]
+
+
+def test_fingerprint_follows_content_not_location(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "x.csv").write_text("text,label\nhi,1\n")
+    fp = lambda d: fingerprint_inputs(SourceConfig(inputs=[InputSpec(path=str(tmp_path / d / "x.csv"))]))  # noqa: E731
+    assert fp("a") == fp("b")
+    (tmp_path / "b" / "x.csv").write_text("text,label\nhi,2\n")
+    assert fp("a") != fp("b")
