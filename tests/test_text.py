@@ -1,0 +1,80 @@
+"""Each preprocessing option, on the Arrow tokeniser."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+from rnnlib.config import PreprocessConfig
+from rnnlib.text import tokenize
+
+
+def tok(text: str | None, **options) -> list[str] | None:
+    return tokenize(pa.array([text], pa.string()), PreprocessConfig(**{"level": "word", **options})).to_pylist()[0]
+
+
+def test_default_word_level_splits_punctuation():
+    assert tok("Hello, world!") == ["Hello", ",", "world", "!"]
+    assert tok("'quoted' don't") == ["'", "quoted", "'", "don't"]
+
+
+def test_punctuation_keep_and_remove():
+    assert tok("Hello, world!", punctuation="keep") == ["Hello,", "world!"]
+    assert tok("Hello, world! 'quoted' don't", punctuation="remove") == ["Hello", "world", "quoted", "don't"]
+
+
+def test_lowercase():
+    assert tok("ÉCOLE Big", lowercase=True) == ["école", "big"]
+
+
+def test_strip_html_and_entities():
+    assert tok("one<br /><br />two &amp; <i>three</i>", strip_html=True, punctuation="keep") == [
+        "one", "two", "&", "three"
+    ]
+
+
+def test_remove_parentheses():
+    assert tok("the film (released 1999) is fine", remove_parentheses=True) == ["the", "film", "is", "fine"]
+
+
+@pytest.mark.parametrize("name,text,expected", [
+    ("url", "see https://t.co/x?a=1 now", ["see", "<url>", "now"]),
+    ("mention", "hi @bob_1, mail a@b.org", ["hi", "<mention>", ",", "mail", "a", "@", "b", ".", "org"]),
+    ("hashtag", "love #NLP", ["love", "<hashtag>"]),
+    ("digit", "won 3-1 in 2024", ["won", "<digit>", "-", "<digit>", "in", "<digit>"]),
+])
+def test_placeholders(name, text, expected):
+    assert tok(text, placeholders=[name]) == expected
+
+
+def test_pretokenised_placeholders_survive_punctuation_handling():
+    assert tok("<<<MENTION>>> hi", punctuation="remove") == ["<<<MENTION>>>", "hi"]
+
+
+def test_emoticons_kept_as_tokens():
+    assert tok("great:) sad :-( <3 ok.", keep_emoticons=True) == ["great", ":)", "sad", ":-(", "<3", "ok", "."]
+    assert tok("great:)", keep_emoticons=False) == ["great", ":", ")"]
+
+
+def test_stopwords_use_nltk_english_list():
+    assert tok("this is not the best film", stopwords=True) == ["best", "film"]
+
+
+def test_porter_stemming():
+    assert tok("running runs easily", stem=True) == ["run", "run", "easili"]
+
+
+def test_char_level_and_accent_stripping():
+    cfg = {"level": "char"}
+    assert tok("Abé  Ng", **cfg) == ["A", "b", "é", " ", "N", "g"]
+    assert tok("Abé", **cfg, strip_accents=True) == ["A", "b", "e"]
+    assert tok("O'Neil", **cfg, punctuation="remove") == list("ONeil")
+
+
+def test_unicode_normalisation_composes():
+    assert tok("Cafe\u0301", unicode_form="NFC") == ["Caf\u00e9"]
+
+
+def test_null_stays_null_and_empty_gives_no_tokens():
+    out = tokenize(pa.array([None, "", "...", "ok"]), PreprocessConfig(level="word", punctuation="remove"))
+    assert out.to_pylist() == [None, [], [], ["ok"]]
