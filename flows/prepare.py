@@ -42,16 +42,17 @@ def prepare_flow(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
     work, dask = config.work_dir, config.dask
     try:
         source = fetch_task(config.source)
-        ingested = _run(ingest_task, stages, source=source, work_dir=work)
+        ingested = _run(ingest_task, stages, source=source, dask=dask, work_dir=work)
         labelled = ingested.manifest["labelled"]
         pre = _run(preprocess_task, stages, ingested=ingested, cfg=config.preprocess, dask=dask,
                    work_dir=work)
         splitted = _run(split_task, stages, preprocessed=pre, labelled=labelled, cfg=config.split,
                         dask=dask, work_dir=work)
-        fitted = _run(vocab_task, stages, splitted=splitted,
+        fitted = _run(vocab_task, stages, preprocessed=pre, splitted=splitted,
                       fit_split="train" if labelled else UNLABELLED_SPLIT, cfg=config.vocab,
                       dask=dask, work_dir=work)
-        tensors = _run(tensorize_task, stages, splitted=splitted, fitted=fitted, labelled=labelled,
+        tensors = _run(tensorize_task, stages, preprocessed=pre, splitted=splitted, fitted=fitted,
+                       labelled=labelled,
                        cfg=config.tensorize, dask=dask, work_dir=work)
     finally:
         close_clients()

@@ -26,7 +26,7 @@ def dask_client(cfg: DaskConfig) -> Iterator[Client]:
         n_workers=cores if cfg.processes else 1,
         threads_per_worker=1 if cfg.processes else cores,
         processes=cfg.processes,
-        dashboard_address=None,
+        dashboard_address=":0",  # any free port: several clusters may run side by side
         silence_logs=logging.ERROR,
     ) as cluster, Client(cluster) as client:
         yield client
@@ -38,8 +38,25 @@ def partitions(stage_dir: str | Path) -> list[Path]:
 
 
 def map_partitions(
-    client: Client, fn: Callable[..., Any], *iterables: Sequence[Any], **kwargs: Any
+    client: Client | None, fn: Callable[..., Any], *iterables: Sequence[Any], **kwargs: Any
 ) -> list[Any]:
-    """Run `fn` once per partition on the cluster and return the results in order."""
-    futures = client.map(fn, *iterables, pure=False, **kwargs)
-    return client.gather(futures)
+    """Run `fn` once per partition, on the cluster (or in this process without a client), and
+    return the results in order."""
+    if client is None:
+        return [fn(*args, **kwargs) for args in zip(*iterables)]
+    return client.gather(client.map(fn, *iterables, pure=False, **kwargs))
+
+
+def map_reduce(
+    client: Client | None, fn: Callable[..., Any], items: Sequence[Any],
+    combine: Callable[..., Any], fan_in: int = 8, **kwargs: Any,
+) -> Any:
+    """`combine(*map(fn, items))` as a tree reduction on the cluster: partial results stay on
+    the workers and only the final one reaches the caller."""
+    if client is None:
+        return combine(*(fn(item, **kwargs) for item in items))
+    futures = client.map(fn, items, pure=False, **kwargs)
+    while len(futures) > 1:
+        futures = [client.submit(combine, *futures[i : i + fan_in], pure=False)
+                   for i in range(0, len(futures), fan_in)]
+    return futures[0].result()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from distributed import Client
 from fsspec.implementations.zip import ZipFileSystem
 
 from rnnlib.accounting import KEPT, summarise
@@ -26,7 +27,8 @@ from rnnlib.config import InputSpec, SourceConfig
 from rnnlib.datasets import materialize
 from rnnlib.errors import InputError
 from rnnlib.fingerprint import url_digest
-from rnnlib.readers import infer_format, read_input
+from rnnlib.cluster import map_partitions
+from rnnlib.readers import ReadUnit, infer_format, plan_units, read_unit
 from rnnlib.storage import MANIFEST, building, write_json
 
 CANONICAL_SCHEMA = pa.schema(
@@ -62,7 +64,7 @@ def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str,
         if path.lower().endswith(".zip") and spec.format in CLASS_LAYOUTS:
             if not fs.exists(path):
                 raise InputError("file not found", file=url)
-            fs, path = ZipFileSystem(fs.open(path, "rb")), ""
+            fs, path = ZipFileSystem(fo=url), ""
         paths = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
         if not paths or (path and not fs.exists(paths[0])):
             raise InputError("file not found" if len(paths) <= 1 else "no file matches", file=url)
@@ -171,8 +173,8 @@ def canonicalize(
 class PartWriter:
     """Buffers tables and writes Parquet partitions of exactly `rows` rows (the last may be short)."""
 
-    def __init__(self, out_dir: Path, rows: int) -> None:
-        self.out_dir, self.rows = out_dir, rows
+    def __init__(self, out_dir: Path, rows: int, prefix: str) -> None:
+        self.out_dir, self.rows, self.prefix = out_dir, rows, prefix
         self.buffer: list[pa.Table] = []
         self.buffered = 0
         self.parts: list[str] = []
@@ -189,47 +191,64 @@ class PartWriter:
 
     def _flush(self, n: int) -> None:
         table = pa.concat_tables(self.buffer)
-        name = f"part-{len(self.parts):05d}.parquet"
+        name = f"{self.prefix}-{len(self.parts):04d}.parquet"
         pq.write_table(table.slice(0, n), self.out_dir / name)
         self.parts.append(name)
         rest = table.slice(n)
         self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
 
 
-def ingest(source: SourceConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Read all inputs into canonical partitions under `out_dir`; return the stage manifest."""
+def ingest_unit(
+    unit: ReadUnit, index: int, out_dir: Path, partition_rows: int,
+    label_names: dict[str, str], labelled: bool,
+) -> dict[str, Any]:
+    """Read one unit into canonical partitions; return their names and per-file outcomes."""
+    writer = PartWriter(out_dir, partition_rows, prefix=f"part-{index:05d}")
+    per_file: dict[str, Counter] = defaultdict(Counter)
+    # one-document-per-file layouts are accounted per input folder, not per file
+    per_folder = unit.source(unit.root) if unit.spec.format == "folder_per_class" else None
+    for frame in read_unit(unit, partition_rows):
+        table = canonicalize(frame, unit.spec.split, label_names, labelled)
+        _count_outcomes(per_file, table, per_folder)
+        writer.add(table)
+    writer.close()
+    return {"parts": writer.parts, "per_file": dict(per_file)}
+
+
+def ingest(source: SourceConfig, out_dir: str | Path, client: Client | None = None) -> dict[str, Any]:
+    """Read all inputs into canonical partitions under `out_dir`, one read unit per task on the
+    cluster (or in this process without a client); return the stage manifest."""
     inputs, label_names = resolve_inputs(source)
     labelled = is_labelled(inputs)
-    per_file: dict[str, Counter] = {}
+    units = [unit for item in inputs
+             for unit in plan_units(item.fs, item.path, item.spec, source.partition_rows)]
     with building(out_dir) as scratch:
-        writer = PartWriter(scratch, source.partition_rows)
-        for item in inputs:
-            for frame in read_input(item.fs, item.path, item.spec, source.partition_rows):
-                table = canonicalize(frame, item.spec.split, label_names, labelled)
-                _count_outcomes(per_file, table)
-                writer.add(table)
-        writer.close()
-        manifest = _summarise(per_file, writer.parts, labelled)
+        results = map_partitions(client, ingest_unit, units, range(len(units)), out_dir=scratch,
+                                 partition_rows=source.partition_rows, label_names=label_names,
+                                 labelled=labelled)
+        per_file: dict[str, Counter] = defaultdict(Counter)
+        for result in results:
+            for src, counts in result["per_file"].items():
+                per_file[src].update(counts)
+        manifest = _summarise(per_file, [p for r in results for p in r["parts"]], labelled)
         write_json(scratch / MANIFEST, manifest)
     return manifest
 
 
-def _count_outcomes(per_file: dict[str, Counter], table: pa.Table) -> None:
-    """Add a chunk's kept/rejected counts per source file."""
-    grouped = table.group_by(["source", "reject"]).aggregate([("row", "count")])
-    for src, reason, n in zip(*(grouped[c].to_pylist() for c in ("source", "reject", "row_count"))):
-        per_file.setdefault(src, Counter())[reason or KEPT] += n
+def _count_outcomes(per_file: defaultdict[str, Counter], table: pa.Table, source: str | None) -> None:
+    """Add a chunk's kept/rejected counts per source file (or all under one `source` name)."""
+    keys = ["reject"] if source else ["source", "reject"]
+    grouped = table.group_by(keys).aggregate([([], "count_all")]).to_pydict()
+    sources = grouped.get("source", [source] * len(grouped["reject"]))
+    for src, reason, n in zip(sources, grouped["reject"], grouped["count_all"]):
+        per_file[src][reason or KEPT] += n
 
 
 def _summarise(per_file: dict[str, Counter], parts: list[str], labelled: bool) -> dict[str, Any]:
-    files = {src: summarise([c]) for src, c in per_file.items()}
-    if len(files) > 100:  # one-document-per-file layouts: list only the files with rejects
-        files = {src: f for src, f in files.items() if f["rejected"]}
     return {
         "stage": "ingest",
         **summarise(per_file.values()),
-        "files_read": len(per_file),
-        "files": files,
+        "files": {src: summarise([c]) for src, c in sorted(per_file.items())},
         "parts": parts,
         "labelled": labelled,
     }

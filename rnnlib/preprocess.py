@@ -49,7 +49,7 @@ def preprocess_partition(in_file: Path, out_file: Path, cfg: PreprocessConfig) -
     return {"outcomes": outcomes(table["reject"]), "tokens": int(pc.sum(pc.list_value_length(table["tokens"])).as_py() or 0)}
 
 
-def preprocess(in_dir: str | Path, out_dir: str | Path, cfg: PreprocessConfig, client: Client) -> dict[str, Any]:
+def preprocess(in_dir: str | Path, out_dir: str | Path, cfg: PreprocessConfig, client: Client | None) -> dict[str, Any]:
     """Tokenise every partition on the cluster; the manifest carries the cumulative accounting."""
     files = partitions(in_dir)
     with building(out_dir) as scratch:

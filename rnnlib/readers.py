@@ -7,9 +7,12 @@ instead of sinking the whole file; ingest validates and flags them.
 
 from __future__ import annotations
 
+import glob
 import json
 import posixpath
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -17,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from rnnlib.config import InputSpec
 from rnnlib.errors import InputError
@@ -91,7 +95,9 @@ def _select(frame: pd.DataFrame, spec: InputSpec, source: str, first_row: int) -
     return _frame(to_obj(text), to_obj(label), to_obj(ids), source, _rows(first_row, len(frame)))
 
 
-def read_delimited(fs, path: str, source: str, spec: InputSpec, chunk_rows: int):
+def read_delimited(
+    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
     default_sep = "\t" if spec.format == "tsv" else ","
     with open_binary(fs, path) as fh:
         try:
@@ -116,7 +122,9 @@ def read_delimited(fs, path: str, source: str, spec: InputSpec, chunk_rows: int)
             raise InputError(f"malformed CSV: {exc}", file=source) from exc
 
 
-def read_jsonl(fs, path: str, source: str, spec: InputSpec, chunk_rows: int):
+def read_jsonl(
+    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
     """JSON Lines, one object per line; a line that is not a JSON object is rejected, not fatal."""
     records: list[dict] = []
     first = 1
@@ -150,7 +158,9 @@ def _json_chunk(records: list[dict], spec: InputSpec, source: str, first: int) -
     return out
 
 
-def read_parquet(fs, path: str, source: str, spec: InputSpec, chunk_rows: int):
+def read_parquet(
+    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
     wanted = [c for c in [*spec.text_columns, spec.label_column, spec.id_column] if c is not None]
     with fs.open(path, "rb") as fh:
         try:
@@ -170,7 +180,10 @@ def read_parquet(fs, path: str, source: str, spec: InputSpec, chunk_rows: int):
             raise InputError(f"corrupt Parquet file: {exc}", file=source) from exc
 
 
-def read_text_lines(fs, path: str, source: str, spec: InputSpec, chunk_rows: int, label=None):
+def read_text_lines(
+    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int,
+    label: str | None = None,
+) -> Iterator[pd.DataFrame]:
     """Plain text, one document per line (a trailing newline does not make an empty document)."""
     with open_binary(fs, path) as fh:
         first = 1
@@ -186,56 +199,72 @@ def read_text_lines(fs, path: str, source: str, spec: InputSpec, chunk_rows: int
             first += len(text)
 
 
-def read_file_per_class(fs, root: str, spec: InputSpec, chunk_rows: int):
-    """One example per line; the label is the file name without its suffix (surnames layout)."""
-    files = sorted(fs.glob(posixpath.join(root, spec.pattern)))
-    if not files:
-        raise InputError(f"no files match {spec.pattern!r}", file=root)
-    for path in files:
+@dataclass(frozen=True)
+class ReadUnit:
+    """A piece of input one worker reads: one file, or a chunk of one-document files.
+    Sources are named relative to `base` (the input's parent folder)."""
+
+    fs: fsspec.AbstractFileSystem
+    paths: tuple[str, ...]
+    spec: InputSpec
+    root: str  # the input's path
+
+    @property
+    def base(self) -> str:
+        return posixpath.dirname(self.root.rstrip("/"))
+
+    def source(self, path: str) -> str:
+        return path[len(self.base):].lstrip("/") if self.base else path
+
+
+def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int) -> list[ReadUnit]:
+    """Split an input into read units (the spec's format must be resolved)."""
+    if spec.format in ("folder_per_class", "file_per_class"):
+        pattern = posixpath.join(path, "*", spec.pattern) if spec.format == "folder_per_class" \
+            else posixpath.join(path, spec.pattern)
+        # the standard library lists a local folder of 25,000 files ten times faster than fsspec
+        files = sorted(glob.glob(pattern) if isinstance(fs, LocalFileSystem) else fs.glob(pattern))
+        if not files:
+            raise InputError(f"no files match {pattern[len(path):].lstrip('/')!r}", file=path)
+        size = chunk_rows if spec.format == "folder_per_class" else 1
+        return [ReadUnit(fs, tuple(files[i : i + size]), spec, path) for i in range(0, len(files), size)]
+    return [ReadUnit(fs, (path,), spec, path)]
+
+
+def _read_documents(unit: ReadUnit) -> pd.DataFrame:
+    """One document per file, labelled by its folder's name (`split/label/*.txt`, as aclImdb)."""
+    if isinstance(unit.fs, LocalFileSystem):  # skip fsspec's per-file overhead
+        contents = [Path(p).read_bytes() for p in unit.paths]
+    else:
+        cat = unit.fs.cat(list(unit.paths))
+        contents = [cat[p] for p in unit.paths]
+    text = [c.decode("utf-8", errors="surrogateescape") for c in contents]
+    labels = [posixpath.basename(posixpath.dirname(p)) for p in unit.paths]
+    sources = [unit.source(p) for p in unit.paths]
+    return _frame(np.array(text, dtype=object), labels, sources, sources, 1)
+
+
+READERS = {
+    "csv": read_delimited, "tsv": read_delimited, "jsonl": read_jsonl,
+    "parquet": read_parquet, "text": read_text_lines,
+}
+
+
+def read_unit(unit: ReadUnit, chunk_rows: int) -> Iterator[pd.DataFrame]:
+    """Raw chunks of one read unit; a file that yields no row at all is an error."""
+    if unit.spec.format == "folder_per_class":
+        yield _read_documents(unit)
+        return
+    (path,) = unit.paths
+    source = unit.source(path)
+    if unit.spec.format == "file_per_class":  # one example per line, label = file name
         label = posixpath.splitext(posixpath.basename(path))[0]
-        source = posixpath.relpath(path, posixpath.dirname(root.rstrip("/")))
-        produced = False
-        for frame in read_text_lines(fs, path, source, spec, chunk_rows, label=label):
-            produced = True
-            yield frame
-        if not produced:
-            raise InputError("file is empty", file=source)
-
-
-def read_folder_per_class(fs, root: str, spec: InputSpec, chunk_rows: int):
-    """One document per file, the label is its folder's name (`split/label/*.txt`, as aclImdb)."""
-    files = sorted(fs.glob(posixpath.join(root, "*", spec.pattern)))
-    if not files:
-        raise InputError(f"no files match */{spec.pattern!r}", file=root)
-    base = posixpath.dirname(root.rstrip("/"))
-    for start in range(0, len(files), chunk_rows):
-        batch = files[start : start + chunk_rows]
-        contents = fs.cat(batch) if len(batch) > 1 else {batch[0]: fs.cat(batch[0])}
-        text = [contents[p].decode("utf-8", errors="surrogateescape") for p in batch]
-        labels = [posixpath.basename(posixpath.dirname(p)) for p in batch]
-        sources = [posixpath.relpath(p, base) for p in batch]
-        yield _frame(np.array(text, dtype=object), labels, sources, sources, 1)
-
-
-def read_input(fs, path: str, spec: InputSpec, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Dispatch on the input's (given or inferred) format."""
-    fmt = spec.format if spec.format != "auto" else infer_format(fs, path)
-    spec = spec.model_copy(update={"format": fmt})
-    if fmt == "folder_per_class":
-        yield from read_folder_per_class(fs, path, spec, chunk_rows)
-        return
-    if fmt == "file_per_class":
-        yield from read_file_per_class(fs, path, spec, chunk_rows)
-        return
-    source = posixpath.basename(path)
-    reader = {
-        "csv": read_delimited, "tsv": read_delimited, "jsonl": read_jsonl,
-        "parquet": read_parquet, "text": read_text_lines,
-    }[fmt]
+        frames = read_text_lines(unit.fs, path, source, unit.spec, chunk_rows, label)
+    else:
+        frames = READERS[unit.spec.format](unit.fs, path, source, unit.spec, chunk_rows)
     produced = False
-    for frame in reader(fs, path, source, spec, chunk_rows):
+    for frame in frames:
         produced = produced or len(frame) > 0
         yield frame
     if not produced:
         raise InputError("file is empty (no rows)", file=source)
-

@@ -91,8 +91,9 @@ def assign_partition(
     in_file: Path, out_file: Path, quotas: dict[tuple[str, str], list[int]], seed: int,
     labelled: bool,
 ) -> dict[str, dict[str, int]]:
-    """Write the partition with its final split; return kept rows per (split, label)."""
-    table = pq.read_table(in_file)
+    """Write the partition's split assignment (`id`, `split`, row-aligned with the tokens
+    partition of the same name); return kept rows per (split, label)."""
+    table = pq.read_table(in_file, columns=["id", "label", "split", "reject"])
     split = np.full(table.num_rows, None, dtype=object)
     frame = _kept_groups(table)
     if labelled:
@@ -104,18 +105,28 @@ def assign_partition(
         split[frame.index.to_numpy()] = np.array(SPLITS, dtype=object)[chosen]
     else:
         split[frame.index.to_numpy()] = UNLABELLED_SPLIT
-    table = table.set_column(table.schema.get_field_index("split"), "split", pa.array(split, pa.string()))
-    pq.write_table(table, out_file)
-    kept = table.filter(pc.is_null(table["reject"]))
+    assignment = pa.table({"id": table["id"], "split": pa.array(split, pa.string())})
+    pq.write_table(assignment, out_file)
+    kept = pa.table({"split": assignment["split"], "label": table["label"]}).filter(
+        pc.is_valid(assignment["split"])
+    )
     counts: dict[str, dict[str, int]] = defaultdict(dict)
-    grouped = kept.group_by(["split", "label"]).aggregate([("row", "count")]).to_pylist()
-    for item in grouped:
-        counts[item["split"]][item["label"] or ""] = item["row_count"]
+    for item in kept.group_by(["split", "label"]).aggregate([([], "count_all")]).to_pylist():
+        counts[item["split"]][item["label"] or ""] = item["count_all"]
     return dict(counts)
 
 
+def with_split(tokens_file: Path, split_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """A tokens partition with its final split (from the split stage's aligned assignment)."""
+    table = pq.read_table(tokens_file, columns=columns)
+    assigned = pq.read_table(Path(split_dir) / tokens_file.name, columns=["split"])["split"]
+    if "split" in table.column_names:
+        return table.set_column(table.schema.get_field_index("split"), "split", assigned)
+    return table.append_column("split", assigned)
+
+
 def split(
-    in_dir: str | Path, out_dir: str | Path, cfg: SplitConfig, labelled: bool, client: Client
+    in_dir: str | Path, out_dir: str | Path, cfg: SplitConfig, labelled: bool, client: Client | None
 ) -> dict[str, Any]:
     files = partitions(in_dir)
     per_partition = map_partitions(client, count_partition, files)

@@ -16,6 +16,7 @@ from distributed import Client
 from rnnlib.accounting import outcomes, summarise
 from rnnlib.cluster import map_partitions, partitions
 from rnnlib.config import TensorizeConfig
+from rnnlib.split import with_split
 from rnnlib.storage import MANIFEST, building, write_json
 from rnnlib.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary
 
@@ -49,11 +50,12 @@ def encode_ids(tokens: pa.Array, vocab: Vocabulary, max_length: int | None) -> t
 
 
 def tensorize_partition(
-    in_file: Path, out_dir: Path, vocab_dir: Path, cfg: TensorizeConfig, labelled: bool
+    in_file: Path, split_dir: Path, out_dir: Path, vocab_dir: Path, cfg: TensorizeConfig,
+    labelled: bool,
 ) -> dict[str, Any]:
     vocab = Vocabulary.load(vocab_dir / VOCAB_FILE)
     encoder = LabelEncoder.load(vocab_dir / LABELS_FILE)
-    table = pq.read_table(in_file)
+    table = with_split(in_file, split_dir)
     reject = table["reject"]
     label_ids = encoder.encode(table["label"]) if labelled else pa.nulls(table.num_rows, pa.int64())
     if labelled:
@@ -114,17 +116,17 @@ def _merge_split(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tensorize(
-    in_dir: str | Path, vocab_dir: str | Path, out_dir: str | Path, cfg: TensorizeConfig,
-    labelled: bool, client: Client,
+    tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str | Path, out_dir: str | Path,
+    cfg: TensorizeConfig, labelled: bool, client: Client | None,
 ) -> dict[str, Any]:
     """Write `<split>/shard-*.parquet` with a manifest per split, plus `rejects/`."""
-    files = partitions(in_dir)
+    files = partitions(tokens_dir)
     vocab_dir = Path(vocab_dir)
     vocab = Vocabulary.load(vocab_dir / VOCAB_FILE)
     encoder = LabelEncoder.load(vocab_dir / LABELS_FILE)
     with building(out_dir) as scratch:
         (scratch / REJECTS_DIR).mkdir()
-        stats = map_partitions(client, tensorize_partition, files, out_dir=scratch,
+        stats = map_partitions(client, tensorize_partition, files, split_dir=split_dir, out_dir=scratch,
                                vocab_dir=vocab_dir, cfg=cfg, labelled=labelled)
         by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for part in stats:

@@ -13,12 +13,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from distributed import Client
 
-from rnnlib.cluster import partitions
+from rnnlib.cluster import map_reduce, partitions
 from rnnlib.config import VocabConfig
 from rnnlib.errors import InputError
+from rnnlib.split import with_split
 from rnnlib.fingerprint import digest_json
 from rnnlib.storage import MANIFEST, building, read_json, write_json
 
@@ -76,9 +76,9 @@ class LabelEncoder:
         return encoder
 
 
-def count_partition(in_file: Path, fit_split: str) -> pa.Table:
+def count_partition(tokens_file: Path, split_dir: Path, fit_split: str) -> pa.Table:
     """(token, count) and (label, count) of one partition's fitting rows."""
-    table = pq.read_table(in_file, columns=["tokens", "label", "split"])
+    table = with_split(tokens_file, split_dir, columns=["tokens", "label"])
     table = table.filter(pc.equal(table["split"], fit_split))
     tokens = pc.list_flatten(table["tokens"])
     counts = pc.value_counts(tokens).flatten()
@@ -99,21 +99,17 @@ def merge_counts(*tables: pa.Table) -> pa.Table:
     return pa.Table.from_pandas(summed, preserve_index=False)
 
 
-def _tree_reduce(client: Client, futures: list[Any], fan_in: int = 8) -> Any:
-    while len(futures) > 1:
-        futures = [client.submit(merge_counts, *futures[i : i + fan_in], pure=False)
-                   for i in range(0, len(futures), fan_in)]
-    return futures[0]
-
-
-def fit(in_dir: str | Path, out_dir: str | Path, cfg: VocabConfig, fit_split: str, client: Client) -> dict[str, Any]:
-    files = partitions(in_dir)
-    partial = client.map(count_partition, files, fit_split=fit_split, pure=False)
-    counts: pa.Table = client.gather(_tree_reduce(client, partial))
+def fit(
+    tokens_dir: str | Path, split_dir: str | Path, out_dir: str | Path, cfg: VocabConfig,
+    fit_split: str, client: Client | None,
+) -> dict[str, Any]:
+    """Fit the vocabulary and label encoder on the rows assigned to `fit_split`."""
+    counts = map_reduce(client, count_partition, partitions(tokens_dir), merge_counts,
+                        split_dir=split_dir, fit_split=fit_split)
     is_token = pc.equal(counts["kind"], "token")
     tokens = counts.filter(is_token).sort_by([("count", "descending"), ("value", "ascending")])
     if tokens.num_rows == 0:
-        raise InputError(f"the {fit_split!r} split has no tokens to fit a vocabulary on", file=str(in_dir))
+        raise InputError(f"the {fit_split!r} split has no tokens to fit a vocabulary on", file=str(tokens_dir))
     tokens = tokens.filter(pc.greater_equal(tokens["count"], cfg.min_freq))
     tokens = tokens.filter(pc.invert(pc.is_in(tokens["value"], value_set=pa.array(SPECIALS))))
     if cfg.max_size is not None:

@@ -22,8 +22,8 @@ def fetch_task(source: SourceConfig) -> SourceConfig:
 
 
 @task(name="ingest", **STAGE)
-def ingest_task(source: SourceConfig, work_dir: str) -> StageOutput:
-    return run_stage("ingest", locals(), lambda out: ingest.ingest(source, out))
+def ingest_task(source: SourceConfig, dask: DaskConfig, work_dir: str) -> StageOutput:
+    return run_stage("ingest", locals(), lambda out: ingest.ingest(source, out, get_client(dask)))
 
 
 @task(name="preprocess", **STAGE)
@@ -48,22 +48,23 @@ def split_task(
 
 @task(name="vocab", **STAGE)
 def vocab_task(
-    splitted: StageOutput, fit_split: str, cfg: VocabConfig, dask: DaskConfig, work_dir: str
+    preprocessed: StageOutput, splitted: StageOutput, fit_split: str, cfg: VocabConfig,
+    dask: DaskConfig, work_dir: str,
 ) -> StageOutput:
     return run_stage(
         "vocab", locals(),
-        lambda out: vocab.fit(splitted.path, out, cfg, fit_split, get_client(dask)),
+        lambda out: vocab.fit(preprocessed.path, splitted.path, out, cfg, fit_split, get_client(dask)),
     )
 
 
 @task(name="tensorize", **STAGE)
 def tensorize_task(
-    splitted: StageOutput, fitted: StageOutput, labelled: bool, cfg: TensorizeConfig,
-    dask: DaskConfig, work_dir: str,
+    preprocessed: StageOutput, splitted: StageOutput, fitted: StageOutput, labelled: bool,
+    cfg: TensorizeConfig, dask: DaskConfig, work_dir: str,
 ) -> StageOutput:
     return run_stage(
         "tensorize", locals(),
         lambda out: tensorize.tensorize(
-            splitted.path, fitted.path, out, cfg, labelled, get_client(dask)
+            preprocessed.path, splitted.path, fitted.path, out, cfg, labelled, get_client(dask)
         ),
     )

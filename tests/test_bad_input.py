@@ -5,7 +5,9 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
-from rnnlib.config import InputSpec, SourceConfig, TensorizeConfig, PreprocessConfig, SplitConfig, VocabConfig
+from rnnlib.config import (
+    InputSpec, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, VocabConfig,
+)
 from rnnlib.errors import InputError
 from rnnlib.ingest import ingest
 from rnnlib.preprocess import preprocess
@@ -114,21 +116,17 @@ def test_unknown_dataset():
 
 
 def test_label_unseen_at_fit_time_is_rejected_not_lost(tmp_path, client):
-    rows = "".join(f"word{i} common,a\n" for i in range(20)) + "rare text,zzz\n"
-    (tmp_path / "d.csv").write_text("text,label\n" + rows)
-    ingest_one(tmp_path, "d.csv")
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"word{i} common,a\n" for i in range(20)))
+    (tmp_path / "test.csv").write_text("text,label\ncommon,a\nrare text,zzz\n")
+    source = SourceConfig(inputs=[InputSpec(path=str(tmp_path / "train.csv"), split="train"),
+                                  InputSpec(path=str(tmp_path / "test.csv"), split="test")])
+    ingest(source, tmp_path / "out", client)
     preprocess(tmp_path / "out", tmp_path / "pre", PreprocessConfig(level="word"), client)
-    # everything of class a in train; the single zzz row forced to test
-    manifest = split(tmp_path / "pre", tmp_path / "split", SplitConfig(train=0.0, val=0.0, test=1.0), True, client)
-    assert manifest["splits"]["test"]["rows"] == 21
-    import pandas as pd
-
-    df = pq.read_table(tmp_path / "split").to_pandas()
-    df.loc[df["label"] == "a", "split"] = "train"
-    pq.write_table(pq.read_table(tmp_path / "split").from_pandas(df, preserve_index=False), tmp_path / "split" / "part-00000.parquet")
-    fit(tmp_path / "split", tmp_path / "vocab", VocabConfig(), "train", client)
-    result = tensorize(tmp_path / "split", tmp_path / "vocab", tmp_path / "t", TensorizeConfig(), True, client)
-    assert result["rows"] == 21 and result["kept"] == 20
+    split(tmp_path / "pre", tmp_path / "split", SplitConfig(), True, client)
+    fit(tmp_path / "pre", tmp_path / "split", tmp_path / "vocab", VocabConfig(), "train", client)
+    result = tensorize(tmp_path / "pre", tmp_path / "split", tmp_path / "vocab", tmp_path / "t",
+                       TensorizeConfig(), True, client)
+    assert result["rows"] == 22 and result["kept"] == 21
     assert result["rejected"] == {"label unseen at fit time": 1}
-    rejects = pd.read_parquet(tmp_path / "t" / "rejects")
-    assert rejects[["source", "row", "reason"]].values.tolist() == [["d.csv", 21, "label unseen at fit time"]]
+    rejects = pq.read_table(tmp_path / "t" / "rejects").to_pandas()
+    assert rejects[["source", "row", "reason"]].values.tolist() == [["test.csv", 2, "label unseen at fit time"]]

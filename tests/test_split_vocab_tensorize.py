@@ -25,6 +25,14 @@ def write_partitions(root, frame: pd.DataFrame, parts: int) -> None:
         pq.write_table(table, root / f"part-{i:05d}.parquet")
 
 
+def write_assigned(tmp_path, frame: pd.DataFrame, parts: int) -> None:
+    """Tokens partitions in `pre` and their split assignment in `s`, as the split stage writes."""
+    write_partitions(tmp_path / "pre", frame, parts)
+    (tmp_path / "s").mkdir()
+    for f in sorted((tmp_path / "pre").glob("part-*.parquet")):
+        pq.write_table(pq.read_table(f, columns=["id", "split"]), tmp_path / "s" / f.name)
+
+
 def corpus(n_per_class: dict[str, int], split_col=None, reject_every: int = 0) -> pd.DataFrame:
     rows = []
     for label, n in n_per_class.items():
@@ -75,13 +83,15 @@ def test_predefined_test_kept_and_val_carved_from_train(tmp_path, client):
     assert rows == {"test": 100, "train": 164, "val": 36}  # 15/85 of 200 carved from train
     df = pq.read_table(tmp_path / "s").to_pandas()
     assert (df[df["id"].str.startswith("t")]["split"] == "test").all()
+    assert df["id"].tolist() == pq.read_table(tmp_path / "pre")["id"].to_pylist()  # row-aligned
 
 
 def test_rejected_rows_get_no_split_but_stay(tmp_path, client):
     write_partitions(tmp_path / "pre", corpus({"A": 30}, reject_every=10), parts=2)
     manifest = split(tmp_path / "pre", tmp_path / "s", SplitConfig(), True, client)
     df = pq.read_table(tmp_path / "s").to_pandas()
-    assert len(df) == 30 and manifest["kept"] == 27 and df.loc[df["reject"].notna(), "split"].isna().all()
+    rejected = pq.read_table(tmp_path / "pre")["reject"].is_valid().to_numpy(zero_copy_only=False)
+    assert len(df) == 30 and manifest["kept"] == 27 and df.loc[rejected, "split"].isna().all()
 
 
 def test_vocab_fits_on_train_only(tmp_path, client):
@@ -90,8 +100,8 @@ def test_vocab_fits_on_train_only(tmp_path, client):
     leak = pd.DataFrame([{"id": f"v{i}", "tokens": ["valonly", "a"], "label": "A", "split": s,
                           "source": "s", "row": 0, "reject": None}
                          for i, s in enumerate(["val", "test"] * 5)])
-    write_partitions(tmp_path / "s", pd.concat([frame, leak], ignore_index=True), parts=3)
-    manifest = fit(tmp_path / "s", tmp_path / "v", VocabConfig(), "train", client)
+    write_assigned(tmp_path, pd.concat([frame, leak], ignore_index=True), parts=3)
+    manifest = fit(tmp_path / "pre", tmp_path / "s", tmp_path / "v", VocabConfig(), "train", client)
     vocab = Vocabulary.load(tmp_path / "v" / VOCAB_FILE)
     assert "valonly" not in vocab.tokens
     assert vocab.tokens[:2] == ("<PAD>", "<UNK>")
@@ -104,10 +114,10 @@ def test_vocab_fits_on_train_only(tmp_path, client):
 def test_vocab_min_freq_and_max_size(tmp_path, client):
     frame = corpus({"A": 20})
     frame["split"] = "train"
-    write_partitions(tmp_path / "s", frame, parts=2)
-    fit(tmp_path / "s", tmp_path / "v1", VocabConfig(min_freq=3), "train", client)
+    write_assigned(tmp_path, frame, parts=2)
+    fit(tmp_path / "pre", tmp_path / "s", tmp_path / "v1", VocabConfig(min_freq=3), "train", client)
     assert set(Vocabulary.load(tmp_path / "v1" / VOCAB_FILE).tokens[2:]) == {"a", "w0", "w1", "w2", "w3", "w4", "w5"}
-    fit(tmp_path / "s", tmp_path / "v2", VocabConfig(max_size=4), "train", client)
+    fit(tmp_path / "pre", tmp_path / "s", tmp_path / "v2", VocabConfig(max_size=4), "train", client)
     assert Vocabulary.load(tmp_path / "v2" / VOCAB_FILE).tokens == ("<PAD>", "<UNK>", "a", "w0")
 
 
@@ -124,14 +134,14 @@ def test_shards_round_trip_and_manifests_add_up(tmp_path, client):
     frame.loc[frame.index[:40], "tokens"] = frame.loc[frame.index[:40], "tokens"].apply(lambda t: None if t is None else t * 3)
     write_partitions(tmp_path / "pre", frame, parts=3)
     split(tmp_path / "pre", tmp_path / "s", SplitConfig(), True, client)
-    fit(tmp_path / "s", tmp_path / "v", VocabConfig(), "train", client)
+    fit(tmp_path / "pre", tmp_path / "s", tmp_path / "v", VocabConfig(), "train", client)
     cfg = TensorizeConfig(max_length=4, shard_rows=50)
-    manifest = tensorize(tmp_path / "s", tmp_path / "v", tmp_path / "t", cfg, True, client)
+    manifest = tensorize(tmp_path / "pre", tmp_path / "s", tmp_path / "v", tmp_path / "t", cfg, True, client)
     assert manifest["rows"] == 420 and manifest["kept"] + sum(manifest["rejected"].values()) == 420
     assert manifest["rejected"] == {"empty text": 9}
     vocab = Vocabulary.load(tmp_path / "v" / VOCAB_FILE)
     labels = LabelEncoder.load(tmp_path / "v" / LABELS_FILE)
-    source = pq.read_table(tmp_path / "s").to_pandas().set_index("id")
+    source = pq.read_table(tmp_path / "pre").to_pandas().set_index("id")
     total = 0
     for name, n in manifest["splits"].items():
         split_manifest = pd.read_json(tmp_path / "t" / name / "_manifest.json", typ="series")

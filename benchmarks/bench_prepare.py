@@ -1,0 +1,157 @@
+"""Benchmark: ingest + preprocess + split + vocab + tensorize on real IMDB data.
+
+Three ways over the same rows with the same preprocessing (lower-case, strip HTML, drop
+punctuation, drop NLTK English stop words), each timed in this run:
+
+  baseline   the tutorials' plain recipe: read files in a Python loop into pandas, `.apply` of a
+             regex function with a stop-word alternation regex, a `Counter` vocabulary, a per-row
+             token -> index loop, one Parquet file;
+  rnnlib-1p  rnnlib's vectorised stage functions called in this process, without Dask, on one
+             partition per input (the IMDB folders are two inputs: train and test);
+  rnnlib     the pipeline as the flow runs it: partitions on a Dask LocalCluster.
+
+Usage: python benchmarks/bench_prepare.py [--datasets ../shared/datasets] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data"))
+
+from rnnlib.cluster import dask_client, partitions  # noqa: E402
+from rnnlib.config import (  # noqa: E402
+    DaskConfig, InputSpec, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, VocabConfig,
+)
+from rnnlib.ingest import ingest  # noqa: E402
+from rnnlib.preprocess import preprocess, preprocess_partition  # noqa: E402
+from rnnlib.split import split  # noqa: E402
+from rnnlib.tensorize import tensorize  # noqa: E402
+from rnnlib.text import stopword_set  # noqa: E402
+from rnnlib.vocab import fit  # noqa: E402
+
+PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove",
+                              stopwords=True)
+
+
+# ---------------------------------------------------------------- the tutorials' plain recipe
+def read_imdb_loop(root: Path) -> pd.DataFrame:
+    rows = []
+    for split_name in ("train", "test"):
+        for label in ("pos", "neg"):
+            folder = root / split_name / label
+            for name in sorted(os.listdir(folder)):
+                with open(folder / name, encoding="utf-8") as fh:
+                    rows.append({"text": fh.read(), "label": label, "split": split_name})
+    return pd.DataFrame(rows)
+
+
+def read_jsonl_loop(path: Path) -> pd.DataFrame:
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh]
+    return pd.DataFrame({"text": [r["text"] for r in rows], "split": "train"})
+
+
+def baseline(frame_reader, out: Path) -> int:
+    df = frame_reader()
+    stop = re.compile(r"\b(?:" + "|".join(map(re.escape, stopword_set("english").to_pylist())) + r")\b")
+
+    def clean(text: str) -> list[str]:
+        text = re.sub(r"<[^>]+>", " ", text).lower()
+        text = re.sub(r"[^\w\s']+", " ", text)
+        return [t.strip("'") for t in stop.sub(" ", text).split() if t.strip("'")]
+
+    df["tokens"] = df["text"].apply(clean)
+    counter: Counter = Counter()
+    for tokens in df.loc[df["split"] == "train", "tokens"]:
+        counter.update(tokens)
+    vocab = {"<PAD>": 0, "<UNK>": 1}
+    for word, _ in counter.most_common():
+        vocab[word] = len(vocab)
+    df["ids"] = [[vocab.get(t, 1) for t in tokens] for tokens in df["tokens"]]
+    df["length"] = df["ids"].apply(len)
+    df[["ids", "length"]].to_parquet(out / "baseline.parquet")
+    return len(df)
+
+
+# ---------------------------------------------------------------- rnnlib
+def rnnlib_pipeline(source: SourceConfig, work: Path, client, labelled: bool) -> int:
+    ingest(source, work / "ingest", client)
+    preprocess(work / "ingest", work / "pre", PREPROCESS, client)
+    split(work / "pre", work / "split", SplitConfig(), labelled, client)
+    fit(work / "pre", work / "split", work / "vocab", VocabConfig(), "train" if labelled else "all", client)
+    return tensorize(work / "pre", work / "split", work / "vocab", work / "tensors", TensorizeConfig(),
+                     labelled, client)["rows"]
+
+
+def warm_up() -> None:
+    """Import what the stages use and load the stop words, as the baseline's process already has."""
+    import pyarrow.parquet  # noqa: F401
+
+    stopword_set("english")
+
+
+def timed(fn) -> tuple[float, int]:
+    start = time.perf_counter()
+    rows = fn()
+    return time.perf_counter() - start, rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    args = parser.parse_args()
+    imdb_root = args.datasets / "imdb" / "aclImdb"
+    dump = args.datasets / "imdb" / "unsup.jsonl.gz"
+    corpora = {
+        "IMDB aclImdb folders (50,000 files)": (
+            SourceConfig(inputs=[InputSpec(path=str(imdb_root / s), format="folder_per_class", split=s)
+                                 for s in ("train", "test")]),
+            lambda: read_imdb_loop(imdb_root), True,
+            sum(f.stat().st_size for f in imdb_root.rglob("*.txt")),
+        ),
+        "IMDB unlabelled JSONL dump (50,000 reviews)": (
+            SourceConfig(inputs=[InputSpec(path=str(dump), label_column=None, id_column="id")]),
+            lambda: read_jsonl_loop(dump), False,
+            sum(len(json.loads(line)["text"].encode()) for line in gzip.open(dump, "rt", encoding="utf-8")),
+        ),
+    }
+    warm_up()
+    print(f"{'corpus':<46} {'method':<12} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'vs baseline':>11}")
+    with dask_client(DaskConfig(n_workers=args.workers, processes=True)) as client:
+        client.run(warm_up)
+        for name, (source, reader, labelled, text_bytes) in corpora.items():
+            results = {}
+            with tempfile.TemporaryDirectory() as tmp:
+                tmp = Path(tmp)
+                reader()  # warm the page cache so no method pays the first disk read
+                results["baseline"] = timed(lambda: baseline(reader, tmp))
+                one = source.model_copy(update={"partition_rows": 10**9})
+                results["rnnlib-1p"] = timed(lambda: rnnlib_pipeline(one, tmp / "1p", None, labelled))
+                assert len(partitions(tmp / "1p" / "ingest")) == len(source.inputs)
+                results["rnnlib"] = timed(lambda: rnnlib_pipeline(source, tmp / "dask", client, labelled))
+                shutil.rmtree(tmp, ignore_errors=True)
+            base = results["baseline"][0]
+            for method, (seconds, rows) in results.items():
+                print(f"{name:<46} {method:<12} {seconds:>8.2f} {rows / seconds:>9.0f} "
+                      f"{text_bytes / 1e6 / seconds:>6.1f} {base / seconds:>10.2f}x")
+            print(f"{'':<46} dask vs one partition: {results['rnnlib-1p'][0] / results['rnnlib'][0]:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""The prepare flow on a real Prefect server: end to end, cache hits and misses, retries."""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pyarrow.parquet as pq
+import pytest
+from prefect import flow, task
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.prepare import prepare_flow
+from rnnlib.config import InputSpec, PrepareConfig, SourceConfig
+from rnnlib.errors import InputError
+from tasks import caching
+from tasks.retries import IO_RETRIES, is_transient
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+STAGES = ["ingest", "preprocess", "split", "vocab", "tensorize"]
+
+
+def names_config(datasets, work_dir, **overrides) -> PrepareConfig:
+    data = {"source": {"dataset": "names", "mirror": str(datasets)}, "work_dir": str(work_dir),
+            "dask": {"n_workers": 2}}
+    for section, values in overrides.items():
+        data[section] = {**data.get(section, {}), **values}
+    return PrepareConfig.model_validate(data)
+
+
+def cached(summary) -> dict[str, bool]:
+    return {name: s["cached"] for name, s in summary["stages"].items()}
+
+
+def test_prepare_names_end_to_end_then_cached(datasets, tmp_path):
+    config = names_config(datasets, tmp_path)
+    start = time.perf_counter()
+    first = prepare_flow(config)
+    cold = time.perf_counter() - start
+    assert cached(first) == dict.fromkeys(STAGES, False)
+    assert first["rows"] == 20074 and first["kept"] == 20074
+    assert first["splits"] == {"train": 14052, "val": 3014, "test": 3008}
+    assert sum(first["splits"].values()) + sum(first["rejected"].values()) == first["rows"]
+    train = pq.read_table(f"{first['tensors']}/train")
+    assert train.num_rows == 14052 and train.schema.field("ids").type.value_type.bit_width == 32
+
+    start = time.perf_counter()
+    second = prepare_flow(config)
+    warm = time.perf_counter() - start
+    assert cached(second) == dict.fromkeys(STAGES, True)
+    assert second["tensors"] == first["tensors"]
+    assert warm < cold
+
+    # one downstream parameter: only its stage re-runs
+    third = prepare_flow(names_config(datasets, tmp_path, tensorize={"max_length": 8}))
+    assert cached(third) == {**dict.fromkeys(STAGES, True), "tensorize": False}
+    # a preprocessing parameter: everything from preprocess on re-runs
+    fourth = prepare_flow(names_config(datasets, tmp_path, preprocess={"lowercase": True}))
+    assert cached(fourth) == {"ingest": True, **dict.fromkeys(STAGES[1:], False)}
+    assert fourth["vocab_size"] < first["vocab_size"]
+
+
+def test_code_change_invalidates_and_deleted_output_is_rebuilt(datasets, tmp_path, monkeypatch):
+    config = names_config(datasets, tmp_path)
+    first = prepare_flow(config)
+    shutil.rmtree(first["stages"]["tensorize"]["path"])
+    again = prepare_flow(config)
+    assert again["stages"]["tensorize"]["cached"] is False
+    assert pq.read_table(f"{again['tensors']}/val").num_rows == 3014
+    monkeypatch.setattr(caching, "code_version", lambda: "a different library version")
+    changed = prepare_flow(config)
+    assert cached(changed) == dict.fromkeys(STAGES, False)
+
+
+def test_input_content_change_invalidates_ingest(tmp_path):
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\n" + "".join(f"doc number {i},{i % 2}\n" for i in range(40)))
+    config = PrepareConfig(source=SourceConfig(inputs=[InputSpec(path=str(data))]),
+                           work_dir=str(tmp_path / "w"), dask={"n_workers": 1, "processes": False},
+                           preprocess={"level": "word"})
+    assert prepare_flow(config)["rows"] == 40
+    assert cached(prepare_flow(config))["ingest"] is True
+    data.write_text(data.read_text() + "one more,1\n")
+    changed = prepare_flow(config)
+    assert cached(changed)["ingest"] is False and changed["rows"] == 41
+
+
+def _task_runs(flow_run_id):
+    with get_client(sync_client=True) as client:
+        return client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def test_bad_input_fails_at_once_without_retries(tmp_path):
+    (tmp_path / "bad.csv").write_text("body,label\nx,1\n")
+    config = PrepareConfig(source=SourceConfig(inputs=[InputSpec(path=str(tmp_path / "bad.csv"))]),
+                           work_dir=str(tmp_path / "w"))
+    state = prepare_flow(config, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(InputError, match=r"bad\.csv: unknown column 'text'"):
+        state.result()
+    ingest_runs = [r for r in _task_runs(state.state_details.flow_run_id) if r.name.startswith("ingest")]
+    assert len(ingest_runs) == 1 and ingest_runs[0].run_count == 1
+
+
+def test_transient_faults_are_retried():
+    attempts = []
+
+    @task(**{**IO_RETRIES, "retry_delay_seconds": 0})
+    def flaky_read() -> str:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise ConnectionResetError("connection reset by peer")
+        return "ok"
+
+    @flow
+    def run_flaky() -> str:
+        return flaky_read()
+
+    assert run_flaky() == "ok" and len(attempts) == 3
+
+
+def test_transient_classification():
+    assert is_transient(TimeoutError()) and is_transient(ConnectionError()) and is_transient(OSError(5, "EIO"))
+    assert not is_transient(FileNotFoundError()) and not is_transient(InputError("bad"))
+    assert not is_transient(ValueError("bug")) and not is_transient(KeyError("bug"))
+
+
+@pytest.mark.slow
+def test_prepare_imdb_folders_and_unlabelled_dump(datasets, tmp_path):
+    imdb = prepare_flow(PrepareConfig.model_validate({
+        "source": {"dataset": "imdb", "mirror": str(datasets)}, "work_dir": str(tmp_path),
+        "preprocess": {"level": "word", "lowercase": True, "strip_html": True, "punctuation": "remove"},
+        "tensorize": {"max_length": 400},
+    }))
+    assert imdb["rows"] == 50000 and imdb["splits"]["test"] == 25000
+    assert imdb["splits"]["train"] + imdb["splits"]["val"] == 25000
+    dump = prepare_flow(PrepareConfig.model_validate({
+        "source": {"inputs": [{"path": str(datasets / "imdb" / "unsup.jsonl.gz"), "label_column": None,
+                               "id_column": "id"}]},
+        "work_dir": str(tmp_path), "preprocess": {"level": "word", "lowercase": True},
+    }))
+    assert dump["rows"] == 50000 and dump["splits"] == {"all": 50000} and dump["labels"] == []
+    ids = pq.read_table(f"{dump['tensors']}/all", columns=["id", "label"]).to_pandas()
+    assert ids["id"].str.startswith("unsup/").all() and ids["label"].isna().all()
