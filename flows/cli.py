@@ -13,7 +13,10 @@ from typing import Any
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
+from pydantic import ValidationError  # noqa: E402
+
 from rnnlib.config import PrepareConfig, load_config  # noqa: E402
+from rnnlib.errors import InputError  # noqa: E402
 
 SHORTCUTS = {  # friendly flags for the most used fields; everything else via --set
     "dataset": ("source.dataset", "registered dataset: names, imdb, semeval2016_tweets, ag_news"),
@@ -62,6 +65,14 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except (InputError, ValidationError, OSError) as exc:  # bad input or config: no traceback
+        print(f"rnnlib: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     config = load_config(PrepareConfig, args.config, _overrides(args))
     if args.print_config:
         import yaml

@@ -1,0 +1,101 @@
+"""The dataset registry: local mirror first, else a checked download cached for next time
+(served here by a real HTTP server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import io
+import threading
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from rnnlib.config import InputSpec, SourceConfig
+from rnnlib.datasets import REGISTRY, Dataset, Download, materialize
+from rnnlib.errors import InputError
+from rnnlib.fingerprint import file_digest
+from rnnlib.ingest import ingest
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def _names_zip() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        zf.writestr("data/names/Greek.txt", "Pappas\nAntonopoulos\n")
+        zf.writestr("data/names/Irish.txt", "Murphy\n")
+        zf.writestr("data/other/ignored.txt", "x\n")
+    return buffer.getvalue()
+
+
+def _register(monkeypatch, url: str, checksum: str | None, file_sha256=None) -> None:
+    dataset = Dataset(
+        name="tiny_names", description="test", downloads=(Download(url=url, checksum=checksum, extract={"data/names/": "names/"}),),
+        inputs=(InputSpec(path="names", format="file_per_class"),), file_sha256=file_sha256 or {},
+    )
+    monkeypatch.setitem(REGISTRY, dataset.name, dataset)
+
+
+def test_download_checked_extracted_and_cached(http_root, tmp_path, monkeypatch):
+    root, base = http_root
+    archive = _names_zip()
+    (root / "data.zip").write_bytes(archive)
+    greek = hashlib.sha256(b"Pappas\nAntonopoulos\n").hexdigest()
+    _register(monkeypatch, f"{base}/data.zip", f"md5:{hashlib.md5(archive).hexdigest()}",
+              {"names/Greek.txt": greek})
+    source = SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache"), mirror=None)
+    resolved = materialize(source)
+    assert resolved.dataset is None and Path(resolved.inputs[0].path).parent == tmp_path / "cache" / "tiny_names"
+    assert sorted(p.name for p in Path(resolved.inputs[0].path).iterdir()) == ["Greek.txt", "Irish.txt"]
+    assert ingest(source, tmp_path / "out")["kept"] == 3
+    (root / "data.zip").unlink()  # the cached copy is used from now on
+    assert materialize(source) == resolved
+
+
+def test_checksum_mismatch_is_refused_and_not_cached(http_root, tmp_path, monkeypatch):
+    root, base = http_root
+    (root / "data.zip").write_bytes(_names_zip())
+    _register(monkeypatch, f"{base}/data.zip", "md5:" + "0" * 32)
+    source = SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(InputError, match="md5 checksum mismatch"):
+        materialize(source)
+    assert not (tmp_path / "cache" / "tiny_names").exists()
+
+
+def test_extracted_file_checksums_are_verified(http_root, tmp_path, monkeypatch):
+    root, base = http_root
+    (root / "data.zip").write_bytes(_names_zip())
+    _register(monkeypatch, f"{base}/data.zip", None, {"names/Greek.txt": "0" * 64})
+    with pytest.raises(InputError, match=r"names/Greek\.txt: sha256 checksum mismatch"):
+        materialize(SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache")))
+
+
+def test_mirror_is_preferred(datasets, tmp_path):
+    resolved = materialize(SourceConfig(dataset="semeval2016_tweets", mirror=str(datasets),
+                                        cache_dir=str(tmp_path / "never")))
+    assert [Path(i.path).name for i in resolved.inputs] == ["train.tsv", "dev.tsv", "test.tsv"]
+    assert resolved.label_names == {"0": "neutral", "1": "positive", "2": "negative"}
+    assert not (tmp_path / "never").exists()
+
+
+def test_registry_checksums_match_the_mirror(datasets):
+    """The checksums the registry ships are those of the real files."""
+    for rel, sha in REGISTRY["names"].file_sha256.items():
+        assert datasets.joinpath(rel).is_file()
+        assert file_digest(datasets / rel, "sha256") == sha
+    for item in REGISTRY["semeval2016_tweets"].downloads:
+        assert "sha256:" + file_digest(datasets / item.target, "sha256") == item.checksum
+
