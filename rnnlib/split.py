@@ -61,13 +61,7 @@ def allocate(partition_counts: np.ndarray, fractions: np.ndarray) -> np.ndarray:
             quotas[p, s] += give
             row_left[p] -= give
             col_left[s] -= give
-    for p in range(len(partition_counts)):  # leftovers where the fractional order ran dry
-        for s in range(len(fractions)):
-            give = min(row_left[p], col_left[s])
-            quotas[p, s] += give
-            row_left[p] -= give
-            col_left[s] -= give
-    return quotas
+    return quotas  # every row is filled: what is left of the columns equals what is left of the rows
 
 
 def _kept_groups(table: pa.Table) -> pd.DataFrame:
