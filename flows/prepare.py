@@ -22,7 +22,8 @@ class AccountingError(RuntimeError):
     """Rows went missing between ingest and tensorize: a bug, never expected."""
 
 
-def _run(task: Any, timings: dict[str, dict[str, Any]], **kwargs: Any) -> StageOutput:
+def run_stage_task(task: Any, timings: dict[str, dict[str, Any]], **kwargs: Any) -> StageOutput:
+    """Run a stage task and note whether it came from cache and how long it took."""
     start = time.perf_counter()
     state: State = task(**kwargs, return_state=True)
     output: StageOutput = state.result()
@@ -34,32 +35,31 @@ def _run(task: Any, timings: dict[str, dict[str, Any]], **kwargs: Any) -> StageO
     return output
 
 
-@flow(name="prepare")
-def prepare_flow(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
-    """Turn labelled text into tensor shards; returns where everything is and what was kept."""
-    logger = get_run_logger()
-    stages: dict[str, dict[str, Any]] = {}
+def prepare_stages(config: PrepareConfig, stages: dict[str, dict[str, Any]]) -> dict[str, StageOutput]:
+    """The prepare tasks in order (shared by the prepare and train flows)."""
     work, dask = config.work_dir, config.dask
-    try:
-        source = fetch_task(config.source)
-        ingested = _run(ingest_task, stages, source=source, dask=dask, work_dir=work)
-        labelled = ingested.manifest["labelled"]
-        pre = _run(preprocess_task, stages, ingested=ingested, cfg=config.preprocess, dask=dask,
-                   work_dir=work)
-        splitted = _run(split_task, stages, preprocessed=pre, labelled=labelled, cfg=config.split,
-                        dask=dask, work_dir=work)
-        fitted = _run(vocab_task, stages, preprocessed=pre, splitted=splitted,
-                      fit_split="train" if labelled else UNLABELLED_SPLIT, cfg=config.vocab,
-                      dask=dask, work_dir=work)
-        tensors = _run(tensorize_task, stages, preprocessed=pre, splitted=splitted, fitted=fitted,
-                       labelled=labelled,
-                       cfg=config.tensorize, dask=dask, work_dir=work)
-    finally:
-        close_clients()
-    final = tensors.manifest
-    if final["rows"] != ingested.manifest["rows"]:
-        raise AccountingError(f"{ingested.manifest['rows']} rows ingested, {final['rows']} accounted")
-    summary = {
+    source = fetch_task(config.source)
+    ingested = run_stage_task(ingest_task, stages, source=source, dask=dask, work_dir=work)
+    labelled = ingested.manifest["labelled"]
+    pre = run_stage_task(preprocess_task, stages, ingested=ingested, cfg=config.preprocess,
+                         dask=dask, work_dir=work)
+    splitted = run_stage_task(split_task, stages, preprocessed=pre, labelled=labelled,
+                              cfg=config.split, dask=dask, work_dir=work)
+    fitted = run_stage_task(vocab_task, stages, preprocessed=pre, splitted=splitted,
+                            fit_split="train" if labelled else UNLABELLED_SPLIT, cfg=config.vocab,
+                            dask=dask, work_dir=work)
+    tensors = run_stage_task(tensorize_task, stages, preprocessed=pre, splitted=splitted,
+                             fitted=fitted, labelled=labelled, cfg=config.tensorize, dask=dask,
+                             work_dir=work)
+    if tensors.manifest["rows"] != ingested.manifest["rows"]:
+        raise AccountingError(
+            f"{ingested.manifest['rows']} rows ingested, {tensors.manifest['rows']} accounted")
+    return {"ingest": ingested, "vocab": fitted, "tensorize": tensors}
+
+
+def prepare_summary(outputs: dict[str, StageOutput], stages: dict[str, Any]) -> dict[str, Any]:
+    final = outputs["tensorize"].manifest
+    return {
         "stages": stages,
         "rows": final["rows"],
         "kept": final["kept"],
@@ -67,13 +67,24 @@ def prepare_flow(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
         "splits": final["splits"],
         "vocab_size": final["vocab_size"],
         "labels": final["labels"],
-        "tensors": tensors.path,
-        "vocab": fitted.path,
+        "tensors": outputs["tensorize"].path,
+        "vocab": outputs["vocab"].path,
     }
-    logger.info(
+
+
+@flow(name="prepare")
+def prepare_flow(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
+    """Turn labelled text into tensor shards; returns where everything is and what was kept."""
+    stages: dict[str, dict[str, Any]] = {}
+    try:
+        outputs = prepare_stages(config, stages)
+    finally:
+        close_clients()
+    summary = prepare_summary(outputs, stages)
+    get_run_logger().info(
         "prepared %s rows: kept %s %s, rejected %s; shards in %s",
         summary["rows"], summary["kept"], summary["splits"], summary["rejected"] or "none",
-        tensors.path,
+        summary["tensors"],
     )
     create_markdown_artifact(key="prepare-summary", markdown=_markdown(summary),
                              description="rows kept and rejected by the prepare flow")

@@ -139,6 +139,42 @@ class PrepareConfig(_Strict):
     work_dir: str = Field(".rnnlib", description="where stage outputs are written")
 
 
+class ModelConfig(_Strict):
+    """Embedding -> recurrent encoder -> pooling -> dropout -> 1 or 2 linear layers."""
+
+    cell: Literal["rnn_tanh", "rnn_relu", "lstm", "gru"] = "gru"
+    embedding_dim: int = Field(64, gt=0)
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1, description="between layers and before the head")
+    pooling: Literal["last", "mean", "max"] = "last"
+    head_hidden: int | None = Field(None, gt=0, description="a hidden layer in the head")
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    pool_batches: int = Field(50, ge=1, description="batches per length-sorted shuffling pool")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    clip_norm: float | None = Field(5.0, gt=0)
+    class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
+    lr_patience: int = Field(1, ge=0, description="ReduceLROnPlateau patience (epochs)")
+    lr_factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(3, ge=1, description="early stopping patience (epochs)")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+
+
+class TrainFlowConfig(PrepareConfig):
+    """The `train` flow: prepare, then fit and evaluate a model."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 

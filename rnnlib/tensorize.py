@@ -70,6 +70,10 @@ def tensorize_partition(
     keep = pc.is_null(reject)
     table = table.filter(keep).set_column(table.schema.get_field_index("label"), "label",
                                           label_ids.filter(keep))
+    # rows of a partition come in source order (often one class after another): shuffle them,
+    # seeded by the partition, so every shard is a sample of its split
+    seed = int.from_bytes(in_file.name.encode()[-16:], "little") % 2**32
+    table = table.take(pa.array(np.random.default_rng(seed).permutation(table.num_rows)))
     splits: dict[str, Any] = {}
     for name in sorted(set(pc.unique(table["split"]).to_pylist()) - {None}):
         part = table.filter(pc.equal(table["split"], name))

@@ -1,0 +1,78 @@
+"""The model bundle: one self-describing directory per trained model.
+
+weights.pt (a plain state dict, loaded with `weights_only=True`: no code runs from the file),
+vocab.json, labels.json, config.json (preprocessing, model, data hashes, version), metrics.json.
+A bundle whose parts do not match each other is refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rnnlib.config import ModelConfig, PreprocessConfig
+from rnnlib.errors import InputError
+from rnnlib.fingerprint import code_version, digest_json, file_digest
+from rnnlib.model import RNNClassifier
+from rnnlib.storage import read_json, write_json
+from rnnlib.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary
+
+WEIGHTS, CONFIG, METRICS = "weights.pt", "config.json", "metrics.json"
+
+
+class BundleError(InputError):
+    """A bundle whose weights, vocabulary, labels or configuration disagree."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    model: RNNClassifier
+    vocab: Vocabulary
+    labels: LabelEncoder
+    preprocess: PreprocessConfig
+    max_length: int | None
+    version: str
+
+
+def save_bundle(out_dir: Path, weights: Path, vocab_dir: Path, preprocess: PreprocessConfig,
+                model: ModelConfig, max_length: int | None, data: dict[str, Any],
+                metrics: dict[str, Any]) -> str:
+    """Write a bundle; returns its version (a digest of its weights and configuration)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(weights, out_dir / WEIGHTS)
+    for name in (VOCAB_FILE, LABELS_FILE):
+        shutil.copyfile(vocab_dir / name, out_dir / name)
+    config = {
+        "preprocess": preprocess.model_dump(mode="json"), "model": model.model_dump(mode="json"),
+        "max_length": max_length, "vocab_hash": Vocabulary.load(vocab_dir / VOCAB_FILE).hash,
+        "labels_hash": LabelEncoder.load(vocab_dir / LABELS_FILE).hash, "data": data,
+        "rnnlib_code": code_version(), "weights_digest": file_digest(out_dir / WEIGHTS),
+    }
+    config["version"] = digest_json(config)
+    write_json(out_dir / CONFIG, config)
+    write_json(out_dir / METRICS, metrics)
+    return config["version"]
+
+
+def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    path = Path(path)
+    for name in (WEIGHTS, CONFIG, VOCAB_FILE, LABELS_FILE):
+        if not (path / name).is_file():
+            raise BundleError(f"not a model bundle: {name} is missing", file=str(path))
+    config = read_json(path / CONFIG)
+    vocab, labels = Vocabulary.load(path / VOCAB_FILE), LabelEncoder.load(path / LABELS_FILE)
+    if vocab.hash != config["vocab_hash"] or labels.hash != config["labels_hash"]:
+        raise BundleError("vocabulary or labels do not match the bundle's configuration", file=str(path))
+    model = RNNClassifier(len(vocab.tokens), len(labels.labels), ModelConfig(**config["model"]))
+    state = torch.load(path / WEIGHTS, map_location=device, weights_only=True)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise BundleError(f"weights do not match the vocabulary/labels/model config: {exc}",
+                          file=str(path / WEIGHTS)) from exc
+    return Bundle(model.to(device).eval(), vocab, labels, PreprocessConfig(**config["preprocess"]),
+                  config["max_length"], config["version"])

@@ -1,0 +1,175 @@
+"""Training loop: Adam, cross-entropy (optionally class-weighted), ReduceLROnPlateau, gradient
+clipping, early stopping on validation loss, the best weights kept, and a checkpoint every epoch
+from which a killed run resumes exactly where it was (same weights, optimizer, scheduler, RNG).
+
+Runs on CUDA when present (bf16 autocast), else CPU; under `torchrun` it trains with
+DistributedDataParallel, each rank reading its own shards.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.algorithms.join import Join
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from rnnlib.config import ModelConfig, TrainConfig
+from rnnlib.data import Batch, ShardBatches
+from rnnlib.model import RNNClassifier
+from rnnlib.storage import MANIFEST, read_json
+
+log = logging.getLogger(__name__)
+LAST, BEST = "last.pt", "best.pt"
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size); joins the process group that torchrun describes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
+
+
+def class_weights(train_manifest: dict[str, Any], labels: list[str]) -> torch.Tensor:
+    """Inverse class frequency, normalised to mean 1."""
+    counts = torch.tensor([train_manifest["class_counts"].get(c, 0) for c in labels], dtype=torch.float)
+    weights = counts.sum() / counts.clamp(min=1) / len(labels)
+    return weights / weights.mean()
+
+
+def _save(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
+
+
+def _sum_across_ranks(*values: float) -> list[float]:
+    tensor = torch.tensor(values, dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def _autocast(device: torch.device, cfg: TrainConfig):
+    if device.type == "cuda" and cfg.mixed_precision:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.no_grad()
+def validation_loss(model: nn.Module, batches: ShardBatches, loss_fn: nn.Module,
+                    device: torch.device, cfg: TrainConfig) -> tuple[float, float]:
+    model.eval()
+    total = correct = count = 0.0
+    for batch in batches:
+        batch = batch.to(device)
+        with _autocast(device, cfg):
+            logits = model(batch.ids, batch.lengths)
+        total += float(loss_fn(logits.float(), batch.labels)) * len(batch.labels)
+        correct += float((logits.argmax(1) == batch.labels).sum())
+        count += len(batch.labels)
+    total, correct, count = _sum_across_ranks(total, correct, count)
+    return total / max(count, 1), correct / max(count, 1)
+
+
+def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
+          cfg: TrainConfig) -> dict[str, Any]:
+    """Train on `tensors_dir/train`, validate on `tensors_dir/val`; checkpoints in `out_dir`.
+    Returns the history and the best epoch; `out_dir/best.pt` holds the best weights."""
+    tensors_dir, out_dir = Path(tensors_dir), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = _distributed()
+    device = pick_device(cfg.device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+    manifest = read_json(tensors_dir / "train" / MANIFEST)
+    labels = manifest["labels"]
+    torch.manual_seed(cfg.seed)
+    model = RNNClassifier(manifest["vocab_size"], len(labels), model_cfg).to(device)
+    ddp = DistributedDataParallel(model) if world > 1 else None
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+    weight = class_weights(manifest, labels).to(device) if cfg.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_loss": float("inf"),
+                             "best_epoch": 0, "bad_epochs": 0}
+    if (out_dir / LAST).is_file():
+        checkpoint = torch.load(out_dir / LAST, map_location=device, weights_only=True)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"])
+        state = checkpoint["state"]
+        log.info("resuming after epoch %d from %s", state["epoch"], out_dir / LAST)
+    train_batches = ShardBatches(tensors_dir / "train", cfg.batch_size, cfg.pool_batches,
+                                 shuffle=True, seed=cfg.seed, rank=rank, world_size=world)
+    val_batches = ShardBatches(tensors_dir / "val", cfg.batch_size * 4, cfg.pool_batches,
+                               shuffle=False, rank=rank, world_size=world)
+    runner = ddp or model
+    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
+        epoch = state["epoch"] + 1
+        train_batches.set_epoch(epoch)
+        model.train()
+        start = time.perf_counter()
+        total = correct = count = tokens = 0.0
+        bar = tqdm(train_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+                   disable=rank != 0 or not sys.stderr.isatty())
+        with Join([ddp]) if ddp else nullcontext():
+            for batch in bar:
+                batch = batch.to(device)
+                with _autocast(device, cfg):
+                    logits = runner(batch.ids, batch.lengths)
+                loss = loss_fn(logits.float(), batch.labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.clip_norm:
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                optimizer.step()
+                total += loss.item() * len(batch.labels)
+                correct += float((logits.argmax(1) == batch.labels).sum())
+                count += len(batch.labels)
+                tokens += float(batch.lengths.sum())
+        total, correct, count, tokens = _sum_across_ranks(total, correct, count, tokens)
+        seconds = time.perf_counter() - start
+        val_loss, val_acc = validation_loss(model, val_batches, loss_fn, device, cfg)
+        scheduler.step(val_loss)
+        record = {"epoch": epoch, "train_loss": total / max(count, 1), "train_acc": correct / max(count, 1),
+                  "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                  "seconds": seconds, "tokens_per_s": tokens / seconds}
+        improved = val_loss < state["best_val_loss"]
+        state = {
+            "epoch": epoch, "history": [*state["history"], record],
+            "best_val_loss": val_loss if improved else state["best_val_loss"],
+            "best_epoch": epoch if improved else state["best_epoch"],
+            "bad_epochs": 0 if improved else state["bad_epochs"] + 1,
+        }
+        if rank == 0:
+            if improved:
+                _save(model.state_dict(), out_dir / BEST)
+            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                   "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                   "state": state}, out_dir / LAST)
+        if dist.is_initialized():
+            dist.barrier()
+        log.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2g | %.0f tokens/s",
+                 epoch, record["train_loss"], record["train_acc"], val_loss, val_acc, record["lr"],
+                 record["tokens_per_s"])
+    return {**state, "stopped_early": state["bad_epochs"] >= cfg.patience, "device": str(device),
+            "world_size": world}
