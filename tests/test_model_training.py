@@ -1,0 +1,185 @@
+"""Models, training, resumption, distributed training and the model bundle (CPU, small real data)."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rnnlib.bundle import BundleError, load_bundle, save_bundle
+from rnnlib.config import InputSpec, ModelConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, TrainConfig, VocabConfig
+from rnnlib.data import ShardBatches
+from rnnlib.ingest import ingest
+from rnnlib.model import RNNClassifier
+from rnnlib.preprocess import preprocess
+from rnnlib.split import split
+from rnnlib.tensorize import tensorize
+from rnnlib.train import BEST, LAST, train
+from rnnlib.vocab import Vocabulary, fit
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
+COMBOS = list(itertools.product(CELLS, [False, True], ["last", "mean", "max"]))
+
+
+def _model(cell, bidirectional, pooling, **kw) -> RNNClassifier:
+    torch.manual_seed(0)
+    cfg = ModelConfig(cell=cell, bidirectional=bidirectional, pooling=pooling, embedding_dim=8,
+                      hidden_size=12, num_layers=2, **kw)
+    return RNNClassifier(30, 3, cfg).eval()
+
+
+@pytest.mark.parametrize("cell,bidirectional,pooling", COMBOS)
+def test_padding_never_changes_a_result(cell, bidirectional, pooling):
+    model = _model(cell, bidirectional, pooling)
+    seqs = [torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10, 11, 12, 13]), torch.tensor([4])]
+    alone = torch.cat([model(s[None], torch.tensor([len(s)])) for s in seqs])
+    padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+    together = model(padded, torch.tensor([len(s) for s in seqs]))
+    assert torch.allclose(alone, together, atol=1e-5)
+    # extra padding columns change nothing either
+    wider = torch.cat([padded, torch.zeros(3, 4, dtype=torch.long)], dim=1)
+    assert torch.allclose(together, model(wider, torch.tensor([len(s) for s in seqs])), atol=1e-5)
+
+
+@pytest.mark.parametrize("cell,bidirectional", list(itertools.product(CELLS, [False, True])))
+def test_packed_equals_unpacked_on_unpadded_input(cell, bidirectional):
+    model = _model(cell, bidirectional, "last")
+    same = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]])
+    unpacked = model(same, torch.tensor([4, 4]))  # equal lengths: no packing
+    mixed = torch.cat([same, torch.tensor([[11, 12, 0, 0]])])
+    packed = model(mixed, torch.tensor([4, 4, 2]))[:2]  # unequal lengths: packed
+    assert torch.allclose(unpacked, packed, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell,bidirectional,pooling", COMBOS)
+def test_every_variant_learns(cell, bidirectional, pooling):
+    torch.manual_seed(1)
+    ids = torch.randint(3, 30, (48, 7))
+    lengths = torch.randint(2, 8, (48,))
+    labels = ids[:, 0] % 3  # the class is in the first token
+    model = _model(cell, bidirectional, pooling, head_hidden=16).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    losses = []
+    for _ in range(30):
+        loss = torch.nn.functional.cross_entropy(model(ids, lengths), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+@pytest.fixture(scope="module")
+def names_tensors(datasets, tmp_path_factory) -> Path:
+    """The surnames set prepared in process (no cluster), character level."""
+    work = tmp_path_factory.mktemp("names")
+    ingest(SourceConfig(dataset="names", mirror=str(datasets)), work / "ingest")
+    preprocess(work / "ingest", work / "pre", PreprocessConfig(level="char"), None)
+    split(work / "pre", work / "split", SplitConfig(), True, None)
+    fit(work / "pre", work / "split", work / "vocab", VocabConfig(), "train", None)
+    tensorize(work / "pre", work / "split", work / "vocab", work / "tensors", TensorizeConfig(shard_rows=2000), True, None)
+    return work
+
+
+SMALL = ModelConfig(cell="gru", embedding_dim=16, hidden_size=32)
+
+
+def test_training_streams_shards_and_learns(names_tensors, tmp_path):
+    summary = train(names_tensors / "tensors", tmp_path, SMALL, TrainConfig(epochs=3, batch_size=64, lr=3e-3))
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
+    assert summary["history"][-1]["val_acc"] > 0.6  # majority class is 0.47
+    assert (tmp_path / BEST).is_file() and (tmp_path / LAST).is_file()
+
+
+def test_batches_are_length_bucketed_and_cover_the_split(names_tensors):
+    batches = list(ShardBatches(names_tensors / "tensors" / "train", 64, pool_batches=10, seed=3))
+    assert sum(len(b.labels) for b in batches) == 14052
+    padding = sum(int((b.ids == 0).sum()) for b in batches)
+    lengths = torch.cat([b.lengths for b in batches])
+    shuffled = lengths[torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))]
+    random_padding = sum(int((c.max() - c).sum()) for c in shuffled.split(64))
+    assert padding < random_padding / 3  # sorted pools: each batch pads to its own short maximum
+    again = list(ShardBatches(names_tensors / "tensors" / "train", 64, pool_batches=10, seed=3))
+    assert all(torch.equal(a.ids, b.ids) for a, b in zip(batches, again))
+
+
+def test_resume_after_kill_equals_an_uninterrupted_run(names_tensors, tmp_path):
+    cfg = TrainConfig(epochs=3, batch_size=64, patience=10)
+    model = ModelConfig(cell="lstm", embedding_dim=16, hidden_size=48, dropout=0.2, num_layers=2)
+    straight = train(names_tensors / "tensors", tmp_path / "straight", model, cfg)
+    script = (
+        "import sys; from rnnlib.config import *; from rnnlib.train import train; "
+        f"train({str(names_tensors / 'tensors')!r}, {str(tmp_path / 'killed')!r}, "
+        f"ModelConfig.model_validate_json({model.model_dump_json()!r}), "
+        f"TrainConfig.model_validate_json({cfg.model_dump_json()!r}))"
+    )
+    process = subprocess.Popen([sys.executable, "-c", script])
+    checkpoint = tmp_path / "killed" / LAST
+    while not checkpoint.exists():
+        assert process.poll() is None, "training ended before its first checkpoint"
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done = torch.load(checkpoint, weights_only=True)["state"]["epoch"]
+    assert done < 3, "the run finished before it could be killed"
+    resumed = train(names_tensors / "tensors", tmp_path / "killed", model, cfg)
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    final_a = torch.load(tmp_path / "straight" / LAST, weights_only=True)["model"]
+    final_b = torch.load(checkpoint, weights_only=True)["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    summary = train(tensors, out, SMALL, TrainConfig(epochs=1, batch_size=64))
+    model_state = torch.load(Path(out) / LAST, weights_only=True)["model"] if rank == 0 else None
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"world": summary["world_size"], "epochs": len(summary["history"])}))
+    if model_state is not None:
+        torch.save(model_state, Path(out) / "rank0-final.pt")
+
+
+def test_distributed_data_parallel_on_two_gloo_processes(names_tensors, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, port, str(names_tensors / "tensors"), str(tmp_path)),
+                                nprocs=2, join=True)
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"world": 2, "epochs": 1}
+    assert (tmp_path / BEST).is_file() and (tmp_path / "rank0-final.pt").is_file()
+
+
+def test_bundle_round_trip_and_mismatch_refusal(names_tensors, tmp_path):
+    train(names_tensors / "tensors", tmp_path / "fit", SMALL, TrainConfig(epochs=1))
+    bundle_dir = tmp_path / "bundle"
+    version = save_bundle(bundle_dir, tmp_path / "fit" / BEST, names_tensors / "vocab",
+                          PreprocessConfig(level="char"), SMALL, None, {"tensors": "k"}, {"accuracy": 0.5})
+    bundle = load_bundle(bundle_dir)
+    assert bundle.version == version and bundle.preprocess.level == "char"
+    reference = RNNClassifier(len(bundle.vocab.tokens), len(bundle.labels.labels), SMALL).eval()
+    reference.load_state_dict(torch.load(tmp_path / "fit" / BEST, weights_only=True))
+    ids, lengths = torch.tensor([[5, 6, 7, 0], [8, 9, 10, 11]]), torch.tensor([3, 4])
+    assert torch.equal(bundle.model(ids, lengths), reference(ids, lengths))
+    # a vocabulary that is not the one the weights were trained with
+    Vocabulary(bundle.vocab.tokens + ("extra",)).save(bundle_dir / "vocab.json")
+    with pytest.raises(BundleError, match="do not match the bundle's configuration"):
+        load_bundle(bundle_dir)
+    # ... even when the configuration is edited to agree with it: the weights' shapes disagree
+    config = json.loads((bundle_dir / "config.json").read_text())
+    config["vocab_hash"] = Vocabulary.load(bundle_dir / "vocab.json").hash
+    (bundle_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="weights do not match"):
+        load_bundle(bundle_dir)
+    (bundle_dir / "weights.pt").unlink()
+    with pytest.raises(BundleError, match="weights.pt is missing"):
+        load_bundle(bundle_dir)
