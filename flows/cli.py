@@ -12,6 +12,7 @@ from typing import Any
 # timeout allows; these must be set before Prefect reads its settings.
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rnnlib")  # per-epoch training logs
 
 from pydantic import ValidationError  # noqa: E402
 
@@ -81,7 +82,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = load_config(COMMANDS[args.command][1], args.config, _overrides(args))
+    # one file serves both commands: prepare ignores the model and train sections
+    config = load_config(TrainFlowConfig, args.config, _overrides(args))
+    config_class = COMMANDS[args.command][1]
+    config = config_class.model_validate(config.model_dump(include=set(config_class.model_fields)))
     if args.print_config:
         import yaml
 

@@ -58,6 +58,10 @@ class SourceConfig(_Strict):
         ),
         description="where downloaded datasets are kept",
     )
+    keep_labels: list[str] = Field(
+        default_factory=list, description="only these labels (after renaming); others are counted "
+        "as rejected. Empty: all"
+    )
     partition_rows: int = Field(10_000, gt=0, description="rows per canonical Parquet partition")
 
     @model_validator(mode="before")

@@ -43,6 +43,7 @@ CANONICAL_SCHEMA = pa.schema(
     ]
 )
 UNDECODABLE = "undecodable bytes (not UTF-8)"
+NOT_SELECTED = "label not selected (source.keep_labels)"
 CLASS_LAYOUTS = ("folder_per_class", "file_per_class")
 SURROGATE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of undecodable bytes
 
@@ -120,7 +121,8 @@ def _strings(values: np.ndarray, drop: np.ndarray) -> pa.Array:
 
 
 def canonicalize(
-    frame: pd.DataFrame, split: str | None, label_names: dict[str, str], labelled: bool
+    frame: pd.DataFrame, split: str | None, label_names: dict[str, str], labelled: bool,
+    keep_labels: tuple[str, ...] = (),
 ) -> pa.Table:
     """Validate a reader chunk and give it the canonical schema, flagging rejects with reasons.
 
@@ -145,6 +147,8 @@ def canonicalize(
     if labelled:
         checks += [(bad_label, UNDECODABLE),
                    (pc.or_kleene(pc.is_null(label), pc.equal(label, "")), "missing label")]
+        if keep_labels:
+            checks.append((pc.invert(pc.is_in(label, pa.array(keep_labels, pa.string()))), NOT_SELECTED))
     reject = pa.array(_objects(frame["reject"]) if "reject" in frame else [None] * n, pa.string())
     for mask, reason in checks:  # the first reason found wins
         hit = pc.and_(pc.is_null(reject), pc.fill_null(pa.array(mask), False))
@@ -200,7 +204,7 @@ class PartWriter:
 
 def ingest_unit(
     unit: ReadUnit, index: int, out_dir: Path, partition_rows: int,
-    label_names: dict[str, str], labelled: bool,
+    label_names: dict[str, str], labelled: bool, keep_labels: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Read one unit into canonical partitions; return their names and per-file outcomes."""
     writer = PartWriter(out_dir, partition_rows, prefix=f"part-{index:05d}")
@@ -208,7 +212,7 @@ def ingest_unit(
     # one-document-per-file layouts are accounted per input folder, not per file
     per_folder = unit.source(unit.root) if unit.spec.format == "folder_per_class" else None
     for frame in read_unit(unit, partition_rows):
-        table = canonicalize(frame, unit.spec.split, label_names, labelled)
+        table = canonicalize(frame, unit.spec.split, label_names, labelled, keep_labels)
         _count_outcomes(per_file, table, per_folder)
         writer.add(table)
     writer.close()
@@ -225,6 +229,7 @@ def ingest(source: SourceConfig, out_dir: str | Path, client: Client | None = No
     with building(out_dir) as scratch:
         results = map_partitions(client, ingest_unit, units, range(len(units)), out_dir=scratch,
                                  partition_rows=source.partition_rows, label_names=label_names,
+                                 keep_labels=tuple(source.keep_labels),
                                  labelled=labelled)
         per_file: dict[str, Counter] = defaultdict(Counter)
         for result in results:

@@ -173,3 +173,31 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
                  record["tokens_per_s"])
     return {**state, "stopped_early": state["bad_epochs"] >= cfg.patience, "device": str(device),
             "world_size": world}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`torchrun --nproc_per_node=N -m rnnlib.train TENSORS OUT --config FILE.yaml`: the training
+    stage alone, on several GPUs (each rank reads its own shards)."""
+    import argparse
+
+    from rnnlib.config import TrainFlowConfig, load_config
+
+    parser = argparse.ArgumentParser(prog="python -m rnnlib.train", description=main.__doc__)
+    parser.add_argument("tensors", help="a tensorize stage folder (with train/ and val/)")
+    parser.add_argument("out", help="checkpoint folder (a run found there is resumed)")
+    parser.add_argument("--config", help="YAML file; its model: and train: sections are used")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+    config = load_config(TrainFlowConfig, args.config, args.overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    summary = train(args.tensors, args.out, config.model, config.train)
+    if summary["world_size"] == 1 or dist.get_rank() == 0:
+        log.info("best epoch %d, validation loss %.4f; weights in %s", summary["best_epoch"],
+                 summary["best_val_loss"], Path(args.out) / BEST)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

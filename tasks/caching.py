@@ -38,7 +38,8 @@ def fingerprint(value: Any) -> Any:
     if isinstance(value, StageOutput):
         return value.key
     if isinstance(value, SourceConfig):
-        return {"content": fingerprint_inputs(value), "partition_rows": value.partition_rows}
+        how = value.model_dump(mode="json", exclude={"dataset", "inputs", "mirror", "cache_dir"})
+        return {"content": fingerprint_inputs(value), **how}
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value

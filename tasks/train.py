@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from rnnlib.storage import MANIFEST, write_json
 from tasks.caching import StageCachePolicy, StageOutput, run_stage
 from tasks.retries import IO_RETRIES
 
+logging.getLogger("rnnlib").setLevel(logging.INFO)  # per-epoch progress into the Prefect logs
 STAGE = {"cache_policy": StageCachePolicy(), "persist_result": True, **IO_RETRIES}
 
 

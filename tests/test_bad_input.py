@@ -130,3 +130,10 @@ def test_label_unseen_at_fit_time_is_rejected_not_lost(tmp_path, client):
     assert result["rejected"] == {"label unseen at fit time": 1}
     rejects = pq.read_table(tmp_path / "t" / "rejects").to_pandas()
     assert rejects[["source", "row", "reason"]].values.tolist() == [["test.csv", 2, "label unseen at fit time"]]
+
+
+def test_keep_labels_counts_the_others_as_not_selected(datasets, tmp_path):
+    manifest = ingest(SourceConfig(dataset="names", mirror=str(datasets), keep_labels=["German", "Italian"]),
+                      tmp_path / "out")
+    assert manifest["rows"] == 20074 and manifest["kept"] == 724 + 709
+    assert manifest["rejected"] == {"label not selected (source.keep_labels)": 20074 - 1433}

@@ -15,14 +15,14 @@ import pytest
 import yaml
 
 from flows.cli import main
-from rnnlib.config import PrepareConfig, load_config
+from rnnlib.config import PrepareConfig, TrainFlowConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_recipes_are_valid_configs(recipe):
-    assert isinstance(load_config(PrepareConfig, recipe), PrepareConfig)
+    assert isinstance(load_config(TrainFlowConfig, recipe), TrainFlowConfig)
 
 
 def test_config_file_then_shortcuts_then_overrides(capsys, tmp_path):

@@ -132,10 +132,14 @@ def test_resume_after_kill_equals_an_uninterrupted_run(names_tensors, tmp_path):
     done = torch.load(checkpoint, weights_only=True)["state"]["epoch"]
     assert done < 3, "the run finished before it could be killed"
     resumed = train(names_tensors / "tensors", tmp_path / "killed", model, cfg)
-    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    # equal up to float summation order (two processes may split CPU reductions differently)
+    assert resumed["best_epoch"] == straight["best_epoch"] and len(resumed["history"]) == 3
+    for a, b in zip(resumed["history"], straight["history"]):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     final_a = torch.load(tmp_path / "straight" / LAST, weights_only=True)["model"]
     final_b = torch.load(checkpoint, weights_only=True)["model"]
-    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+    assert all(torch.allclose(final_a[k], final_b[k], atol=1e-5) for k in final_a)
 
 
 def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str) -> None:
