@@ -19,7 +19,7 @@ from rnnlib.bundle import BundleError, load_bundle, save_bundle
 from rnnlib.config import InputSpec, ModelConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, TrainConfig, VocabConfig
 from rnnlib.data import ShardBatches
 from rnnlib.ingest import ingest
-from rnnlib.model import RNNClassifier
+from rnnlib.model import CELLS as CELLS_BY_NAME, RNNClassifier
 from rnnlib.preprocess import preprocess
 from rnnlib.split import split
 from rnnlib.tensorize import tensorize
@@ -51,13 +51,28 @@ def test_padding_never_changes_a_result(cell, bidirectional, pooling):
 
 
 @pytest.mark.parametrize("cell,bidirectional", list(itertools.product(CELLS, [False, True])))
-def test_packed_equals_unpacked_on_unpadded_input(cell, bidirectional):
+def test_matches_pytorch_packed_sequences(cell, bidirectional):
+    """Our padded encoder gives what PyTorch's packed multi-layer module gives, and on unpadded
+    input packing changes nothing."""
     model = _model(cell, bidirectional, "last")
-    same = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 10]])
-    unpacked = model(same, torch.tensor([4, 4]))  # equal lengths: no packing
-    mixed = torch.cat([same, torch.tensor([[11, 12, 0, 0]])])
-    packed = model(mixed, torch.tensor([4, 4, 2]))[:2]  # unequal lengths: packed
-    assert torch.allclose(unpacked, packed, atol=1e-5)
+    reference = CELLS_BY_NAME[cell](
+        8, 12, num_layers=2, bidirectional=bidirectional, batch_first=True,
+        **({"nonlinearity": cell.removeprefix("rnn_")} if cell.startswith("rnn") else {}))
+    with torch.no_grad():
+        for depth, directions in enumerate(model.layers):
+            for direction, module in enumerate(directions):
+                suffix = "_reverse" if direction else ""
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(reference, f"{name}_l{depth}{suffix}").copy_(getattr(module, f"{name}_l0"))
+    ids = torch.tensor([[3, 4, 5, 6, 7], [8, 9, 10, 0, 0], [11, 12, 0, 0, 0]])
+    lengths = torch.tensor([5, 3, 2])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(model.embedding(ids), lengths, batch_first=True)
+    outputs, _ = torch.nn.utils.rnn.pad_packed_sequence(reference(packed)[0], batch_first=True)
+    ours = model.encode(ids, lengths)
+    mask = (torch.arange(5)[None, :] < lengths[:, None]).unsqueeze(-1)
+    assert torch.allclose(ours * mask, outputs * mask, atol=1e-5)
+    unpacked = reference(model.embedding(ids[:1]))[0]
+    assert torch.allclose(ours[:1], unpacked, atol=1e-5)
 
 
 @pytest.mark.parametrize("cell,bidirectional,pooling", COMBOS)
