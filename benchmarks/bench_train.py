@@ -2,7 +2,7 @@
 
   baseline  the tutorials' plain recipe: random batches padded to the batch maximum, fp32;
   rnnlib    batches streamed from the Parquet shards, length-sorted within pools (padding only
-            to each batch's own maximum; equal-length batches skip packing), bf16 on GPU.
+            to each batch's own maximum), bf16 on GPU.
 
 Same model (default: 2-layer bidirectional LSTM, hidden 256, embeddings 128), same rows, same
 optimiser, measured in this run. On CPU use --rows to keep it short.
@@ -13,6 +13,7 @@ Usage: python benchmarks/bench_train.py [--datasets ../shared/datasets] [--rows 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
@@ -86,8 +87,7 @@ def main() -> int:
         shards = prepare_imdb(args.datasets, args.rows, Path(tmp))
         first = sorted((shards / "train").glob("shard-*.parquet"))
         table = pq.read_table(first if args.rows else shards / "train").slice(0, args.rows or None)
-        vocab_size = pq.read_metadata(first[0]) and __import__("json").loads(
-            (shards / "train" / "_manifest.json").read_text())["vocab_size"]
+        vocab_size = json.loads((shards / "train" / "_manifest.json").read_text())["vocab_size"]
         sequences = [torch.tensor(s, dtype=torch.long) for s in table["ids"].to_pylist()]
         labels = torch.tensor(table["label"].to_pylist())
 
@@ -101,7 +101,7 @@ def main() -> int:
         subset = Path(tmp) / "subset" / "train"
         subset.mkdir(parents=True)
         pq.write_table(table, subset / "shard-0.parquet")
-        (subset / "_manifest.json").write_text(__import__("json").dumps({"shards": [{"file": "shard-0.parquet"}]}))
+        (subset / "_manifest.json").write_text(json.dumps({"shards": [{"file": "shard-0.parquet"}]}))
 
         def rnnlib_batches():
             for batch in ShardBatches(subset, args.batch_size, pool_batches=50, seed=0):
