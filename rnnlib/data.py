@@ -1,8 +1,9 @@
 """Training batches streamed from the tensor shards: never the whole split in memory.
 
-Rows are read shard by shard into pools of `pool_batches * batch_size` examples; each pool is
-sorted by length and cut into batches padded only to their own maximum, and the batches of a pool
-are shuffled. Distributed ranks read disjoint shards. Everything is seeded by (seed, epoch).
+Pools of `pool_batches * batch_size` rows are drawn from many shards at once (in proportion to
+what each has left); each pool is sorted by length and cut into batches padded only to their own
+maximum, and the batches of a pool are shuffled. Distributed ranks read disjoint shards.
+Everything is seeded by (seed, epoch).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import pyarrow.parquet as pq
 import torch
 
 from rnnlib.storage import MANIFEST, read_json
-
 
 OPEN_SHARDS = 64  # readers of 1,024 rows each: a few MB
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
+from prefect.transactions import get_transaction
 from pydantic import BaseModel
 
 from rnnlib.config import DaskConfig, SourceConfig
@@ -76,8 +77,10 @@ class StageCachePolicy(CachePolicy):
 
 
 def run_stage(stage: str, params: dict[str, Any], build) -> StageOutput:
-    """Build a stage's output unless a complete one with the same key is already on disk."""
-    key = stage_key(stage, params)
+    """Build a stage's output unless a complete one with the same key is already on disk. The key
+    is the one the cache policy just computed for this run (hashing inputs once), if any."""
+    transaction = get_transaction()
+    key = transaction.key if transaction and transaction.key else stage_key(stage, params)
     out = stage_dir(params["work_dir"], stage, key)
     manifest = read_json(out / MANIFEST) if is_complete(out) else build(out)
     return StageOutput(stage=stage, key=key, path=str(out), manifest=manifest)
