@@ -12,7 +12,6 @@ import json
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -231,15 +230,20 @@ def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int) -> list[ReadUnit
     return [ReadUnit(fs, (path,), spec, path)]
 
 
+def _read_local(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
 def _read_documents(unit: ReadUnit) -> pd.DataFrame:
     """One document per file, labelled by its folder's name (`split/label/*.txt`, as aclImdb)."""
-    if isinstance(unit.fs, LocalFileSystem):  # skip fsspec's per-file overhead
-        contents = [Path(p).read_bytes() for p in unit.paths]
+    if isinstance(unit.fs, LocalFileSystem):  # skip fsspec's (and pathlib's) per-file overhead
+        contents = [_read_local(p) for p in unit.paths]
     else:
         cat = unit.fs.cat(list(unit.paths))
         contents = [cat[p] for p in unit.paths]
     text = [c.decode("utf-8", errors="surrogateescape") for c in contents]
-    labels = [posixpath.basename(posixpath.dirname(p)) for p in unit.paths]
+    labels = [p.rsplit("/", 2)[-2] for p in unit.paths]  # the parent folder's name
     sources = [unit.source(p) for p in unit.paths]
     return _frame(np.array(text, dtype=object), labels, sources, sources, 1)
 

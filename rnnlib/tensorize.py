@@ -18,7 +18,7 @@ from rnnlib.cluster import map_partitions, partitions
 from rnnlib.config import TensorizeConfig
 from rnnlib.split import with_split
 from rnnlib.storage import MANIFEST, building, write_json
-from rnnlib.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary
+from rnnlib.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary, load_fitted
 
 SCHEMA_VERSION = 1
 SHARD_SCHEMA = pa.schema(
@@ -53,8 +53,7 @@ def tensorize_partition(
     in_file: Path, split_dir: Path, out_dir: Path, vocab_dir: Path, cfg: TensorizeConfig,
     labelled: bool,
 ) -> dict[str, Any]:
-    vocab = Vocabulary.load(vocab_dir / VOCAB_FILE)
-    encoder = LabelEncoder.load(vocab_dir / LABELS_FILE)
+    vocab, encoder = load_fitted(vocab_dir, (vocab_dir / VOCAB_FILE).stat().st_mtime_ns)
     table = with_split(in_file, split_dir)
     reject = table["reject"]
     label_ids = encoder.encode(table["label"]) if labelled else pa.nulls(table.num_rows, pa.int64())

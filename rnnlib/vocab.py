@@ -7,6 +7,7 @@ tables are merged on the cluster, and only the final (token, count) table reache
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +28,21 @@ SPECIALS = (PAD, UNK)  # ids 0 and 1
 VOCAB_FILE, LABELS_FILE = "vocab.json", "labels.json"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Vocabulary:
     tokens: tuple[str, ...]  # index = id; starts with SPECIALS
 
-    @property
+    @cached_property
     def hash(self) -> str:
         return digest_json(list(self.tokens))
 
+    @cached_property
+    def _value_set(self) -> pa.Array:
+        return pa.array(self.tokens[len(SPECIALS):], pa.string())
+
     def lookup(self, tokens: pa.Array) -> pa.Array:
         """Token strings -> int32 ids; unknown tokens -> <UNK>'s id. Vectorised."""
-        ids = pc.index_in(tokens, value_set=pa.array(self.tokens[len(SPECIALS):], pa.string()))
+        ids = pc.index_in(tokens, value_set=self._value_set)
         return pc.fill_null(pc.add(ids, len(SPECIALS)), SPECIALS.index(UNK)).cast(pa.int32())
 
     def save(self, path: Path) -> None:
@@ -74,6 +79,13 @@ class LabelEncoder:
         if encoder.hash != data["hash"]:
             raise InputError("label encoder is damaged (hash does not match)", file=str(path))
         return encoder
+
+
+@lru_cache(maxsize=4)
+def load_fitted(vocab_dir: Path, stamp: int) -> tuple[Vocabulary, LabelEncoder]:
+    """A fitted vocabulary and label encoder, read once per worker process (`stamp`: the
+    vocabulary file's mtime, so a rewritten file is read again)."""
+    return Vocabulary.load(vocab_dir / VOCAB_FILE), LabelEncoder.load(vocab_dir / LABELS_FILE)
 
 
 def count_partition(tokens_file: Path, split_dir: Path, fit_split: str) -> pa.Table:
