@@ -20,7 +20,7 @@ from rnnlib.text import tokenize
 TOKENS_SCHEMA = pa.schema(
     [
         ("id", pa.string()),
-        ("tokens", pa.list_(pa.string())),
+        ("tokens", pa.list_(pa.dictionary(pa.int32(), pa.string()))),
         ("label", pa.string()),
         ("split", pa.string()),
         ("source", pa.string()),
@@ -36,7 +36,10 @@ def preprocess_table(table: pa.Table, cfg: PreprocessConfig) -> pa.Table:
     tokens = tokenize(table["text"], cfg)
     empty = pc.and_(pc.is_null(table["reject"]), pc.equal(pc.list_value_length(tokens), 0))
     reject = pc.if_else(empty, pa.scalar(NO_TOKENS), table["reject"])
-    tokens = pc.if_else(pc.is_null(reject), tokens, pa.nulls(len(tokens), tokens.type))
+    # rows rejected here have no tokens: null them (their offsets span nothing)
+    rejected = pc.is_valid(reject)
+    rejected = rejected.combine_chunks() if isinstance(rejected, pa.ChunkedArray) else rejected
+    tokens = pa.ListArray.from_arrays(tokens.offsets, tokens.values, mask=rejected)
     columns = {name: table[name] for name in TOKENS_SCHEMA.names if name in table.column_names}
     return pa.table({**columns, "tokens": tokens, "reject": reject}).select(TOKENS_SCHEMA.names).cast(
         TOKENS_SCHEMA

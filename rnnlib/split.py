@@ -110,9 +110,9 @@ def assign_partition(
     return dict(counts)
 
 
-def with_split(tokens_file: Path, split_dir: str | Path, columns: list[str] | None = None) -> pa.Table:
+def with_split(tokens_file: Path, split_dir: str | Path, **read_options: Any) -> pa.Table:
     """A tokens partition with its final split (from the split stage's aligned assignment)."""
-    table = pq.read_table(tokens_file, columns=columns)
+    table = pq.read_table(tokens_file, **read_options)
     assigned = pq.read_table(Path(split_dir) / tokens_file.name, columns=["split"])["split"]
     if "split" in table.column_names:
         return table.set_column(table.schema.get_field_index("split"), "split", assigned)

@@ -37,16 +37,28 @@ UNSEEN_LABEL = "label unseen at fit time"
 
 
 def encode_ids(tokens: pa.Array, vocab: Vocabulary, max_length: int | None) -> tuple[pa.Array, np.ndarray]:
-    """list<string> -> (list<int32> ids truncated to max_length, original lengths)."""
+    """list<string> (plain or dictionary-encoded; null rows become empty) -> (list<int32> ids
+    truncated to max_length, original lengths). With a dictionary, each distinct token is looked
+    up once instead of every occurrence."""
     if isinstance(tokens, pa.ChunkedArray):
         tokens = tokens.combine_chunks()
-    lengths = pc.list_value_length(tokens).to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.list_value_length(tokens), 0).to_numpy(zero_copy_only=False)
     if max_length is not None:
         tokens = pc.list_slice(tokens, 0, max_length)
     kept = np.minimum(lengths, max_length) if max_length is not None else lengths
     offsets = np.concatenate([[0], np.cumsum(kept)]).astype(np.int32)
-    ids = vocab.lookup(pc.list_flatten(tokens))
+    flat = pc.list_flatten(tokens)
+    if pa.types.is_dictionary(flat.type):
+        ids = vocab.lookup(flat.dictionary).take(flat.indices)
+    else:
+        ids = vocab.lookup(flat)
     return pa.ListArray.from_arrays(pa.array(offsets), ids), lengths
+
+
+def read_tokens(tokens_file: Path, split_dir: Path) -> pa.Table:
+    """A tokens partition with its split, the tokens read dictionary-encoded (as Parquet stores
+    them), so no token string is materialised or hashed per occurrence."""
+    return with_split(tokens_file, split_dir, read_dictionary=["tokens.list.element"])
 
 
 def tensorize_partition(
@@ -54,7 +66,7 @@ def tensorize_partition(
     labelled: bool,
 ) -> dict[str, Any]:
     vocab, encoder = load_fitted(vocab_dir, (vocab_dir / VOCAB_FILE).stat().st_mtime_ns)
-    table = with_split(in_file, split_dir)
+    table = read_tokens(in_file, split_dir)
     reject = table["reject"]
     label_ids = encoder.encode(table["label"]) if labelled else pa.nulls(table.num_rows, pa.int64())
     if labelled:
@@ -66,17 +78,19 @@ def tensorize_partition(
                   "reason": pc.drop_null(reject)}, schema=REJECTS_SCHEMA),
         out_dir / REJECTS_DIR / in_file.name,
     )
+    ids, lengths = encode_ids(table["tokens"], vocab, cfg.max_length)  # once, for every row
     keep = pc.is_null(reject)
-    table = table.filter(keep).set_column(table.schema.get_field_index("label"), "label",
-                                          label_ids.filter(keep))
+    encoded = pa.table({"id": table["id"], "ids": ids, "length": pa.array(lengths), "label": label_ids,
+                        "split": table["split"]}).filter(keep)
     # rows of a partition come in source order (often one class after another): shuffle them,
     # seeded by the partition, so every shard is a sample of its split
     seed = int.from_bytes(in_file.name.encode()[-16:], "little") % 2**32
-    table = table.take(pa.array(np.random.default_rng(seed).permutation(table.num_rows)))
+    encoded = encoded.take(pa.array(np.random.default_rng(seed).permutation(encoded.num_rows)))
     splits: dict[str, Any] = {}
-    for name in sorted(set(pc.unique(table["split"]).to_pylist()) - {None}):
-        part = table.filter(pc.equal(table["split"], name))
-        ids, lengths = encode_ids(part["tokens"], vocab, cfg.max_length)
+    for name in sorted(set(pc.unique(encoded["split"]).to_pylist()) - {None}):
+        part = encoded.filter(pc.equal(encoded["split"], name))
+        ids = part["ids"].combine_chunks()
+        original = part["length"].to_numpy()
         shard = pa.table(
             {"id": part["id"], "ids": ids, "length": pc.list_value_length(ids).cast(pa.int32()),
              "label": part["label"]}, schema=SHARD_SCHEMA,
@@ -89,15 +103,14 @@ def tensorize_partition(
             pq.write_table(chunk, out_dir / name / file)
             shards.append({"file": file, "rows": chunk.num_rows})
         flat = pc.list_flatten(ids)
+        classes = pc.value_counts(pc.drop_null(part["label"])).to_pylist()
         splits[name] = {
             "rows": shard.num_rows,
             "tokens": len(flat),
             "unk_tokens": int(pc.sum(pc.equal(flat, 1)).as_py() or 0),
-            "truncated": int((lengths > cfg.max_length).sum()) if cfg.max_length else 0,
-            "max_length_seen": int(lengths.max()) if len(lengths) else 0,
-            "class_counts": Counter(
-                encoder.labels[i] for i in part["label"].to_pylist() if i is not None
-            ),
+            "truncated": int((original > cfg.max_length).sum()) if cfg.max_length else 0,
+            "max_length_seen": int(original.max()) if len(original) else 0,
+            "class_counts": {encoder.labels[c["values"]]: c["counts"] for c in classes},
             "shards": shards,
         }
     return {"outcomes": outcomes(reject), "splits": splits}

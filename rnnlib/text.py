@@ -114,14 +114,18 @@ def _characters(text: pa.Array) -> pa.Array:
     utf8 = filled.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]] if len(filled) else b""
     points = np.frombuffer(utf8.decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
     distinct, inverse = np.unique(points, return_inverse=True)
-    chars = pa.array([chr(c) for c in distinct], pa.string()).take(pa.array(inverse))
+    chars = pa.DictionaryArray.from_arrays(pa.array(inverse.astype(np.int32)),
+                                           pa.array([chr(c) for c in distinct], pa.string()))
     lengths = pc.utf8_length(filled).to_numpy()
     parents = np.repeat(np.arange(len(filled)), lengths)
     return _rebuild(chars, parents, len(filled), null_rows)
 
 
 def tokenize(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
-    """Arrow string array -> list<string> tokens (null stays null)."""
+    """Arrow string array -> list<dictionary<int32, string>> tokens (null stays null).
+
+    Dictionary-encoded tokens are what Parquet stores anyway; keeping them so spares the writer
+    re-hashing every token, and readers look up each distinct token once."""
     if isinstance(text, pa.ChunkedArray):
         text = text.combine_chunks()
     text = normalise(text, cfg)
@@ -137,7 +141,8 @@ def tokenize(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
     if pc.any(blank).as_py():
         lists = pc.if_else(blank, pa.scalar([], lists.type), lists)
     if not (cfg.stopwords or cfg.stem):
-        return lists
+        encoded = pc.dictionary_encode(pc.list_flatten(lists))
+        return pa.ListArray.from_arrays(lists.offsets, encoded, mask=pc.is_null(lists))
     # Per distinct token, not per occurrence: stop-word lookups and stemming see each word once.
     encoded = pc.dictionary_encode(pc.list_flatten(lists))
     words, indices = encoded.dictionary, encoded.indices
@@ -148,4 +153,5 @@ def tokenize(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
         indices, parents = indices.filter(kept), parents[kept.to_numpy(zero_copy_only=False)]
     if cfg.stem:
         words = _stem(words)
-    return _rebuild(words.take(indices), parents, len(text), pc.is_null(text))
+    return _rebuild(pa.DictionaryArray.from_arrays(indices, words), parents, len(text),
+                    pc.is_null(text))

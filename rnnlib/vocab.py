@@ -11,6 +11,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -90,10 +91,13 @@ def load_fitted(vocab_dir: Path, stamp: int) -> tuple[Vocabulary, LabelEncoder]:
 
 def count_partition(tokens_file: Path, split_dir: Path, fit_split: str) -> pa.Table:
     """(token, count) and (label, count) of one partition's fitting rows."""
-    table = with_split(tokens_file, split_dir, columns=["tokens", "label"])
+    table = with_split(tokens_file, split_dir, columns=["tokens", "label"],
+                       read_dictionary=["tokens.list.element"])
     table = table.filter(pc.equal(table["split"], fit_split))
-    tokens = pc.list_flatten(table["tokens"])
-    counts = pc.value_counts(tokens).flatten()
+    tokens = pc.list_flatten(table["tokens"].combine_chunks())  # dictionary-encoded
+    occurrences = np.bincount(tokens.indices.to_numpy(zero_copy_only=False), minlength=len(tokens.dictionary))
+    seen = occurrences > 0
+    counts = [tokens.dictionary.filter(pa.array(seen)), pa.array(occurrences[seen], pa.int64())]
     labels = pc.value_counts(pc.drop_null(table["label"])).flatten()
     return pa.table(
         {
