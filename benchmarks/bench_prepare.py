@@ -37,7 +37,7 @@ from rnnlib.config import (  # noqa: E402
     DaskConfig, InputSpec, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, VocabConfig,
 )
 from rnnlib.ingest import ingest  # noqa: E402
-from rnnlib.preprocess import preprocess, preprocess_partition  # noqa: E402
+from rnnlib.preprocess import preprocess  # noqa: E402
 from rnnlib.split import split  # noqa: E402
 from rnnlib.tensorize import tensorize  # noqa: E402
 from rnnlib.text import stopword_set  # noqa: E402

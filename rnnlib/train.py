@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from rnnlib.config import ModelConfig, TrainConfig
-from rnnlib.data import Batch, ShardBatches
+from rnnlib.data import ShardBatches
 from rnnlib.model import RNNClassifier
 from rnnlib.storage import MANIFEST, read_json
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from rnnlib.bundle import BundleError, load_bundle, save_bundle
-from rnnlib.config import InputSpec, ModelConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, TrainConfig, VocabConfig
+from rnnlib.config import ModelConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, TrainConfig, VocabConfig
 from rnnlib.data import ShardBatches
 from rnnlib.ingest import ingest
 from rnnlib.model import CELLS as CELLS_BY_NAME, RNNClassifier
