@@ -3,6 +3,7 @@ with a manifest per split and a rejects table that accounts for every row not ke
 
 from __future__ import annotations
 
+import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -72,7 +73,7 @@ def tensorize_partition(
     if labelled:
         unseen = pc.and_(pc.is_null(reject), pc.is_null(label_ids))
         reject = pc.if_else(unseen, pa.scalar(UNSEEN_LABEL), reject)
-    rejected = table.filter(pc.is_valid(reject))
+    rejected = table.select(["id", "source", "row"]).filter(pc.is_valid(reject))
     pq.write_table(
         pa.table({"id": rejected["id"], "source": rejected["source"], "row": rejected["row"],
                   "reason": pc.drop_null(reject)}, schema=REJECTS_SCHEMA),
@@ -84,8 +85,8 @@ def tensorize_partition(
                         "split": table["split"]}).filter(keep)
     # rows of a partition come in source order (often one class after another): shuffle them,
     # seeded by the partition, so every shard is a sample of its split
-    seed = int.from_bytes(in_file.name.encode()[-16:], "little") % 2**32
-    encoded = encoded.take(pa.array(np.random.default_rng(seed).permutation(encoded.num_rows)))
+    shuffle = np.random.default_rng(zlib.crc32(in_file.name.encode())).permutation(encoded.num_rows)
+    encoded = encoded.take(pa.array(shuffle))
     splits: dict[str, Any] = {}
     for name in sorted(set(pc.unique(encoded["split"]).to_pylist()) - {None}):
         part = encoded.filter(pc.equal(encoded["split"], name))
