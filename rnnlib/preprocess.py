@@ -34,7 +34,8 @@ NO_TOKENS = "no tokens after preprocessing"
 def preprocess_table(table: pa.Table, cfg: PreprocessConfig) -> pa.Table:
     """Tokenise the text column; kept rows left with no token are rejected with a reason."""
     tokens = tokenize(table["text"], cfg)
-    empty = pc.and_(pc.is_null(table["reject"]), pc.equal(pc.list_value_length(tokens), 0))
+    no_tokens = pc.equal(pc.list_value_length(tokens), 0)  # null where already rejected
+    empty = pc.fill_null(pc.and_kleene(pc.is_null(table["reject"]), no_tokens), False)
     reject = pc.if_else(empty, pa.scalar(NO_TOKENS), table["reject"])
     # rows rejected here have no tokens: null them (their offsets span nothing)
     rejected = pc.is_valid(reject)

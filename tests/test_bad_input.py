@@ -137,3 +137,26 @@ def test_keep_labels_counts_the_others_as_not_selected(datasets, tmp_path):
                       tmp_path / "out")
     assert manifest["rows"] == 20074 and manifest["kept"] == 724 + 709
     assert manifest["rejected"] == {"label not selected (source.keep_labels)": 20074 - 1433}
+
+
+def test_every_reject_keeps_its_reason_through_the_whole_pipeline(tmp_path, client):
+    """Rows rejected at ingest stay rejected, with the same reason, in every later stage, and
+    end up in the rejects table with file and row."""
+    (tmp_path / "train.csv").write_text(
+        "text,label\n" + "".join(f"good words {i},{'ab'[i % 2]}\n" for i in range(30))
+        + ",a\n...,b\nno label,\n"
+    )
+    ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / "train.csv"))]), tmp_path / "out", client)
+    pre = preprocess(tmp_path / "out", tmp_path / "pre", PreprocessConfig(level="word", punctuation="remove"), client)
+    assert pre["rejected"] == {"empty text": 1, "missing label": 1, "no tokens after preprocessing": 1}
+    split(tmp_path / "pre", tmp_path / "split", SplitConfig(), True, client)
+    fit(tmp_path / "pre", tmp_path / "split", tmp_path / "vocab", VocabConfig(), "train", client)
+    result = tensorize(tmp_path / "pre", tmp_path / "split", tmp_path / "vocab", tmp_path / "t",
+                       TensorizeConfig(), True, client)
+    assert result["rows"] == 33 and result["kept"] == 30
+    assert result["rejected"] == pre["rejected"]
+    rejects = pq.read_table(tmp_path / "t" / "rejects").to_pandas().sort_values("row")
+    assert rejects[["source", "row", "reason"]].values.tolist() == [
+        ["train.csv", 31, "empty text"], ["train.csv", 32, "no tokens after preprocessing"],
+        ["train.csv", 33, "missing label"],
+    ]
