@@ -36,7 +36,15 @@ def run_stage_task(task: Any, timings: dict[str, dict[str, Any]], **kwargs: Any)
 
 
 def prepare_stages(config: PrepareConfig, stages: dict[str, dict[str, Any]]) -> dict[str, StageOutput]:
-    """The prepare tasks in order (shared by the prepare and train flows)."""
+    """The prepare tasks in order (shared by the prepare and train flows). The Dask cluster they
+    start on first use is shut down when they are done, whatever happens."""
+    try:
+        return _prepare_stages(config, stages)
+    finally:
+        close_clients()
+
+
+def _prepare_stages(config: PrepareConfig, stages: dict[str, dict[str, Any]]) -> dict[str, StageOutput]:
     work, dask = config.work_dir, config.dask
     source = fetch_task(config.source)
     ingested = run_stage_task(ingest_task, stages, source=source, dask=dask, work_dir=work)
@@ -76,11 +84,7 @@ def prepare_summary(outputs: dict[str, StageOutput], stages: dict[str, Any]) -> 
 def prepare_flow(config: PrepareConfig = PrepareConfig()) -> dict[str, Any]:
     """Turn labelled text into tensor shards; returns where everything is and what was kept."""
     stages: dict[str, dict[str, Any]] = {}
-    try:
-        outputs = prepare_stages(config, stages)
-    finally:
-        close_clients()
-    summary = prepare_summary(outputs, stages)
+    summary = prepare_summary(prepare_stages(config, stages), stages)
     get_run_logger().info(
         "prepared %s rows: kept %s %s, rejected %s; shards in %s",
         summary["rows"], summary["kept"], summary["splits"], summary["rejected"] or "none",

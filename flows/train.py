@@ -8,7 +8,6 @@ from prefect import flow, get_run_logger
 
 from flows.prepare import prepare_stages, prepare_summary, run_stage_task
 from rnnlib.config import TrainFlowConfig
-from tasks.dask_clients import close_clients
 from tasks.train import evaluate_task, fit_task
 
 
@@ -16,10 +15,7 @@ from tasks.train import evaluate_task, fit_task
 def train_flow(config: TrainFlowConfig = TrainFlowConfig()) -> dict[str, Any]:
     """Prepare the data, train a model, evaluate it on the test split and write its bundle."""
     stages: dict[str, dict[str, Any]] = {}
-    try:
-        outputs = prepare_stages(config, stages)
-    finally:
-        close_clients()
+    outputs = prepare_stages(config, stages)
     tensors = outputs["tensorize"]
     fitted = run_stage_task(fit_task, stages, tensors=tensors, model=config.model, cfg=config.train,
                             work_dir=config.work_dir)

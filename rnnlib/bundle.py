@@ -40,8 +40,9 @@ class Bundle:
 
 def save_bundle(out_dir: Path, weights: Path, vocab_dir: Path, preprocess: PreprocessConfig,
                 model: ModelConfig, max_length: int | None, data: dict[str, Any],
-                metrics: dict[str, Any]) -> str:
-    """Write a bundle; returns its version (a digest of its weights and configuration)."""
+                metrics: dict[str, Any] | None = None) -> str:
+    """Write a bundle; returns its version (a digest of its weights and configuration).
+    `metrics.json` may also be written later, by the evaluation of the saved bundle."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(weights, out_dir / WEIGHTS)
     for name in (VOCAB_FILE, LABELS_FILE):
@@ -54,7 +55,8 @@ def save_bundle(out_dir: Path, weights: Path, vocab_dir: Path, preprocess: Prepr
     }
     config["version"] = digest_json(config)
     write_json(out_dir / CONFIG, config)
-    write_json(out_dir / METRICS, metrics)
+    if metrics is not None:
+        write_json(out_dir / METRICS, metrics)
     return config["version"]
 
 

@@ -22,6 +22,7 @@ from rnnlib.config import DaskConfig, SourceConfig
 from rnnlib.fingerprint import code_version, digest_json
 from rnnlib.ingest import fingerprint_inputs
 from rnnlib.storage import MANIFEST, is_complete, read_json
+from tasks.retries import IO_RETRIES
 
 NOT_IN_KEY = (DaskConfig,)  # where the work runs does not change its result
 
@@ -84,3 +85,7 @@ def run_stage(stage: str, params: dict[str, Any], build) -> StageOutput:
     out = stage_dir(params["work_dir"], stage, key)
     manifest = read_json(out / MANIFEST) if is_complete(out) else build(out)
     return StageOutput(stage=stage, key=key, path=str(out), manifest=manifest)
+
+
+# Prefect options of every stage task: content-addressed cache, persisted results, I/O retries.
+STAGE_TASK = {"cache_policy": StageCachePolicy(), "persist_result": True, **IO_RETRIES}

@@ -8,11 +8,10 @@ from rnnlib import datasets, ingest, preprocess, split, tensorize, vocab
 from rnnlib.config import (
     DaskConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, VocabConfig,
 )
-from tasks.caching import StageCachePolicy, StageOutput, run_stage
+from tasks.caching import STAGE_TASK, StageOutput, run_stage
 from tasks.dask_clients import get_client
 from tasks.retries import IO_RETRIES
 
-STAGE = {"cache_policy": StageCachePolicy(), "persist_result": True, **IO_RETRIES}
 
 
 @task(name="fetch", **IO_RETRIES)
@@ -21,12 +20,12 @@ def fetch_task(source: SourceConfig) -> SourceConfig:
     return datasets.materialize(source)
 
 
-@task(name="ingest", **STAGE)
+@task(name="ingest", **STAGE_TASK)
 def ingest_task(source: SourceConfig, dask: DaskConfig, work_dir: str) -> StageOutput:
     return run_stage("ingest", locals(), lambda out: ingest.ingest(source, out, get_client(dask)))
 
 
-@task(name="preprocess", **STAGE)
+@task(name="preprocess", **STAGE_TASK)
 def preprocess_task(
     ingested: StageOutput, cfg: PreprocessConfig, dask: DaskConfig, work_dir: str
 ) -> StageOutput:
@@ -36,7 +35,7 @@ def preprocess_task(
     )
 
 
-@task(name="split", **STAGE)
+@task(name="split", **STAGE_TASK)
 def split_task(
     preprocessed: StageOutput, labelled: bool, cfg: SplitConfig, dask: DaskConfig, work_dir: str
 ) -> StageOutput:
@@ -46,7 +45,7 @@ def split_task(
     )
 
 
-@task(name="vocab", **STAGE)
+@task(name="vocab", **STAGE_TASK)
 def vocab_task(
     preprocessed: StageOutput, splitted: StageOutput, fit_split: str, cfg: VocabConfig,
     dask: DaskConfig, work_dir: str,
@@ -57,7 +56,7 @@ def vocab_task(
     )
 
 
-@task(name="tensorize", **STAGE)
+@task(name="tensorize", **STAGE_TASK)
 def tensorize_task(
     preprocessed: StageOutput, splitted: StageOutput, fitted: StageOutput, labelled: bool,
     cfg: TensorizeConfig, dask: DaskConfig, work_dir: str,

@@ -13,18 +13,16 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from rnnlib import evaluate, train
-from rnnlib.bundle import load_bundle, save_bundle
+from rnnlib.bundle import METRICS, load_bundle, save_bundle
 from rnnlib.config import ModelConfig, PreprocessConfig, TrainConfig
 from rnnlib.data import ShardBatches
 from rnnlib.storage import MANIFEST, write_json
-from tasks.caching import StageCachePolicy, StageOutput, run_stage
-from tasks.retries import IO_RETRIES
+from tasks.caching import STAGE_TASK, StageOutput, run_stage
 
 logging.getLogger("rnnlib").setLevel(logging.INFO)  # per-epoch progress into the Prefect logs
-STAGE = {"cache_policy": StageCachePolicy(), "persist_result": True, **IO_RETRIES}
 
 
-@task(name="fit", **STAGE)
+@task(name="fit", **STAGE_TASK)
 def fit_task(tensors: StageOutput, model: ModelConfig, cfg: TrainConfig, work_dir: str) -> StageOutput:
     """Train; checkpoints live in `<key>.partial/` until training ends, so a killed run that is
     started again resumes from its last epoch."""
@@ -42,7 +40,7 @@ def fit_task(tensors: StageOutput, model: ModelConfig, cfg: TrainConfig, work_di
     return run_stage("fit", params, build)
 
 
-@task(name="evaluate", **STAGE)
+@task(name="evaluate", **STAGE_TASK)
 def evaluate_task(tensors: StageOutput, vocab: StageOutput, fitted: StageOutput,
                   preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
                   work_dir: str) -> StageOutput:
@@ -54,13 +52,13 @@ def evaluate_task(tensors: StageOutput, vocab: StageOutput, fitted: StageOutput,
         bundle_dir = out / "bundle"
         data = {"tensors": tensors.key, "vocab": vocab.key, "fit": fitted.key}
         save_bundle(bundle_dir, Path(fitted.path) / train.BEST, Path(vocab.path), preprocess, model,
-                    max_length, data, metrics={})
+                    max_length, data)
         bundle = load_bundle(bundle_dir)  # evaluate exactly what users will load
         test = ShardBatches(Path(tensors.path) / "test", 512, shuffle=False)
         truth, predicted = evaluate.predict(bundle.model, test, torch.device("cpu"))
         result = evaluate.metrics(truth, predicted, list(bundle.labels.labels))
         result["history"] = fitted.manifest["history"]
-        write_json(bundle_dir / "metrics.json", result)
+        write_json(bundle_dir / METRICS, result)
         evaluate.plot_confusion(result, bundle_dir / "confusion.png")
         evaluate.plot_curves(fitted.manifest["history"], bundle_dir / "curves.png")
         summary = {"bundle": str(bundle_dir), "version": bundle.version,
