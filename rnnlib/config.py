@@ -179,6 +179,26 @@ class TrainFlowConfig(PrepareConfig):
     train: TrainConfig = Field(default_factory=TrainConfig)
 
 
+class ScoreConfig(_Strict):
+    """The `score` flow: a model bundle applied to new text, written as partitioned Parquet."""
+
+    bundle: str = Field(description="model bundle directory (written by the train flow)")
+    inputs: list[InputSpec] = Field(
+        min_length=1, description="files, directories (every file under them) or globs; labels "
+        "are not read")
+    output: str = Field(description="output directory: scores/, rejects/ and _manifest.json")
+    top_k: int = Field(3, ge=1, description="labels (with probabilities) kept per document")
+    batch_size: int = Field(256, ge=1, description="documents per model batch (length-sorted)")
+    max_length: int | None = Field(
+        None, gt=0, description="truncate (and flag) longer documents; default: the bundle's "
+        "training max_length, else 1000")
+    partition_rows: int = Field(10_000, gt=0, description="rows per scoring partition")
+    overwrite: bool = Field(False, description="redo a finished run instead of skipping it")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mixed_precision: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+
+
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 

@@ -32,6 +32,8 @@ SUFFIX_FORMATS = {
 
 
 MALFORMED_JSON = "malformed JSON"  # a line that is not one JSON object
+MALFORMED_ROW = "malformed row (more fields than the header)"
+_MALFORMED_FLAG = "\x00rnnlib: malformed row\x00"
 
 
 def infer_format(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -97,7 +99,32 @@ def _select(frame: pd.DataFrame, spec: InputSpec, source: str, first_row: int) -
 def read_delimited(
     fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
 ) -> Iterator[pd.DataFrame]:
+    """CSV/TSV with pandas' fast C parser. A row with too many fields stops that parser; the file
+    is then read on with the Python parser, which hands such rows to us to reject one by one."""
+    done = 0
+    try:
+        for chunk in _delimited_chunks(fs, path, source, spec, chunk_rows, "c"):
+            done += len(chunk)
+            yield chunk
+    except pd.errors.ParserError:
+        seen = 0
+        for chunk in _delimited_chunks(fs, path, source, spec, chunk_rows, "python"):
+            if seen + len(chunk) > done:
+                yield chunk.iloc[max(done - seen, 0):]
+            seen += len(chunk)
+
+
+def _flag_malformed(fields: list[str]) -> list[str]:
+    """pandas `on_bad_lines` hook: keep the row in place (so row numbers stay true), flagged."""
+    return [_MALFORMED_FLAG]
+
+
+def _delimited_chunks(
+    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int,
+    engine: str,
+) -> Iterator[pd.DataFrame]:
     default_sep = "\t" if spec.format == "tsv" else ","
+    hook = {"on_bad_lines": _flag_malformed} if engine == "python" else {}
     with open_binary(fs, path) as fh:
         try:
             chunks = pd.read_csv(
@@ -110,14 +137,25 @@ def read_delimited(
                 encoding="utf-8",
                 encoding_errors="surrogateescape",
                 chunksize=chunk_rows,
+                engine=engine,
+                index_col=False,  # extra fields are a bad row, never an index
+                **hook,
             )
             first = 1
             for chunk in chunks:
-                yield _select(chunk, spec, source, first)
+                malformed = (chunk.iloc[:, 0] == _MALFORMED_FLAG).to_numpy() if engine == "python" \
+                    else np.zeros(len(chunk), dtype=bool)
+                out = _select(chunk, spec, source, first)
+                if malformed.any():
+                    out.loc[malformed, "text"] = None
+                    out["reject"] = np.where(malformed, MALFORMED_ROW, None)
+                yield out
                 first += len(chunk)
         except pd.errors.EmptyDataError:
             return
         except pd.errors.ParserError as exc:
+            if engine == "c":
+                raise
             raise InputError(f"malformed CSV: {exc}", file=source) from exc
 
 

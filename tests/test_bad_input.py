@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
@@ -59,9 +60,19 @@ def test_corrupt_parquet(tmp_path):
         ingest_one(tmp_path, "bad.parquet")
 
 
-def test_malformed_csv_names_the_line(tmp_path):
-    (tmp_path / "m.csv").write_text('text,label\nok,1\nbroken,1,extra,fields\n')
-    with pytest.raises(InputError, match=r"m\.csv: malformed CSV: .*line 3"):
+def test_csv_row_with_extra_fields_is_rejected_and_row_numbers_stay_true(tmp_path):
+    (tmp_path / "m.csv").write_text('text,label\nok,1\nbroken,1,extra,fields\n"two\nlines",0\nlast,1\n')
+    manifest = ingest_one(tmp_path, "m.csv")
+    assert manifest["rows"] == 4 and manifest["kept"] == 3
+    assert manifest["rejected"] == {"malformed row (more fields than the header)": 1}
+    df = pq.read_table(tmp_path / "out").to_pandas().set_index("row")
+    assert df.loc[2, "reject"].startswith("malformed row") and pd.isna(df.loc[2, "text"])
+    assert df.loc[3, "text"] == "two\nlines" and df.loc[4, "text"] == "last"
+
+
+def test_unreadable_csv_names_the_file(tmp_path):
+    (tmp_path / "m.csv").write_text('text,label\nok,1\n"never closed,1\n')
+    with pytest.raises(InputError, match=r"m\.csv: malformed CSV"):
         ingest_one(tmp_path, "m.csv")
 
 
