@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import posixpath
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -125,7 +126,9 @@ def _delimited_chunks(
 ) -> Iterator[pd.DataFrame]:
     default_sep = "\t" if spec.format == "tsv" else ","
     hook = {"on_bad_lines": _flag_malformed} if engine == "python" else {}
-    with open_binary(fs, path) as fh:
+    with open_binary(fs, path) as fh, warnings.catch_warnings():
+        # with a bad-line hook, the Python parser only warns about a truncated file: make it fail
+        warnings.simplefilter("error", pd.errors.ParserWarning)
         try:
             chunks = pd.read_csv(
                 fh,
@@ -153,7 +156,7 @@ def _delimited_chunks(
                 first += len(chunk)
         except pd.errors.EmptyDataError:
             return
-        except pd.errors.ParserError as exc:
+        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
             if engine == "c":
                 raise
             raise InputError(f"malformed CSV: {exc}", file=source) from exc
