@@ -7,10 +7,11 @@ instead of sinking the whole file; ingest validates and flags them.
 
 from __future__ import annotations
 
+import csv
 import glob
+import io
 import json
 import posixpath
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -34,7 +35,6 @@ SUFFIX_FORMATS = {
 
 MALFORMED_JSON = "malformed JSON"  # a line that is not one JSON object
 MALFORMED_ROW = "malformed row (more fields than the header)"
-_MALFORMED_FLAG = "\x00rnnlib: malformed row\x00"
 
 
 def infer_format(fs: fsspec.AbstractFileSystem, path: str) -> str:
@@ -100,66 +100,85 @@ def _select(frame: pd.DataFrame, spec: InputSpec, source: str, first_row: int) -
 def read_delimited(
     fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
 ) -> Iterator[pd.DataFrame]:
-    """CSV/TSV with pandas' fast C parser. A row with too many fields stops that parser; the file
-    is then read on with the Python parser, which hands such rows to us to reject one by one."""
+    """CSV/TSV with pandas' fast C parser. A row with more fields than the header stops that
+    parser; the file is then read on row by row, each such row rejected on its own."""
     done = 0
     try:
-        for chunk in _delimited_chunks(fs, path, source, spec, chunk_rows, "c"):
+        for chunk in _pandas_chunks(fs, path, source, spec, chunk_rows):
             done += len(chunk)
             yield chunk
     except pd.errors.ParserError:
         seen = 0
-        for chunk in _delimited_chunks(fs, path, source, spec, chunk_rows, "python"):
+        for chunk in _row_by_row_chunks(fs, path, source, spec, chunk_rows):
             if seen + len(chunk) > done:
                 yield chunk.iloc[max(done - seen, 0):]
             seen += len(chunk)
 
 
-def _flag_malformed(fields: list[str]) -> list[str]:
-    """pandas `on_bad_lines` hook: keep the row in place (so row numbers stay true), flagged."""
-    return [_MALFORMED_FLAG]
+def _separator(spec: InputSpec) -> str:
+    return spec.delimiter or ("\t" if spec.format == "tsv" else ",")
 
 
-def _delimited_chunks(
-    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int,
-    engine: str,
+def _pandas_chunks(
+    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
 ) -> Iterator[pd.DataFrame]:
-    default_sep = "\t" if spec.format == "tsv" else ","
-    hook = {"on_bad_lines": _flag_malformed} if engine == "python" else {}
-    with open_binary(fs, path) as fh, warnings.catch_warnings():
-        # with a bad-line hook, the Python parser only warns about a truncated file: make it fail
-        warnings.simplefilter("error", pd.errors.ParserWarning)
+    with open_binary(fs, path) as fh:
         try:
             chunks = pd.read_csv(
                 fh,
-                sep=spec.delimiter or default_sep,
+                sep=_separator(spec),
                 header=0 if spec.header else None,
+                index_col=False,  # extra fields are a bad row, never an index
                 dtype=object,
                 keep_default_na=False,
                 na_values=[],
                 encoding="utf-8",
                 encoding_errors="surrogateescape",
                 chunksize=chunk_rows,
-                engine=engine,
-                index_col=False,  # extra fields are a bad row, never an index
-                **hook,
             )
             first = 1
             for chunk in chunks:
-                malformed = (chunk.iloc[:, 0] == _MALFORMED_FLAG).to_numpy() if engine == "python" \
-                    else np.zeros(len(chunk), dtype=bool)
-                out = _select(chunk, spec, source, first)
-                if malformed.any():
-                    out.loc[malformed, "text"] = None
-                    out["reject"] = np.where(malformed, MALFORMED_ROW, None)
-                yield out
+                yield _select(chunk, spec, source, first)
                 first += len(chunk)
         except pd.errors.EmptyDataError:
             return
-        except (pd.errors.ParserError, pd.errors.ParserWarning) as exc:
-            if engine == "c":
-                raise
-            raise InputError(f"malformed CSV: {exc}", file=source) from exc
+
+
+def _row_by_row_chunks(
+    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
+) -> Iterator[pd.DataFrame]:
+    """The standard library's CSV reader (strict: a truncated file is an error, never a silent
+    loss), numbering rows as pandas does (blank lines skipped); over-wide rows are flagged."""
+    with open_binary(fs, path) as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        reader = csv.reader(text, delimiter=_separator(spec), strict=True)
+        names = next(reader, None) if spec.header else None
+        width = len(names) if names else None
+        rows: list[list[str | None]] = []
+        malformed: list[bool] = []
+        first = 1
+        try:
+            for fields in reader:
+                if not fields:
+                    continue
+                width = width or len(fields)
+                malformed.append(len(fields) > width)
+                rows.append([None] * width if malformed[-1] else fields + [None] * (width - len(fields)))
+                if len(rows) == chunk_rows:
+                    yield _flagged(rows, malformed, names, spec, source, first)
+                    first, rows, malformed = first + len(rows), [], []
+        except csv.Error as exc:
+            raise InputError(f"malformed CSV: {exc}", file=source, row=first + len(rows)) from exc
+        if rows:
+            yield _flagged(rows, malformed, names, spec, source, first)
+
+
+def _flagged(rows: list[list[str | None]], malformed: list[bool], names: list[str] | None,
+             spec: InputSpec, source: str, first: int) -> pd.DataFrame:
+    frame = pd.DataFrame(rows, columns=names, dtype=object)
+    out = _select(frame, spec, source, first)
+    out["reject"] = np.where(malformed, MALFORMED_ROW, None)
+    return out
 
 
 def read_jsonl(

@@ -72,7 +72,7 @@ def test_csv_row_with_extra_fields_is_rejected_and_row_numbers_stay_true(tmp_pat
 
 def test_unreadable_csv_names_the_file(tmp_path):
     (tmp_path / "m.csv").write_text('text,label\nok,1\n"never closed,1\n')
-    with pytest.raises(InputError, match=r"m\.csv: malformed CSV"):
+    with pytest.raises(InputError, match=r"m\.csv, row 2: malformed CSV: unexpected end of data"):
         ingest_one(tmp_path, "m.csv")
 
 
