@@ -16,10 +16,16 @@ from rnnlib.config import DaskConfig
 
 @contextmanager
 def dask_client(cfg: DaskConfig) -> Iterator[Client]:
-    """A client for the configured cluster; a LocalCluster it starts is shut down on exit."""
+    """A client for the configured cluster; a LocalCluster it starts is shut down on exit. The
+    client is not entered as a context manager: that would make it the "current" client of the
+    creating thread's context only, and closing it from another (a flow closing what a task
+    thread opened) would fail."""
     if cfg.address:
-        with Client(cfg.address) as client:
+        client = Client(cfg.address, set_as_default=False)
+        try:
             yield client
+        finally:
+            client.close()
         return
     cores = cfg.n_workers or os.cpu_count() or 1
     with LocalCluster(
@@ -28,8 +34,12 @@ def dask_client(cfg: DaskConfig) -> Iterator[Client]:
         processes=cfg.processes,
         dashboard_address=":0",  # any free port: several clusters may run side by side
         silence_logs=logging.ERROR,
-    ) as cluster, Client(cluster) as client:
-        yield client
+    ) as cluster:
+        client = Client(cluster, set_as_default=False)
+        try:
+            yield client
+        finally:
+            client.close()
 
 
 def partitions(stage_dir: str | Path) -> list[Path]:

@@ -267,17 +267,19 @@ class ReadUnit:
     paths: tuple[str, ...]
     spec: InputSpec
     root: str  # the input's path
+    base_dir: str | None = None  # default: the input's parent folder
 
     @property
     def base(self) -> str:
-        return posixpath.dirname(self.root.rstrip("/"))
+        return self.base_dir if self.base_dir is not None else posixpath.dirname(self.root.rstrip("/"))
 
     def source(self, path: str) -> str:
         return path[len(self.base):].lstrip("/") if self.base else path
 
 
-def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int) -> list[ReadUnit]:
-    """Split an input into read units (the spec's format must be resolved)."""
+def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int, base: str | None = None) -> list[ReadUnit]:
+    """Split an input into read units (the spec's format must be resolved); sources are named
+    relative to `base` (default: the input's parent folder)."""
     if spec.format in ("folder_per_class", "file_per_class"):
         pattern = posixpath.join(path, "*", spec.pattern) if spec.format == "folder_per_class" \
             else posixpath.join(path, spec.pattern)
@@ -286,8 +288,9 @@ def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int) -> list[ReadUnit
         if not files:
             raise InputError(f"no files match {pattern[len(path):].lstrip('/')!r}", file=path)
         size = chunk_rows if spec.format == "folder_per_class" else 1
-        return [ReadUnit(fs, tuple(files[i : i + size]), spec, path) for i in range(0, len(files), size)]
-    return [ReadUnit(fs, (path,), spec, path)]
+        return [ReadUnit(fs, tuple(files[i : i + size]), spec, path, base)
+                for i in range(0, len(files), size)]
+    return [ReadUnit(fs, (path,), spec, path, base)]
 
 
 def _read_local(path: str) -> bytes:

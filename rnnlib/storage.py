@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 MANIFEST = "_manifest.json"  # "_" keeps Parquet dataset readers off it
 
 
@@ -20,6 +23,15 @@ def write_json(path: str | Path, value: Any) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     tmp.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_parquet(table: pa.Table, path: str | Path) -> None:
+    """Write a Parquet file atomically: readers see the whole file or none (a dot-name keeps the
+    partial file out of `part-*` globs)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
 
 

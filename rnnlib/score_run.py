@@ -1,0 +1,229 @@
+"""A scoring run's output directory: what makes a run resumable, idempotent and fully accounted.
+
+    <output>/_run.json         the run's identity (bundle version, inputs' content, options)
+    <output>/_staging/unit-*/  inputs read into canonical partitions (removed once complete)
+    <output>/scores/part-*.parquet   one per partition, written atomically: its presence = done
+    <output>/rejects/part-*.parquet  rows not scored, each with its reason
+    <output>/_manifest.json    the accounting: input rows = scored + rejected, per input file
+
+A run started again with the same identity skips the finished partitions; a finished run is a
+no-op; a different run never writes into another run's output.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import fsspec
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rnnlib.accounting import KEPT, summarise
+from rnnlib.bundle import CONFIG
+from rnnlib.config import InputSpec, ScoreConfig, SourceConfig
+from rnnlib.errors import InputError
+from rnnlib.fingerprint import code_version, digest_json
+from rnnlib.ingest import fingerprint_inputs, ingest_unit, resolve_inputs
+from rnnlib.readers import COMPRESSIONS, SUFFIX_FORMATS, ReadUnit, plan_units
+from rnnlib.scoring import DEFAULT_MAX_LENGTH, ScoringSettings
+from rnnlib.storage import MANIFEST, building, is_complete, read_json, write_json
+
+RUN_FILE = "_run.json"
+STAGING, SCORES, REJECTS = "_staging", "scores", "rejects"
+Status = Literal["new", "resume", "complete"]
+
+
+class AccountingError(RuntimeError):
+    """Rows went missing between reading and scoring: a bug, never expected."""
+
+
+@dataclass(frozen=True)
+class ScoreRun:
+    """A planned run: where it writes, how to read its inputs and how to score them."""
+
+    out: Path
+    key: str
+    units: tuple[ReadUnit, ...]
+    settings: ScoringSettings
+    ignored: tuple[str, ...]  # files under input directories that are not a known format
+    partition_rows: int
+
+    def scores_file(self, part: str) -> Path:
+        return self.out / SCORES / part
+
+    def rejects_file(self, part: str) -> Path:
+        return self.out / REJECTS / part
+
+
+def _known_format(path: str) -> bool:
+    stem, suffix = posixpath.splitext(path.lower())
+    if suffix in COMPRESSIONS:
+        suffix = posixpath.splitext(stem)[1]
+    return suffix in SUFFIX_FORMATS
+
+
+def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, str | None]], list[str]]:
+    """A directory given with format `auto` means every file under it, each named relative to
+    the directory's parent (so `dump/a/x.jsonl` and `dump/b/x.jsonl` stay apart); files of an
+    unknown format there are listed as ignored rather than failing the run. Labels are never
+    read. Returns (spec, base folder or None) pairs."""
+    expanded: list[tuple[InputSpec, str | None]] = []
+    ignored: list[str] = []
+    for spec in specs:
+        spec = spec.model_copy(update={"label_column": None})
+        fs, path = fsspec.core.url_to_fs(spec.path)
+        if spec.format != "auto" or not fs.isdir(path):
+            expanded.append((spec, None))
+            continue
+        files = sorted(fs.find(path))
+        if not files:
+            raise InputError("directory holds no file", file=spec.path)
+        base = posixpath.dirname(path.rstrip("/"))
+        for file in files:
+            url = fs.unstrip_protocol(file) if "://" in spec.path else file
+            if _known_format(file):
+                expanded.append((spec.model_copy(update={"path": url}), base))
+            else:
+                ignored.append(url)
+    if not expanded:
+        raise InputError(f"no input of a known format (ignored: {ignored[:5]})")
+    return expanded, ignored
+
+
+def plan_run(config: ScoreConfig) -> ScoreRun:
+    """Resolve the inputs and the bundle into a run whose key names everything its result
+    depends on (the bundle's version, every input file's content, the options)."""
+    bundle_config = Path(config.bundle) / CONFIG
+    if not bundle_config.is_file():
+        raise InputError(f"not a model bundle: {CONFIG} is missing", file=config.bundle)
+    bundle = read_json(bundle_config)
+    specs, ignored = expand_directories(config.inputs)
+    units: list[ReadUnit] = []
+    for spec, base in specs:
+        for item in resolve_inputs(SourceConfig(inputs=[spec]))[0]:
+            units += plan_units(item.fs, item.path, item.spec, config.partition_rows, base)
+    max_length = config.max_length or bundle["max_length"] or DEFAULT_MAX_LENGTH
+    settings = ScoringSettings(
+        bundle=str(Path(config.bundle).resolve()), version=bundle["version"], top_k=config.top_k,
+        batch_size=config.batch_size, max_length=max_length, device=config.device,
+        mixed_precision=config.mixed_precision,
+    )
+    identity = {"bundle_version": bundle["version"],
+                "inputs": fingerprint_inputs(SourceConfig(inputs=[spec for spec, _ in specs])),
+                "top_k": config.top_k, "max_length": max_length,
+                "partition_rows": config.partition_rows, "code": code_version()}
+    return ScoreRun(Path(config.output).resolve(), digest_json(identity), tuple(units), settings,
+                    tuple(ignored), config.partition_rows)
+
+
+def open_output(run: ScoreRun, overwrite: bool) -> Status:
+    """Make the output directory ready for `run`: `complete` (nothing to do), `resume`, or
+    `new`. Refuses an output that holds something else, rather than mixing two runs."""
+    out, run_file = run.out, run.out / RUN_FILE
+    if out.exists() and any(out.iterdir()):
+        if not run_file.is_file():
+            raise InputError("output directory is not empty and holds no scoring run: choose an "
+                             "empty or new directory", file=str(out))
+        if overwrite:
+            shutil.rmtree(out)
+        elif read_json(run_file)["key"] != run.key:
+            raise InputError("output directory holds a different scoring run (another bundle, "
+                             "inputs or options): choose another directory or overwrite it",
+                             file=str(out))
+        elif is_complete(out) and not read_json(out / MANIFEST)["failed"]:
+            return "complete"
+        else:
+            _remove_partial_files(out)
+            return "resume"
+    for name in (STAGING, SCORES, REJECTS):
+        (out / name).mkdir(parents=True, exist_ok=True)
+    write_json(run_file, {"key": run.key, "bundle_version": run.settings.version})
+    return "new"
+
+
+def _remove_partial_files(out: Path) -> None:
+    """Temporary files of a killed run (never a finished partition: those are renamed)."""
+    for name in (SCORES, REJECTS):
+        for tmp in (out / name).glob(".*.tmp"):
+            tmp.unlink()
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
+def input_name(unit: ReadUnit) -> str:
+    """The input a unit is accounted under: its file, or the folder given as input for
+    one-document-per-file layouts."""
+    if unit.spec.format == "folder_per_class":
+        return unit.source(unit.root)
+    return unit.source(unit.paths[0])
+
+
+def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int) -> dict[str, Any]:
+    """Read one unit into canonical partitions under the staging folder (atomically, so a
+    killed run re-reads only the units it had not finished)."""
+    target = staging / f"unit-{index:05d}"
+    if is_complete(target):
+        return read_json(target / MANIFEST)
+    with building(target) as scratch:
+        result = ingest_unit(unit, index, scratch, partition_rows, {}, labelled=False)
+        manifest = {"input": input_name(unit), "dir": str(target), "parts": result["parts"],
+                    "rows": sum(sum(c.values()) for c in result["per_file"].values())}
+        write_json(scratch / MANIFEST, manifest)
+    return manifest
+
+
+def pending_partitions(run: ScoreRun, staged: list[dict[str, Any]]) -> list[Path]:
+    """Staged partitions whose scores are not written yet."""
+    return [Path(unit["dir"]) / part for unit in staged for part in unit["parts"]
+            if not run.scores_file(part).exists()]
+
+
+def account(run: ScoreRun, staged: list[dict[str, Any]], failed: dict[str, str],
+            extra: dict[str, Any]) -> dict[str, Any]:
+    """The run's manifest, read back from what is on disk (so a resumed run counts the
+    partitions of its earlier attempts too) and written as `_manifest.json`. Per input file:
+    rows read = scored + rejected (+ unscored, only where a partition failed). Staging is
+    removed once every partition is done."""
+    per_input: dict[str, Counter] = defaultdict(Counter)
+    labels: Counter = Counter()
+    truncated = 0
+    read: Counter = Counter()
+    for unit in staged:
+        read[unit["input"]] += unit["rows"]
+        for part in unit["parts"]:
+            if not run.scores_file(part).exists():
+                continue
+            scores = pq.read_table(run.scores_file(part), columns=["label", "truncated"])
+            labels.update(_value_counts(scores["label"]))
+            truncated += int(pc.sum(scores["truncated"]).as_py() or 0)
+            per_input[unit["input"]][KEPT] += scores.num_rows
+            if run.rejects_file(part).exists():
+                reasons = pq.read_table(run.rejects_file(part), columns=["reason"])["reason"]
+                per_input[unit["input"]].update(_value_counts(reasons))
+    files = {}
+    for name, rows in sorted(read.items()):
+        done = summarise([per_input[name]])
+        files[name] = {"rows": rows, "scored": done["kept"], "rejected": done["rejected"],
+                       "unscored": rows - done["rows"]}
+    unscored = sum(f["unscored"] for f in files.values())
+    if any(f["unscored"] < 0 for f in files.values()) or (unscored and not failed):
+        raise AccountingError(f"rows read and rows written differ: {files}")
+    total = summarise(per_input.values())
+    manifest = {
+        "complete": not failed, "bundle_version": run.settings.version, "key": run.key,
+        "rows": sum(read.values()), "scored": total["kept"], "rejected": total["rejected"],
+        "unscored": unscored, "truncated": truncated, "labels": dict(sorted(labels.items())),
+        "files": files, "failed": failed, "ignored": list(run.ignored), **extra,
+    }
+    write_json(run.out / MANIFEST, manifest)
+    if not failed:
+        shutil.rmtree(run.out / STAGING, ignore_errors=True)
+    return manifest
+
+
+def _value_counts(column: Any) -> dict[str, int]:
+    return {c["values"]: c["counts"] for c in pc.value_counts(column).to_pylist()}

@@ -1,0 +1,146 @@
+"""A model bundle applied to canonical text partitions: the bundle's own preprocessing and
+vocabulary (so scoring matches training exactly), length-sorted batches in inference mode, and
+every row either scored or rejected with its reason."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from rnnlib.bundle import Bundle, BundleError, load_bundle
+from rnnlib.data import collate
+from rnnlib.model import RNNClassifier
+from rnnlib.preprocess import preprocess_table
+from rnnlib.storage import write_parquet
+from rnnlib.tensorize import REJECTS_SCHEMA, encode_ids
+from rnnlib.train import pick_device
+
+DEFAULT_MAX_LENGTH = 1000  # for bundles trained without a maximum: bounds a batch's memory
+TOP_K_TYPE = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
+SCORES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("source", pa.string()),
+        ("row", pa.int64()),
+        ("label", pa.string()),
+        ("probability", pa.float32()),
+        ("top_k", TOP_K_TYPE),
+        ("length", pa.int32()),  # tokens before truncation
+        ("truncated", pa.bool_()),
+        ("model_version", pa.string()),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ScoringSettings:
+    """What a worker needs to score a partition (small and picklable)."""
+
+    bundle: str
+    version: str
+    top_k: int
+    batch_size: int
+    max_length: int
+    device: str = "auto"
+    mixed_precision: bool = True
+
+
+@lru_cache(maxsize=2)
+def worker_bundle(path: str, version: str, device: str) -> Bundle:
+    """The bundle, loaded once per worker process rather than per partition. A bundle rewritten
+    under the same path during a run is refused: one run scores with one model."""
+    bundle = load_bundle(path, pick_device(device))
+    if bundle.version != version:
+        raise BundleError(f"the bundle changed during the run (version {bundle.version}, "
+                          f"run started with {version})", file=path)
+    return bundle
+
+
+@torch.inference_mode()
+def predict_proba(model: RNNClassifier, ids: pa.ListArray, num_classes: int, batch_size: int,
+                  mixed_precision: bool = True) -> np.ndarray:
+    """(rows, classes) probabilities. Rows are scored in length order, so a batch pads little;
+    on GPU the next batch is built while the current one runs (its results are fetched only
+    after the next is launched)."""
+    device = next(model.parameters()).device
+    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
+    order = np.argsort(lengths, kind="stable")
+    ordered = ids.take(pa.array(order))
+    out = np.empty((len(ids), num_classes), dtype=np.float32)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and mixed_precision)
+    pending: tuple[slice, torch.Tensor] | None = None
+    for start in range(0, len(ids), batch_size):
+        rows = slice(start, min(start + batch_size, len(ids)))
+        batch = collate(ordered.slice(start, rows.stop - start), np.zeros(rows.stop - start, np.int64))
+        batch = batch.to(device)
+        with autocast:
+            probabilities = model(batch.ids, batch.lengths).float().softmax(1)
+        if pending is not None:
+            out[order[pending[0]]] = pending[1].cpu().numpy()
+        pending = (rows, probabilities)
+    if pending is not None:
+        out[order[pending[0]]] = pending[1].cpu().numpy()
+    return out
+
+
+def _top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:
+    """(best label ids, their probabilities, list<struct<label, probability>> of the k best)."""
+    k = min(k, probabilities.shape[1])
+    best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+    best_p = np.take_along_axis(probabilities, best, axis=1)
+    names = pa.array(labels, pa.string()).take(pa.array(best.ravel()))
+    entries = pa.StructArray.from_arrays([names, pa.array(best_p.ravel(), pa.float32())],
+                                         names=["label", "probability"])
+    offsets = pa.array(np.arange(0, best.size + 1, k, dtype=np.int32))
+    return best[:, 0], best_p[:, 0], pa.ListArray.from_arrays(offsets, entries).cast(TOP_K_TYPE)
+
+
+def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> tuple[pa.Table, pa.Table]:
+    """A canonical table (ingest's schema) -> (scores, rejects); together they hold every row."""
+    tokens = preprocess_table(table, bundle.preprocess)  # rejects rows left with no token
+    kept = pc.is_null(tokens["reject"])
+    kept_rows = tokens.filter(kept)
+    ids, lengths = encode_ids(kept_rows["tokens"], bundle.vocab, settings.max_length)
+    probabilities = predict_proba(bundle.model, ids, len(bundle.labels.labels), settings.batch_size,
+                                  settings.mixed_precision)
+    best, best_p, top_k = _top_k(probabilities, bundle.labels.labels, settings.top_k)
+    n = kept_rows.num_rows
+    scores = pa.table(
+        {
+            "id": kept_rows["id"], "source": kept_rows["source"], "row": kept_rows["row"],
+            "label": pa.array(bundle.labels.labels, pa.string()).take(pa.array(best, pa.int64())),
+            "probability": pa.array(best_p, pa.float32()),
+            "top_k": top_k,
+            "length": pa.array(lengths, pa.int32()),
+            "truncated": pa.array(lengths > settings.max_length),
+            "model_version": pa.array([bundle.version] * n, pa.string()),
+        },
+        schema=SCORES_SCHEMA,
+    )
+    rejected = tokens.filter(pc.invert(kept))
+    rejects = pa.table({"id": rejected["id"], "source": rejected["source"], "row": rejected["row"],
+                        "reason": rejected["reject"]}, schema=REJECTS_SCHEMA)
+    return scores, rejects
+
+
+def score_partition(staged: Path, scores_file: Path, rejects_file: Path,
+                    settings: ScoringSettings) -> dict[str, Any]:
+    """Score one staged partition. Each file is written atomically, the rejects first: the scores
+    file's existence is what marks the partition done."""
+    bundle = worker_bundle(settings.bundle, settings.version, settings.device)
+    table = pq.read_table(staged)
+    scores, rejects = score_table(table, bundle, settings)
+    if rejects.num_rows:
+        write_parquet(rejects, rejects_file)
+    write_parquet(scores, scores_file)
+    return {"partition": staged.name, "rows": table.num_rows, "scored": scores.num_rows,
+            "rejected": rejects.num_rows,
+            "text_bytes": int(pc.sum(pc.binary_length(table["text"])).as_py() or 0)}
