@@ -44,3 +44,32 @@ def prefect_server():
     with prefect_test_harness(server_startup_timeout=180):
         yield
 
+
+
+@pytest.fixture(scope="session")
+def names_bundle(datasets, tmp_path_factory) -> Path:
+    """A small character-level GRU trained for one epoch on the surnames (prepared in process);
+    the work folder holds its tensors and vocabulary too."""
+    from rnnlib.bundle import save_bundle
+    from rnnlib.config import (
+        ModelConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, TrainConfig,
+        VocabConfig,
+    )
+    from rnnlib.ingest import ingest
+    from rnnlib.preprocess import preprocess
+    from rnnlib.split import split
+    from rnnlib.tensorize import tensorize
+    from rnnlib.train import BEST, train
+    from rnnlib.vocab import fit
+
+    work = tmp_path_factory.mktemp("names-bundle")
+    pre = PreprocessConfig(level="char")
+    model = ModelConfig(cell="gru", embedding_dim=16, hidden_size=32, bidirectional=True)
+    ingest(SourceConfig(dataset="names", mirror=str(datasets)), work / "ingest")
+    preprocess(work / "ingest", work / "pre", pre, None)
+    split(work / "pre", work / "split", SplitConfig(), True, None)
+    fit(work / "pre", work / "split", work / "vocab", VocabConfig(), "train", None)
+    tensorize(work / "pre", work / "split", work / "vocab", work / "tensors", TensorizeConfig(), True, None)
+    train(work / "tensors", work / "fit", model, TrainConfig(epochs=1, lr=3e-3))
+    save_bundle(work / "bundle", work / "fit" / BEST, work / "vocab", pre, model, None, {})
+    return work / "bundle"

@@ -1,0 +1,244 @@
+"""Batch scoring: every format, ids, rejects with reasons, accounting, training/scoring parity,
+the model loaded once per worker, and the score flow's resume, no-op rerun and failure report."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from rnnlib.bundle import load_bundle
+from rnnlib.config import InputSpec, ScoreConfig
+from rnnlib.errors import InputError
+from rnnlib.score_run import (
+    MANIFEST, REJECTS, SCORES, STAGING, account, open_output, pending_partitions, plan_run,
+    stage_unit,
+)
+from rnnlib.scoring import predict_proba, score_partition, worker_bundle
+from rnnlib.split import with_split
+from rnnlib.storage import read_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def score_in_process(config: ScoreConfig) -> dict:
+    """The score flow's steps, run one after another in this process (no Prefect, no Dask)."""
+    run = plan_run(config)
+    if open_output(run, config.overwrite) == "complete":
+        return read_json(run.out / MANIFEST)
+    staged = [stage_unit(u, i, run.out / STAGING, run.partition_rows) for i, u in enumerate(run.units)]
+    for part in pending_partitions(run, staged):
+        score_partition(part, run.scores_file(part.name), run.rejects_file(part.name), run.settings)
+    return account(run, staged, {}, {})
+
+
+def _config(bundle: Path, out: Path, *inputs: InputSpec | str, **kw) -> ScoreConfig:
+    specs = [InputSpec(path=str(i)) if not isinstance(i, InputSpec) else i for i in inputs]
+    return ScoreConfig(bundle=str(bundle), inputs=specs, output=str(out), **kw)
+
+
+def _scores(out: Path) -> pa.Table:
+    return pq.read_table(out / SCORES)
+
+
+def test_every_format_keeps_ids_and_accounts_for_every_row(names_bundle, tmp_path):
+    data = tmp_path / "dump"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.csv").write_text("key,name\nk1,Smith\nk2,Rossi\n")
+    (data / "b.tsv").write_text("Nakamura\t1\nDubois\t2\n")
+    (data / "c.jsonl").write_text('{"text": "Ivanov", "uid": "j1"}\n{"text": "Kowalski", "uid": "j2"}\n')
+    pq.write_table(pa.table({"text": ["Schmidt", "Novak"], "uid": ["p1", "p2"]}), data / "d.parquet")
+    with gzip.open(data / "sub" / "e.txt.gz", "wt") as fh:
+        fh.write("Papadopoulos\nO'Connor\n")
+    (data / "sub" / "f.txt").write_text("Nguyen\n")
+    (data / "README.md").write_text("not an input")
+    out = tmp_path / "out"
+    inputs = [
+        InputSpec(path=str(data / "a.csv"), text_columns=["name"], id_column="key"),
+        InputSpec(path=str(data / "b.tsv"), header=False, text_columns=[0], id_column=1),
+        InputSpec(path=str(data / "c.jsonl"), id_column="uid"),
+        InputSpec(path=str(data / "d.parquet"), id_column="uid"),
+        InputSpec(path=str(data / "sub")),  # a directory: every file under it
+        InputSpec(path=str(data / "*.md"), format="text"),  # a glob
+    ]
+    manifest = score_in_process(_config(names_bundle, out, *inputs, top_k=4))
+    assert manifest["complete"] and manifest["rows"] == manifest["scored"] == 12
+    assert manifest["files"]["sub/e.txt.gz"] == {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}
+    scores = _scores(out).to_pandas().set_index("id")
+    assert {"k1", "k2", "1", "2", "j1", "j2", "p1", "p2", "sub/e.txt.gz:1", "sub/f.txt:1",
+            "README.md:1"} <= set(scores.index)
+    labels = set(load_bundle(names_bundle).labels.labels)
+    assert set(scores["label"]) <= labels
+    top = scores.loc["k1", "top_k"]
+    assert len(top) == 4 and top[0]["label"] == scores.loc["k1", "label"]
+    assert top[0]["probability"] == pytest.approx(scores.loc["k1", "probability"])
+    assert [t["probability"] for t in top] == sorted((t["probability"] for t in top), reverse=True)
+    assert (scores["model_version"] == load_bundle(names_bundle).version).all()
+
+
+def test_bad_rows_are_rejected_with_reasons_and_counts_add_up(names_bundle, tmp_path):
+    (tmp_path / "rows.csv").write_bytes(
+        b"text\nSmith\n\n\"\"\nbad \xff bytes\n   \nRossi,extra field\nAVeryLongSurnameIndeed\n")
+    (tmp_path / "rows.jsonl").write_text('{"text": "Mueller"}\n{"text": null}\n{broken\n')
+    out = tmp_path / "out"
+    manifest = score_in_process(_config(names_bundle, out, tmp_path / "rows.csv", tmp_path / "rows.jsonl",
+                                        max_length=10))
+    assert manifest["files"]["rows.csv"] == {
+        "rows": 6, "scored": 2, "unscored": 0,
+        "rejected": {"empty text": 2, "undecodable bytes (not UTF-8)": 1,
+                     "malformed row (more fields than the header)": 1},
+    }
+    assert manifest["files"]["rows.jsonl"]["rejected"] == {"malformed JSON": 1, "null text": 1}
+    assert manifest["rows"] == 9 == manifest["scored"] + sum(manifest["rejected"].values())
+    rejects = pq.read_table(out / REJECTS).to_pandas()
+    assert set(rejects["id"]) == {"rows.csv:2", "rows.csv:3", "rows.csv:4", "rows.csv:5",
+                                  "rows.jsonl:2", "rows.jsonl:3"}
+    long = _scores(out).to_pandas().set_index("id").loc["rows.csv:6"]
+    assert long["truncated"] and long["length"] == len("AVeryLongSurnameIndeed")
+    assert manifest["truncated"] == 1
+
+
+def test_scoring_matches_training_preprocessing(names_bundle):
+    """Raw test-split text scored through the score path gives the predictions of the test
+    shards the model was evaluated on, row for row."""
+    work = names_bundle.parent
+    raw = pa.concat_tables(with_split(p, work / "split") for p in sorted((work / "ingest").glob("part-*.parquet")))
+    raw = raw.filter(pc.equal(raw["split"], "test"))
+    input_file = work / "test-text.parquet"
+    pq.write_table(raw.select(["id", "text"]), input_file)
+    out = work / "parity"
+    score_in_process(_config(names_bundle, out, InputSpec(path=str(input_file), id_column="id")))
+    scored = _scores(out).to_pandas().set_index("id")
+    shards = pq.read_table(work / "tensors" / "test")
+    bundle = load_bundle(names_bundle)
+    probabilities = predict_proba(bundle.model, shards["ids"].combine_chunks(), len(bundle.labels.labels), 64)
+    expected = np.array(bundle.labels.labels)[probabilities.argmax(1)]
+    assert len(scored) == shards.num_rows == raw.num_rows
+    ids = shards["id"].to_pylist()
+    assert (scored.loc[ids, "label"].to_numpy() == expected).all()
+    assert np.allclose(scored.loc[ids, "probability"].to_numpy(), probabilities.max(1), atol=1e-5)
+
+
+def test_padding_and_batching_do_not_change_probabilities(names_bundle):
+    bundle = load_bundle(names_bundle)
+    ids = pa.array([[5, 6, 7], [8, 9, 10, 11, 12, 13], [4], [7, 7]], pa.list_(pa.int32()))
+    together = predict_proba(bundle.model, ids, len(bundle.labels.labels), batch_size=4)
+    alone = predict_proba(bundle.model, ids, len(bundle.labels.labels), batch_size=1)
+    assert np.allclose(together, alone, atol=1e-5)
+    assert np.allclose(together.sum(1), 1, atol=1e-5)
+
+
+def test_model_is_loaded_once_per_worker(names_bundle, tmp_path, client):
+    (tmp_path / "many.txt").write_text("".join(f"Name{i}\n" for i in range(300)))
+    config = _config(names_bundle, tmp_path / "out", tmp_path / "many.txt", partition_rows=20)
+    run = plan_run(config)
+    open_output(run, False)
+    staged = [stage_unit(u, i, run.out / STAGING, run.partition_rows) for i, u in enumerate(run.units)]
+    parts = pending_partitions(run, staged)
+    client.run(worker_bundle.cache_clear)
+    futures = [client.submit(score_partition, p, run.scores_file(p.name), run.rejects_file(p.name),
+                             run.settings, pure=False) for p in parts]
+    assert sum(f.result()["scored"] for f in futures) == 300 and len(parts) == 15
+    loads = client.run(lambda: worker_bundle.cache_info().misses)
+    assert sum(loads.values()) <= len(loads)
+    assert account(run, staged, {}, {})["scored"] == 300
+
+
+def test_output_of_another_run_or_of_something_else_is_refused(names_bundle, tmp_path):
+    (tmp_path / "a.txt").write_text("Smith\n")
+    out = tmp_path / "out"
+    score_in_process(_config(names_bundle, out, tmp_path / "a.txt"))
+    assert score_in_process(_config(names_bundle, out, tmp_path / "a.txt"))["complete"]
+    with pytest.raises(InputError, match="holds a different scoring run"):
+        score_in_process(_config(names_bundle, out, tmp_path / "a.txt", top_k=1))
+    manifest = score_in_process(_config(names_bundle, out, tmp_path / "a.txt", top_k=1, overwrite=True))
+    assert manifest["scored"] == 1 and len(_scores(out)["top_k"][0]) == 1
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "precious.txt").write_text("keep me")
+    with pytest.raises(InputError, match="holds no scoring run"):
+        score_in_process(_config(names_bundle, tmp_path / "mine", tmp_path / "a.txt", overwrite=True))
+    assert (tmp_path / "mine" / "precious.txt").exists()
+    with pytest.raises(InputError, match="config.json is missing"):
+        score_in_process(_config(tmp_path, tmp_path / "x", tmp_path / "a.txt"))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_score_flow_reports_a_corrupt_file_keeps_the_rest_then_is_a_no_op(names_bundle, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.score import score_flow
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "good.txt").write_text("".join(f"Surname{i}\n" for i in range(50)))
+    (data / "also.jsonl").write_text('{"text": "Rossi"}\n{"text": ""}\n')
+    (data / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+    config = _config(names_bundle, tmp_path / "out", data, partition_rows=20,
+                     dask={"n_workers": 2, "processes": False})
+    state = score_flow(config, return_state=True)
+    assert state.is_failed() and "data/corrupt.parquet" in state.message
+    manifest = read_json(tmp_path / "out" / MANIFEST)
+    assert not manifest["complete"] and list(manifest["failed"]) == ["data/corrupt.parquet"]
+    assert manifest["files"]["data/good.txt"]["scored"] == 50
+    assert manifest["files"]["data/also.jsonl"] == {"rows": 2, "scored": 1, "unscored": 0,
+                                                    "rejected": {"empty text": 1}}
+    assert _scores(tmp_path / "out").num_rows == 51
+
+    (data / "corrupt.parquet").unlink()  # the inputs changed: the same output is a new run
+    config = config.model_copy(update={"overwrite": True})
+    first = score_flow(config)
+    assert first["complete"] and first["scored"] == 51 and not first["already_complete"]
+    again = score_flow(config.model_copy(update={"overwrite": False}))
+    assert again["already_complete"] and again["scored"] == 51
+    with get_client(sync_client=True) as prefect:
+        keys = {a.key for a in prefect.read_artifacts(artifact_filter=ArtifactFilter(
+            key=ArtifactFilterKey(any_=["scoring-progress", "scoring-summary"])))}
+    assert keys == {"scoring-progress", "scoring-summary"}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_and_writes_every_row_exactly_once(names_bundle, tmp_path):
+    """A real `rnnlib score` process is SIGKILLed mid-run, then started again: finished
+    partitions are not redone, and the output holds every row once."""
+    rows = 6000
+    (tmp_path / "big.txt").write_text("".join(f"Surname{i % 977}x\n" for i in range(rows)))
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "flows.cli", "score", str(names_bundle), str(tmp_path / "big.txt"),
+               "-o", str(out), "--set", "partition_rows=100", "--set", "dask.n_workers=1",
+               "--set", "batch_size=8"]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while len(list((out / SCORES).glob("part-*"))) < 5:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    before = {p.name: p.stat().st_mtime_ns for p in (out / SCORES).glob("part-*")}
+    assert 5 <= len(before) < rows // 100 and not (out / MANIFEST).exists()
+
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = {p.name: p.stat().st_mtime_ns for p in (out / SCORES).glob("part-*")}
+    assert len(after) == rows // 100 and all(after[name] == t for name, t in before.items())
+    ids = _scores(out)["id"].to_pylist()
+    assert len(ids) == len(set(ids)) == rows
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["complete"] and manifest["scored"] == rows
+    assert manifest["rows_scored_now"] == rows - 100 * len(before)
+    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "already complete" in again.stdout
