@@ -14,7 +14,9 @@ from tqdm import tqdm
 
 from rnnlib.config import ScoreConfig
 from rnnlib.errors import InputError
-from rnnlib.score_run import MANIFEST, ScoreRun, account, input_name, pending_partitions
+from rnnlib.score_run import (
+    MANIFEST, ScoreRun, account, input_name, pending_partitions, throughput,
+)
 from rnnlib.storage import read_json
 from tasks.dask_clients import close_clients
 from tasks.score import plan_task, score_partition_task, stage_task
@@ -70,23 +72,18 @@ def _score(run: ScoreRun, config: ScoreConfig) -> dict[str, Any]:
             scoring[score_partition_task.submit(part, run, config.dask)] = part.name
         bar.total = len(scoring)
         bar.refresh()
-    rows = text_bytes = done = 0
+    stats, done = [], 0
     for future in as_completed(list(scoring)):
         try:
-            stats = future.result()
-            rows, text_bytes = rows + stats["rows"], text_bytes + stats["text_bytes"]
+            stats.append(future.result())
         except Exception as exc:  # noqa: BLE001 - a bad partition is reported, the others go on
             failed[scoring[future]] = _reason(exc)
         done += 1
         bar.update(1)
         update_progress_artifact(progress, 100.0 * done / max(len(scoring), 1))
     bar.close()
-    seconds = time.perf_counter() - start
-    return account(run, sorted(staged, key=lambda u: u["dir"]), failed, {
-        "seconds": round(seconds, 3), "partitions_scored_now": done - len(failed),
-        "rows_scored_now": rows, "rows_per_second": round(rows / seconds, 1),
-        "mb_per_second": round(text_bytes / 1e6 / seconds, 2),
-    })
+    return account(run, sorted(staged, key=lambda u: u["dir"]), failed,
+                   throughput(stats, time.perf_counter() - start))
 
 
 def _reason(exc: BaseException) -> str:

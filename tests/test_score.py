@@ -22,7 +22,7 @@ from rnnlib.bundle import load_bundle
 from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.errors import InputError
 from rnnlib.score_run import (
-    MANIFEST, REJECTS, SCORES, STAGING, account, open_output, pending_partitions, plan_run,
+    MANIFEST, REJECTS, SCORES, STAGING, account, open_output, pending_partitions, plan_run, score,
     stage_unit,
 )
 from rnnlib.scoring import predict_proba, score_partition, worker_bundle
@@ -30,17 +30,6 @@ from rnnlib.split import with_split
 from rnnlib.storage import read_json
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def score_in_process(config: ScoreConfig) -> dict:
-    """The score flow's steps, run one after another in this process (no Prefect, no Dask)."""
-    run = plan_run(config)
-    if open_output(run, config.overwrite) == "complete":
-        return read_json(run.out / MANIFEST)
-    staged = [stage_unit(u, i, run.out / STAGING, run.partition_rows) for i, u in enumerate(run.units)]
-    for part in pending_partitions(run, staged):
-        score_partition(part, run.scores_file(part.name), run.rejects_file(part.name), run.settings)
-    return account(run, staged, {}, {})
 
 
 def _config(bundle: Path, out: Path, *inputs: InputSpec | str, **kw) -> ScoreConfig:
@@ -72,7 +61,7 @@ def test_every_format_keeps_ids_and_accounts_for_every_row(names_bundle, tmp_pat
         InputSpec(path=str(data / "sub")),  # a directory: every file under it
         InputSpec(path=str(data / "*.md"), format="text"),  # a glob
     ]
-    manifest = score_in_process(_config(names_bundle, out, *inputs, top_k=4))
+    manifest = score(_config(names_bundle, out, *inputs, top_k=4))
     assert manifest["complete"] and manifest["rows"] == manifest["scored"] == 12
     assert manifest["files"]["sub/e.txt.gz"] == {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}
     scores = _scores(out).to_pandas().set_index("id")
@@ -92,7 +81,7 @@ def test_bad_rows_are_rejected_with_reasons_and_counts_add_up(names_bundle, tmp_
         b"text\nSmith\n\n\"\"\nbad \xff bytes\n   \nRossi,extra field\nAVeryLongSurnameIndeed\n")
     (tmp_path / "rows.jsonl").write_text('{"text": "Mueller"}\n{"text": null}\n{broken\n')
     out = tmp_path / "out"
-    manifest = score_in_process(_config(names_bundle, out, tmp_path / "rows.csv", tmp_path / "rows.jsonl",
+    manifest = score(_config(names_bundle, out, tmp_path / "rows.csv", tmp_path / "rows.jsonl",
                                         max_length=10))
     assert manifest["files"]["rows.csv"] == {
         "rows": 6, "scored": 2, "unscored": 0,
@@ -118,7 +107,7 @@ def test_scoring_matches_training_preprocessing(names_bundle):
     input_file = work / "test-text.parquet"
     pq.write_table(raw.select(["id", "text"]), input_file)
     out = work / "parity"
-    score_in_process(_config(names_bundle, out, InputSpec(path=str(input_file), id_column="id")))
+    score(_config(names_bundle, out, InputSpec(path=str(input_file), id_column="id")))
     scored = _scores(out).to_pandas().set_index("id")
     shards = pq.read_table(work / "tensors" / "test")
     bundle = load_bundle(names_bundle)
@@ -158,19 +147,19 @@ def test_model_is_loaded_once_per_worker(names_bundle, tmp_path, client):
 def test_output_of_another_run_or_of_something_else_is_refused(names_bundle, tmp_path):
     (tmp_path / "a.txt").write_text("Smith\n")
     out = tmp_path / "out"
-    score_in_process(_config(names_bundle, out, tmp_path / "a.txt"))
-    assert score_in_process(_config(names_bundle, out, tmp_path / "a.txt"))["complete"]
+    score(_config(names_bundle, out, tmp_path / "a.txt"))
+    assert score(_config(names_bundle, out, tmp_path / "a.txt"))["complete"]
     with pytest.raises(InputError, match="holds a different scoring run"):
-        score_in_process(_config(names_bundle, out, tmp_path / "a.txt", top_k=1))
-    manifest = score_in_process(_config(names_bundle, out, tmp_path / "a.txt", top_k=1, overwrite=True))
+        score(_config(names_bundle, out, tmp_path / "a.txt", top_k=1))
+    manifest = score(_config(names_bundle, out, tmp_path / "a.txt", top_k=1, overwrite=True))
     assert manifest["scored"] == 1 and len(_scores(out)["top_k"][0]) == 1
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep me")
     with pytest.raises(InputError, match="holds no scoring run"):
-        score_in_process(_config(names_bundle, tmp_path / "mine", tmp_path / "a.txt", overwrite=True))
+        score(_config(names_bundle, tmp_path / "mine", tmp_path / "a.txt", overwrite=True))
     assert (tmp_path / "mine" / "precious.txt").exists()
     with pytest.raises(InputError, match="config.json is missing"):
-        score_in_process(_config(tmp_path, tmp_path / "x", tmp_path / "a.txt"))
+        score(_config(tmp_path, tmp_path / "x", tmp_path / "a.txt"))
 
 
 @pytest.mark.usefixtures("prefect_server")
