@@ -113,12 +113,12 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
     max_length = config.max_length or bundle["max_length"] or DEFAULT_MAX_LENGTH
     settings = ScoringSettings(
         bundle=str(Path(config.bundle).resolve()), version=bundle["version"], top_k=config.top_k,
-        batch_size=config.batch_size, max_length=max_length, device=config.device,
-        mixed_precision=config.mixed_precision,
+        max_length=max_length, batch_size=config.batch_size, device=config.device,
+        precision=config.precision,
     )
     identity = {"bundle_version": bundle["version"],
                 "inputs": fingerprint_inputs(SourceConfig(inputs=[spec for spec, _ in specs])),
-                "top_k": config.top_k, "max_length": max_length,
+                "top_k": config.top_k, "max_length": max_length, "precision": config.precision,
                 "partition_rows": config.partition_rows, "code": code_version()}
     return ScoreRun(Path(config.output).resolve(), digest_json(identity), tuple(units), settings,
                     tuple(ignored), config.partition_rows)

@@ -47,42 +47,46 @@ class ScoringSettings:
     bundle: str
     version: str
     top_k: int
-    batch_size: int
     max_length: int
+    batch_size: int | None = None  # default: by device
     device: str = "auto"
-    mixed_precision: bool = True
+    precision: str = "auto"
+
+    def batch_rows(self, device: torch.device) -> int:
+        return self.batch_size or (1024 if device.type == "cuda" else 64)
 
 
 @lru_cache(maxsize=2)
-def worker_bundle(path: str, version: str, device: str) -> Bundle:
-    """The bundle, loaded once per worker process rather than per partition. A bundle rewritten
-    under the same path during a run is refused: one run scores with one model."""
+def worker_bundle(path: str, version: str, device: str, precision: str = "auto") -> Bundle:
+    """The bundle, loaded once per worker process rather than per partition, in the precision
+    asked for (auto: bf16 on GPU). A bundle rewritten under the same path during a run is
+    refused: one run scores with one model."""
     bundle = load_bundle(path, pick_device(device))
     if bundle.version != version:
         raise BundleError(f"the bundle changed during the run (version {bundle.version}, "
                           f"run started with {version})", file=path)
+    on_gpu = next(bundle.model.parameters()).device.type == "cuda"
+    if precision == "bf16" or (precision == "auto" and on_gpu):
+        bundle.model.to(torch.bfloat16)
     return bundle
 
 
 @torch.inference_mode()
-def predict_proba(model: RNNClassifier, ids: pa.ListArray, num_classes: int, batch_size: int,
-                  mixed_precision: bool = True) -> np.ndarray:
-    """(rows, classes) probabilities. Rows are scored in length order, so a batch pads little;
-    on GPU the next batch is built while the current one runs (its results are fetched only
-    after the next is launched)."""
+def predict_proba(model: RNNClassifier, ids: pa.ListArray, num_classes: int, batch_size: int) -> np.ndarray:
+    """(rows, classes) probabilities, computed in the model's own precision. Rows are scored in
+    length order, so a batch pads little; on GPU the next batch is built while the current one
+    runs (its results are fetched only after the next is launched)."""
     device = next(model.parameters()).device
     lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
     order = np.argsort(lengths, kind="stable")
     ordered = ids.take(pa.array(order))
     out = np.empty((len(ids), num_classes), dtype=np.float32)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda" and mixed_precision)
     pending: tuple[slice, torch.Tensor] | None = None
     for start in range(0, len(ids), batch_size):
         rows = slice(start, min(start + batch_size, len(ids)))
         batch = collate(ordered.slice(start, rows.stop - start), np.zeros(rows.stop - start, np.int64))
         batch = batch.to(device)
-        with autocast:
-            probabilities = model(batch.ids, batch.lengths).float().softmax(1)
+        probabilities = model(batch.ids, batch.lengths).float().softmax(1)
         if pending is not None:
             out[order[pending[0]]] = pending[1].cpu().numpy()
         pending = (rows, probabilities)
@@ -109,8 +113,8 @@ def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> t
     kept = pc.is_null(tokens["reject"])
     kept_rows = tokens.filter(kept)
     ids, lengths = encode_ids(kept_rows["tokens"], bundle.vocab, settings.max_length)
-    probabilities = predict_proba(bundle.model, ids, len(bundle.labels.labels), settings.batch_size,
-                                  settings.mixed_precision)
+    device = next(bundle.model.parameters()).device
+    probabilities = predict_proba(bundle.model, ids, len(bundle.labels.labels), settings.batch_rows(device))
     best, best_p, top_k = _top_k(probabilities, bundle.labels.labels, settings.top_k)
     n = kept_rows.num_rows
     scores = pa.table(
@@ -135,7 +139,7 @@ def score_partition(staged: Path, scores_file: Path, rejects_file: Path,
                     settings: ScoringSettings) -> dict[str, Any]:
     """Score one staged partition. Each file is written atomically, the rejects first: the scores
     file's existence is what marks the partition done."""
-    bundle = worker_bundle(settings.bundle, settings.version, settings.device)
+    bundle = worker_bundle(settings.bundle, settings.version, settings.device, settings.precision)
     table = pq.read_table(staged)
     scores, rejects = score_table(table, bundle, settings)
     if rejects.num_rows:

@@ -1,0 +1,214 @@
+"""Benchmark: batch scoring of the 50,000 unlabelled IMDB reviews (`imdb/unsup.jsonl.gz`).
+
+Every method scores the same reviews with the same model bundle in fp32 (the IMDB recipe of
+configs/imdb.yaml: word level, HTML stripped, lower-cased, punctuation removed, 400-token
+truncation, a bidirectional GRU of 128 with max pooling; untrained unless --bundle is given:
+speed does not depend on the weights), timed in this run:
+
+  baseline    the plain recipe: read the gzip JSONL in a Python loop, clean and tokenize each
+              review with Python regexes, map tokens to ids with a dict, pad mini-batches of 64
+              in file order and score them under torch.no_grad, in one process (torch's default
+              threads), results to one Parquet file;
+  rnnlib-Nw   `rnnlib.score_run.score` on a LocalCluster of N worker processes (one torch thread
+              each): partitions, length-sorted batches, inference mode, per-partition Parquet;
+              `-bf16`: the same with the model in bf16 (precision=bf16; this CPU has AVX512-BF16).
+
+With --memory GB the reviews are replicated into a JSONL file of at least GB gigabytes (in a
+temporary folder, deleted afterwards) and scored by rnnlib with a small model, sampling the
+peak resident memory of the driver and workers together, next to the same for one copy.
+
+Usage: python benchmarks/bench_score.py [--datasets ../shared/datasets] [--rows 50000]
+                                        [--bundle DIR] [--memory 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import json
+import os
+import re
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pyarrow as pa
+import torch
+from torch.nn.utils.rnn import pad_sequence
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rnnlib.bundle import load_bundle, save_bundle  # noqa: E402
+from rnnlib.cluster import dask_client  # noqa: E402
+from rnnlib.config import DaskConfig, InputSpec, ModelConfig, PreprocessConfig, ScoreConfig  # noqa: E402
+from rnnlib.model import RNNClassifier  # noqa: E402
+from rnnlib.score_run import score  # noqa: E402
+from rnnlib.text import tokenize  # noqa: E402
+from rnnlib.vocab import LABELS_FILE, SPECIALS, VOCAB_FILE, LabelEncoder, Vocabulary  # noqa: E402
+
+PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, keep_emoticons=True,
+                              punctuation="remove")
+MODEL = ModelConfig(cell="gru", bidirectional=True, embedding_dim=128, hidden_size=128, dropout=0.5,
+                    pooling="max")
+SMALL = ModelConfig(cell="gru", embedding_dim=32, hidden_size=32)
+MAX_LENGTH = 400
+
+
+def read_reviews(dump: Path, rows: int) -> list[dict]:
+    with gzip.open(dump, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in itertools.islice(fh, rows)]
+
+
+def make_bundle(reviews: list[dict], out: Path, model_cfg: ModelConfig) -> Path:
+    """A bundle with the recipe's vocabulary (50,000 most frequent tokens of these reviews)."""
+    tokens = tokenize(pa.array([r["text"] for r in reviews]), PREPROCESS)
+    counts = Counter(pa.compute.list_flatten(tokens).cast(pa.string()).to_pylist())
+    vocab = Vocabulary(SPECIALS + tuple(t for t, n in counts.most_common(50_000 - len(SPECIALS)) if n >= 2))
+    vocab_dir = out / "vocab"
+    vocab_dir.mkdir(parents=True)
+    vocab.save(vocab_dir / VOCAB_FILE)
+    LabelEncoder(("neg", "pos")).save(vocab_dir / LABELS_FILE)
+    torch.manual_seed(0)
+    torch.save(RNNClassifier(len(vocab.tokens), 2, model_cfg).state_dict(), out / "weights.pt")
+    save_bundle(out / "bundle", out / "weights.pt", vocab_dir, PREPROCESS, model_cfg, MAX_LENGTH, {})
+    return out / "bundle"
+
+
+# ---------------------------------------------------------------- the plain recipe
+def baseline(dump: Path, rows: int, bundle_dir: Path, out: Path) -> int:
+    bundle = load_bundle(bundle_dir)
+    model, stoi = bundle.model.eval(), {t: i for i, t in enumerate(bundle.vocab.tokens)}
+    labels = bundle.labels.labels
+
+    def clean(text: str) -> list[str]:
+        text = re.sub(r"<[^>]+>", " ", text).lower()
+        return re.sub(r"[^\w\s']+", " ", text).split()[:MAX_LENGTH]
+
+    results = []
+    with gzip.open(dump, "rt", encoding="utf-8") as fh, torch.no_grad():
+        for batch in iter(lambda: list(itertools.islice(fh, 64)), []):
+            records = [json.loads(line) for line in batch]
+            ids = [torch.tensor([stoi.get(t, 1) for t in clean(r["text"])] or [1]) for r in records]
+            lengths = torch.tensor([len(i) for i in ids])
+            probabilities = model(pad_sequence(ids, batch_first=True), lengths).softmax(1)
+            best = probabilities.max(1)
+            results += [{"id": r["id"], "label": labels[int(i)], "probability": float(p)}
+                        for r, i, p in zip(records, best.indices, best.values)]
+            if len(results) >= rows:
+                break
+    pd.DataFrame(results[:rows]).to_parquet(out / "baseline.parquet")
+    return min(len(results), rows)
+
+
+# ---------------------------------------------------------------- rnnlib
+def rnnlib_score(dump: Path, bundle_dir: Path, out: Path, client, precision: str = "auto") -> dict:
+    config = ScoreConfig(bundle=str(bundle_dir), inputs=[InputSpec(path=str(dump), id_column="id")],
+                         output=str(out), precision=precision)
+    manifest = score(config, client)
+    assert manifest["complete"] and manifest["rows"] == manifest["scored"] + sum(manifest["rejected"].values())
+    return manifest
+
+
+class PeakMemory:
+    """Peak resident memory of this process and all its children together, sampled."""
+
+    def __init__(self, interval: float = 0.1) -> None:
+        self.peak, self.interval, self._stop = 0, interval, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def memory_profile(dump: Path, reviews: list[dict], gigabytes: float, tmp: Path) -> None:
+    bundle_dir = make_bundle(reviews, tmp / "small", SMALL)
+    one = tmp / "one.jsonl"
+    with open(one, "w", encoding="utf-8") as fh:
+        for r in reviews:
+            fh.write(json.dumps(r) + "\n")
+    big = tmp / "big.jsonl"
+    with open(big, "wb") as fh:
+        copy = 0
+        while fh.tell() < gigabytes * 1e9:
+            for r in reviews:  # a fresh id per copy: ids stay unique
+                fh.write((json.dumps({"id": f"{copy}-{r['id']}", "text": r["text"]}) + "\n").encode())
+            copy += 1
+    print(f"\npeak resident memory (driver + {os.cpu_count()} workers), small model {SMALL.cell} {SMALL.hidden_size}:")
+    with dask_client(DaskConfig(processes=True)) as client:
+        for name, path in ((f"1 copy ({one.stat().st_size / 1e6:.0f} MB)", one),
+                           (f"{copy} copies ({big.stat().st_size / 1e9:.2f} GB)", big)):
+            with PeakMemory() as peak:
+                start = time.perf_counter()
+                manifest = rnnlib_score(path, bundle_dir, tmp / f"out-{path.stem}", client)
+                seconds = time.perf_counter() - start
+            print(f"  {name:<24} rows {manifest['rows']:>9}  {seconds:7.1f} s  peak RSS {peak.peak / 2**20:7.0f} MiB")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--bundle", type=Path, help="a trained bundle (default: an untrained IMDB-recipe one)")
+    parser.add_argument("--memory", type=float, metavar="GB", help="also profile memory on a GB-sized input")
+    args = parser.parse_args()
+    source = args.datasets / "imdb" / "unsup.jsonl.gz"
+    reviews = read_reviews(source, args.rows)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        dump = tmp / "reviews.jsonl.gz"  # exactly --rows reviews, so every method scores the same
+        with gzip.open(dump, "wt", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in reviews)
+        text_mb = sum(len(r["text"].encode()) for r in reviews) / 1e6
+        bundle_dir = args.bundle or make_bundle(reviews, tmp / "recipe", MODEL)
+        print(f"{len(reviews)} reviews ({text_mb:.0f} MB of text), model {MODEL.cell} bidirectional "
+              f"{MODEL.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}")
+        print(f"{'method':<12} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11}")
+        start = time.perf_counter()
+        rows = baseline(dump, args.rows, bundle_dir, tmp)
+        results = {"baseline": (time.perf_counter() - start, rows)}
+        warm = tmp / "warm.jsonl"
+        warm.write_text("".join(json.dumps(r) + "\n" for r in reviews[:200]))
+        for workers, precision in ((1, "fp32"), (2, "fp32"), (2, "bf16")):
+            method = f"rnnlib-{workers}w" + ("-bf16" if precision == "bf16" else "")
+            with dask_client(DaskConfig(n_workers=workers, processes=True)) as client:
+                threads = set(client.run(torch.get_num_threads).values())
+                rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}", client, precision)  # imports, model
+                start = time.perf_counter()
+                manifest = rnnlib_score(dump, bundle_dir, tmp / f"out-{method}", client, precision)
+                results[method] = (time.perf_counter() - start, manifest["rows"])
+            assert threads == {1}, threads
+        base = results["baseline"][0]
+        for method, (seconds, n) in results.items():
+            print(f"{method:<12} {seconds:>8.2f} {n / seconds:>8.0f} {text_mb / seconds:>6.2f} {base / seconds:>10.2f}x")
+        print(f"scaling 1 -> 2 workers: {results['rnnlib-1w'][0] / results['rnnlib-2w'][0]:.2f}x")
+        if args.memory:
+            memory_profile(dump, reviews, args.memory, tmp)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
