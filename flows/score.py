@@ -12,10 +12,11 @@ from prefect.futures import PrefectFuture, as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from tqdm import tqdm
 
-from rnnlib.config import ScoreConfig
+from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.errors import InputError
 from rnnlib.score_run import (
-    MANIFEST, ScoreRun, account, input_name, pending_partitions, throughput,
+    MANIFEST, ScoreRun, account, input_name, open_output, output_dir_for, output_lock,
+    pending_partitions, throughput,
 )
 from rnnlib.storage import read_json
 from tasks.dask_clients import close_clients
@@ -28,20 +29,23 @@ class ScoringFailed(RuntimeError):
 
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=64))  # threads only wait on Dask
 def score_flow(config: ScoreConfig) -> dict[str, Any]:
-    """Score every row of the inputs (or reject it with a reason); resumable and idempotent."""
+    """Score every row of the inputs (or reject it with a reason); resumable and idempotent.
+    `config.bundle` may be a model registry folder: its current model is used."""
     log = get_run_logger()
-    run, status = plan_task(config)
-    if status == "complete":
-        manifest = read_json(run.out / MANIFEST)
-        log.info("already complete: %s rows in %s were scored by this bundle with these options; "
-                 "nothing to do (overwrite to redo)", manifest["rows"], run.out)
-        return {**manifest, "already_complete": True}
-    if status == "resume":
-        log.info("resuming the unfinished run in %s", run.out)
-    try:
-        manifest = _score(run, config)
-    finally:
-        close_clients()
+    run = plan_task(config)
+    with output_lock(run.out):  # one run at a time per output directory
+        status = open_output(run, config.overwrite)
+        if status == "complete":
+            manifest = read_json(run.out / MANIFEST)
+            log.info("already complete: %s rows in %s were scored by this bundle with these options; "
+                     "nothing to do (overwrite to redo)", manifest["rows"], run.out)
+            return {**manifest, "already_complete": True}
+        if status == "resume":
+            log.info("resuming the unfinished run in %s", run.out)
+        try:
+            manifest = _score(run, config)
+        finally:
+            close_clients()
     create_markdown_artifact(key="scoring-summary", markdown=_markdown(manifest),
                              description="rows scored and rejected by the score flow")
     if manifest["failed"]:
@@ -51,6 +55,20 @@ def score_flow(config: ScoreConfig) -> dict[str, Any]:
     log.info("scored %s rows, rejected %s, in %.1f s (%.0f rows/s); output in %s", manifest["scored"],
              manifest["rejected"] or "none", manifest["seconds"], manifest["rows_per_second"], run.out)
     return {**manifest, "already_complete": False}
+
+
+@flow(name="score-new-file")
+def score_new_file_flow(path: str, registry: str = "models", output_root: str = "scored",
+                        text_column: str = "text", id_column: str | None = None,
+                        format: str = "auto") -> dict[str, Any]:
+    """Score one newly arrived file with the registry's current model into its own folder under
+    `output_root` (named after the file and a digest of its path, so runs for different files
+    never share an output). What the file-arrival trigger runs."""
+    config = ScoreConfig(
+        bundle=registry, output=str(output_dir_for(path, output_root)),
+        inputs=[InputSpec(path=path, format=format, text_columns=[text_column], id_column=id_column)],
+    )
+    return score_flow(config)
 
 
 def _score(run: ScoreRun, config: ScoreConfig) -> dict[str, Any]:

@@ -12,10 +12,13 @@ no-op; a different run never writes into another run's output.
 
 from __future__ import annotations
 
+import fcntl
 import posixpath
 import shutil
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +33,9 @@ from rnnlib.bundle import CONFIG
 from rnnlib.cluster import map_partitions
 from rnnlib.config import InputSpec, ScoreConfig, SourceConfig
 from rnnlib.errors import InputError
-from rnnlib.fingerprint import code_version, digest_json
+from rnnlib.fingerprint import code_version, digest_bytes, digest_json
 from rnnlib.ingest import fingerprint_inputs, ingest_unit, resolve_inputs
+from rnnlib.registry import resolve_bundle
 from rnnlib.readers import COMPRESSIONS, SUFFIX_FORMATS, ReadUnit, plan_units
 from rnnlib.scoring import DEFAULT_MAX_LENGTH, ScoringSettings, score_partition
 from rnnlib.storage import MANIFEST, building, is_complete, read_json, write_json
@@ -101,10 +105,10 @@ def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, st
 def plan_run(config: ScoreConfig) -> ScoreRun:
     """Resolve the inputs and the bundle into a run whose key names everything its result
     depends on (the bundle's version, every input file's content, the options)."""
-    bundle_config = Path(config.bundle) / CONFIG
-    if not bundle_config.is_file():
-        raise InputError(f"not a model bundle: {CONFIG} is missing", file=config.bundle)
-    bundle = read_json(bundle_config)
+    bundle_dir = resolve_bundle(config.bundle)
+    if not (bundle_dir / CONFIG).is_file():
+        raise InputError(f"not a model bundle or registry: {CONFIG} is missing", file=config.bundle)
+    bundle = read_json(bundle_dir / CONFIG)
     specs, ignored = expand_directories(config.inputs)
     units: list[ReadUnit] = []
     for spec, base in specs:
@@ -112,7 +116,7 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
             units += plan_units(item.fs, item.path, item.spec, config.partition_rows, base)
     max_length = config.max_length or bundle["max_length"] or DEFAULT_MAX_LENGTH
     settings = ScoringSettings(
-        bundle=str(Path(config.bundle).resolve()), version=bundle["version"], top_k=config.top_k,
+        bundle=str(bundle_dir.resolve()), version=bundle["version"], top_k=config.top_k,
         max_length=max_length, batch_size=config.batch_size, device=config.device,
         precision=config.precision,
     )
@@ -122,6 +126,27 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
                 "partition_rows": config.partition_rows, "code": code_version()}
     return ScoreRun(Path(config.output).resolve(), digest_json(identity), tuple(units), settings,
                     tuple(ignored), config.partition_rows)
+
+
+def output_dir_for(path: str, root: str | Path) -> Path:
+    """One output folder per input file: its name plus a digest of its full path."""
+    return Path(root) / f"{posixpath.basename(path.rstrip('/'))}-{digest_bytes(path.encode())[:10]}"
+
+
+@contextmanager
+def output_lock(out: Path) -> Iterator[None]:
+    """Exclusive use of an output directory by one run: an OS lock on a file beside it, released
+    by the system even when the process is killed."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError("another scoring run is writing this output", file=str(out)) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def open_output(run: ScoreRun, overwrite: bool) -> Status:
@@ -237,16 +262,17 @@ def score(config: ScoreConfig, client: Client | None = None) -> dict[str, Any]:
     cluster (or in this process without a client). The `score` flow runs the same steps as
     Prefect tasks, adding per-piece retries, progress and failure reports."""
     run = plan_run(config)
-    if open_output(run, config.overwrite) == "complete":
-        return read_json(run.out / MANIFEST)
-    start = time.perf_counter()
-    staged = map_partitions(client, stage_unit, run.units, range(len(run.units)),
-                            staging=run.out / STAGING, partition_rows=run.partition_rows)
-    parts = pending_partitions(run, staged)
-    stats = map_partitions(client, score_partition, parts,
-                           [run.scores_file(p.name) for p in parts],
-                           [run.rejects_file(p.name) for p in parts], settings=run.settings)
-    return account(run, staged, {}, throughput(stats, time.perf_counter() - start))
+    with output_lock(run.out):
+        if open_output(run, config.overwrite) == "complete":
+            return read_json(run.out / MANIFEST)
+        start = time.perf_counter()
+        staged = map_partitions(client, stage_unit, run.units, range(len(run.units)),
+                                staging=run.out / STAGING, partition_rows=run.partition_rows)
+        parts = pending_partitions(run, staged)
+        stats = map_partitions(client, score_partition, parts,
+                               [run.scores_file(p.name) for p in parts],
+                               [run.rejects_file(p.name) for p in parts], settings=run.settings)
+        return account(run, staged, {}, throughput(stats, time.perf_counter() - start))
 
 
 def throughput(stats: list[dict[str, Any]], seconds: float) -> dict[str, Any]:

@@ -23,10 +23,9 @@ SCORE_TASK = {"cache_policy": NONE, **IO_RETRIES}
 
 
 @task(name="plan-scoring", **SCORE_TASK)
-def plan_task(config: ScoreConfig) -> tuple[score_run.ScoreRun, score_run.Status]:
-    """Resolve inputs and bundle, and ready the output directory (new, resume or complete)."""
-    run = score_run.plan_run(config)
-    return run, score_run.open_output(run, config.overwrite)
+def plan_task(config: ScoreConfig) -> score_run.ScoreRun:
+    """Resolve the inputs (fingerprinting every file) and the bundle."""
+    return score_run.plan_run(config)
 
 
 @task(name="read-input", task_run_name="read {name}", **SCORE_TASK)

@@ -1,0 +1,80 @@
+"""Create rnnlib's deployments on the Prefect server that PREFECT_API_URL points at, for a
+process work pool (run `prefect worker start --pool POOL` from this repository to execute them):
+
+  retrain/nightly             the `retrain` flow on a cron schedule; at most one run at a time
+  score-new-file/on-new-file  the `score-new-file` flow, triggered by each `rnnlib.file.arrived`
+                              event (see deployments/watcher.py) with the file's path
+  score/ad-hoc                the `score` flow, run on demand with a full ScoreConfig
+
+Usage: python -m deployments.deploy --pool rnnlib [--cron "0 2 * * *"] [--dataset names]
+           [--config-file configs/names.yaml] [--registry models] [--output-root scored]
+           [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from uuid import UUID
+
+from prefect import flow
+from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
+
+from deployments.watcher import FILE_ARRIVED, RESOURCE_PREFIX
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def file_arrival_trigger() -> DeploymentEventTrigger:
+    """One scoring run per announced file, with the file's path as the `path` parameter."""
+    return DeploymentEventTrigger(
+        name="new file to score", expect={FILE_ARRIVED}, match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
+        for_each={"prefect.resource.id"}, parameters={"path": "{{ event.payload.path }}"},
+    )
+
+
+def deploy(pool: str, cron: str, dataset: str | None, config_file: str | None, registry: str,
+           output_root: str, overrides: list[str]) -> dict[str, UUID]:
+    """Create (or update) the three deployments; folders are made absolute, so every worker
+    agrees on them whatever its working directory."""
+    registry, output_root = str(Path(registry).resolve()), str(Path(output_root).resolve())
+    source = str(REPO)
+    ids = {}
+    ids["retrain/nightly"] = flow.from_source(source, "flows/retrain.py:retrain_flow").deploy(
+        name="nightly", work_pool_name=pool, cron=cron, concurrency_limit=1, print_next_steps=False,
+        parameters={"dataset": dataset, "config_file": config_file, "registry": registry,
+                    "overrides": overrides},
+        description="Retrain on the latest data; promote the model only if it is no worse.",
+    )
+    ids["score-new-file/on-new-file"] = flow.from_source(source, "flows/score.py:score_new_file_flow").deploy(
+        name="on-new-file", work_pool_name=pool, triggers=[file_arrival_trigger()], print_next_steps=False,
+        parameters={"registry": registry, "output_root": output_root},
+        description="Score a newly arrived file with the registry's current model.",
+    )
+    ids["score/ad-hoc"] = flow.from_source(source, "flows/score.py:score_flow").deploy(
+        name="ad-hoc", work_pool_name=pool, print_next_steps=False,
+        description="Score any inputs with any bundle (or registry) on demand.",
+    )
+    return ids
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pool", required=True, help="process work pool name")
+    parser.add_argument("--cron", default="0 2 * * *", help="retraining schedule (default: 02:00 daily)")
+    parser.add_argument("--dataset", default=None, help="registered dataset to retrain on")
+    parser.add_argument("--config-file", default=None, help="YAML recipe for retraining")
+    parser.add_argument("--registry", default="models", help="model registry folder")
+    parser.add_argument("--output-root", default="scored", help="where triggered scoring runs write")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="retraining config override (as `rnnlib train --set`)")
+    args = parser.parse_args(argv)
+    for name, deployment_id in deploy(args.pool, args.cron, args.dataset, args.config_file, args.registry,
+                                      args.output_root, args.overrides).items():
+        print(f"deployment {name}: {deployment_id}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,153 @@
+"""Deployments on a real Prefect server: a process work pool and worker, the scheduled
+retraining deployment run to completion, and a scoring run triggered by the file watcher's event.
+Every process the test starts is stopped at the end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rnnlib.score_run import MANIFEST, output_dir_for
+
+REPO = Path(__file__).resolve().parents[1]
+PREFECT = str(Path(sys.executable).with_name("prefect"))
+POOL = "rnnlib-test-pool"
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(condition, timeout: float, what: str, interval: float = 1.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Processes:
+    """Starts processes in their own sessions and stops them all (and their children)."""
+
+    def __init__(self, env: dict[str, str], logs: Path) -> None:
+        self.env, self.logs, self.started = env, logs, []
+
+    def start(self, name: str, *command: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")
+        process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.started.append(process)
+        return process
+
+    def run(self, *command: str) -> str:
+        done = subprocess.run(command, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"{command}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        return done.stdout
+
+    def stop(self) -> None:
+        for process in reversed(self.started):
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in reversed(self.started):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture
+def server(tmp_path, datasets) -> Iterator[tuple[Processes, str]]:
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
+           "PREFECT_LOGGING_LEVEL": "INFO", "RNNLIB_DATASETS_MIRROR": str(datasets),
+           "NLTK_DATA": os.environ.get("NLTK_DATA", "")}
+    env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
+    (tmp_path / "logs").mkdir()
+    processes = Processes(env, tmp_path / "logs")
+    try:
+        processes.start("server", PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port))
+
+        def healthy() -> bool:
+            try:
+                return urllib.request.urlopen(f"{api}/health", timeout=2).status == 200
+            except OSError:
+                return False
+
+        _wait(healthy, 240, "the Prefect server")
+        yield processes, api
+    finally:
+        processes.stop()
+        for log in sorted((tmp_path / "logs").glob("*.log")):  # shown when the test fails
+            print(f"----- {log.name}\n{log.read_text()[-3000:]}")
+
+
+def _flow_runs(api: str, deployment: str) -> list[dict]:
+    """Flow runs of a deployment (`flow/deployment`), through the REST API."""
+    def post(path: str, body: dict) -> object:
+        request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(request, timeout=10).read())
+
+    flow_name, name = deployment.split("/")
+    found = post("/deployments/filter", {"deployments": {"name": {"any_": [name]}},
+                                          "flows": {"name": {"any_": [flow_name]}}})
+    if not found:
+        return []
+    return post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [found[0]["id"]]}}})
+
+
+def _final(runs: list[dict]) -> dict | None:
+    done = [r for r in runs if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
+    return done[0] if done else None
+
+
+def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
+    processes, api = server
+    registry, scored, drop = tmp_path / "models", tmp_path / "scored", tmp_path / "incoming"
+    drop.mkdir()
+    processes.run(PREFECT, "work-pool", "create", POOL, "--type", "process")
+    out = processes.run(
+        sys.executable, "-m", "deployments.deploy", "--pool", POOL, "--dataset", "names",
+        "--config-file", "configs/german_italian.yaml", "--registry", str(registry),
+        "--output-root", str(scored), "--set", "train.epochs=2", "--set", f"work_dir={tmp_path / 'work'}",
+        "--set", "dask.processes=false")
+    assert "retrain/nightly" in out and "score-new-file/on-new-file" in out and "score/ad-hoc" in out
+    processes.start("worker", PREFECT, "worker", "start", "--pool", POOL)
+
+    processes.run(PREFECT, "deployment", "run", "retrain/nightly")
+    run = _wait(lambda: _final(_flow_runs(api, "retrain/nightly")), 420, "the retraining run")
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    current = json.loads((registry / "current.json").read_text())
+    assert current["accuracy"] > 0.8 and (registry / current["bundle"] / "weights.pt").is_file()
+
+    processes.start("watcher", sys.executable, "-m", "deployments.watcher", str(drop), "--interval", "0.5")
+    names = "".join(f"{n}\n" for n in ["Rossi", "Bianchi", "Müller", "Schmidt", "Esposito", "Wagner"])
+    (drop / ".batch-1.txt").write_text(names)  # written under a dot-name, then renamed
+    os.replace(drop / ".batch-1.txt", drop / "batch-1.txt")
+    run = _wait(lambda: _final(_flow_runs(api, "score-new-file/on-new-file")), 300, "the triggered scoring run")
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert run["parameters"]["path"] == str(drop / "batch-1.txt")
+    manifest = json.loads((output_dir_for(str(drop / "batch-1.txt"), scored) / MANIFEST).read_text())
+    assert manifest["complete"] and manifest["rows"] == manifest["scored"] == 6
+    assert manifest["bundle_version"] == current["version"]
+    assert set(manifest["labels"]) <= {"German", "Italian"}
+    shutil.rmtree(tmp_path / "work", ignore_errors=True)
