@@ -126,7 +126,9 @@ class TensorizeConfig(_Strict):
 
 
 class DaskConfig(_Strict):
-    address: str | None = Field(None, description="existing scheduler; default: a LocalCluster")
+    address: str | None = Field(
+        default_factory=lambda: os.environ.get("RNNLIB_DASK_ADDRESS"),
+        description="existing scheduler (env RNNLIB_DASK_ADDRESS); default: a LocalCluster")
     n_workers: int | None = Field(None, gt=0, description="LocalCluster workers (default: cores)")
     processes: bool = Field(True, description="LocalCluster: worker processes, not threads")
 

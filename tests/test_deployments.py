@@ -116,6 +116,7 @@ def _flow_runs(api: str, deployment: str) -> list[dict]:
 
 
 def _final(runs: list[dict]) -> dict | None:
+    """The run that has ended (runs still scheduled for the nights ahead are ignored)."""
     done = [r for r in runs if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
     return done[0] if done else None
 
@@ -131,6 +132,14 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
         "--output-root", str(scored), "--set", "train.epochs=2", "--set", f"work_dir={tmp_path / 'work'}",
         "--set", "dask.processes=false")
     assert "retrain/nightly" in out and "score-new-file/on-new-file" in out and "score/ad-hoc" in out
+    retrain = json.loads(urllib.request.urlopen(f"{api}/deployments/name/retrain/nightly", timeout=10).read())
+    print("retrain deployment:", {k: v for k, v in retrain.items() if "concurrency" in k or k == "schedules"})
+    limit = retrain.get("global_concurrency_limit") or {}
+    assert limit.get("limit") == 1 or retrain.get("concurrency_limit") == 1  # one retraining at a time
+    assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 2 * * *"]
+    scheduled = _wait(lambda: [r for r in _flow_runs(api, "retrain/nightly") if r["state"]["type"] == "SCHEDULED"],
+                      60, "the scheduler to plan the nightly runs")
+    assert all(r["expected_start_time"][11:16] == "02:00" for r in scheduled)  # the server runs in UTC
     processes.start("worker", PREFECT, "worker", "start", "--pool", POOL)
 
     processes.run(PREFECT, "deployment", "run", "retrain/nightly")
