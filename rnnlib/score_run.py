@@ -76,9 +76,10 @@ def _known_format(path: str) -> bool:
 
 def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, str | None]], list[str]]:
     """A directory given with format `auto` means every file under it, each named relative to
-    the directory's parent (so `dump/a/x.jsonl` and `dump/b/x.jsonl` stay apart); files of an
-    unknown format there are listed as ignored rather than failing the run. Labels are never
-    read. Returns (spec, base folder or None) pairs."""
+    the directory's parent (so `dump/a/x.jsonl` and `dump/b/x.jsonl` stay apart); hidden files
+    (a name starting with ".": partial writes, tools' state) and files of an unknown format are
+    listed as ignored rather than scored or failing the run. Labels are never read. Returns
+    (spec, base folder or None) pairs."""
     expanded: list[tuple[InputSpec, str | None]] = []
     ignored: list[str] = []
     for spec in specs:
@@ -93,7 +94,8 @@ def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, st
         base = posixpath.dirname(path.rstrip("/"))
         for file in files:
             url = fs.unstrip_protocol(file) if "://" in spec.path else file
-            if _known_format(file):
+            hidden = any(part.startswith(".") for part in file[len(path):].split("/"))
+            if _known_format(file) and not hidden:
                 expanded.append((spec.model_copy(update={"path": url}), base))
             else:
                 ignored.append(url)

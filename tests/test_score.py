@@ -51,6 +51,7 @@ def test_every_format_keeps_ids_and_accounts_for_every_row(names_bundle, tmp_pat
     with gzip.open(data / "sub" / "e.txt.gz", "wt") as fh:
         fh.write("Papadopoulos\nO'Connor\n")
     (data / "sub" / "f.txt").write_text("Nguyen\n")
+    (data / "sub" / ".partial.txt").write_text("half-writ")  # hidden: not an input
     (data / "README.md").write_text("not an input")
     out = tmp_path / "out"
     inputs = [
@@ -63,6 +64,7 @@ def test_every_format_keeps_ids_and_accounts_for_every_row(names_bundle, tmp_pat
     ]
     manifest = score(_config(names_bundle, out, *inputs, top_k=4))
     assert manifest["complete"] and manifest["rows"] == manifest["scored"] == 12
+    assert manifest["ignored"] == [str(data / "sub" / ".partial.txt")]
     assert manifest["files"]["sub/e.txt.gz"] == {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}
     scores = _scores(out).to_pandas().set_index("id")
     assert {"k1", "k2", "1", "2", "j1", "j2", "p1", "p2", "sub/e.txt.gz:1", "sub/f.txt:1",
