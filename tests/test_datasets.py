@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import http.server
 import io
-import threading
 import zipfile
 from pathlib import Path
 
@@ -18,18 +15,6 @@ from rnnlib.datasets import REGISTRY, Dataset, Download, materialize
 from rnnlib.errors import InputError
 from rnnlib.fingerprint import file_digest
 from rnnlib.ingest import ingest
-
-
-@pytest.fixture
-def http_root(tmp_path):
-    root = tmp_path / "www"
-    root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
 
 
 def _names_zip() -> bytes:

@@ -78,6 +78,17 @@ def test_every_format_keeps_ids_and_accounts_for_every_row(names_bundle, tmp_pat
     assert (scores["model_version"] == load_bundle(names_bundle).version).all()
 
 
+def test_an_http_url_is_scored_like_a_local_file(names_bundle, http_root, tmp_path):
+    root, base = http_root
+    with gzip.open(root / "dump.jsonl.gz", "wt") as fh:
+        fh.write('{"text": "Rossi", "id": "r"}\n{"text": "Schmidt", "id": "s"}\n')
+    manifest = score(_config(names_bundle, tmp_path / "out",
+                             InputSpec(path=f"{base}/dump.jsonl.gz", id_column="id")))
+    assert manifest["complete"] and manifest["files"] == {
+        "dump.jsonl.gz": {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}}
+    assert sorted(_scores(tmp_path / "out")["id"].to_pylist()) == ["r", "s"]
+
+
 def test_bad_rows_are_rejected_with_reasons_and_counts_add_up(names_bundle, tmp_path):
     (tmp_path / "rows.csv").write_bytes(
         b"text\nSmith\n\n\"\"\nbad \xff bytes\n   \nRossi,extra field\nAVeryLongSurnameIndeed\n")
