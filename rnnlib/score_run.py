@@ -177,10 +177,13 @@ def open_output(run: ScoreRun, overwrite: bool) -> Status:
 
 
 def _remove_partial_files(out: Path) -> None:
-    """Temporary files of a killed run (never a finished partition: those are renamed)."""
+    """Temporary files and folders of a killed run (never a finished partition or staged input:
+    those are renamed into place when complete)."""
     for name in (SCORES, REJECTS):
         for tmp in (out / name).glob(".*.tmp"):
             tmp.unlink()
+    for tmp in (out / STAGING).glob(".*.tmp"):
+        shutil.rmtree(tmp, ignore_errors=True)
     (out / MANIFEST).unlink(missing_ok=True)
 
 

@@ -239,6 +239,7 @@ def test_killed_run_resumes_and_writes_every_row_exactly_once(names_bundle, tmp_
     assert len(after) == rows // 100 and all(after[name] == t for name, t in before.items())
     ids = _scores(out)["id"].to_pylist()
     assert len(ids) == len(set(ids)) == rows
+    assert not list(out.rglob("*.tmp")) and not (out / STAGING).exists()
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["complete"] and manifest["scored"] == rows
     assert manifest["rows_scored_now"] == rows - 100 * len(before)
