@@ -50,18 +50,48 @@ def _stemmer():
     return PorterStemmer()
 
 
+def _where(text: pa.Array, rows: pa.Array, step) -> pa.Array:
+    """`step` applied to the rows flagged in `rows` only: most steps change few rows, and a pass
+    over those is much cheaper than one over the whole column."""
+    rows = pc.fill_null(rows, False)
+    if not pc.any(rows).as_py():
+        return text
+    return pc.replace_with_mask(text, rows, step(text.filter(rows)))
+
+
+def _unicode(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
+    """Unicode normalisation and accent stripping; pure-ASCII rows are left alone (no form
+    changes them)."""
+
+    def step(rows: pa.Array) -> pa.Array:
+        rows = pc.utf8_normalize(rows, form="NFD" if cfg.strip_accents else cfg.unicode_form)
+        if cfg.strip_accents:
+            rows = pc.replace_substring_regex(rows, r"\p{Mn}+", "")
+            if cfg.unicode_form:
+                rows = pc.utf8_normalize(rows, form=cfg.unicode_form)
+        return rows
+
+    return _where(text, pc.invert(pc.string_is_ascii(text)), step)
+
+
+def _html(text: pa.Array) -> pa.Array:
+    """Tags become spaces; the common entities are decoded, on the rows holding an "&" only."""
+    text = pc.replace_substring_regex(text, r"</?[a-zA-Z!][^>]*>", " ")
+
+    def entities(rows: pa.Array) -> pa.Array:
+        for entity, char in HTML_ENTITIES.items():
+            rows = pc.replace_substring(rows, entity, char)
+        return rows
+
+    return _where(text, pc.match_substring(text, "&"), entities)
+
+
 def normalise(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
     """String-level steps, in the order the config lists them."""
     if cfg.unicode_form or cfg.strip_accents:
-        text = pc.utf8_normalize(text, form="NFD" if cfg.strip_accents else cfg.unicode_form)
-    if cfg.strip_accents:
-        text = pc.replace_substring_regex(text, r"\p{Mn}+", "")
-        if cfg.unicode_form:
-            text = pc.utf8_normalize(text, form=cfg.unicode_form)
+        text = _unicode(text, cfg)
     if cfg.strip_html:
-        text = pc.replace_substring_regex(text, r"</?[a-zA-Z!][^>]*>", " ")
-        for entity, char in HTML_ENTITIES.items():
-            text = pc.replace_substring(text, entity, char)
+        text = _html(text)
     if cfg.lowercase:
         text = pc.utf8_lower(text)
     for name, (pattern, replacement) in PLACEHOLDER_PATTERNS.items():

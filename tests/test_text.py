@@ -78,3 +78,12 @@ def test_unicode_normalisation_composes():
 def test_null_stays_null_and_empty_gives_no_tokens():
     out = tokenize(pa.array([None, "", "...", "ok"]), PreprocessConfig(level="word", punctuation="remove"))
     assert out.to_pylist() == [None, [], [], ["ok"]]
+
+
+def test_steps_applied_to_some_rows_keep_every_row_in_place():
+    """Normalisation and entity decoding run on the rows that need them only; the others and
+    nulls keep their places."""
+    rows = ["plain ascii", "Cafe\u0301 &amp; bar", None, "a &lt;b&gt; c", "Abé"]
+    cfg = PreprocessConfig(level="word", strip_html=True, strip_accents=True, punctuation="keep")
+    assert tokenize(pa.array(rows, pa.string()), cfg).to_pylist() == [
+        ["plain", "ascii"], ["Cafe", "&", "bar"], None, ["a", "<b>", "c"], ["Abe"]]
