@@ -154,6 +154,7 @@ class ModelConfig(_Strict):
     num_layers: int = Field(1, ge=1)
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1, description="between layers and before the head")
+    embedding_dropout: float = Field(0.0, ge=0, lt=1, description="on the embedded tokens")
     pooling: Literal["last", "mean", "max"] = "last"
     head_hidden: int | None = Field(None, gt=0, description="a hidden layer in the head")
 

@@ -46,6 +46,7 @@ class RNNClassifier(nn.Module):
         )
         features = cfg.hidden_size * directions
         self.dropout = nn.Dropout(cfg.dropout)
+        self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
         if cfg.head_hidden:
             self.head = nn.Sequential(
                 nn.Linear(features, cfg.head_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
@@ -58,7 +59,7 @@ class RNNClassifier(nn.Module):
         """(batch, steps, directions * hidden) outputs; steps = the batch's longest sequence."""
         lengths = lengths.to(ids.device)
         steps = int(lengths.max())
-        x = self.embedding(ids[:, :steps])
+        x = self.embedding_dropout(self.embedding(ids[:, :steps]))
         flip = reversal_index(lengths, steps) if self.cfg.bidirectional else None
         for depth, directions in enumerate(self.layers):
             if depth:

@@ -93,6 +93,14 @@ def test_every_variant_learns(cell, bidirectional, pooling):
     assert losses[-1] < 0.7 * losses[0]
 
 
+def test_embedding_dropout_acts_in_training_only():
+    model = _model("gru", True, "max", embedding_dropout=0.5)
+    ids, lengths = torch.randint(3, 30, (4, 6)), torch.tensor([6, 5, 3, 1])
+    assert torch.equal(model(ids, lengths), model(ids, lengths))  # eval: deterministic
+    model.train()
+    assert not torch.equal(model(ids, lengths), model(ids, lengths))
+
+
 @pytest.fixture(scope="module")
 def names_tensors(datasets, tmp_path_factory) -> Path:
     """The surnames set prepared in process (no cluster), character level."""
