@@ -32,7 +32,7 @@ def test_config_file_then_shortcuts_then_overrides(capsys, tmp_path):
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["source"]["dataset"] == "imdb" and resolved["source"]["mirror"] == "/data/mirror"
     assert resolved["split"]["seed"] == 3 and resolved["preprocess"]["placeholders"] == ["url"]
-    assert resolved["tensorize"]["max_length"] == 400
+    assert resolved["tensorize"]["max_length"] == 1000  # from the file
     # the printed config is itself a valid config file
     (tmp_path / "again.yaml").write_text(yaml.safe_dump(resolved))
     assert load_config(PrepareConfig, tmp_path / "again.yaml").model_dump(mode="json") == resolved
