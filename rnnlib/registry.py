@@ -60,8 +60,9 @@ def accuracy(bundle_dir: str | Path, rows: pa.Table) -> float:
     settings = ScoringSettings(bundle=str(bundle_dir), version=bundle.version, top_k=1,
                                max_length=bundle.max_length or DEFAULT_MAX_LENGTH)
     scores, _ = score_table(rows, bundle, settings)
-    truth = dict(zip(rows["id"].to_pylist(), rows["label"].to_pylist()))
-    correct = sum(truth[i] == label for i, label in zip(scores["id"].to_pylist(), scores["label"].to_pylist()))
+    truth = rows.select(["source", "row", "label"]).rename_columns(["source", "row", "truth"])
+    joined = scores.select(["source", "row", "label"]).join(truth, ["source", "row"])  # unique keys
+    correct = pc.sum(pc.equal(joined["label"], joined["truth"])).as_py() or 0
     return correct / max(rows.num_rows, 1)
 
 
