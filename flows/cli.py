@@ -124,10 +124,7 @@ def _run(args: argparse.Namespace) -> int:
     config_class = COMMANDS[args.command][1]
     config = config_class.model_validate(config.model_dump(include=set(config_class.model_fields)))
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        return 0
+        return _print_config(config)
     if args.command == "prepare":
         from flows.prepare import prepare_flow
 
@@ -145,13 +142,17 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_config(config: Any) -> int:
+    import yaml
+
+    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return 0
+
+
 def _score(args: argparse.Namespace) -> int:
     config = load_config(ScoreConfig, args.config, _score_overrides(args))
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-        return 0
+        return _print_config(config)
     from flows.score import ScoringFailed, score_flow
 
     try:

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import fsspec
-from distributed import Client
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from distributed import Client
 
 from rnnlib.accounting import KEPT, summarise
 from rnnlib.bundle import CONFIG
@@ -35,8 +35,8 @@ from rnnlib.config import InputSpec, ScoreConfig, SourceConfig
 from rnnlib.errors import InputError
 from rnnlib.fingerprint import code_version, digest_bytes, digest_json
 from rnnlib.ingest import fingerprint_inputs, ingest_unit, resolve_inputs
-from rnnlib.registry import resolve_bundle
 from rnnlib.readers import COMPRESSIONS, SUFFIX_FORMATS, ReadUnit, plan_units
+from rnnlib.registry import resolve_bundle
 from rnnlib.scoring import DEFAULT_MAX_LENGTH, ScoringSettings, score_partition
 from rnnlib.storage import MANIFEST, building, is_complete, read_json, write_json
 

@@ -116,7 +116,6 @@ def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> t
     device = next(bundle.model.parameters()).device
     probabilities = predict_proba(bundle.model, ids, len(bundle.labels.labels), settings.batch_rows(device))
     best, best_p, top_k = _top_k(probabilities, bundle.labels.labels, settings.top_k)
-    n = kept_rows.num_rows
     scores = pa.table(
         {
             "id": kept_rows["id"], "source": kept_rows["source"], "row": kept_rows["row"],
@@ -125,7 +124,7 @@ def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> t
             "top_k": top_k,
             "length": pa.array(lengths, pa.int32()),
             "truncated": pa.array(lengths > settings.max_length),
-            "model_version": pa.array([bundle.version] * n, pa.string()),
+            "model_version": pa.repeat(bundle.version, kept_rows.num_rows),
         },
         schema=SCORES_SCHEMA,
     )
