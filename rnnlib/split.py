@@ -93,9 +93,10 @@ def assign_partition(
     if labelled:
         frame["rank"] = pd.util.hash_pandas_object(frame["id"], index=False, hash_key=_hash_key(seed))
         frame = frame.sort_values(["pool", "label", "rank"], kind="stable")
-        within = frame.groupby(["pool", "label"]).cumcount().to_numpy()
-        bounds = np.array([np.cumsum(quotas[g]) for g in zip(frame["pool"], frame["label"])])
-        chosen = (within[:, None] >= bounds).sum(axis=1) if len(frame) else np.array([], int)
+        groups = frame.groupby(["pool", "label"])
+        within = groups.cumcount().to_numpy()
+        bounds = np.array([np.cumsum(quotas[key]) for key in groups.size().index], np.int64)
+        chosen = (within[:, None] >= bounds.reshape(-1, len(SPLITS))[groups.ngroup().to_numpy()]).sum(axis=1)
         split[frame.index.to_numpy()] = np.array(SPLITS, dtype=object)[chosen]
     else:
         split[frame.index.to_numpy()] = UNLABELLED_SPLIT
