@@ -62,7 +62,7 @@ class SourceConfig(_Strict):
         default_factory=list, description="only these labels (after renaming); others are counted "
         "as rejected. Empty: all"
     )
-    partition_rows: int = Field(10_000, gt=0, description="rows per canonical Parquet partition")
+    partition_rows: int = Field(10_000, gt=0, description="most rows per canonical Parquet partition")
 
     @model_validator(mode="before")
     @classmethod

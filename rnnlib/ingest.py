@@ -9,9 +9,11 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import Counter, defaultdict
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
@@ -45,6 +47,8 @@ CANONICAL_SCHEMA = pa.schema(
 UNDECODABLE = "undecodable bytes (not UTF-8)"
 NOT_SELECTED = "label not selected (source.keep_labels)"
 CLASS_LAYOUTS = ("folder_per_class", "file_per_class")
+T = TypeVar("T")
+_END = object()  # what read_ahead's reader returns when the chunks are exhausted
 SURROGATE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of undecodable bytes
 
 
@@ -100,24 +104,21 @@ def fingerprint_inputs(source: SourceConfig) -> dict[str, Any]:
     return {"inputs": parts, "label_names": label_names}
 
 
-def _has_surrogates(values: np.ndarray) -> np.ndarray:
-    """Rows whose decoded text holds escaped undecodable bytes. Fast path: one encode of all."""
-    strings = [v for v in values if isinstance(v, str)]
-    try:
-        "\n".join(strings).encode("utf-8")
-        return np.zeros(len(values), dtype=bool)
-    except UnicodeEncodeError:  # rare: find the rows
-        return np.array([isinstance(v, str) and bool(SURROGATE.search(v)) for v in values], bool)
-
-
 def _objects(column: pd.Series) -> np.ndarray:
     values = column.to_numpy(dtype=object)
     return np.where(pd.isna(values), None, values)
 
 
-def _strings(values: np.ndarray, drop: np.ndarray) -> pa.Array:
-    """Python values as an Arrow string array (labels may be numbers); `drop` rows become null."""
-    return pa.array([None if d or v is None else str(v) for v, d in zip(values, drop)], pa.string())
+def _strings(values: np.ndarray) -> tuple[pa.Array, np.ndarray]:
+    """Python values as an Arrow string array, and the rows whose text held undecodable bytes
+    (escaped as surrogates, which UTF-8 cannot encode; null in the array). All strings and all
+    valid, the common case, takes one conversion; numbers (labels may be) and surrogates take a
+    slower pass."""
+    try:
+        return pa.array(values, pa.string(), from_pandas=True), np.zeros(len(values), dtype=bool)
+    except (pa.ArrowTypeError, pa.ArrowInvalid, UnicodeEncodeError):
+        bad = np.array([isinstance(v, str) and bool(SURROGATE.search(v)) for v in values], bool)
+        return pa.array([None if d or v is None else str(v) for v, d in zip(values, bad)], pa.string()), bad
 
 
 def canonicalize(
@@ -130,11 +131,9 @@ def canonicalize(
     """
     n = len(frame)
     raw_text = _objects(frame["text"])
-    bad_text = _has_surrogates(raw_text)
-    text = _strings(raw_text, bad_text)
-    raw_label = _objects(frame["label"])
-    bad_label = _has_surrogates(raw_label) if labelled else np.ones(n, dtype=bool)
-    label = pc.utf8_trim_whitespace(_strings(raw_label, bad_label))
+    text, bad_text = _strings(raw_text)
+    label, bad_label = _strings(_objects(frame["label"])) if labelled else (pa.nulls(n, pa.string()), None)
+    label = pc.utf8_trim_whitespace(label)
     if label_names:
         keys = pa.array(list(label_names), pa.string())
         renamed = pa.array(list(label_names.values()), pa.string()).take(pc.index_in(label, keys))
@@ -156,9 +155,8 @@ def canonicalize(
     kept = pc.is_null(reject)
     source = pa.array(frame["source"].astype(str).to_numpy(dtype=object), pa.string())
     rows = pa.array(frame["row"].to_numpy(dtype=np.int64), pa.int64())
-    raw_ids = _objects(frame["id"])
     generated = pc.binary_join_element_wise(source, pc.cast(rows, pa.string()), ":")
-    ids = pc.coalesce(_strings(raw_ids, _has_surrogates(raw_ids)), generated)
+    ids = pc.coalesce(_strings(_objects(frame["id"]))[0], generated)
     null = pa.nulls(n, pa.string())
     return pa.table(
         {
@@ -202,6 +200,20 @@ class PartWriter:
         self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
 
 
+def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
+    """`chunks`, each read in a thread while the caller works on the one before: decompression,
+    parsing and file reads release the GIL, so reading one big file keeps a second core busy."""
+    with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
+        try:
+            pending = pool.submit(next, chunks, _END)
+            while (chunk := pending.result()) is not _END:
+                pending = pool.submit(next, chunks, _END)
+                yield chunk
+        finally:
+            pending.cancel() or pending.exception()  # let a read in flight finish first
+            getattr(chunks, "close", lambda: None)()
+
+
 def ingest_unit(
     unit: ReadUnit, index: int, out_dir: Path, partition_rows: int,
     label_names: dict[str, str], labelled: bool, keep_labels: tuple[str, ...] = (),
@@ -211,7 +223,7 @@ def ingest_unit(
     per_file: dict[str, Counter] = defaultdict(Counter)
     # one-document-per-file layouts are accounted per input folder, not per file
     per_folder = unit.source(unit.root) if unit.spec.format == "folder_per_class" else None
-    for frame in read_unit(unit, partition_rows):
+    for frame in read_ahead(read_unit(unit, partition_rows)):
         table = canonicalize(frame, unit.spec.split, label_names, labelled, keep_labels)
         _count_outcomes(per_file, table, per_folder)
         writer.add(table)

@@ -8,18 +8,22 @@ instead of sinking the whole file; ingest validates and flags them.
 from __future__ import annotations
 
 import csv
+import fnmatch
 import glob
 import io
 import json
+import os
 import posixpath
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
@@ -181,31 +185,80 @@ def _flagged(rows: list[list[str | None]], malformed: list[bool], names: list[st
     return out
 
 
+JSON_BLOCK_BYTES = 16 << 20  # whole lines read and parsed at a time
+
+
 def read_jsonl(
     fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
 ) -> Iterator[pd.DataFrame]:
-    """JSON Lines, one object per line; a line that is not a JSON object is rejected, not fatal."""
-    records: list[dict] = []
+    """JSON Lines, one object per line; a line that is not a JSON object is rejected, not fatal.
+    Blocks of whole lines go to Arrow's multithreaded JSON parser; a block it cannot take as is
+    (a bad or blank line, a field of mixed types, undecodable bytes) is read line by line."""
+    wanted = list(dict.fromkeys(c for c in [*spec.text_columns, spec.label_column, spec.id_column]
+                                if c is not None))
     first = 1
     with open_binary(fs, path) as fh:
-        for number, raw in enumerate(fh, start=1):
-            line = raw.decode("utf-8", errors="surrogateescape").strip()
-            try:
-                record = json.loads(line) if line else None
-            except json.JSONDecodeError:
-                record = None
-            if not isinstance(record, dict):
-                record = {"__reject__": MALFORMED_JSON}
-            records.append(record)
-            if len(records) == chunk_rows:
-                yield _json_chunk(records, spec, source, first)
-                first, records = number + 1, []
-    if records:
-        yield _json_chunk(records, spec, source, first)
+        for block in _whole_lines(fh, JSON_BLOCK_BYTES):
+            lines = block.split(b"\n")
+            if block.endswith(b"\n"):
+                lines.pop()
+            table = _parse_json_block(block, len(lines), wanted)
+            for start in range(0, len(lines), chunk_rows):
+                if table is not None:
+                    yield _select(table.slice(start, chunk_rows).to_pandas(), spec, source, first + start)
+                else:
+                    records = [_json_record(line) for line in lines[start : start + chunk_rows]]
+                    yield _json_chunk(records, spec, source, first + start)
+            first += len(lines)
+
+
+def _whole_lines(fh: Any, size: int) -> Iterator[bytes]:
+    """The stream in blocks of about `size` bytes, each ending at a line end (or the end)."""
+    rest = b""
+    while block := fh.read(size):
+        block = rest + block
+        cut = block.rfind(b"\n") + 1
+        if cut:
+            rest = block[cut:]
+            yield block[:cut]
+        else:
+            rest = block
+    if rest:
+        yield rest
+
+
+def _json_record(raw: bytes) -> dict:
+    line = raw.decode("utf-8", errors="surrogateescape").strip()
+    try:
+        record = json.loads(line) if line else None
+    except json.JSONDecodeError:
+        record = None
+    return record if isinstance(record, dict) else {"__reject__": MALFORMED_JSON}
+
+
+def _parse_json_block(block: bytes, n_lines: int, columns: list[Any]) -> pa.Table | None:
+    """The block's `columns` as strings, if Arrow parses it into exactly one object per line and
+    every column holds strings or integers (as text, "1" as the line-by-line path makes it);
+    None otherwise. A line starting with "{" can hold no more or fewer than one row without a
+    parse error, so the row count proves the alignment of rows and lines."""
+    data = np.frombuffer(block, np.uint8)
+    line_starts = np.concatenate([[0], np.flatnonzero(data == ord("\n"))[: n_lines - 1] + 1])
+    if not n_lines or (data[line_starts] != ord("{")).any():
+        return None
+    try:
+        table = pa_json.read_json(pa.BufferReader(block))
+    except (pa.ArrowInvalid, UnicodeDecodeError):
+        return None
+    if table.num_rows != n_lines or any(c not in table.column_names for c in columns):
+        return None
+    types = [table.schema.field(c).type for c in columns]
+    if not all(pa.types.is_string(t) or pa.types.is_integer(t) or pa.types.is_null(t) for t in types):
+        return None
+    return pa.table({c: table[c].cast(pa.string()) for c in columns})
 
 
 def _json_chunk(records: list[dict], spec: InputSpec, source: str, first: int) -> pd.DataFrame:
-    frame = pd.DataFrame.from_records(records)
+    frame = pd.DataFrame(records, dtype=object)  # ints stay ints: 1 is "1", never "1.0"
     for column in [*spec.text_columns, spec.label_column, spec.id_column]:
         if column is not None and column not in frame.columns:
             if "__reject__" not in frame.columns:
@@ -269,12 +322,26 @@ class ReadUnit:
     root: str  # the input's path
     base_dir: str | None = None  # default: the input's parent folder
 
-    @property
+    @cached_property  # asked once per document of a folder layout
     def base(self) -> str:
         return self.base_dir if self.base_dir is not None else posixpath.dirname(self.root.rstrip("/"))
 
     def source(self, path: str) -> str:
         return path[len(self.base):].lstrip("/") if self.base else path
+
+
+def _visible(names: list[str], pattern: str) -> list[str]:
+    """Names matching a file glob, hidden ones only if the glob asks for them (as glob does)."""
+    return [n for n in fnmatch.filter(names, pattern) if pattern.startswith(".") or not n.startswith(".")]
+
+
+def _list_local(path: str, spec: InputSpec) -> list[str]:
+    """A class layout's files on a local disk: glob's result, three times faster than glob (and
+    thirty times faster than fsspec) on a folder of 25,000 files."""
+    if spec.format == "file_per_class":
+        return [posixpath.join(path, n) for n in _visible(os.listdir(path), spec.pattern)]
+    folders = [e.path for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
+    return [posixpath.join(f, n) for f in folders for n in _visible(os.listdir(f), spec.pattern)]
 
 
 def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int, base: str | None = None) -> list[ReadUnit]:
@@ -283,13 +350,16 @@ def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int, base: str | None
     if spec.format in ("folder_per_class", "file_per_class"):
         pattern = posixpath.join(path, "*", spec.pattern) if spec.format == "folder_per_class" \
             else posixpath.join(path, spec.pattern)
-        # the standard library lists a local folder of 25,000 files ten times faster than fsspec
-        files = sorted(glob.glob(pattern) if isinstance(fs, LocalFileSystem) else fs.glob(pattern))
+        local = isinstance(fs, LocalFileSystem)
+        files = sorted(_list_local(path, spec) if local and "/" not in spec.pattern
+                       else glob.glob(pattern) if local else fs.glob(pattern))
         if not files:
             raise InputError(f"no files match {pattern[len(path):].lstrip('/')!r}", file=path)
-        size = chunk_rows if spec.format == "folder_per_class" else 1
-        return [ReadUnit(fs, tuple(files[i : i + size]), spec, path, base)
-                for i in range(0, len(files), size)]
+        # file per class: a file per unit; one document per file: units of at most chunk_rows
+        # files, as equal as can be, so that the workers finish together
+        units = len(files) if spec.format == "file_per_class" else -(-len(files) // chunk_rows)
+        bounds = [len(files) * i // units for i in range(units + 1)]
+        return [ReadUnit(fs, tuple(files[a:b]), spec, path, base) for a, b in zip(bounds, bounds[1:])]
     return [ReadUnit(fs, (path,), spec, path, base)]
 
 
