@@ -9,9 +9,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import dask
 from distributed import Client, LocalCluster
 
 from rnnlib.config import DaskConfig
+
+
+# Dask sets MALLOC_TRIM_THRESHOLD_ in its workers, to hand freed memory back to the OS in long
+# lived clusters. Setting it also turns off glibc's adaptive mmap threshold, so every large
+# buffer is mapped afresh and faulted in page by page: our stages ran 20-30% slower. The workers
+# of a run's own LocalCluster live as long as the run and keep glibc's defaults.
+LOCAL_WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
 @contextmanager
@@ -28,7 +36,7 @@ def dask_client(cfg: DaskConfig) -> Iterator[Client]:
             client.close()
         return
     cores = cfg.n_workers or os.cpu_count() or 1
-    with LocalCluster(
+    with dask.config.set(LOCAL_WORKER_ENVIRON), LocalCluster(
         n_workers=cores if cfg.processes else 1,
         threads_per_worker=1 if cfg.processes else cores,
         processes=cfg.processes,
