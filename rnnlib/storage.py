@@ -18,11 +18,13 @@ import pyarrow.parquet as pq
 MANIFEST = "_manifest.json"  # "_" keeps Parquet dataset readers off it
 
 
-def write_json(path: str | Path, value: Any) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
+def write_json(path: str | Path, value: Any, compact: bool = False) -> None:
+    """Write JSON atomically (temporary name, then rename). Indented for people to read, or
+    `compact` for big values: only then does Python use its C encoder (ten times faster)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
+    text = json.dumps(value, sort_keys=True) if compact else json.dumps(value, indent=2, sort_keys=True)
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -47,7 +47,7 @@ class Vocabulary:
         return pc.fill_null(pc.add(ids, len(SPECIALS)), SPECIALS.index(UNK)).cast(pa.int32())
 
     def save(self, path: Path) -> None:
-        write_json(path, {"tokens": list(self.tokens), "hash": self.hash})
+        write_json(path, {"tokens": list(self.tokens), "hash": self.hash}, compact=True)
 
     @classmethod
     def load(cls, path: Path) -> Vocabulary:

@@ -75,6 +75,33 @@ def test_unicode_normalisation_composes():
     assert tok("Cafe\u0301", unicode_form="NFC") == ["Caf\u00e9"]
 
 
+@pytest.mark.parametrize("form", ["NFC", "NFKC", "NFD", "NFKD"])
+def test_unicode_forms_agree_with_python_on_every_row(form):
+    """Each form only runs over the rows it can change (for NFC: rows holding a character beyond
+    Latin-1); the result is Python's normalisation of every row."""
+    import unicodedata
+
+    rows = ["Café ½ naïve", "Cafe\u0301", "Ångström \u212b", "ﬁne ２", "plain", "e\u0301\u00e9",
+            "\u00a0nbsp\u00b2", "Straße ß", "日本語テキスト ｶﾞ"]
+    cfg = PreprocessConfig(level="word", unicode_form=form, punctuation="keep")
+    expected = [unicodedata.normalize(form, r).split() for r in rows]
+    assert tokenize(pa.array(rows, pa.string()), cfg).to_pylist() == expected
+
+
+def test_words_split_on_every_unicode_white_space():
+    """Words are split by the ASCII kernel once the other white space is mapped to spaces: the
+    result is Arrow's Unicode split on every white-space character."""
+    import pyarrow.compute as pc
+
+    spaces = [chr(c) for c in [*range(0x09, 0x0E), *range(0x1C, 0x21), 0x85, 0xA0, 0x1680,
+                               *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]]
+    rows = [f"a{s}b{s}{s}c{s}" for s in spaces] + ["\u200bzero-width is no space\u00ad"]
+    cfg = PreprocessConfig(level="word", unicode_form=None, punctuation="keep")
+    expected = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pa.array(rows))).to_pylist()
+    assert tokenize(pa.array(rows, pa.string()), cfg).to_pylist() == expected
+    assert expected[0] == ["a", "b", "c"]
+
+
 def test_null_stays_null_and_empty_gives_no_tokens():
     out = tokenize(pa.array([None, "", "...", "ok"]), PreprocessConfig(level="word", punctuation="remove"))
     assert out.to_pylist() == [None, [], [], ["ok"]]
