@@ -10,7 +10,10 @@ punctuation, drop NLTK English stop words), each timed in this run:
              partition per input (the IMDB folders are two inputs: train and test);
   rnnlib     the pipeline as the flow runs it: partitions on a Dask LocalCluster.
 
-Usage: python benchmarks/bench_prepare.py [--datasets ../shared/datasets] [--workers 2]
+Each method runs --repeat times (default 3), the methods interleaved; the table gives medians
+and, in brackets, each round's ratio to the baseline of the same round.
+
+Usage: python benchmarks/bench_prepare.py [--datasets ../shared/datasets] [--workers 2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import gzip
 import json
 import os
 import re
-import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -97,6 +100,12 @@ def rnnlib_pipeline(source: SourceConfig, work: Path, client, labelled: bool) ->
                      labelled, client)["rows"]
 
 
+def in_one_partition_per_input(source: SourceConfig, work: Path, labelled: bool) -> int:
+    rows = rnnlib_pipeline(source, work, None, labelled)
+    assert len(partitions(work / "ingest")) == len(source.inputs)
+    return rows
+
+
 def warm_up() -> None:
     """Import what the stages use and load the stop words, as the baseline's process already has."""
     import pyarrow.parquet  # noqa: F401
@@ -114,6 +123,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of all three methods, interleaved; medians are reported")
     args = parser.parse_args()
     imdb_root = args.datasets / "imdb" / "aclImdb"
     dump = args.datasets / "imdb" / "unsup.jsonl.gz"
@@ -131,25 +142,32 @@ def main() -> int:
         ),
     }
     warm_up()
-    print(f"{'corpus':<46} {'method':<12} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'vs baseline':>11}")
+    print(f"{'corpus':<46} {'method':<12} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'vs baseline':>11}"
+          f"  (each round's ratio)")
     with dask_client(DaskConfig(n_workers=args.workers, processes=True)) as client:
         client.run(warm_up)
         for name, (source, reader, labelled, text_bytes) in corpora.items():
-            results = {}
-            with tempfile.TemporaryDirectory() as tmp:
-                tmp = Path(tmp)
-                reader()  # warm the page cache so no method pays the first disk read
-                results["baseline"] = timed(lambda: baseline(reader, tmp))
-                one = source.model_copy(update={"partition_rows": 10**9})
-                results["rnnlib-1p"] = timed(lambda: rnnlib_pipeline(one, tmp / "1p", None, labelled))
-                assert len(partitions(tmp / "1p" / "ingest")) == len(source.inputs)
-                results["rnnlib"] = timed(lambda: rnnlib_pipeline(source, tmp / "dask", client, labelled))
-                shutil.rmtree(tmp, ignore_errors=True)
-            base = results["baseline"][0]
-            for method, (seconds, rows) in results.items():
+            one = source.model_copy(update={"partition_rows": 10**9})
+            methods = {
+                "baseline": lambda tmp: baseline(reader, tmp),
+                "rnnlib-1p": lambda tmp: in_one_partition_per_input(one, tmp / "1p", labelled),
+                "rnnlib": lambda tmp: rnnlib_pipeline(source, tmp / "dask", client, labelled),
+            }
+            reader()  # warm the page cache so no method pays the first disk read
+            results: dict[str, list[tuple[float, int]]] = {m: [] for m in methods}
+            for _ in range(args.repeat):  # interleaved, so that drift of the machine hits all alike
+                for method, fn in methods.items():
+                    with tempfile.TemporaryDirectory() as tmp:
+                        results[method].append(timed(lambda: fn(Path(tmp))))
+            base = results["baseline"]
+            for method, runs in results.items():
+                seconds, rows = statistics.median(s for s, _ in runs), runs[0][1]
+                rounds = ", ".join(f"{b / s:.2f}" for (b, _), (s, _) in zip(base, runs))
                 print(f"{name:<46} {method:<12} {seconds:>8.2f} {rows / seconds:>9.0f} "
-                      f"{text_bytes / 1e6 / seconds:>6.1f} {base / seconds:>10.2f}x")
-            print(f"{'':<46} dask vs one partition: {results['rnnlib-1p'][0] / results['rnnlib'][0]:.2f}x")
+                      f"{text_bytes / 1e6 / seconds:>6.1f} {statistics.median(b for b, _ in base) / seconds:>10.2f}x"
+                      f"  ({rounds})")
+            median = {m: statistics.median(s for s, _ in runs) for m, runs in results.items()}
+            print(f"{'':<46} dask vs one partition: {median['rnnlib-1p'] / median['rnnlib']:.2f}x")
     return 0
 
 
