@@ -62,7 +62,7 @@ class SourceConfig(_Strict):
         default_factory=list, description="only these labels (after renaming); others are counted "
         "as rejected. Empty: all"
     )
-    partition_rows: int = Field(10_000, gt=0, description="most rows per canonical Parquet partition")
+    partition_rows: int = Field(5_000, gt=0, description="most rows per canonical Parquet partition")
 
     @model_validator(mode="before")
     @classmethod
@@ -155,7 +155,8 @@ class ModelConfig(_Strict):
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1, description="between layers and before the head")
     embedding_dropout: float = Field(0.0, ge=0, lt=1, description="on the embedded tokens")
-    pooling: Literal["last", "mean", "max"] = "last"
+    pooling: Literal["last", "mean", "max", "concat"] = Field(
+        "last", description="concat: last, max and mean side by side (ULMFiT's concat pooling)")
     head_hidden: int | None = Field(None, gt=0, description="a hidden layer in the head")
 
 
@@ -167,6 +168,9 @@ class TrainConfig(_Strict):
     weight_decay: float = Field(0.0, ge=0)
     clip_norm: float | None = Field(5.0, gt=0)
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
+    label_smoothing: float = Field(
+        0.0, ge=0, lt=1, description="spread this much of each target over all classes: keeps the "
+        "model from growing overconfident, so validation loss follows accuracy for longer")
     lr_patience: int = Field(1, ge=0, description="ReduceLROnPlateau patience (epochs)")
     lr_factor: float = Field(0.5, gt=0, lt=1)
     patience: int = Field(3, ge=1, description="early stopping patience (epochs)")

@@ -7,7 +7,7 @@ so padded batches with length bucketing are used instead, made exact like this:
 - a backward direction runs on each sequence reversed within its own length (the pads stay at the
   end), so it starts at the last real token; its outputs are put back in place the same way;
 - "last" pooling takes each sequence's output at its own last real token (and the backward
-  direction's at its first); mean and max pooling mask the pads.
+  direction's at its first); mean and max pooling mask the pads; "concat" joins all three.
 Each layer and direction is its own single-layer recurrent module, which keeps the fast fused
 kernels (cuDNN on GPU) while the directions see only real tokens.
 """
@@ -20,6 +20,8 @@ from torch import nn
 from rnnlib.config import ModelConfig
 
 CELLS = {"rnn_tanh": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
+# what each pooling option feeds the head; "concat" is ULMFiT's concat pooling
+POOLED = {"last": ("last",), "mean": ("mean",), "max": ("max",), "concat": ("last", "max", "mean")}
 
 
 def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
@@ -44,7 +46,7 @@ class RNNClassifier(nn.Module):
             )
             for layer in range(cfg.num_layers)
         )
-        features = cfg.hidden_size * directions
+        features = cfg.hidden_size * directions * len(POOLED[cfg.pooling])
         self.dropout = nn.Dropout(cfg.dropout)
         self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
         if cfg.head_hidden:
@@ -75,17 +77,20 @@ class RNNClassifier(nn.Module):
         """ids: (batch, time) padded with 0; lengths: (batch,) real lengths >= 1 -> logits."""
         outputs = self.encode(ids, lengths)
         lengths = lengths.to(outputs.device)
-        hidden = self.cfg.hidden_size
-        if self.cfg.pooling == "last":
+        features = torch.cat([self._pool(kind, outputs, lengths) for kind in POOLED[self.cfg.pooling]], -1)
+        return self.head(self.dropout(features))
+
+    def _pool(self, kind: str, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """One summary of each sequence's outputs over its real tokens only."""
+        if kind == "last":
+            hidden = self.cfg.hidden_size
             rows = torch.arange(len(lengths), device=outputs.device)
             features = outputs[rows, lengths - 1, :hidden]
             if self.cfg.bidirectional:  # the backward direction ends at the first token
                 features = torch.cat([features, outputs[:, 0, hidden:]], dim=-1)
-        else:
-            mask = (torch.arange(outputs.shape[1], device=outputs.device)[None, :]
-                    < lengths[:, None]).unsqueeze(-1)
-            if self.cfg.pooling == "mean":
-                features = (outputs * mask).sum(1) / lengths[:, None]
-            else:
-                features = outputs.masked_fill(~mask, float("-inf")).amax(1)
-        return self.head(self.dropout(features))
+            return features
+        mask = (torch.arange(outputs.shape[1], device=outputs.device)[None, :]
+                < lengths[:, None]).unsqueeze(-1)
+        if kind == "mean":
+            return (outputs * mask).sum(1) / lengths[:, None]
+        return outputs.masked_fill(~mask, float("-inf")).amax(1)

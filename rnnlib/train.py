@@ -107,7 +107,7 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     weight = class_weights(manifest, labels).to(device) if cfg.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_loss": float("inf"),
                              "best_epoch": 0, "bad_epochs": 0}
     if (out_dir / LAST).is_file():
