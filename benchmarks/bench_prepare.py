@@ -159,14 +159,12 @@ def main() -> int:
                 for method, fn in methods.items():
                     with tempfile.TemporaryDirectory() as tmp:
                         results[method].append(timed(lambda: fn(Path(tmp))))
-            base = results["baseline"]
-            for method, runs in results.items():
-                seconds, rows = statistics.median(s for s, _ in runs), runs[0][1]
-                rounds = ", ".join(f"{b / s:.2f}" for (b, _), (s, _) in zip(base, runs))
-                print(f"{name:<46} {method:<12} {seconds:>8.2f} {rows / seconds:>9.0f} "
-                      f"{text_bytes / 1e6 / seconds:>6.1f} {statistics.median(b for b, _ in base) / seconds:>10.2f}x"
-                      f"  ({rounds})")
             median = {m: statistics.median(s for s, _ in runs) for m, runs in results.items()}
+            for method, runs in results.items():
+                seconds, rows = median[method], runs[0][1]
+                rounds = ", ".join(f"{b / s:.2f}" for (b, _), (s, _) in zip(results["baseline"], runs))
+                print(f"{name:<46} {method:<12} {seconds:>8.2f} {rows / seconds:>9.0f} "
+                      f"{text_bytes / 1e6 / seconds:>6.1f} {median['baseline'] / seconds:>10.2f}x  ({rounds})")
             print(f"{'':<46} dask vs one partition: {median['rnnlib-1p'] / median['rnnlib']:.2f}x")
     return 0
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import posixpath
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,7 +200,7 @@ class PartWriter:
         self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
 
 
-def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
+def read_ahead(chunks: Generator[T, None, None]) -> Iterator[T]:
     """`chunks`, each read in a thread while the caller works on the one before: decompression,
     parsing and file reads release the GIL, so reading one big file keeps a second core busy."""
     with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as pool:
@@ -211,7 +211,7 @@ def read_ahead(chunks: Iterator[T]) -> Iterator[T]:
                 yield chunk
         finally:
             pending.cancel() or pending.exception()  # let a read in flight finish first
-            getattr(chunks, "close", lambda: None)()
+            chunks.close()
 
 
 def ingest_unit(

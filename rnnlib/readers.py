@@ -336,8 +336,8 @@ def _visible(names: list[str], pattern: str) -> list[str]:
 
 
 def _list_local(path: str, spec: InputSpec) -> list[str]:
-    """A class layout's files on a local disk: glob's result, three times faster than glob (and
-    thirty times faster than fsspec) on a folder of 25,000 files."""
+    """A class layout's files on a local disk: glob's result, 2.7 times faster than glob on a
+    folder of 25,000 files (and glob lists ten times faster than fsspec)."""
     if spec.format == "file_per_class":
         return [posixpath.join(path, n) for n in _visible(os.listdir(path), spec.pattern)]
     folders = [e.path for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]

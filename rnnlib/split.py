@@ -93,10 +93,10 @@ def assign_partition(
     if labelled:
         frame["rank"] = pd.util.hash_pandas_object(frame["id"], index=False, hash_key=_hash_key(seed))
         frame = frame.sort_values(["pool", "label", "rank"], kind="stable")
-        groups = frame.groupby(["pool", "label"])
-        within = groups.cumcount().to_numpy()
+        groups = frame.groupby(["pool", "label"])  # a few groups: bounds per group, not per row
         bounds = np.array([np.cumsum(quotas[key]) for key in groups.size().index], np.int64)
-        chosen = (within[:, None] >= bounds.reshape(-1, len(SPLITS))[groups.ngroup().to_numpy()]).sum(axis=1)
+        row_bounds = bounds.reshape(-1, len(SPLITS))[groups.ngroup().to_numpy()]
+        chosen = (groups.cumcount().to_numpy()[:, None] >= row_bounds).sum(axis=1)
         split[frame.index.to_numpy()] = np.array(SPLITS, dtype=object)[chosen]
     else:
         split[frame.index.to_numpy()] = UNLABELLED_SPLIT

@@ -95,7 +95,7 @@ def _unicode(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
 
 def _html(text: pa.Array) -> pa.Array:
     """Tags become spaces; the common entities are decoded, on the rows holding an "&" only.
-    The commonest tag goes first by a literal search, four times faster than the tag regex,
+    The commonest tag goes first by a literal search, 3.5 times faster than the tag regex,
     which then only runs over the rows still holding a "<"."""
     text = pc.replace_substring(text, "<br />", " ")
     text = _where(text, _rows_with_bytes(text, lambda b: b == ord("<")),
@@ -147,9 +147,8 @@ def _punctuation(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
     out = pc.replace_substring_regex(text, plain, rewrite)
     # the protected regex only looks at rows holding a byte a protected item can start with
     has_protected = _rows_with_bytes(text, lambda b: np.isin(b, first_bytes)).to_numpy(zero_copy_only=False)
-    if has_protected.any():
-        candidates = pc.match_substring_regex(text.filter(pa.array(has_protected)), protected)
-        has_protected[has_protected] = pc.fill_null(candidates, False).to_numpy(zero_copy_only=False)
+    candidates = text.filter(pa.array(has_protected))  # valid rows only: no null to fill
+    has_protected[has_protected] = pc.match_substring_regex(candidates, protected).to_numpy(zero_copy_only=False)
     if has_protected.any():
         has_protected = pa.array(has_protected)
         special = pc.replace_substring_regex(

@@ -196,8 +196,9 @@ def test_fingerprint_follows_content_not_location(tmp_path):
 
 
 def test_local_cluster_workers_keep_glibc_malloc_defaults(client):
-    """Dask's MALLOC_TRIM_THRESHOLD_ made every large buffer a fresh mapping (stages 20-30%
-    slower); a run's own LocalCluster leaves it unset, and keeps the one-thread settings."""
+    """Dask's MALLOC_TRIM_THRESHOLD_ made every large buffer a fresh mapping (the prepare
+    pipeline up to 22% slower); a run's own LocalCluster leaves it unset, and keeps the
+    one-thread settings."""
     import os
 
     assert set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) == {None}
