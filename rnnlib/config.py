@@ -155,6 +155,10 @@ class ModelConfig(_Strict):
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1, description="between layers and before the head")
     embedding_dropout: float = Field(0.0, ge=0, lt=1, description="on the embedded tokens")
+    unk_dropout: float = Field(
+        0.0, ge=0, lt=1, description="in training, replace this fraction of tokens by <UNK>, so "
+        "its embedding is learnt: with min_freq 1 no training token is <UNK>, yet ~10% of new "
+        "text's tokens can be")
     pooling: Literal["last", "mean", "max", "concat"] = Field(
         "last", description="concat: last, max and mean side by side (ULMFiT's concat pooling)")
     head_hidden: int | None = Field(None, gt=0, description="a hidden layer in the head")

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from rnnlib.config import ModelConfig
+from rnnlib.vocab import SPECIALS, UNK
 
+UNK_ID = SPECIALS.index(UNK)
 CELLS = {"rnn_tanh": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # what each pooling option feeds the head; "concat" is ULMFiT's concat pooling
 POOLED = {"last": ("last",), "mean": ("mean",), "max": ("max",), "concat": ("last", "max", "mean")}
@@ -61,7 +63,11 @@ class RNNClassifier(nn.Module):
         """(batch, steps, directions * hidden) outputs; steps = the batch's longest sequence."""
         lengths = lengths.to(ids.device)
         steps = int(lengths.max())
-        x = self.embedding_dropout(self.embedding(ids[:, :steps]))
+        ids = ids[:, :steps]
+        if self.training and self.cfg.unk_dropout:
+            unknown = (torch.rand(ids.shape, device=ids.device) < self.cfg.unk_dropout) & (ids > 0)
+            ids = ids.masked_fill(unknown, UNK_ID)
+        x = self.embedding_dropout(self.embedding(ids))
         flip = reversal_index(lengths, steps) if self.cfg.bidirectional else None
         for depth, directions in enumerate(self.layers):
             if depth:

@@ -101,6 +101,17 @@ def test_embedding_dropout_acts_in_training_only():
     assert not torch.equal(model(ids, lengths), model(ids, lengths))
 
 
+def test_unk_dropout_trains_the_unknown_embedding_in_training_only():
+    model = _model("lstm", True, "mean", unk_dropout=0.3)
+    ids, lengths = torch.randint(3, 30, (16, 6)), torch.full((16,), 6)
+    assert torch.equal(model(ids, lengths), _model("lstm", True, "mean")(ids, lengths))  # eval: off
+    model.train()
+    model(ids, lengths).sum().backward()
+    unknown, pad = model.embedding.weight.grad[1], model.embedding.weight.grad[0]
+    assert unknown.abs().sum() > 0  # no input token is <UNK>, yet its embedding learns
+    assert pad.abs().sum() == 0  # pads are never replaced
+
+
 @pytest.fixture(scope="module")
 def names_tensors(datasets, tmp_path_factory) -> Path:
     """The surnames set prepared in process (no cluster), character level."""
