@@ -111,11 +111,15 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
     state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_loss": float("inf"),
                              "best_epoch": 0, "bad_epochs": 0}
     if (out_dir / LAST).is_file():
-        checkpoint = torch.load(out_dir / LAST, map_location=device, weights_only=True)
+        # on the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are
+        # copied to the model's device as they are loaded
+        checkpoint = torch.load(out_dir / LAST, map_location="cpu", weights_only=True)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"])
+        if device.type == "cuda" and "cuda_rng" in checkpoint:  # dropout on GPU draws from here
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
         state = checkpoint["state"]
         log.info("resuming after epoch %d from %s", state["epoch"], out_dir / LAST)
     train_batches = ShardBatches(tensors_dir / "train", cfg.batch_size, cfg.pool_batches,
@@ -165,6 +169,7 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
                 _save(model.state_dict(), out_dir / BEST)
             _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                    "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                   **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
                    "state": state}, out_dir / LAST)
         if dist.is_initialized():
             dist.barrier()
