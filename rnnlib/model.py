@@ -18,9 +18,8 @@ import torch
 from torch import nn
 
 from rnnlib.config import ModelConfig
-from rnnlib.vocab import SPECIALS, UNK
+from rnnlib.specials import PAD_ID, UNK_ID
 
-UNK_ID = SPECIALS.index(UNK)
 CELLS = {"rnn_tanh": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # what each pooling option feeds the head; "concat" is ULMFiT's concat pooling
 POOLED = {"last": ("last",), "mean": ("mean",), "max": ("max",), "concat": ("last", "max", "mean")}
@@ -37,7 +36,7 @@ class RNNClassifier(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=0)
+        self.embedding = nn.Embedding(vocab_size, cfg.embedding_dim, padding_idx=PAD_ID)
         extra = {"nonlinearity": cfg.cell.removeprefix("rnn_")} if cfg.cell.startswith("rnn") else {}
         directions = 2 if cfg.bidirectional else 1
         self.layers = nn.ModuleList(
@@ -65,7 +64,7 @@ class RNNClassifier(nn.Module):
         steps = int(lengths.max())
         ids = ids[:, :steps]
         if self.training and self.cfg.unk_dropout:
-            unknown = (torch.rand(ids.shape, device=ids.device) < self.cfg.unk_dropout) & (ids > 0)
+            unknown = (torch.rand(ids.shape, device=ids.device) < self.cfg.unk_dropout) & (ids != PAD_ID)
             ids = ids.masked_fill(unknown, UNK_ID)
         x = self.embedding_dropout(self.embedding(ids))
         flip = reversal_index(lengths, steps) if self.cfg.bidirectional else None

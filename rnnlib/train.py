@@ -167,10 +167,12 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
         if rank == 0:
             if improved:
                 _save(model.state_dict(), out_dir / BEST)
-            _save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                   "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                   **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                   "state": state}, out_dir / LAST)
+            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                          "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
+                          "state": state}
+            if device.type == "cuda":
+                checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device)
+            _save(checkpoint, out_dir / LAST)
         if dist.is_initialized():
             dist.barrier()
         log.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2g | %.0f tokens/s",

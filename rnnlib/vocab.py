@@ -20,12 +20,11 @@ from distributed import Client
 from rnnlib.cluster import map_reduce, partitions
 from rnnlib.config import VocabConfig
 from rnnlib.errors import InputError
-from rnnlib.split import with_split
 from rnnlib.fingerprint import digest_json
+from rnnlib.specials import SPECIALS, UNK_ID
+from rnnlib.split import with_split
 from rnnlib.storage import MANIFEST, building, read_json, write_json
 
-PAD, UNK = "<PAD>", "<UNK>"
-SPECIALS = (PAD, UNK)  # ids 0 and 1
 VOCAB_FILE, LABELS_FILE = "vocab.json", "labels.json"
 
 
@@ -44,7 +43,7 @@ class Vocabulary:
     def lookup(self, tokens: pa.Array) -> pa.Array:
         """Token strings -> int32 ids; unknown tokens -> <UNK>'s id. Vectorised."""
         ids = pc.index_in(tokens, value_set=self._value_set)
-        return pc.fill_null(pc.add(ids, len(SPECIALS)), SPECIALS.index(UNK)).cast(pa.int32())
+        return pc.fill_null(pc.add(ids, len(SPECIALS)), UNK_ID).cast(pa.int32())
 
     def save(self, path: Path) -> None:
         write_json(path, {"tokens": list(self.tokens), "hash": self.hash}, compact=True)
