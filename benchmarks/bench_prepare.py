@@ -35,16 +35,17 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data"))
 
-from rnnlib.cluster import dask_client, partitions  # noqa: E402
+from rnnlib.common.cluster import dask_client  # noqa: E402
+from rnnlib.common.storage import partitions  # noqa: E402
 from rnnlib.config import (  # noqa: E402
-    DaskConfig, InputSpec, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, VocabConfig,
+    DaskConfig,
+    InputSpec,
+    PrepareConfig,
+    PreprocessConfig,
+    SourceConfig,
 )
-from rnnlib.ingest import ingest  # noqa: E402
-from rnnlib.preprocess import preprocess  # noqa: E402
-from rnnlib.split import split  # noqa: E402
-from rnnlib.tensorize import tensorize  # noqa: E402
-from rnnlib.text import stopword_set  # noqa: E402
-from rnnlib.vocab import fit  # noqa: E402
+from rnnlib.prepare.pipeline import prepare  # noqa: E402
+from rnnlib.prepare.text import stopword_set  # noqa: E402
 
 PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove",
                               stopwords=True)
@@ -91,18 +92,15 @@ def baseline(frame_reader, out: Path) -> int:
 
 
 # ---------------------------------------------------------------- rnnlib
-def rnnlib_pipeline(source: SourceConfig, work: Path, client, labelled: bool) -> int:
-    ingest(source, work / "ingest", client)
-    preprocess(work / "ingest", work / "pre", PREPROCESS, client)
-    split(work / "pre", work / "split", SplitConfig(), labelled, client)
-    fit(work / "pre", work / "split", work / "vocab", VocabConfig(), "train" if labelled else "all", client)
-    return tensorize(work / "pre", work / "split", work / "vocab", work / "tensors", TensorizeConfig(),
-                     labelled, client)["rows"]
+def rnnlib_pipeline(source: SourceConfig, work: Path, client) -> int:
+    """The library's prepare driver, input fingerprints (its cache key) included."""
+    return prepare(PrepareConfig(source=source, preprocess=PREPROCESS, work_dir=str(work)), client).rows
 
 
-def in_one_partition_per_input(source: SourceConfig, work: Path, labelled: bool) -> int:
-    rows = rnnlib_pipeline(source, work, None, labelled)
-    assert len(partitions(work / "ingest")) == len(source.inputs)
+def in_one_partition_per_input(source: SourceConfig, work: Path) -> int:
+    rows = rnnlib_pipeline(source, work, None)
+    ingested = next((work / "ingest").iterdir())
+    assert len(partitions(ingested)) == len(source.inputs)
     return rows
 
 
@@ -150,8 +148,8 @@ def main() -> int:
             one = source.model_copy(update={"partition_rows": 10**9})
             methods = {
                 "baseline": lambda tmp: baseline(reader, tmp),
-                "rnnlib-1p": lambda tmp: in_one_partition_per_input(one, tmp / "1p", labelled),
-                "rnnlib": lambda tmp: rnnlib_pipeline(source, tmp / "dask", client, labelled),
+                "rnnlib-1p": lambda tmp: in_one_partition_per_input(one, tmp / "1p"),
+                "rnnlib": lambda tmp: rnnlib_pipeline(source, tmp / "dask", client),
             }
             reader()  # warm the page cache so no method pays the first disk read
             results: dict[str, list[tuple[float, int]]] = {m: [] for m in methods}

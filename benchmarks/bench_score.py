@@ -9,7 +9,7 @@ bidirectional GRU of 128 with max pooling; reviews truncated at 400 tokens; untr
               review with Python regexes, map tokens to ids with a dict, pad mini-batches of 64
               in file order and score them under torch.no_grad, in one process (torch's default
               threads), results to one Parquet file;
-  rnnlib-Nw   `rnnlib.score_run.score` on a LocalCluster of N worker processes (one torch thread
+  rnnlib-Nw   `rnnlib.scoring.run.score` on a LocalCluster of N worker processes (one torch thread
               each): partitions, length-sorted batches, inference mode, per-partition Parquet;
               `-bf16`: the same with the model in bf16 (precision=bf16; this CPU has AVX512-BF16).
 
@@ -45,13 +45,25 @@ from torch.nn.utils.rnn import pad_sequence
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rnnlib.bundle import load_bundle, save_bundle  # noqa: E402
-from rnnlib.cluster import dask_client  # noqa: E402
-from rnnlib.config import DaskConfig, InputSpec, ModelConfig, PreprocessConfig, ScoreConfig  # noqa: E402
-from rnnlib.model import RNNClassifier  # noqa: E402
-from rnnlib.score_run import score  # noqa: E402
-from rnnlib.text import tokenize  # noqa: E402
-from rnnlib.vocab import LABELS_FILE, SPECIALS, VOCAB_FILE, LabelEncoder, Vocabulary  # noqa: E402
+from rnnlib.common.cluster import dask_client  # noqa: E402
+from rnnlib.config import (  # noqa: E402
+    DaskConfig,
+    InputSpec,
+    ModelConfig,
+    PreprocessConfig,
+    ScoreConfig,
+)
+from rnnlib.modeling.bundle import load_bundle, save_bundle  # noqa: E402
+from rnnlib.modeling.model import RNNClassifier  # noqa: E402
+from rnnlib.prepare.text import tokenize  # noqa: E402
+from rnnlib.prepare.vocab import (  # noqa: E402
+    LABELS_FILE,
+    SPECIALS,
+    VOCAB_FILE,
+    LabelEncoder,
+    Vocabulary,
+)
+from rnnlib.scoring.run import ScoreReport, score  # noqa: E402
 
 PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, keep_emoticons=True,
                               punctuation="remove")
@@ -108,11 +120,11 @@ def baseline(dump: Path, rows: int, bundle_dir: Path, out: Path) -> int:
 
 
 # ---------------------------------------------------------------- rnnlib
-def rnnlib_score(dump: Path, bundle_dir: Path, out: Path, client, precision: str = "auto") -> dict:
+def rnnlib_score(dump: Path, bundle_dir: Path, out: Path, client, precision: str = "auto") -> ScoreReport:
     config = ScoreConfig(bundle=str(bundle_dir), inputs=[InputSpec(path=str(dump), id_column="id")],
                          output=str(out), precision=precision)
     manifest = score(config, client)
-    assert manifest["complete"] and manifest["rows"] == manifest["scored"] + sum(manifest["rejected"].values())
+    assert manifest.complete and manifest.rows == manifest.scored + sum(manifest.rejected.values())
     return manifest
 
 
@@ -165,7 +177,7 @@ def memory_profile(dump: Path, reviews: list[dict], gigabytes: float, tmp: Path)
                 start = time.perf_counter()
                 manifest = rnnlib_score(path, bundle_dir, tmp / f"out-{path.stem}", client)
                 seconds = time.perf_counter() - start
-            print(f"  {name:<24} rows {manifest['rows']:>9}  {seconds:7.1f} s  peak RSS {peak.peak / 2**20:7.0f} MiB")
+            print(f"  {name:<24} rows {manifest.rows:>9}  {seconds:7.1f} s  peak RSS {peak.peak / 2**20:7.0f} MiB")
 
 
 def main() -> int:
@@ -199,7 +211,7 @@ def main() -> int:
                 rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}", client, precision)  # imports, model
                 start = time.perf_counter()
                 manifest = rnnlib_score(dump, bundle_dir, tmp / f"out-{method}", client, precision)
-                results[method] = (time.perf_counter() - start, manifest["rows"])
+                results[method] = (time.perf_counter() - start, manifest.rows)
             assert threads == {1}, threads
         base = results["baseline"][0]
         for method, (seconds, n) in results.items():

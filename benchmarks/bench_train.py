@@ -24,16 +24,19 @@ import torch
 from torch import nn
 
 from rnnlib.config import (
-    InputSpec, ModelConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, VocabConfig,
+    InputSpec,
+    ModelConfig,
+    PrepareConfig,
+    PreprocessConfig,
+    SourceConfig,
+    SplitConfig,
+    TensorizeConfig,
+    VocabConfig,
 )
-from rnnlib.data import ShardBatches
-from rnnlib.ingest import ingest
-from rnnlib.model import RNNClassifier
-from rnnlib.preprocess import preprocess
-from rnnlib.split import split
-from rnnlib.tensorize import tensorize
-from rnnlib.train import pick_device
-from rnnlib.vocab import fit
+from rnnlib.modeling.batches import ShardBatches
+from rnnlib.modeling.device import pick_device
+from rnnlib.modeling.model import RNNClassifier
+from rnnlib.prepare.pipeline import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,14 +46,12 @@ def prepare_imdb(datasets: Path, rows: int | None, work: Path) -> Path:
     root = datasets / "imdb" / "aclImdb"
     source = SourceConfig(inputs=[InputSpec(path=str(root / s), format="folder_per_class", split=s)
                                   for s in ("train", "test")])
-    ingest(source, work / "ingest")
-    preprocess(work / "ingest", work / "pre", PreprocessConfig(level="word", strip_html=True,
-                                                               lowercase=True, punctuation="remove"), None)
-    split(work / "pre", work / "split", SplitConfig(train=0.85, val=0.15, test=0.0), True, None)
-    fit(work / "pre", work / "split", work / "vocab", VocabConfig(min_freq=2, max_size=50000), "train", None)
-    tensorize(work / "pre", work / "split", work / "vocab", work / "t",
-              TensorizeConfig(max_length=400, shard_rows=rows or 50000), True, None)
-    return work / "t"
+    data = prepare(PrepareConfig(
+        source=source, work_dir=str(work),
+        preprocess=PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove"),
+        split=SplitConfig(train=0.85, val=0.15, test=0.0), vocab=VocabConfig(min_freq=2, max_size=50000),
+        tensorize=TensorizeConfig(max_length=400, shard_rows=rows or 50000)))
+    return Path(data.tensorize.path)
 
 
 def run(model: nn.Module, batches, device: torch.device, amp: bool) -> tuple[float, int, int]:

@@ -6,7 +6,7 @@ process work pool (run `prefect worker start --pool POOL` from this repository t
                               event (see deployments/watcher.py) with the file's path
   score/ad-hoc                the `score` flow, run on demand with a full ScoreConfig
 
-Usage: python -m deployments.deploy --pool rnnlib [--cron "0 2 * * *"] [--dataset names]
+Usage: python -m rnnlib_deployments.deploy --pool rnnlib [--cron "0 2 * * *"] [--dataset names]
            [--config-file configs/names.yaml] [--registry models] [--output-root scored]
            [--set key=value ...]
 """
@@ -20,8 +20,7 @@ from uuid import UUID
 
 from prefect import flow
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
-
-from deployments.watcher import FILE_ARRIVED, RESOURCE_PREFIX
+from rnnlib_deployments.watcher import FILE_ARRIVED, RESOURCE_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 

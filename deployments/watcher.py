@@ -7,7 +7,7 @@ copied in is not scored half-written; names starting with "." are ignored (write
 then rename). Announced files are remembered in a state file, so a restarted watcher does not
 announce them again.
 
-Usage: python -m deployments.watcher DIR [--pattern '*.jsonl'] [--interval 2] [--state FILE]
+Usage: python -m rnnlib_deployments.watcher DIR [--pattern '*.jsonl'] [--interval 2] [--state FILE]
 (PREFECT_API_URL must point at the Prefect server.)
 """
 
@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from rnnlib.storage import read_json, write_json
+from rnnlib.common.storage import read_json, write_json
 
 FILE_ARRIVED = "rnnlib.file.arrived"
 RESOURCE_PREFIX = "rnnlib.file."

@@ -1,4 +1,5 @@
-"""`rnnlib` command line: one subcommand per flow, each configured by a YAML file plus overrides."""
+"""The `rnnlib` command line: `prepare`, `train` and `score` run their flows, each configured by
+defaults < a YAML file < shortcut flags < `--set` overrides. (`retrain` runs as a deployment.)"""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 # A fresh Prefect database takes longer to create than the ephemeral server's default start-up
 # timeout allows; these must be set before Prefect reads its settings.
@@ -18,6 +19,10 @@ from pydantic import ValidationError  # noqa: E402
 
 from rnnlib.config import PrepareConfig, ScoreConfig, TrainFlowConfig, load_config  # noqa: E402
 from rnnlib.errors import InputError  # noqa: E402
+
+if TYPE_CHECKING:
+    from rnnlib.prepare.pipeline import PreparedData
+    from rnnlib.stages import StageOutput
 
 SHORTCUTS = {  # friendly flags for the most used fields; everything else via --set
     "dataset": ("source.dataset", "registered dataset: names, imdb, semeval2016_tweets, ag_news"),
@@ -96,15 +101,13 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     return shortcut + args.overrides
 
 
-def _print_summary(summary: dict[str, Any]) -> None:
+def _print_summary(data: PreparedData, stages: list[StageOutput]) -> None:
     print("\nstage        cached   seconds")
-    for name, s in summary["stages"].items():
-        print(f"{name:<12} {str(s['cached']):<8} {s['seconds']:>7.2f}")
-    print(f"\nrows {summary['rows']}: kept {summary['kept']} {summary['splits']}; "
-          f"rejected {summary['rejected'] or 'none'}")
-    print(f"vocabulary: {summary['vocab_size']} tokens, {len(summary['labels'])} labels "
-          f"in {summary['vocab']}")
-    print(f"tensor shards: {summary['tensors']}")
+    for stage in stages:
+        print(f"{stage.stage:<12} {str(stage.cached):<8} {stage.seconds:>7.2f}")
+    print(f"\nrows {data.rows}: kept {data.kept} {data.splits}; rejected {data.rejected or 'none'}")
+    print(f"vocabulary: {data.vocab_size} tokens, {len(data.labels)} labels in {data.vocab.path}")
+    print(f"tensor shards: {data.tensorize.path}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,19 +129,20 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_config(config)
     if args.command == "prepare":
-        from flows.prepare import prepare_flow
+        from rnnlib_flows.prepare import prepare_flow
 
-        _print_summary(prepare_flow(config))
+        data = prepare_flow(config)
+        _print_summary(data, data.stages)
     else:
-        from flows.train import train_flow
+        from rnnlib_flows.train import train_flow
 
-        summary = train_flow(config)
-        _print_summary(summary)
-        result = summary["evaluation"]
-        print(f"\ntrained {len(summary['history'])} epochs (best: {summary['best_epoch']}); test split "
-              f"({result['rows']} rows): accuracy {result['accuracy']:.4f}, "
-              f"macro F1 {result['macro']['f1-score']:.4f}, macro recall {result['macro']['recall']:.4f}")
-        print(f"model bundle, metrics.json and plots: {result['bundle']}")
+        trained = train_flow(config)
+        _print_summary(trained.data, trained.stages)
+        result = trained.evaluation
+        print(f"\ntrained {len(trained.history)} epochs (best: {trained.best_epoch}); test split "
+              f"({result.rows} rows): accuracy {result.accuracy:.4f}, "
+              f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}")
+        print(f"model bundle, metrics.json and plots: {result.bundle}")
     return 0
 
 
@@ -153,7 +157,7 @@ def _score(args: argparse.Namespace) -> int:
     config = load_config(ScoreConfig, args.config, _score_overrides(args))
     if args.print_config:
         return _print_config(config)
-    from flows.score import ScoringFailed, score_flow
+    from rnnlib_flows.score import ScoringFailed, score_flow
 
     try:
         result = score_flow(config)
@@ -161,15 +165,15 @@ def _score(args: argparse.Namespace) -> int:
         print(f"rnnlib: scoring incomplete: {exc}\nrun the same command again to retry what failed",
               file=sys.stderr)
         return 1
-    if result["already_complete"]:
-        print(f"already complete: {result['rows']} rows were scored into {config.output} by this "
+    if result.already_complete:
+        print(f"already complete: {result.rows} rows were scored into {config.output} by this "
               "bundle with these options; nothing to do (--overwrite redoes it)")
         return 0
-    print(f"\nrows {result['rows']}: scored {result['scored']}, rejected "
-          f"{result['rejected'] or 'none'}, truncated {result['truncated']}")
-    print(f"labels: {result['labels']}")
-    print(f"this run: {result['rows_scored_now']} rows in {result['seconds']:.1f} s "
-          f"({result['rows_per_second']:.0f} rows/s, {result['mb_per_second']} MB/s)")
+    print(f"\nrows {result.rows}: scored {result.scored}, rejected "
+          f"{result.rejected or 'none'}, truncated {result.truncated}")
+    print(f"labels: {result.labels}")
+    print(f"this run: {result.rows_scored_now} rows in {result.seconds:.1f} s "
+          f"({result.rows_per_second:.0f} rows/s, {result.mb_per_second} MB/s)")
     print(f"scores in {config.output}/scores, rejects in {config.output}/rejects, "
           f"accounting in {config.output}/_manifest.json")
     return 0

@@ -201,7 +201,7 @@ class ScoreConfig(_Strict):
     top_k: int = Field(3, ge=1, description="labels (with probabilities) kept per document")
     batch_size: int | None = Field(
         None, ge=1, description="documents per model batch, length-sorted; default 64 on CPU "
-        "(measured fastest there), 1024 on GPU")
+        "(the fastest there in bench_score.py), 1024 on GPU")
     max_length: int | None = Field(
         None, gt=0, description="truncate (and flag) longer documents; default: the bundle's "
         "training max_length, else 1000")
@@ -210,7 +210,8 @@ class ScoreConfig(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 on GPU, fp32 on CPU. bf16 on a CPU with native bf16 "
-        "(AVX512-BF16/AMX) is about twice as fast, with probabilities within ~0.02 of fp32")
+        "(AVX512-BF16/AMX) is faster, with probabilities close to fp32's; on a CPU without it, "
+        "much slower (see the README)")
     dask: DaskConfig = Field(default_factory=DaskConfig)
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from contextlib import ExitStack
 
 from distributed import Client
 
-from rnnlib.cluster import dask_client
+from rnnlib.common.cluster import dask_client
 from rnnlib.config import DaskConfig
 
 _lock = threading.Lock()
@@ -23,6 +24,11 @@ def get_client(cfg: DaskConfig) -> Client:
             logging.getLogger("distributed").setLevel(logging.WARNING)  # Prefect's config is chatty
             _clients[key] = _stack.enter_context(dask_client(cfg))
         return _clients[key]
+
+
+def connector(cfg: DaskConfig) -> Callable[[], Client]:
+    """What a library stage calls for its client, only if it has work to do."""
+    return lambda: get_client(cfg)
 
 
 def close_clients() -> None:

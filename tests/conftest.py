@@ -19,7 +19,7 @@ os.environ.pop("RNNLIB_DATASETS_MIRROR", None)
 
 import pytest  # noqa: E402
 
-from rnnlib.cluster import dask_client  # noqa: E402
+from rnnlib.common.cluster import dask_client  # noqa: E402
 from rnnlib.config import DaskConfig  # noqa: E402
 
 
@@ -61,31 +61,28 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="session")
+def names_data(datasets, tmp_path_factory):
+    """The surnames set prepared in process (no cluster), character level, in shards of 2,000
+    rows (so distributed ranks have shards of their own)."""
+    from rnnlib.config import PrepareConfig
+    from rnnlib.prepare.pipeline import prepare
+
+    return prepare(PrepareConfig.model_validate({
+        "source": {"dataset": "names", "mirror": str(datasets)},
+        "work_dir": str(tmp_path_factory.mktemp("names")), "tensorize": {"shard_rows": 2000}}))
+
 
 @pytest.fixture(scope="session")
-def names_bundle(datasets, tmp_path_factory) -> Path:
-    """A small character-level GRU trained for one epoch on the surnames (prepared in process);
-    the work folder holds its tensors and vocabulary too."""
-    from rnnlib.bundle import save_bundle
-    from rnnlib.config import (
-        ModelConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, TrainConfig,
-        VocabConfig,
-    )
-    from rnnlib.ingest import ingest
-    from rnnlib.preprocess import preprocess
-    from rnnlib.split import split
-    from rnnlib.tensorize import tensorize
-    from rnnlib.train import BEST, train
-    from rnnlib.vocab import fit
+def names_bundle(names_data, tmp_path_factory) -> Path:
+    """A small character-level GRU trained for one epoch on the surnames."""
+    from rnnlib.config import ModelConfig, PreprocessConfig, TrainConfig
+    from rnnlib.modeling.bundle import save_bundle
+    from rnnlib.modeling.train import BEST, train
 
     work = tmp_path_factory.mktemp("names-bundle")
-    pre = PreprocessConfig(level="char")
     model = ModelConfig(cell="gru", embedding_dim=16, hidden_size=32, bidirectional=True)
-    ingest(SourceConfig(dataset="names", mirror=str(datasets)), work / "ingest")
-    preprocess(work / "ingest", work / "pre", pre, None)
-    split(work / "pre", work / "split", SplitConfig(), True, None)
-    fit(work / "pre", work / "split", work / "vocab", VocabConfig(), "train", None)
-    tensorize(work / "pre", work / "split", work / "vocab", work / "tensors", TensorizeConfig(), True, None)
-    train(work / "tensors", work / "fit", model, TrainConfig(epochs=1, lr=3e-3))
-    save_bundle(work / "bundle", work / "fit" / BEST, work / "vocab", pre, model, None, {})
+    train(names_data.tensorize.path, out_dir=work / "fit", model=model, cfg=TrainConfig(epochs=1, lr=3e-3))
+    save_bundle(work / "bundle", work / "fit" / BEST, Path(names_data.vocab.path), PreprocessConfig(level="char"),
+                model, None, {})
     return work / "bundle"

@@ -7,18 +7,17 @@ import pyarrow.parquet as pq
 import pytest
 
 from rnnlib.config import (
-    InputSpec, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, VocabConfig,
+    InputSpec,
+    PrepareConfig,
+    SourceConfig,
 )
 from rnnlib.errors import InputError
-from rnnlib.ingest import ingest
-from rnnlib.preprocess import preprocess
-from rnnlib.split import split
-from rnnlib.tensorize import tensorize
-from rnnlib.vocab import fit
+from rnnlib.prepare.ingest import ingest
+from rnnlib.prepare.pipeline import prepare
 
 
 def ingest_one(tmp_path, name: str, **spec):
-    return ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / name), **spec)]), tmp_path / "out")
+    return ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / name), **spec)]), out_dir=tmp_path / "out")
 
 
 def test_missing_file(tmp_path):
@@ -118,12 +117,12 @@ def test_mixed_labelled_and_unlabelled_inputs_are_refused(tmp_path):
     source = SourceConfig(inputs=[InputSpec(path=str(tmp_path / "a.csv")),
                                   InputSpec(path=str(tmp_path / "b.txt"), label_column=None)])
     with pytest.raises(InputError, match="some inputs have labels and others not"):
-        ingest(source, tmp_path / "out")
+        ingest(source, out_dir=tmp_path / "out")
 
 
 def test_unknown_dataset():
     with pytest.raises(InputError, match="unknown dataset 'nope'"):
-        ingest(SourceConfig(dataset="nope"), "/tmp/never-written")
+        ingest(SourceConfig(dataset="nope"), out_dir="/tmp/never-written")
 
 
 def test_label_unseen_at_fit_time_is_rejected_not_lost(tmp_path, client):
@@ -131,21 +130,16 @@ def test_label_unseen_at_fit_time_is_rejected_not_lost(tmp_path, client):
     (tmp_path / "test.csv").write_text("text,label\ncommon,a\nrare text,zzz\n")
     source = SourceConfig(inputs=[InputSpec(path=str(tmp_path / "train.csv"), split="train"),
                                   InputSpec(path=str(tmp_path / "test.csv"), split="test")])
-    ingest(source, tmp_path / "out", client)
-    preprocess(tmp_path / "out", tmp_path / "pre", PreprocessConfig(level="word"), client)
-    split(tmp_path / "pre", tmp_path / "split", SplitConfig(), True, client)
-    fit(tmp_path / "pre", tmp_path / "split", tmp_path / "vocab", VocabConfig(), "train", client)
-    result = tensorize(tmp_path / "pre", tmp_path / "split", tmp_path / "vocab", tmp_path / "t",
-                       TensorizeConfig(), True, client)
-    assert result["rows"] == 22 and result["kept"] == 21
-    assert result["rejected"] == {"label unseen at fit time": 1}
-    rejects = pq.read_table(tmp_path / "t" / "rejects").to_pandas()
+    data = prepare(PrepareConfig(source=source, preprocess={"level": "word"}, work_dir=str(tmp_path)), client)
+    assert data.rows == 22 and data.kept == 21
+    assert data.rejected == {"label unseen at fit time": 1}
+    rejects = pq.read_table(f"{data.tensorize.path}/rejects").to_pandas()
     assert rejects[["source", "row", "reason"]].values.tolist() == [["test.csv", 2, "label unseen at fit time"]]
 
 
 def test_keep_labels_counts_the_others_as_not_selected(datasets, tmp_path):
     manifest = ingest(SourceConfig(dataset="names", mirror=str(datasets), keep_labels=["German", "Italian"]),
-                      tmp_path / "out")
+                      out_dir=tmp_path / "out")
     assert manifest["rows"] == 20074 and manifest["kept"] == 724 + 709
     assert manifest["rejected"] == {"label not selected (source.keep_labels)": 20074 - 1433}
 
@@ -157,16 +151,14 @@ def test_every_reject_keeps_its_reason_through_the_whole_pipeline(tmp_path, clie
         "text,label\n" + "".join(f"good words {i},{'ab'[i % 2]}\n" for i in range(30))
         + ",a\n...,b\nno label,\n"
     )
-    ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / "train.csv"))]), tmp_path / "out", client)
-    pre = preprocess(tmp_path / "out", tmp_path / "pre", PreprocessConfig(level="word", punctuation="remove"), client)
+    data = prepare(PrepareConfig(source=SourceConfig(inputs=[InputSpec(path=str(tmp_path / "train.csv"))]),
+                                 preprocess={"level": "word", "punctuation": "remove"},
+                                 work_dir=str(tmp_path)), client)
+    pre = data.preprocess.manifest
     assert pre["rejected"] == {"empty text": 1, "missing label": 1, "no tokens after preprocessing": 1}
-    split(tmp_path / "pre", tmp_path / "split", SplitConfig(), True, client)
-    fit(tmp_path / "pre", tmp_path / "split", tmp_path / "vocab", VocabConfig(), "train", client)
-    result = tensorize(tmp_path / "pre", tmp_path / "split", tmp_path / "vocab", tmp_path / "t",
-                       TensorizeConfig(), True, client)
-    assert result["rows"] == 33 and result["kept"] == 30
-    assert result["rejected"] == pre["rejected"]
-    rejects = pq.read_table(tmp_path / "t" / "rejects").to_pandas().sort_values("row")
+    assert data.rows == 33 and data.kept == 30
+    assert data.rejected == pre["rejected"]
+    rejects = pq.read_table(f"{data.tensorize.path}/rejects").to_pandas().sort_values("row")
     assert rejects[["source", "row", "reason"]].values.tolist() == [
         ["train.csv", 31, "empty text"], ["train.csv", 32, "no tokens after preprocessing"],
         ["train.csv", 33, "missing label"],

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from rnnlib_flows.cli import main
 
-from flows.cli import main
 from rnnlib.config import PrepareConfig, TrainFlowConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_cli_runs_against_a_real_prefect_server(datasets, tmp_path):
                 assert time.time() < deadline and server.poll() is None, "prefect server did not start"
                 time.sleep(1)
         run = subprocess.run(
-            [sys.executable, "-m", "flows.cli", "prepare", "--mirror", str(datasets),
+            [sys.executable, "-m", "rnnlib_flows.cli", "prepare", "--mirror", str(datasets),
              "--work-dir", str(tmp_path / "work")],
             env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
         )

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from rnnlib.common.fingerprint import file_digest
 from rnnlib.config import InputSpec, SourceConfig
-from rnnlib.datasets import REGISTRY, Dataset, Download, materialize
 from rnnlib.errors import InputError
-from rnnlib.fingerprint import file_digest
-from rnnlib.ingest import ingest
+from rnnlib.prepare.ingest import ingest
+from rnnlib.sources.datasets import REGISTRY, Dataset, Download, materialize
 
 
 def _names_zip() -> bytes:
@@ -45,7 +45,7 @@ def test_download_checked_extracted_and_cached(http_root, tmp_path, monkeypatch)
     resolved = materialize(source)
     assert resolved.dataset is None and Path(resolved.inputs[0].path).parent == tmp_path / "cache" / "tiny_names"
     assert sorted(p.name for p in Path(resolved.inputs[0].path).iterdir()) == ["Greek.txt", "Irish.txt"]
-    assert ingest(source, tmp_path / "out")["kept"] == 3
+    assert ingest(source, out_dir=tmp_path / "out")["kept"] == 3
     (root / "data.zip").unlink()  # the cached copy is used from now on
     assert materialize(source) == resolved
 

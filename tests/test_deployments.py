@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnlib.score_run import MANIFEST, output_dir_for
+from rnnlib.scoring.run import MANIFEST, output_dir_for
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))
@@ -127,7 +127,7 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     drop.mkdir()
     processes.run(PREFECT, "work-pool", "create", POOL, "--type", "process")
     out = processes.run(
-        sys.executable, "-m", "deployments.deploy", "--pool", POOL, "--dataset", "names",
+        sys.executable, "-m", "rnnlib_deployments.deploy", "--pool", POOL, "--dataset", "names",
         "--config-file", "configs/german_italian.yaml", "--registry", str(registry),
         "--output-root", str(scored), "--set", "train.epochs=2", "--set", f"work_dir={tmp_path / 'work'}",
         "--set", "dask.processes=false")
@@ -148,7 +148,7 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     current = json.loads((registry / "current.json").read_text())
     assert current["accuracy"] > 0.8 and (registry / current["bundle"] / "weights.pt").is_file()
 
-    processes.start("watcher", sys.executable, "-m", "deployments.watcher", str(drop), "--interval", "0.5")
+    processes.start("watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5")
     names = "".join(f"{n}\n" for n in ["Rossi", "Bianchi", "Müller", "Schmidt", "Esposito", "Wagner"])
     (drop / ".batch-1.txt").write_text(names)  # written under a dot-name, then renamed
     os.replace(drop / ".batch-1.txt", drop / "batch-1.txt")

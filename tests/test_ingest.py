@@ -13,12 +13,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from rnnlib.config import InputSpec, SourceConfig
-from rnnlib.ingest import fingerprint_inputs, ingest
+from rnnlib.prepare.ingest import ingest
+from rnnlib.sources.inputs import fingerprint_inputs
 
 
 def run(tmp_path: Path, *inputs: InputSpec, **source) -> tuple[dict, pd.DataFrame]:
     out = tmp_path / "out"
-    manifest = ingest(SourceConfig(inputs=list(inputs), **source), out)
+    manifest = ingest(SourceConfig(inputs=list(inputs), **source), out_dir=out)
     return manifest, pq.read_table(out).to_pandas()
 
 
@@ -69,7 +70,7 @@ def test_jsonl_blocks_parsed_by_arrow_or_line_by_line_agree(tmp_path, monkeypatc
     """Blocks of clean lines go to Arrow's parser, a block with a bad line is read line by line:
     rows, row numbers, ids and values come out the same either way (integer labels beside nulls
     stay "1", never "1.0")."""
-    from rnnlib import readers
+    from rnnlib.sources import readers
 
     records = [{"text": f"doc {i}", "label": None if i % 10 == 7 else i % 3, "uid": i} for i in range(40)]
     lines = [json.dumps(r) for r in records]
@@ -139,7 +140,7 @@ def test_partitions_are_bounded(tmp_path):
     (tmp_path / "d.txt").write_text("".join(f"doc {i}\n" for i in range(25)))
     manifest = ingest(
         SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.txt"), label_column=None)],
-                     partition_rows=10), tmp_path / "out"
+                     partition_rows=10), out_dir=tmp_path / "out"
     )
     sizes = [pq.read_metadata(tmp_path / "out" / p).num_rows for p in manifest["parts"]]
     assert sizes == [10, 10, 5]
@@ -151,13 +152,13 @@ def test_folder_layout_partitions_are_bounded_and_even(tmp_path):
         (tmp_path / "docs" / ("pos" if i % 2 else "neg") / f"{i}.txt").write_text(f"doc {i}")
     (tmp_path / "docs" / "neg" / ".hidden.txt").write_text("not a document")
     manifest = ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / "docs"))], partition_rows=10),
-                      tmp_path / "out")
+                      out_dir=tmp_path / "out")
     sizes = [pq.read_metadata(tmp_path / "out" / p).num_rows for p in manifest["parts"]]
     assert sizes == [8, 8, 9]  # three units of equal work, not 10, 10, 5
 
 
 def test_mirrored_surnames(datasets, tmp_path):
-    manifest = ingest(SourceConfig(dataset="names", mirror=str(datasets)), tmp_path / "out")
+    manifest = ingest(SourceConfig(dataset="names", mirror=str(datasets)), out_dir=tmp_path / "out")
     assert manifest["rows"] == manifest["kept"] == 20074
     assert manifest["files"]["names/Russian.txt"]["rows"] == 9408
     df = pq.read_table(tmp_path / "out").to_pandas()
@@ -165,7 +166,7 @@ def test_mirrored_surnames(datasets, tmp_path):
 
 
 def test_mirrored_tweets_keep_predefined_splits_and_label_names(datasets, tmp_path):
-    manifest = ingest(SourceConfig(dataset="semeval2016_tweets", mirror=str(datasets)), tmp_path / "o")
+    manifest = ingest(SourceConfig(dataset="semeval2016_tweets", mirror=str(datasets)), out_dir=tmp_path / "o")
     df = pq.read_table(tmp_path / "o").to_pandas()
     assert manifest["rows"] == 6000 + 1999 + 20632
     assert df.groupby("split").size().to_dict() == {"train": 6000, "val": 1999, "test": 20632}
@@ -176,12 +177,12 @@ def test_mirrored_tweets_keep_predefined_splits_and_label_names(datasets, tmp_pa
 
 @pytest.mark.slow
 def test_mirrored_imdb_folders_and_unlabelled_dump(datasets, tmp_path):
-    manifest = ingest(SourceConfig(dataset="imdb", mirror=str(datasets)), tmp_path / "imdb")
+    manifest = ingest(SourceConfig(dataset="imdb", mirror=str(datasets)), out_dir=tmp_path / "imdb")
     assert manifest["rows"] == manifest["kept"] == 50000
     df = pq.read_table(tmp_path / "imdb", columns=["split", "label"]).to_pandas()
     assert df.groupby(["split", "label"]).size().tolist() == [12500] * 4
     dump = InputSpec(path=str(datasets / "imdb" / "unsup.jsonl.gz"), label_column=None)
-    manifest = ingest(SourceConfig(inputs=[dump]), tmp_path / "unsup")
+    manifest = ingest(SourceConfig(inputs=[dump]), out_dir=tmp_path / "unsup")
     assert manifest["rows"] == manifest["kept"] == 50000 and not manifest["labelled"]
 
 

@@ -15,16 +15,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from rnnlib.bundle import BundleError, load_bundle, save_bundle
-from rnnlib.config import ModelConfig, PreprocessConfig, SourceConfig, SplitConfig, TensorizeConfig, TrainConfig, VocabConfig
-from rnnlib.data import ShardBatches
-from rnnlib.ingest import ingest
-from rnnlib.model import CELLS as CELLS_BY_NAME, RNNClassifier
-from rnnlib.preprocess import preprocess
-from rnnlib.split import split
-from rnnlib.tensorize import tensorize
-from rnnlib.train import BEST, LAST, train
-from rnnlib.vocab import Vocabulary, fit
+from rnnlib.config import (
+    ModelConfig,
+    PreprocessConfig,
+    TrainConfig,
+    TrainFlowConfig,
+)
+from rnnlib.modeling.batches import ShardBatches
+from rnnlib.modeling.bundle import BundleError, load_bundle, save_bundle
+from rnnlib.modeling.model import CELLS as CELLS_BY_NAME
+from rnnlib.modeling.model import RNNClassifier
+from rnnlib.modeling.pipeline import train_model
+from rnnlib.modeling.train import BEST, LAST, train
+from rnnlib.prepare.vocab import Vocabulary
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 COMBOS = list(itertools.product(CELLS, [False, True], ["last", "mean", "max", "concat"]))
@@ -113,22 +116,15 @@ def test_unk_dropout_trains_the_unknown_embedding_in_training_only():
 
 
 @pytest.fixture(scope="module")
-def names_tensors(datasets, tmp_path_factory) -> Path:
-    """The surnames set prepared in process (no cluster), character level."""
-    work = tmp_path_factory.mktemp("names")
-    ingest(SourceConfig(dataset="names", mirror=str(datasets)), work / "ingest")
-    preprocess(work / "ingest", work / "pre", PreprocessConfig(level="char"), None)
-    split(work / "pre", work / "split", SplitConfig(), True, None)
-    fit(work / "pre", work / "split", work / "vocab", VocabConfig(), "train", None)
-    tensorize(work / "pre", work / "split", work / "vocab", work / "tensors", TensorizeConfig(shard_rows=2000), True, None)
-    return work
+def names_tensors(names_data) -> Path:
+    return Path(names_data.tensorize.path)
 
 
 SMALL = ModelConfig(cell="gru", embedding_dim=16, hidden_size=32)
 
 
 def test_training_streams_shards_and_learns(names_tensors, tmp_path):
-    summary = train(names_tensors / "tensors", tmp_path, SMALL, TrainConfig(epochs=3, batch_size=64, lr=3e-3))
+    summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=TrainConfig(epochs=3, batch_size=64, lr=3e-3))
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
     assert summary["history"][-1]["val_acc"] > 0.6  # majority class is 0.47
     assert (tmp_path / BEST).is_file() and (tmp_path / LAST).is_file()
@@ -138,33 +134,33 @@ def test_label_smoothing_is_applied(names_tensors, tmp_path):
     """With half of each target spread over the 18 classes no prediction can score below the
     smoothed target's entropy (2.03 nats); unsmoothed, one epoch already gets well under it."""
     cfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3)
-    plain = train(names_tensors / "tensors", tmp_path / "plain", SMALL, cfg)
-    smoothed = train(names_tensors / "tensors", tmp_path / "smoothed", SMALL,
-                     cfg.model_copy(update={"label_smoothing": 0.5}))
+    plain = train(names_tensors, out_dir=tmp_path / "plain", model=SMALL, cfg=cfg)
+    smoothed = train(names_tensors, out_dir=tmp_path / "smoothed", model=SMALL,
+                     cfg=cfg.model_copy(update={"label_smoothing": 0.5}))
     assert plain["history"][0]["val_loss"] < 1.5 < 2.03 < smoothed["history"][0]["val_loss"]
 
 
 def test_batches_are_length_bucketed_and_cover_the_split(names_tensors):
-    batches = list(ShardBatches(names_tensors / "tensors" / "train", 64, pool_batches=10, seed=3))
+    batches = list(ShardBatches(names_tensors / "train", 64, pool_batches=10, seed=3))
     assert sum(len(b.labels) for b in batches) == 14052
     padding = sum(int((b.ids == 0).sum()) for b in batches)
     lengths = torch.cat([b.lengths for b in batches])
     shuffled = lengths[torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0))]
     random_padding = sum(int((c.max() - c).sum()) for c in shuffled.split(64))
     assert padding < random_padding / 3  # sorted pools: each batch pads to its own short maximum
-    again = list(ShardBatches(names_tensors / "tensors" / "train", 64, pool_batches=10, seed=3))
+    again = list(ShardBatches(names_tensors / "train", 64, pool_batches=10, seed=3))
     assert all(torch.equal(a.ids, b.ids) for a, b in zip(batches, again))
 
 
 def test_resume_after_kill_equals_an_uninterrupted_run(names_tensors, tmp_path):
     cfg = TrainConfig(epochs=3, batch_size=64, patience=10)
     model = ModelConfig(cell="lstm", embedding_dim=16, hidden_size=48, dropout=0.2, num_layers=2)
-    straight = train(names_tensors / "tensors", tmp_path / "straight", model, cfg)
+    straight = train(names_tensors, out_dir=tmp_path / "straight", model=model, cfg=cfg)
     script = (
-        "import sys; from rnnlib.config import *; from rnnlib.train import train; "
-        f"train({str(names_tensors / 'tensors')!r}, {str(tmp_path / 'killed')!r}, "
-        f"ModelConfig.model_validate_json({model.model_dump_json()!r}), "
-        f"TrainConfig.model_validate_json({cfg.model_dump_json()!r}))"
+        "import sys; from rnnlib.config import *; from rnnlib.modeling.train import train; "
+        f"train({str(names_tensors)!r}, out_dir={str(tmp_path / 'killed')!r}, "
+        f"model=ModelConfig.model_validate_json({model.model_dump_json()!r}), "
+        f"cfg=TrainConfig.model_validate_json({cfg.model_dump_json()!r}))"
     )
     process = subprocess.Popen([sys.executable, "-c", script])
     checkpoint = tmp_path / "killed" / LAST
@@ -175,7 +171,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(names_tensors, tmp_path):
     process.wait()
     done = torch.load(checkpoint, weights_only=True)["state"]["epoch"]
     assert done < 3, "the run finished before it could be killed"
-    resumed = train(names_tensors / "tensors", tmp_path / "killed", model, cfg)
+    resumed = train(names_tensors, out_dir=tmp_path / "killed", model=model, cfg=cfg)
     # equal up to float summation order (two processes may split CPU reductions differently)
     assert resumed["best_epoch"] == straight["best_epoch"] and len(resumed["history"]) == 3
     for a, b in zip(resumed["history"], straight["history"]):
@@ -189,7 +185,7 @@ def test_resume_after_kill_equals_an_uninterrupted_run(names_tensors, tmp_path):
 def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
-    summary = train(tensors, out, SMALL, TrainConfig(epochs=1, batch_size=64))
+    summary = train(tensors, out_dir=out, model=SMALL, cfg=TrainConfig(epochs=1, batch_size=64))
     model_state = torch.load(Path(out) / LAST, weights_only=True)["model"] if rank == 0 else None
     Path(out, f"rank{rank}.json").write_text(json.dumps({"world": summary["world_size"], "epochs": len(summary["history"])}))
     if model_state is not None:
@@ -200,17 +196,17 @@ def test_distributed_data_parallel_on_two_gloo_processes(names_tensors, tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_rank, args=(2, port, str(names_tensors / "tensors"), str(tmp_path)),
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, port, str(names_tensors), str(tmp_path)),
                                 nprocs=2, join=True)
     for rank in (0, 1):
         assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"world": 2, "epochs": 1}
     assert (tmp_path / BEST).is_file() and (tmp_path / "rank0-final.pt").is_file()
 
 
-def test_bundle_round_trip_and_mismatch_refusal(names_tensors, tmp_path):
-    train(names_tensors / "tensors", tmp_path / "fit", SMALL, TrainConfig(epochs=1))
+def test_bundle_round_trip_and_mismatch_refusal(names_tensors, names_data, tmp_path):
+    train(names_tensors, out_dir=tmp_path / "fit", model=SMALL, cfg=TrainConfig(epochs=1))
     bundle_dir = tmp_path / "bundle"
-    version = save_bundle(bundle_dir, tmp_path / "fit" / BEST, names_tensors / "vocab",
+    version = save_bundle(bundle_dir, tmp_path / "fit" / BEST, Path(names_data.vocab.path),
                           PreprocessConfig(level="char"), SMALL, None, {"tensors": "k"}, {"accuracy": 0.5})
     bundle = load_bundle(bundle_dir)
     assert bundle.version == version and bundle.preprocess.level == "char"
@@ -231,3 +227,20 @@ def test_bundle_round_trip_and_mismatch_refusal(names_tensors, tmp_path):
     (bundle_dir / "weights.pt").unlink()
     with pytest.raises(BundleError, match="weights.pt is missing"):
         load_bundle(bundle_dir)
+
+
+def test_train_model_without_prefect_reuses_what_is_prepared(names_data, datasets):
+    """The library's driver: prepare (served from the work folder the fixture prepared),
+    fit, evaluate into a bundle; a second call is served from cache entirely."""
+    cfg = TrainFlowConfig.model_validate({
+        "source": {"dataset": "names", "mirror": str(datasets)},
+        "work_dir": str(Path(names_data.ingest.path).parents[1]), "tensorize": {"shard_rows": 2000},
+        "model": SMALL.model_dump(), "train": {"epochs": 1, "lr": 3e-3}})
+    trained = train_model(cfg)
+    assert [s.cached for s in trained.stages] == [True] * 5 + [False, False]
+    assert trained.data.tensorize.key == names_data.tensorize.key
+    result = trained.evaluation
+    assert result.rows == 3008 and 0.3 < result.accuracy <= 1 and len(trained.history) == 1
+    assert (Path(result.bundle) / "metrics.json").is_file() and load_bundle(result.bundle).version == result.version
+    again = train_model(cfg)
+    assert all(s.cached for s in again.stages) and again.evaluation == result

@@ -9,12 +9,12 @@ import pytest
 from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from rnnlib_flows.prepare import prepare_flow
+from rnnlib_tasks.retries import IO_RETRIES, is_transient
 
-from flows.prepare import prepare_flow
+from rnnlib import stages
 from rnnlib.config import InputSpec, PrepareConfig, SourceConfig
 from rnnlib.errors import InputError
-from tasks import caching
-from tasks.retries import IO_RETRIES, is_transient
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGES = ["ingest", "preprocess", "split", "vocab", "tensorize"]
@@ -28,23 +28,23 @@ def names_config(datasets, work_dir, **overrides) -> PrepareConfig:
     return PrepareConfig.model_validate(data)
 
 
-def cached(summary) -> dict[str, bool]:
-    return {name: s["cached"] for name, s in summary["stages"].items()}
+def cached(data) -> dict[str, bool]:
+    return {stage.stage: stage.cached for stage in data.stages}
 
 
 def test_prepare_names_end_to_end_then_cached(datasets, tmp_path):
     config = names_config(datasets, tmp_path)
     first = prepare_flow(config)
     assert cached(first) == dict.fromkeys(STAGES, False)
-    assert first["rows"] == 20074 and first["kept"] == 20074
-    assert first["splits"] == {"train": 14052, "val": 3014, "test": 3008}
-    assert sum(first["splits"].values()) + sum(first["rejected"].values()) == first["rows"]
-    train = pq.read_table(f"{first['tensors']}/train")
+    assert first.rows == 20074 and first.kept == 20074
+    assert first.splits == {"train": 14052, "val": 3014, "test": 3008}
+    assert sum(first.splits.values()) + sum(first.rejected.values()) == first.rows
+    train = pq.read_table(f"{first.tensorize.path}/train")
     assert train.num_rows == 14052 and train.schema.field("ids").type.value_type.bit_width == 32
 
     second = prepare_flow(config)
     assert cached(second) == dict.fromkeys(STAGES, True)
-    assert second["tensors"] == first["tensors"]
+    assert second.tensorize.path == first.tensorize.path
 
     # one downstream parameter: only its stage re-runs
     third = prepare_flow(names_config(datasets, tmp_path, tensorize={"max_length": 8}))
@@ -52,17 +52,17 @@ def test_prepare_names_end_to_end_then_cached(datasets, tmp_path):
     # a preprocessing parameter: everything from preprocess on re-runs
     fourth = prepare_flow(names_config(datasets, tmp_path, preprocess={"lowercase": True}))
     assert cached(fourth) == {"ingest": True, **dict.fromkeys(STAGES[1:], False)}
-    assert fourth["vocab_size"] < first["vocab_size"]
+    assert fourth.vocab_size < first.vocab_size
 
 
 def test_code_change_invalidates_and_deleted_output_is_rebuilt(datasets, tmp_path, monkeypatch):
     config = names_config(datasets, tmp_path)
     first = prepare_flow(config)
-    shutil.rmtree(first["stages"]["tensorize"]["path"])
+    shutil.rmtree(first.tensorize.path)
     again = prepare_flow(config)
-    assert again["stages"]["tensorize"]["cached"] is False
-    assert pq.read_table(f"{again['tensors']}/val").num_rows == 3014
-    monkeypatch.setattr(caching, "code_version", lambda: "a different library version")
+    assert again.tensorize.cached is False
+    assert pq.read_table(f"{again.tensorize.path}/val").num_rows == 3014
+    monkeypatch.setattr(stages, "code_version", lambda: "a different library version")
     changed = prepare_flow(config)
     assert cached(changed) == dict.fromkeys(STAGES, False)
 
@@ -73,11 +73,11 @@ def test_input_content_change_invalidates_ingest(tmp_path):
     config = PrepareConfig(source=SourceConfig(inputs=[InputSpec(path=str(data))]),
                            work_dir=str(tmp_path / "w"), dask={"n_workers": 1, "processes": False},
                            preprocess={"level": "word"})
-    assert prepare_flow(config)["rows"] == 40
+    assert prepare_flow(config).rows == 40
     assert cached(prepare_flow(config))["ingest"] is True
     data.write_text(data.read_text() + "one more,1\n")
     changed = prepare_flow(config)
-    assert cached(changed)["ingest"] is False and changed["rows"] == 41
+    assert cached(changed)["ingest"] is False and changed.rows == 41
 
 
 def _task_runs(flow_run_id):
@@ -127,13 +127,13 @@ def test_prepare_imdb_folders_and_unlabelled_dump(datasets, tmp_path):
         "preprocess": {"level": "word", "lowercase": True, "strip_html": True, "punctuation": "remove"},
         "tensorize": {"max_length": 400},
     }))
-    assert imdb["rows"] == 50000 and imdb["splits"]["test"] == 25000
-    assert imdb["splits"]["train"] + imdb["splits"]["val"] == 25000
+    assert imdb.rows == 50000 and imdb.splits["test"] == 25000
+    assert imdb.splits["train"] + imdb.splits["val"] == 25000
     dump = prepare_flow(PrepareConfig.model_validate({
         "source": {"inputs": [{"path": str(datasets / "imdb" / "unsup.jsonl.gz"), "label_column": None,
                                "id_column": "id"}]},
         "work_dir": str(tmp_path), "preprocess": {"level": "word", "lowercase": True},
     }))
-    assert dump["rows"] == 50000 and dump["splits"] == {"all": 50000} and dump["labels"] == []
-    ids = pq.read_table(f"{dump['tensors']}/all", columns=["id", "label"]).to_pandas()
+    assert dump.rows == 50000 and dump.splits == {"all": 50000} and dump.labels == []
+    ids = pq.read_table(f"{dump.tensorize.path}/all", columns=["id", "label"]).to_pandas()
     assert ids["id"].str.startswith("unsup/").all() and ids["label"].isna().all()

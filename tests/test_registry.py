@@ -10,66 +10,71 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from rnnlib.bundle import CONFIG, load_bundle, save_bundle
-from rnnlib.config import ScoreConfig, InputSpec
+from rnnlib.common.storage import read_json
+from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.errors import InputError
-from rnnlib.model import RNNClassifier
-from rnnlib.registry import CURRENT, DECISIONS, accuracy, current_bundle, held_out_rows, promote
-from rnnlib.score_run import SCORES, output_dir_for, output_lock, score
-from rnnlib.storage import read_json
+from rnnlib.modeling.bundle import (
+    CONFIG,
+    CURRENT,
+    current_bundle,
+    load_bundle,
+    save_bundle,
+)
+from rnnlib.modeling.model import RNNClassifier
+from rnnlib.scoring.registry import DECISIONS, accuracy, held_out_rows, promote
+from rnnlib.scoring.run import SCORES, output_dir_for, output_lock, score
 
 
 @pytest.fixture(scope="module")
-def untrained_bundle(names_bundle, tmp_path_factory) -> Path:
+def untrained_bundle(names_bundle, names_data, tmp_path_factory) -> Path:
     """The same architecture and vocabulary as `names_bundle`, with random weights."""
     work = tmp_path_factory.mktemp("untrained")
     trained = load_bundle(names_bundle)
     torch.manual_seed(1)
     model = RNNClassifier(len(trained.vocab.tokens), len(trained.labels.labels), trained.model.cfg)
     torch.save(model.state_dict(), work / "weights.pt")
-    save_bundle(work / "bundle", work / "weights.pt", names_bundle.parent / "vocab", trained.preprocess,
+    save_bundle(work / "bundle", work / "weights.pt", Path(names_data.vocab.path), trained.preprocess,
                 trained.model.cfg, None, {})
     return work / "bundle"
 
 
-def test_worse_model_is_not_promoted_and_says_so(names_bundle, untrained_bundle, tmp_path):
-    work, registry = names_bundle.parent, tmp_path / "models"
-    first = promote(registry, names_bundle, work / "ingest", work / "split")
-    assert first["promoted"] and first["reason"] == "first model in the registry"
+def test_worse_model_is_not_promoted_and_says_so(names_bundle, names_data, untrained_bundle, tmp_path):
+    registry = tmp_path / "models"
+    first = promote(registry, names_bundle, names_data.ingest.path, names_data.split.path)
+    assert first.promoted and first.reason == "first model in the registry"
     trained_version = read_json(names_bundle / CONFIG)["version"]
     assert current_bundle(registry) == registry / "bundles" / trained_version
 
-    worse = promote(registry, untrained_bundle, work / "ingest", work / "split")
-    assert not worse["promoted"] and worse["candidate_accuracy"] < worse["current_accuracy"]
-    assert worse["reason"].startswith("not promoted") and trained_version in worse["reason"]
+    worse = promote(registry, untrained_bundle, names_data.ingest.path, names_data.split.path)
+    assert not worse.promoted and worse.candidate_accuracy < worse.current_accuracy
+    assert worse.reason.startswith("not promoted") and trained_version in worse.reason
     assert read_json(registry / CURRENT)["version"] == trained_version
 
-    again = promote(registry, names_bundle, work / "ingest", work / "split")  # as good: replaces
-    assert again["promoted"] and again["test_rows"] == 3008
+    again = promote(registry, names_bundle, names_data.ingest.path, names_data.split.path)  # as good: replaces
+    assert again.promoted and again.test_rows == 3008
     assert [json.loads(line)["promoted"] for line in open(registry / DECISIONS)] == [True, False, True]
 
 
-def test_accuracy_through_the_scoring_path_matches_evaluation_on_shards(names_bundle):
-    work = names_bundle.parent
-    rows = held_out_rows(work / "ingest", work / "split")
-    shards = pq.read_table(work / "tensors" / "test")
+def test_accuracy_through_the_scoring_path_matches_evaluation_on_shards(names_bundle, names_data):
+    rows = held_out_rows(names_data.ingest.path, names_data.split.path)
+    shards = pq.read_table(f"{names_data.tensorize.path}/test")
     assert rows.num_rows == shards.num_rows
     bundle = load_bundle(names_bundle)
-    from rnnlib.scoring import predict_proba
+    from rnnlib.scoring.partition import predict_proba
 
     predicted = predict_proba(bundle.model, shards["ids"].combine_chunks(), len(bundle.labels.labels), 64)
     expected = float((predicted.argmax(1) == shards["label"].to_numpy()).mean())
     assert accuracy(names_bundle, rows) == pytest.approx(expected)
 
 
-def test_scoring_through_a_registry_uses_its_current_model(names_bundle, tmp_path):
-    work, registry = names_bundle.parent, tmp_path / "models"
-    promote(registry, names_bundle, work / "ingest", work / "split")
+def test_scoring_through_a_registry_uses_its_current_model(names_bundle, names_data, tmp_path):
+    registry = tmp_path / "models"
+    promote(registry, names_bundle, names_data.ingest.path, names_data.split.path)
     (tmp_path / "new.txt").write_text("Smith\nRossi\n")
     out = output_dir_for(str(tmp_path / "new.txt"), tmp_path / "scored")
     manifest = score(ScoreConfig(bundle=str(registry), inputs=[InputSpec(path=str(tmp_path / "new.txt"))],
                                  output=str(out)))
-    assert manifest["scored"] == 2 and manifest["bundle_version"] == read_json(names_bundle / CONFIG)["version"]
+    assert manifest.scored == 2 and manifest.bundle_version == read_json(names_bundle / CONFIG)["version"]
     assert pq.read_table(out / SCORES).num_rows == 2
 
 

@@ -18,16 +18,22 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from rnnlib.bundle import load_bundle
+from rnnlib.common.storage import partitions, read_json
 from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.errors import InputError
-from rnnlib.score_run import (
-    MANIFEST, REJECTS, SCORES, STAGING, account, open_output, pending_partitions, plan_run, score,
+from rnnlib.modeling.bundle import load_bundle
+from rnnlib.prepare.split import with_split
+from rnnlib.scoring.partition import predict_proba, score_partition, worker_bundle
+from rnnlib.scoring.run import (
+    MANIFEST,
+    REJECTS,
+    SCORES,
+    STAGING,
+    account,
+    plan_run,
+    score,
     stage_unit,
 )
-from rnnlib.scoring import predict_proba, score_partition, worker_bundle
-from rnnlib.split import with_split
-from rnnlib.storage import read_json
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -63,9 +69,9 @@ def test_every_format_keeps_ids_and_accounts_for_every_row(names_bundle, tmp_pat
         InputSpec(path=str(data / "*.md"), format="text"),  # a glob
     ]
     manifest = score(_config(names_bundle, out, *inputs, top_k=4))
-    assert manifest["complete"] and manifest["rows"] == manifest["scored"] == 12
-    assert manifest["ignored"] == [str(data / "sub" / ".partial.txt")]
-    assert manifest["files"]["sub/e.txt.gz"] == {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}
+    assert manifest.complete and manifest.rows == manifest.scored == 12
+    assert manifest.ignored == [str(data / "sub" / ".partial.txt")]
+    assert manifest.files["sub/e.txt.gz"].model_dump() == {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}
     scores = _scores(out).to_pandas().set_index("id")
     assert {"k1", "k2", "1", "2", "j1", "j2", "p1", "p2", "sub/e.txt.gz:1", "sub/f.txt:1",
             "README.md:1"} <= set(scores.index)
@@ -84,7 +90,7 @@ def test_an_http_url_is_scored_like_a_local_file(names_bundle, http_root, tmp_pa
         fh.write('{"text": "Rossi", "id": "r"}\n{"text": "Schmidt", "id": "s"}\n')
     manifest = score(_config(names_bundle, tmp_path / "out",
                              InputSpec(path=f"{base}/dump.jsonl.gz", id_column="id")))
-    assert manifest["complete"] and manifest["files"] == {
+    assert manifest.complete and {k: v.model_dump() for k, v in manifest.files.items()} == {
         "dump.jsonl.gz": {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}}
     assert sorted(_scores(tmp_path / "out")["id"].to_pylist()) == ["r", "s"]
 
@@ -96,33 +102,33 @@ def test_bad_rows_are_rejected_with_reasons_and_counts_add_up(names_bundle, tmp_
     out = tmp_path / "out"
     manifest = score(_config(names_bundle, out, tmp_path / "rows.csv", tmp_path / "rows.jsonl",
                                         max_length=10))
-    assert manifest["files"]["rows.csv"] == {
+    assert manifest.files["rows.csv"].model_dump() == {
         "rows": 6, "scored": 2, "unscored": 0,
         "rejected": {"empty text": 2, "undecodable bytes (not UTF-8)": 1,
                      "malformed row (more fields than the header)": 1},
     }
-    assert manifest["files"]["rows.jsonl"]["rejected"] == {"malformed JSON": 1, "null text": 1}
-    assert manifest["rows"] == 9 == manifest["scored"] + sum(manifest["rejected"].values())
+    assert manifest.files["rows.jsonl"].rejected == {"malformed JSON": 1, "null text": 1}
+    assert manifest.rows == 9 == manifest.scored + sum(manifest.rejected.values())
     rejects = pq.read_table(out / REJECTS).to_pandas()
     assert set(rejects["id"]) == {"rows.csv:2", "rows.csv:3", "rows.csv:4", "rows.csv:5",
                                   "rows.jsonl:2", "rows.jsonl:3"}
     long = _scores(out).to_pandas().set_index("id").loc["rows.csv:6"]
     assert long["truncated"] and long["length"] == len("AVeryLongSurnameIndeed")
-    assert manifest["truncated"] == 1
+    assert manifest.truncated == 1
 
 
-def test_scoring_matches_training_preprocessing(names_bundle):
+def test_scoring_matches_training_preprocessing(names_bundle, names_data, tmp_path):
     """Raw test-split text scored through the score path gives the predictions of the test
     shards the model was evaluated on, row for row."""
-    work = names_bundle.parent
-    raw = pa.concat_tables(with_split(p, work / "split") for p in sorted((work / "ingest").glob("part-*.parquet")))
+    work = tmp_path
+    raw = pa.concat_tables(with_split(p, names_data.split.path) for p in partitions(names_data.ingest.path))
     raw = raw.filter(pc.equal(raw["split"], "test"))
     input_file = work / "test-text.parquet"
     pq.write_table(raw.select(["id", "text"]), input_file)
     out = work / "parity"
     score(_config(names_bundle, out, InputSpec(path=str(input_file), id_column="id")))
     scored = _scores(out).to_pandas().set_index("id")
-    shards = pq.read_table(work / "tensors" / "test")
+    shards = pq.read_table(f"{names_data.tensorize.path}/test")
     bundle = load_bundle(names_bundle)
     probabilities = predict_proba(bundle.model, shards["ids"].combine_chunks(), len(bundle.labels.labels), 64)
     expected = np.array(bundle.labels.labels)[probabilities.argmax(1)]
@@ -145,27 +151,27 @@ def test_model_is_loaded_once_per_worker(names_bundle, tmp_path, client):
     (tmp_path / "many.txt").write_text("".join(f"Name{i}\n" for i in range(300)))
     config = _config(names_bundle, tmp_path / "out", tmp_path / "many.txt", partition_rows=20)
     run = plan_run(config)
-    open_output(run, False)
-    staged = [stage_unit(u, i, run.out / STAGING, run.partition_rows) for i, u in enumerate(run.units)]
-    parts = pending_partitions(run, staged)
+    assert run.open(overwrite=False) is None
+    staged = [stage_unit(u, i, run.staging, run.partition_rows) for i, u in enumerate(run.units)]
+    parts = run.pending(staged)
     client.run(worker_bundle.cache_clear)
     futures = [client.submit(score_partition, p, run.scores_file(p.name), run.rejects_file(p.name),
                              run.settings, pure=False) for p in parts]
     assert sum(f.result()["scored"] for f in futures) == 300 and len(parts) == 15
     loads = client.run(lambda: worker_bundle.cache_info().misses)
     assert sum(loads.values()) <= len(loads)
-    assert account(run, staged, {}, {})["scored"] == 300
+    assert account(run, staged, {}, {}).scored == 300
 
 
 def test_output_of_another_run_or_of_something_else_is_refused(names_bundle, tmp_path):
     (tmp_path / "a.txt").write_text("Smith\n")
     out = tmp_path / "out"
     score(_config(names_bundle, out, tmp_path / "a.txt"))
-    assert score(_config(names_bundle, out, tmp_path / "a.txt"))["complete"]
+    assert score(_config(names_bundle, out, tmp_path / "a.txt")).complete
     with pytest.raises(InputError, match="holds a different scoring run"):
         score(_config(names_bundle, out, tmp_path / "a.txt", top_k=1))
     manifest = score(_config(names_bundle, out, tmp_path / "a.txt", top_k=1, overwrite=True))
-    assert manifest["scored"] == 1 and len(_scores(out)["top_k"][0]) == 1
+    assert manifest.scored == 1 and len(_scores(out)["top_k"][0]) == 1
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "precious.txt").write_text("keep me")
     with pytest.raises(InputError, match="holds no scoring run"):
@@ -179,8 +185,7 @@ def test_output_of_another_run_or_of_something_else_is_refused(names_bundle, tmp
 def test_score_flow_reports_a_corrupt_file_keeps_the_rest_then_is_a_no_op(names_bundle, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    from flows.score import score_flow
+    from rnnlib_flows.score import score_flow
 
     data = tmp_path / "data"
     data.mkdir()
@@ -201,9 +206,9 @@ def test_score_flow_reports_a_corrupt_file_keeps_the_rest_then_is_a_no_op(names_
     (data / "corrupt.parquet").unlink()  # the inputs changed: the same output is a new run
     config = config.model_copy(update={"overwrite": True})
     first = score_flow(config)
-    assert first["complete"] and first["scored"] == 51 and not first["already_complete"]
+    assert first.complete and first.scored == 51 and not first.already_complete
     again = score_flow(config.model_copy(update={"overwrite": False}))
-    assert again["already_complete"] and again["scored"] == 51
+    assert again.already_complete and again.scored == 51
     with get_client(sync_client=True) as prefect:
         keys = {a.key for a in prefect.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["scoring-progress", "scoring-summary"])))}
@@ -217,7 +222,7 @@ def test_killed_run_resumes_and_writes_every_row_exactly_once(names_bundle, tmp_
     rows = 6000
     (tmp_path / "big.txt").write_text("".join(f"Surname{i % 977}x\n" for i in range(rows)))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "flows.cli", "score", str(names_bundle), str(tmp_path / "big.txt"),
+    command = [sys.executable, "-m", "rnnlib_flows.cli", "score", str(names_bundle), str(tmp_path / "big.txt"),
                "-o", str(out), "--set", "partition_rows=100", "--set", "dask.n_workers=1",
                "--set", "batch_size=8"]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO)}

@@ -10,10 +10,10 @@ import pytest
 
 from rnnlib.config import SplitConfig, TensorizeConfig, VocabConfig
 from rnnlib.errors import InputError
-from rnnlib.preprocess import TOKENS_SCHEMA
-from rnnlib.split import allocate, largest_remainder, split
-from rnnlib.tensorize import tensorize
-from rnnlib.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary, fit
+from rnnlib.prepare.preprocess import TOKENS_SCHEMA
+from rnnlib.prepare.split import allocate, largest_remainder, split
+from rnnlib.prepare.tensorize import tensorize
+from rnnlib.prepare.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary, fit
 
 
 def write_partitions(root, frame: pd.DataFrame, parts: int) -> None:
@@ -60,16 +60,16 @@ def test_largest_remainder_and_allocation_are_exact():
 def test_split_is_stratified_exact_and_deterministic(tmp_path, client):
     write_partitions(tmp_path / "pre", corpus({"A": 1000, "B": 140, "C": 73}), parts=4)
     cfg = SplitConfig(seed=7)
-    manifest = split(tmp_path / "pre", tmp_path / "s1", cfg, True, client)
+    manifest = split(tmp_path / "pre", out_dir=tmp_path / "s1", cfg=cfg, labelled=True, client=client)
     counts = {s: v["class_counts"] for s, v in manifest["splits"].items()}
     assert counts["train"] == {"A": 700, "B": 98, "C": 51}
     assert counts["val"] == {"A": 150, "B": 21, "C": 11}
     assert counts["test"] == {"A": 150, "B": 21, "C": 11}
-    split(tmp_path / "pre", tmp_path / "s2", cfg, True, client)
+    split(tmp_path / "pre", out_dir=tmp_path / "s2", cfg=cfg, labelled=True, client=client)
     first = pq.read_table(tmp_path / "s1").to_pandas().set_index("id")["split"]
     again = pq.read_table(tmp_path / "s2").to_pandas().set_index("id")["split"]
     assert first.equals(again)
-    split(tmp_path / "pre", tmp_path / "s3", SplitConfig(seed=8), True, client)
+    split(tmp_path / "pre", out_dir=tmp_path / "s3", cfg=SplitConfig(seed=8), labelled=True, client=client)
     other = pq.read_table(tmp_path / "s3").to_pandas().set_index("id")["split"]
     assert not first.equals(other.loc[first.index])
 
@@ -78,7 +78,7 @@ def test_predefined_test_kept_and_val_carved_from_train(tmp_path, client):
     frame = pd.concat([corpus({"A": 100, "B": 100}, split_col="train"),
                        corpus({"A": 50, "B": 50}, split_col="test").assign(id=lambda d: "t" + d["id"])])
     write_partitions(tmp_path / "pre", frame, parts=3)
-    manifest = split(tmp_path / "pre", tmp_path / "s", SplitConfig(), True, client)
+    manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True, client=client)
     rows = {s: v["rows"] for s, v in manifest["splits"].items()}
     assert rows == {"test": 100, "train": 164, "val": 36}  # 15/85 of 200 carved from train
     df = pq.read_table(tmp_path / "s").to_pandas()
@@ -88,7 +88,7 @@ def test_predefined_test_kept_and_val_carved_from_train(tmp_path, client):
 
 def test_rejected_rows_get_no_split_but_stay(tmp_path, client):
     write_partitions(tmp_path / "pre", corpus({"A": 30}, reject_every=10), parts=2)
-    manifest = split(tmp_path / "pre", tmp_path / "s", SplitConfig(), True, client)
+    manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True, client=client)
     df = pq.read_table(tmp_path / "s").to_pandas()
     rejected = pq.read_table(tmp_path / "pre")["reject"].is_valid().to_numpy(zero_copy_only=False)
     assert len(df) == 30 and manifest["kept"] == 27 and df.loc[rejected, "split"].isna().all()
@@ -101,7 +101,7 @@ def test_vocab_fits_on_train_only(tmp_path, client):
                           "source": "s", "row": 0, "reject": None}
                          for i, s in enumerate(["val", "test"] * 5)])
     write_assigned(tmp_path, pd.concat([frame, leak], ignore_index=True), parts=3)
-    manifest = fit(tmp_path / "pre", tmp_path / "s", tmp_path / "v", VocabConfig(), "train", client)
+    manifest = fit(tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v", cfg=VocabConfig(), fit_split="train", client=client)
     vocab = Vocabulary.load(tmp_path / "v" / VOCAB_FILE)
     assert "valonly" not in vocab.tokens
     assert vocab.tokens[:2] == ("<PAD>", "<UNK>")
@@ -115,9 +115,9 @@ def test_vocab_min_freq_and_max_size(tmp_path, client):
     frame = corpus({"A": 20})
     frame["split"] = "train"
     write_assigned(tmp_path, frame, parts=2)
-    fit(tmp_path / "pre", tmp_path / "s", tmp_path / "v1", VocabConfig(min_freq=3), "train", client)
+    fit(tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v1", cfg=VocabConfig(min_freq=3), fit_split="train", client=client)
     assert set(Vocabulary.load(tmp_path / "v1" / VOCAB_FILE).tokens[2:]) == {"a", "w0", "w1", "w2", "w3", "w4", "w5"}
-    fit(tmp_path / "pre", tmp_path / "s", tmp_path / "v2", VocabConfig(max_size=4), "train", client)
+    fit(tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v2", cfg=VocabConfig(max_size=4), fit_split="train", client=client)
     assert Vocabulary.load(tmp_path / "v2" / VOCAB_FILE).tokens == ("<PAD>", "<UNK>", "a", "w0")
 
 
@@ -133,10 +133,10 @@ def test_shards_round_trip_and_manifests_add_up(tmp_path, client):
     frame = corpus({"A": 300, "B": 120}, reject_every=50)
     frame.loc[frame.index[:40], "tokens"] = frame.loc[frame.index[:40], "tokens"].apply(lambda t: None if t is None else t * 3)
     write_partitions(tmp_path / "pre", frame, parts=3)
-    split(tmp_path / "pre", tmp_path / "s", SplitConfig(), True, client)
-    fit(tmp_path / "pre", tmp_path / "s", tmp_path / "v", VocabConfig(), "train", client)
+    split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True, client=client)
+    fit(tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v", cfg=VocabConfig(), fit_split="train", client=client)
     cfg = TensorizeConfig(max_length=4, shard_rows=50)
-    manifest = tensorize(tmp_path / "pre", tmp_path / "s", tmp_path / "v", tmp_path / "t", cfg, True, client)
+    manifest = tensorize(tmp_path / "pre", tmp_path / "s", tmp_path / "v", out_dir=tmp_path / "t", cfg=cfg, labelled=True, client=client)
     assert manifest["rows"] == 420 and manifest["kept"] + sum(manifest["rejected"].values()) == 420
     assert manifest["rejected"] == {"empty text": 9}
     vocab = Vocabulary.load(tmp_path / "v" / VOCAB_FILE)

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from rnnlib.config import PreprocessConfig
-from rnnlib.text import tokenize
+from rnnlib.prepare.text import tokenize
 
 
 def tok(text: str | None, **options) -> list[str] | None:

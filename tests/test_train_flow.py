@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from rnnlib_flows.train import train_flow
 
-from flows.train import train_flow
-from rnnlib.bundle import load_bundle
 from rnnlib.config import TrainFlowConfig
+from rnnlib.modeling.bundle import load_bundle
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -23,22 +23,22 @@ def test_train_flow_end_to_end_then_cached(datasets, tmp_path):
         "train": {"epochs": 2, "batch_size": 64, "lr": 0.003},
     })
     first = train_flow(config)
-    assert not first["stages"]["fit"]["cached"] and not first["stages"]["evaluate"]["cached"]
-    result = first["evaluation"]
-    assert result["rows"] == 3008 and 0.5 < result["accuracy"] <= 1
-    bundle_dir = Path(result["bundle"])
+    assert not first.fit.cached and not first.evaluate.cached
+    result = first.evaluation
+    assert result.rows == 3008 and 0.5 < result.accuracy <= 1
+    bundle_dir = Path(result.bundle)
     for name in ("weights.pt", "vocab.json", "labels.json", "config.json", "metrics.json",
                  "confusion.png", "curves.png"):
         assert (bundle_dir / name).is_file(), name
     metrics = json.loads((bundle_dir / "metrics.json").read_text())
-    assert set(metrics["per_class"]) == set(first["labels"]) and len(metrics["confusion_matrix"]) == 18
+    assert set(metrics["per_class"]) == set(first.data.labels) and len(metrics["confusion_matrix"]) == 18
     assert sum(map(sum, metrics["confusion_matrix"])) == 3008
-    assert load_bundle(bundle_dir).version == result["version"]
+    assert load_bundle(bundle_dir).version == result.version
     with get_client(sync_client=True) as client:
         keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
             key=ArtifactFilterKey(any_=["evaluation-metrics", "evaluation-summary"])))}
     assert keys == {"evaluation-metrics", "evaluation-summary"}
 
     second = train_flow(config)
-    assert all(stage["cached"] for stage in second["stages"].values())
-    assert second["evaluation"] == result
+    assert all(stage.cached for stage in second.stages)
+    assert second.evaluation == result

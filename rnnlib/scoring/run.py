@@ -7,12 +7,16 @@
     <output>/_manifest.json    the accounting: input rows = scored + rejected, per input file
 
 A run started again with the same identity skips the finished partitions; a finished run is a
-no-op; a different run never writes into another run's output.
+no-op; a different run never writes into another run's output. `score()` runs it all on a Dask
+client (or in this process); the `score` flow runs the same steps as Prefect tasks, one per
+input and per partition, adding retries, progress and failure isolation.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import posixpath
 import shutil
 import time
@@ -21,32 +25,75 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import fsspec
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from distributed import Client
+from pydantic import BaseModel
 
-from rnnlib.accounting import KEPT, summarise
-from rnnlib.bundle import CONFIG
-from rnnlib.cluster import map_partitions
+from rnnlib.common.accounting import KEPT, AccountingError, summarise
+from rnnlib.common.cluster import map_partitions
+from rnnlib.common.fingerprint import code_version, digest_bytes, digest_json
+from rnnlib.common.storage import MANIFEST, building, is_complete, read_json, write_json
 from rnnlib.config import InputSpec, ScoreConfig, SourceConfig
 from rnnlib.errors import InputError
-from rnnlib.fingerprint import code_version, digest_bytes, digest_json
-from rnnlib.ingest import fingerprint_inputs, ingest_unit, resolve_inputs
-from rnnlib.readers import COMPRESSIONS, SUFFIX_FORMATS, ReadUnit, plan_units
-from rnnlib.registry import resolve_bundle
-from rnnlib.scoring import DEFAULT_MAX_LENGTH, ScoringSettings, score_partition
-from rnnlib.storage import MANIFEST, building, is_complete, read_json, write_json
+from rnnlib.modeling.bundle import CONFIG, locate_bundle
+from rnnlib.prepare.ingest import ingest_unit
+from rnnlib.scoring.partition import (
+    DEFAULT_MAX_LENGTH,
+    ScoringSettings,
+    score_partition,
+)
+from rnnlib.sources.inputs import fingerprint_inputs, resolve_inputs
+from rnnlib.sources.readers import COMPRESSIONS, SUFFIX_FORMATS, ReadUnit, plan_units
 
 RUN_FILE = "_run.json"
 STAGING, SCORES, REJECTS = "_staging", "scores", "rejects"
-Status = Literal["new", "resume", "complete"]
+log = logging.getLogger(__name__)
 
 
-class AccountingError(RuntimeError):
-    """Rows went missing between reading and scoring: a bug, never expected."""
+class FileAccount(BaseModel):
+    """One input file: rows read = scored + rejected (+ unscored, only where a partition failed)."""
+
+    rows: int
+    scored: int
+    rejected: dict[str, int]
+    unscored: int
+
+
+class ScoreReport(BaseModel):
+    """A scoring run's accounting, as written to its `_manifest.json`."""
+
+    complete: bool
+    bundle_version: str
+    key: str
+    rows: int
+    scored: int
+    rejected: dict[str, int]
+    unscored: int
+    truncated: int
+    labels: dict[str, int]
+    files: dict[str, FileAccount]
+    failed: dict[str, str]  # input or partition -> why it could not be scored
+    ignored: list[str]  # files under input directories that are not a known format
+    # what this attempt did (a resumed run counts only its own work here)
+    seconds: float = 0.0
+    partitions_scored_now: int = 0
+    rows_scored_now: int = 0
+    rows_per_second: float = 0.0
+    mb_per_second: float = 0.0
+    already_complete: bool = False  # a finished run asked again: nothing was done
+
+
+class StagedInput(BaseModel):
+    """One read unit staged as canonical partitions."""
+
+    input: str  # the input file (or folder) it is accounted under
+    dir: str
+    parts: list[str]
+    rows: int
 
 
 @dataclass(frozen=True)
@@ -60,11 +107,42 @@ class ScoreRun:
     ignored: tuple[str, ...]  # files under input directories that are not a known format
     partition_rows: int
 
+    @property
+    def staging(self) -> Path:
+        return self.out / STAGING
+
     def scores_file(self, part: str) -> Path:
         return self.out / SCORES / part
 
     def rejects_file(self, part: str) -> Path:
         return self.out / REJECTS / part
+
+    def lock(self) -> contextlib.AbstractContextManager[None]:
+        """Exclusive use of the output directory by this process (see `output_lock`)."""
+        return output_lock(self.out)
+
+    def open(self, overwrite: bool) -> ScoreReport | None:
+        """Make the output ready for this run; the report of a run already finished there (then
+        there is nothing to do), else None. Refuses an output holding something else."""
+        status = open_output(self, overwrite)
+        if status == "complete":
+            return self.report().model_copy(update={"already_complete": True})
+        if status == "resume":
+            log.info("resuming the unfinished run in %s", self.out)
+        return None
+
+    def report(self) -> ScoreReport:
+        return ScoreReport.model_validate(read_json(self.out / MANIFEST))
+
+    def pending(self, staged: list[StagedInput]) -> list[Path]:
+        """Staged partitions whose scores are not written yet."""
+        return [Path(unit.dir) / part for unit in staged for part in unit.parts
+                if not self.scores_file(part).exists()]
+
+    def finish(self, staged: list[StagedInput], failed: dict[str, str], stats: list[dict[str, Any]],
+               seconds: float) -> ScoreReport:
+        """Account for every row from what is on disk, and write the manifest."""
+        return account(self, staged, failed, throughput(stats, seconds))
 
 
 def _known_format(path: str) -> bool:
@@ -107,7 +185,7 @@ def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, st
 def plan_run(config: ScoreConfig) -> ScoreRun:
     """Resolve the inputs and the bundle into a run whose key names everything its result
     depends on (the bundle's version, every input file's content, the options)."""
-    bundle_dir = resolve_bundle(config.bundle)
+    bundle_dir = locate_bundle(config.bundle)
     if not (bundle_dir / CONFIG).is_file():
         raise InputError(f"not a model bundle or registry: {CONFIG} is missing", file=config.bundle)
     bundle = read_json(bundle_dir / CONFIG)
@@ -151,7 +229,7 @@ def output_lock(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def open_output(run: ScoreRun, overwrite: bool) -> Status:
+def open_output(run: ScoreRun, overwrite: bool) -> str:
     """Make the output directory ready for `run`: `complete` (nothing to do), `resume`, or
     `new`. Refuses an output that holds something else, rather than mixing two runs."""
     out, run_file = run.out, run.out / RUN_FILE
@@ -195,28 +273,22 @@ def input_name(unit: ReadUnit) -> str:
     return unit.source(unit.paths[0])
 
 
-def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int) -> dict[str, Any]:
+def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int) -> StagedInput:
     """Read one unit into canonical partitions under the staging folder (atomically, so a
     killed run re-reads only the units it had not finished)."""
     target = staging / f"unit-{index:05d}"
     if is_complete(target):
-        return read_json(target / MANIFEST)
+        return StagedInput.model_validate(read_json(target / MANIFEST))
     with building(target) as scratch:
         result = ingest_unit(unit, index, scratch, partition_rows, {}, labelled=False)
         manifest = {"input": input_name(unit), "dir": str(target), "parts": result["parts"],
                     "rows": sum(sum(c.values()) for c in result["per_file"].values())}
         write_json(scratch / MANIFEST, manifest)
-    return manifest
+    return StagedInput.model_validate(manifest)
 
 
-def pending_partitions(run: ScoreRun, staged: list[dict[str, Any]]) -> list[Path]:
-    """Staged partitions whose scores are not written yet."""
-    return [Path(unit["dir"]) / part for unit in staged for part in unit["parts"]
-            if not run.scores_file(part).exists()]
-
-
-def account(run: ScoreRun, staged: list[dict[str, Any]], failed: dict[str, str],
-            extra: dict[str, Any]) -> dict[str, Any]:
+def account(run: ScoreRun, staged: list[StagedInput], failed: dict[str, str],
+            extra: dict[str, Any]) -> ScoreReport:
     """The run's manifest, read back from what is on disk (so a resumed run counts the
     partitions of its earlier attempts too) and written as `_manifest.json`. Per input file:
     rows read = scored + rejected (+ unscored, only where a partition failed). Staging is
@@ -226,17 +298,17 @@ def account(run: ScoreRun, staged: list[dict[str, Any]], failed: dict[str, str],
     truncated = 0
     read: Counter = Counter()
     for unit in staged:
-        read[unit["input"]] += unit["rows"]
-        for part in unit["parts"]:
+        read[unit.input] += unit.rows
+        for part in unit.parts:
             if not run.scores_file(part).exists():
                 continue
             scores = pq.read_table(run.scores_file(part), columns=["label", "truncated"])
             labels.update(_value_counts(scores["label"]))
             truncated += int(pc.sum(scores["truncated"]).as_py() or 0)
-            per_input[unit["input"]][KEPT] += scores.num_rows
+            per_input[unit.input][KEPT] += scores.num_rows
             if run.rejects_file(part).exists():
                 reasons = pq.read_table(run.rejects_file(part), columns=["reason"])["reason"]
-                per_input[unit["input"]].update(_value_counts(reasons))
+                per_input[unit.input].update(_value_counts(reasons))
     files = {}
     for name, rows in sorted(read.items()):
         done = summarise([per_input[name]])
@@ -246,38 +318,37 @@ def account(run: ScoreRun, staged: list[dict[str, Any]], failed: dict[str, str],
     if any(f["unscored"] < 0 for f in files.values()) or (unscored and not failed):
         raise AccountingError(f"rows read and rows written differ: {files}")
     total = summarise(per_input.values())
-    manifest = {
+    report = ScoreReport.model_validate({
         "complete": not failed, "bundle_version": run.settings.version, "key": run.key,
         "rows": sum(read.values()), "scored": total["kept"], "rejected": total["rejected"],
         "unscored": unscored, "truncated": truncated, "labels": dict(sorted(labels.items())),
         "files": files, "failed": failed, "ignored": list(run.ignored), **extra,
-    }
-    write_json(run.out / MANIFEST, manifest)
+    })
+    write_json(run.out / MANIFEST, report.model_dump(mode="json", exclude={"already_complete"}))
     if not failed:
         shutil.rmtree(run.out / STAGING, ignore_errors=True)
-    return manifest
+    return report
 
 
 def _value_counts(column: Any) -> dict[str, int]:
     return {c["values"]: c["counts"] for c in pc.value_counts(column).to_pylist()}
 
 
-def score(config: ScoreConfig, client: Client | None = None) -> dict[str, Any]:
+def score(config: ScoreConfig, client: Client | None = None) -> ScoreReport:
     """A whole scoring run without orchestration: inputs read and partitions scored on the Dask
-    cluster (or in this process without a client). The `score` flow runs the same steps as
-    Prefect tasks, adding per-piece retries, progress and failure reports."""
+    cluster (or in this process without a client)."""
     run = plan_run(config)
-    with output_lock(run.out):
-        if open_output(run, config.overwrite) == "complete":
-            return read_json(run.out / MANIFEST)
+    with run.lock():
+        if (finished := run.open(config.overwrite)) is not None:
+            return finished
         start = time.perf_counter()
         staged = map_partitions(client, stage_unit, run.units, range(len(run.units)),
-                                staging=run.out / STAGING, partition_rows=run.partition_rows)
-        parts = pending_partitions(run, staged)
+                                staging=run.staging, partition_rows=run.partition_rows)
+        parts = run.pending(staged)
         stats = map_partitions(client, score_partition, parts,
                                [run.scores_file(p.name) for p in parts],
                                [run.rejects_file(p.name) for p in parts], settings=run.settings)
-        return account(run, staged, {}, throughput(stats, time.perf_counter() - start))
+        return run.finish(staged, {}, stats, time.perf_counter() - start)
 
 
 def throughput(stats: list[dict[str, Any]], seconds: float) -> dict[str, Any]:

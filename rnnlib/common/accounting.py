@@ -30,3 +30,7 @@ def summarise(counters: Iterable[Mapping[str, int]]) -> dict[str, Any]:
         "kept": total.get(KEPT, 0),
         "rejected": {k: v for k, v in sorted(total.items()) if k != KEPT},
     }
+
+
+class AccountingError(RuntimeError):
+    """Rows went missing between reading and writing: a bug, never expected."""

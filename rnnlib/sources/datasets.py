@@ -13,10 +13,10 @@ from pathlib import Path
 
 import fsspec
 
+from rnnlib.common.fingerprint import file_digest
+from rnnlib.common.storage import building
 from rnnlib.config import InputSpec, SourceConfig
 from rnnlib.errors import InputError
-from rnnlib.fingerprint import file_digest
-from rnnlib.storage import building
 
 
 @dataclass(frozen=True)

@@ -23,19 +23,14 @@ from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from rnnlib.common.storage import MANIFEST, read_json
 from rnnlib.config import ModelConfig, TrainConfig
-from rnnlib.data import ShardBatches
-from rnnlib.model import RNNClassifier
-from rnnlib.storage import MANIFEST, read_json
+from rnnlib.modeling.batches import ShardBatches
+from rnnlib.modeling.device import pick_device
+from rnnlib.modeling.model import RNNClassifier
 
 log = logging.getLogger(__name__)
 LAST, BEST = "last.pt", "best.pt"
-
-
-def pick_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 def _distributed() -> tuple[int, int]:
@@ -88,7 +83,7 @@ def validation_loss(model: nn.Module, batches: ShardBatches, loss_fn: nn.Module,
     return total / max(count, 1), correct / max(count, 1)
 
 
-def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
+def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
           cfg: TrainConfig) -> dict[str, Any]:
     """Train on `tensors_dir/train`, validate on `tensors_dir/val`; checkpoints in `out_dir`.
     Returns the history and the best epoch; `out_dir/best.pt` holds the best weights."""
@@ -101,9 +96,9 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
     manifest = read_json(tensors_dir / "train" / MANIFEST)
     labels = manifest["labels"]
     torch.manual_seed(cfg.seed)
-    model = RNNClassifier(manifest["vocab_size"], len(labels), model_cfg).to(device)
-    ddp = DistributedDataParallel(model) if world > 1 else None
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    network = RNNClassifier(manifest["vocab_size"], len(labels), model).to(device)
+    ddp = DistributedDataParallel(network) if world > 1 else None
+    optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     weight = class_weights(manifest, labels).to(device) if cfg.class_weights else None
@@ -114,7 +109,7 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
         # on the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are
         # copied to the model's device as they are loaded
         checkpoint = torch.load(out_dir / LAST, map_location="cpu", weights_only=True)
-        model.load_state_dict(checkpoint["model"])
+        network.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"])
@@ -126,11 +121,11 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
                                  shuffle=True, seed=cfg.seed, rank=rank, world_size=world)
     val_batches = ShardBatches(tensors_dir / "val", cfg.batch_size * 4, cfg.pool_batches,
                                shuffle=False, rank=rank, world_size=world)
-    runner = ddp or model
+    runner = ddp or network
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
         train_batches.set_epoch(epoch)
-        model.train()
+        network.train()
         start = time.perf_counter()
         total = correct = count = tokens = 0.0
         bar = tqdm(train_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
@@ -144,7 +139,7 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_norm:
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.clip_norm)
+                    nn.utils.clip_grad_norm_(network.parameters(), cfg.clip_norm)
                 optimizer.step()
                 total += loss.item() * len(batch.labels)
                 correct += float((logits.argmax(1) == batch.labels).sum())
@@ -152,7 +147,7 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
                 tokens += float(batch.lengths.sum())
         total, correct, count, tokens = _sum_across_ranks(total, correct, count, tokens)
         seconds = time.perf_counter() - start
-        val_loss, val_acc = validation_loss(model, val_batches, loss_fn, device, cfg)
+        val_loss, val_acc = validation_loss(network, val_batches, loss_fn, device, cfg)
         scheduler.step(val_loss)
         record = {"epoch": epoch, "train_loss": total / max(count, 1), "train_acc": correct / max(count, 1),
                   "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
@@ -166,8 +161,8 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
         }
         if rank == 0:
             if improved:
-                _save(model.state_dict(), out_dir / BEST)
-            checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                _save(network.state_dict(), out_dir / BEST)
+            checkpoint = {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
                           "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
                           "state": state}
             if device.type == "cuda":
@@ -183,13 +178,13 @@ def train(tensors_dir: str | Path, out_dir: str | Path, model_cfg: ModelConfig,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`torchrun --nproc_per_node=N -m rnnlib.train TENSORS OUT --config FILE.yaml`: the training
+    """`torchrun --nproc_per_node=N -m rnnlib.modeling.train TENSORS OUT --config FILE.yaml`: the training
     stage alone, on several GPUs (each rank reads its own shards)."""
     import argparse
 
     from rnnlib.config import TrainFlowConfig, load_config
 
-    parser = argparse.ArgumentParser(prog="python -m rnnlib.train", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m rnnlib.modeling.train", description=main.__doc__)
     parser.add_argument("tensors", help="a tensorize stage folder (with train/ and val/)")
     parser.add_argument("out", help="checkpoint folder (a run found there is resumed)")
     parser.add_argument("--config", help="YAML file; its model: and train: sections are used")
@@ -197,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = load_config(TrainFlowConfig, args.config, args.overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    summary = train(args.tensors, args.out, config.model, config.train)
+    summary = train(args.tensors, out_dir=args.out, model=config.model, cfg=config.train)
     if summary["world_size"] == 1 or dist.get_rank() == 0:
         log.info("best epoch %d, validation loss %.4f; weights in %s", summary["best_epoch"],
                  summary["best_val_loss"], Path(args.out) / BEST)

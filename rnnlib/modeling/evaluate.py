@@ -1,4 +1,6 @@
-"""Evaluation on a held-out split: scikit-learn metrics, a confusion matrix and PNG plots."""
+"""Evaluation of a saved bundle on a held-out split: scikit-learn metrics, a confusion matrix and
+PNG plots, written into the bundle. The saved bundle is what is evaluated, so the figures are
+those of exactly what users will load."""
 
 from __future__ import annotations
 
@@ -12,10 +14,37 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix  # noqa: E402
 
-from rnnlib.data import ShardBatches  # noqa: E402
-from rnnlib.model import RNNClassifier  # noqa: E402
+from rnnlib.common.storage import write_json  # noqa: E402
+from rnnlib.modeling.batches import ShardBatches  # noqa: E402
+from rnnlib.modeling.bundle import METRICS, load_bundle  # noqa: E402
+from rnnlib.modeling.device import DeviceChoice, pick_device  # noqa: E402
+from rnnlib.modeling.model import RNNClassifier  # noqa: E402
+
+CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
+
+
+class Averages(BaseModel):
+    """Precision, recall and F1 averaged over classes (as scikit-learn names them)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    precision: float
+    recall: float
+    f1: float = Field(alias="f1-score")
+
+
+class Evaluation(BaseModel):
+    """A bundle's headline figures on the test split; the full report is its `metrics.json`."""
+
+    bundle: str
+    version: str
+    rows: int
+    accuracy: float
+    macro: Averages
+    weighted: Averages
 
 
 @torch.no_grad()
@@ -73,3 +102,19 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: list[dict[str, Any]],
+                    device: DeviceChoice = "auto") -> Evaluation:
+    """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
+    `history`), the confusion matrix and the learning curves into the bundle."""
+    bundle_dir = Path(bundle_dir)
+    target = pick_device(device)
+    bundle = load_bundle(bundle_dir, target)
+    truth, predicted = predict(bundle.model, ShardBatches(test_dir, 512, shuffle=False), target)
+    result = metrics(truth, predicted, list(bundle.labels.labels))
+    write_json(bundle_dir / METRICS, {**result, "history": history})
+    plot_confusion(result, bundle_dir / CONFUSION_PNG)
+    plot_curves(history, bundle_dir / CURVES_PNG)
+    return Evaluation(bundle=str(bundle_dir), version=bundle.version,
+                      **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")})

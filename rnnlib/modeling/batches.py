@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from rnnlib.storage import MANIFEST, read_json
+from rnnlib.common.storage import MANIFEST, read_json
 
 OPEN_SHARDS = 64  # readers of 1,024 rows each: a few MB
 

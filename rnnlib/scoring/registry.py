@@ -11,38 +11,35 @@ so each model applies its own preprocessing and vocabulary.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel
 
-from rnnlib.bundle import CONFIG, load_bundle
-from rnnlib.cluster import partitions
-from rnnlib.scoring import DEFAULT_MAX_LENGTH, ScoringSettings, score_table
-from rnnlib.split import with_split
-from rnnlib.storage import read_json, write_json
+from rnnlib.common.storage import partitions, read_json, write_json
+from rnnlib.modeling.bundle import CONFIG, CURRENT, current_bundle, load_bundle
+from rnnlib.prepare.split import with_split
+from rnnlib.scoring.partition import DEFAULT_MAX_LENGTH, ScoringSettings, score_table
 
-CURRENT, BUNDLES, DECISIONS = "current.json", "bundles", "decisions.jsonl"
-
-
-def current_bundle(registry: str | Path) -> Path | None:
-    """The current model's bundle, or None for an empty registry."""
-    pointer = Path(registry) / CURRENT
-    return Path(registry) / read_json(pointer)["bundle"] if pointer.is_file() else None
+BUNDLES, DECISIONS = "bundles", "decisions.jsonl"
 
 
-def resolve_bundle(path: str | Path) -> Path:
-    """A bundle directory as given, or a registry's current bundle."""
-    path = Path(path)
-    if (path / CURRENT).is_file():
-        return current_bundle(path)
-    return path
+class Decision(BaseModel):
+    """One promotion decision, as `decisions.jsonl` records it."""
+
+    time: str
+    candidate: str  # the candidate bundle's version
+    test_rows: int
+    candidate_accuracy: float
+    current: str | None = None  # the version that was current, if any
+    current_accuracy: float | None = None
+    promoted: bool
+    reason: str
 
 
 def held_out_rows(ingest_dir: str | Path, split_dir: str | Path) -> pa.Table:
@@ -67,40 +64,38 @@ def accuracy(bundle_dir: str | Path, rows: pa.Table) -> float:
 
 
 def promote(registry: str | Path, candidate: str | Path, ingest_dir: str | Path,
-            split_dir: str | Path) -> dict[str, Any]:
+            split_dir: str | Path) -> Decision:
     """Make `candidate` the current model unless the current one scores better on the
     candidate's test rows. Returns (and records) the decision."""
     registry, candidate = Path(registry), Path(candidate)
     rows = held_out_rows(ingest_dir, split_dir)
     version = read_json(candidate / CONFIG)["version"]
-    decision: dict[str, Any] = {
-        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"), "candidate": version,
-        "test_rows": rows.num_rows, "candidate_accuracy": accuracy(candidate, rows),
-    }
+    candidate_accuracy = accuracy(candidate, rows)
     incumbent = current_bundle(registry)
-    if incumbent is not None:
-        decision["current"] = read_json(incumbent / CONFIG)["version"]
-        decision["current_accuracy"] = accuracy(incumbent, rows)
-    promoted = incumbent is None or decision["candidate_accuracy"] >= decision["current_accuracy"]
-    decision["promoted"] = promoted
-    if incumbent is None:
-        decision["reason"] = "first model in the registry"
+    current = read_json(incumbent / CONFIG)["version"] if incumbent is not None else None
+    current_accuracy = accuracy(incumbent, rows) if incumbent is not None else None
+    promoted = current_accuracy is None or candidate_accuracy >= current_accuracy
+    if current_accuracy is None:
+        reason = "first model in the registry"
     elif promoted:
-        decision["reason"] = (f"scores {decision['candidate_accuracy']:.4f} >= the current model's "
-                              f"{decision['current_accuracy']:.4f} on the same {rows.num_rows} test rows")
+        reason = (f"scores {candidate_accuracy:.4f} >= the current model's {current_accuracy:.4f} "
+                  f"on the same {rows.num_rows} test rows")
     else:
-        decision["reason"] = (f"not promoted: scores {decision['candidate_accuracy']:.4f} < the current "
-                              f"model's {decision['current_accuracy']:.4f} on the same {rows.num_rows} "
-                              f"test rows; the current model ({decision['current']}) stays")
+        reason = (f"not promoted: scores {candidate_accuracy:.4f} < the current model's "
+                  f"{current_accuracy:.4f} on the same {rows.num_rows} test rows; the current model "
+                  f"({current}) stays")
+    decision = Decision(time=datetime.now(timezone.utc).isoformat(timespec="seconds"), candidate=version,
+                        test_rows=rows.num_rows, candidate_accuracy=candidate_accuracy, current=current,
+                        current_accuracy=current_accuracy, promoted=promoted, reason=reason)
     if promoted:
         _install(registry, candidate, version, decision)
     registry.mkdir(parents=True, exist_ok=True)
     with open(registry / DECISIONS, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(decision) + "\n")
+        fh.write(decision.model_dump_json(exclude_none=True) + "\n")
     return decision
 
 
-def _install(registry: Path, candidate: Path, version: str, decision: dict[str, Any]) -> None:
+def _install(registry: Path, candidate: Path, version: str, decision: Decision) -> None:
     """Copy the bundle in (atomically), then point `current.json` at it (atomically)."""
     target = registry / BUNDLES / version
     if not target.is_dir():
@@ -109,5 +104,5 @@ def _install(registry: Path, candidate: Path, version: str, decision: dict[str, 
         shutil.copytree(candidate, tmp)
         os.replace(tmp, target)
     write_json(registry / CURRENT, {"bundle": f"{BUNDLES}/{version}", "version": version,
-                                    "accuracy": decision["candidate_accuracy"],
-                                    "test_rows": decision["test_rows"], "promoted_at": decision["time"]})
+                                    "accuracy": decision.candidate_accuracy,
+                                    "test_rows": decision.test_rows, "promoted_at": decision.time})

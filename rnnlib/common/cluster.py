@@ -6,7 +6,6 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import dask
@@ -14,12 +13,11 @@ from distributed import Client, LocalCluster
 
 from rnnlib.config import DaskConfig
 
-
 # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers, to hand freed memory back to the OS in long
 # lived clusters. Setting it also turns off glibc's adaptive mmap threshold, so every large
-# buffer is mapped afresh and faulted in page by page: the JSONL ingest ran 25% slower, the whole
-# prepare pipeline 5% (IMDB folders) to 22% (JSONL dump). The workers
-# of a run's own LocalCluster live as long as the run and keep glibc's defaults.
+# buffer is mapped afresh and faulted in page by page, which slows every stage (README,
+# benchmarks). The workers of a run's own LocalCluster live as long as the run and keep glibc's
+# defaults.
 LOCAL_WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
@@ -49,11 +47,6 @@ def dask_client(cfg: DaskConfig) -> Iterator[Client]:
             yield client
         finally:
             client.close()
-
-
-def partitions(stage_dir: str | Path) -> list[Path]:
-    """The Parquet partitions of a stage output, in order."""
-    return sorted(Path(stage_dir).glob("part-*.parquet"))
 
 
 def map_partitions(

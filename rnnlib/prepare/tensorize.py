@@ -14,12 +14,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from distributed import Client
 
-from rnnlib.accounting import outcomes, summarise
-from rnnlib.cluster import map_partitions, partitions
+from rnnlib.common.accounting import outcomes, summarise
+from rnnlib.common.cluster import map_partitions
+from rnnlib.common.storage import MANIFEST, building, partitions, write_json
 from rnnlib.config import TensorizeConfig
-from rnnlib.split import with_split
-from rnnlib.storage import MANIFEST, building, write_json
-from rnnlib.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary, load_fitted
+from rnnlib.prepare.split import with_split
+from rnnlib.prepare.vocab import (
+    LABELS_FILE,
+    VOCAB_FILE,
+    LabelEncoder,
+    Vocabulary,
+    load_fitted,
+)
 
 SCHEMA_VERSION = 1
 SHARD_SCHEMA = pa.schema(
@@ -133,8 +139,8 @@ def _merge_split(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tensorize(
-    tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str | Path, out_dir: str | Path,
-    cfg: TensorizeConfig, labelled: bool, client: Client | None,
+    tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str | Path, *, out_dir: str | Path,
+    cfg: TensorizeConfig, labelled: bool, client: Client | None = None,
 ) -> dict[str, Any]:
     """Write `<split>/shard-*.parquet` with a manifest per split, plus `rejects/`."""
     files = partitions(tokens_dir)

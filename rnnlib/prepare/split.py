@@ -21,9 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from distributed import Client
 
-from rnnlib.cluster import map_partitions, partitions
+from rnnlib.common.cluster import map_partitions
+from rnnlib.common.storage import MANIFEST, building, partitions, write_json
 from rnnlib.config import SPLITS, SplitConfig
-from rnnlib.storage import MANIFEST, building, write_json
 
 UNLABELLED_SPLIT = "all"  # unlabelled corpora (scoring input) are kept whole
 NO_POOL = ""
@@ -121,8 +121,11 @@ def with_split(tokens_file: Path, split_dir: str | Path, **read_options: Any) ->
 
 
 def split(
-    in_dir: str | Path, out_dir: str | Path, cfg: SplitConfig, labelled: bool, client: Client | None
+    in_dir: str | Path, *, out_dir: str | Path, cfg: SplitConfig, labelled: bool,
+    client: Client | None = None,
 ) -> dict[str, Any]:
+    """Assign every kept row of the tokens partitions to train/val/test (or `all` when
+    unlabelled); writes one row-aligned `id, split` partition per tokens partition."""
     files = partitions(in_dir)
     per_partition = map_partitions(client, count_partition, files)
     groups = sorted({g for counts in per_partition for g in counts})

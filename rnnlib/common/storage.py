@@ -1,4 +1,4 @@
-"""Atomic, content-addressed stage outputs: a stage directory either holds a finished result
+"""Atomic stage outputs: a stage directory either holds a finished result
 (with its manifest) or does not exist, so a crash never leaves a half-written output behind."""
 
 from __future__ import annotations
@@ -20,8 +20,7 @@ MANIFEST = "_manifest.json"  # "_" keeps Parquet dataset readers off it
 
 def write_json(path: str | Path, value: Any, compact: bool = False) -> None:
     """Write JSON atomically (temporary name, then rename). Indented for people to read, or
-    `compact` for big values: only then does Python use its C encoder (a vocabulary of 100,000
-    tokens: 0.02 s against 0.05 s)."""
+    `compact` for big values: only then does Python use its C encoder."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     text = json.dumps(value, sort_keys=True) if compact else json.dumps(value, indent=2, sort_keys=True)
@@ -40,6 +39,11 @@ def write_parquet(table: pa.Table, path: str | Path) -> None:
 
 def read_json(path: str | Path) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def partitions(stage_dir: str | Path) -> list[Path]:
+    """The Parquet partitions of a stage output, in order."""
+    return sorted(Path(stage_dir).glob("part-*.parquet"))
 
 
 def is_complete(stage_dir: str | Path) -> bool:

@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from distributed import Client
 
-from rnnlib.cluster import map_reduce, partitions
+from rnnlib.common.cluster import map_reduce
+from rnnlib.common.fingerprint import digest_json
+from rnnlib.common.storage import MANIFEST, building, partitions, read_json, write_json
 from rnnlib.config import VocabConfig
 from rnnlib.errors import InputError
-from rnnlib.fingerprint import digest_json
-from rnnlib.specials import SPECIALS, UNK_ID
-from rnnlib.split import with_split
-from rnnlib.storage import MANIFEST, building, read_json, write_json
+from rnnlib.prepare.specials import SPECIALS, UNK_ID
+from rnnlib.prepare.split import with_split
 
 VOCAB_FILE, LABELS_FILE = "vocab.json", "labels.json"
 
@@ -115,8 +115,8 @@ def merge_counts(*tables: pa.Table) -> pa.Table:
 
 
 def fit(
-    tokens_dir: str | Path, split_dir: str | Path, out_dir: str | Path, cfg: VocabConfig,
-    fit_split: str, client: Client | None,
+    tokens_dir: str | Path, split_dir: str | Path, *, out_dir: str | Path, cfg: VocabConfig,
+    fit_split: str, client: Client | None = None,
 ) -> dict[str, Any]:
     """Fit the vocabulary and label encoder on the rows assigned to `fit_split`."""
     counts = map_reduce(client, count_partition, partitions(tokens_dir), merge_counts,

@@ -1,8 +1,8 @@
 """The recurrent classifier family of the classic recipes.
 
-Padding never changes a result, and batches are never packed: measured on CPU (torch 2.13, a
-2-layer BiLSTM, 64 x 400 tokens) a packed batch took 19 s per training step against 0.7 s padded,
-so padded batches with length bucketing are used instead, made exact like this:
+Padding never changes a result, and batches are never packed: on CPU a packed batch trains many
+times slower than a padded one (see the README), so padded batches with length bucketing are
+used instead, made exact like this:
 - a forward direction's outputs at real positions never see the pads that follow them;
 - a backward direction runs on each sequence reversed within its own length (the pads stay at the
   end), so it starts at the last real token; its outputs are put back in place the same way;
@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from rnnlib.config import ModelConfig
-from rnnlib.specials import PAD_ID, UNK_ID
+from rnnlib.prepare.specials import PAD_ID, UNK_ID
 
 CELLS = {"rnn_tanh": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 # what each pooling option feeds the head; "concat" is ULMFiT's concat pooling

@@ -1,5 +1,5 @@
 """The reserved tokens every vocabulary starts with; a token's id is its position. Kept apart
-from `rnnlib.vocab` (which pulls in Dask) so the model can use the ids without importing it."""
+from `rnnlib.prepare.vocab` (which pulls in Dask) so the model can use the ids without importing it."""
 
 PAD, UNK = "<PAD>", "<UNK>"
 SPECIALS = (PAD, UNK)

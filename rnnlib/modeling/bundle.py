@@ -14,14 +14,15 @@ from typing import Any
 
 import torch
 
+from rnnlib.common.fingerprint import code_version, digest_json, file_digest
+from rnnlib.common.storage import read_json, write_json
 from rnnlib.config import ModelConfig, PreprocessConfig
 from rnnlib.errors import InputError
-from rnnlib.fingerprint import code_version, digest_json, file_digest
-from rnnlib.model import RNNClassifier
-from rnnlib.storage import read_json, write_json
-from rnnlib.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary
+from rnnlib.modeling.model import RNNClassifier
+from rnnlib.prepare.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary
 
 WEIGHTS, CONFIG, METRICS = "weights.pt", "config.json", "metrics.json"
+CURRENT = "current.json"  # in a model registry: which of its bundles is current
 
 
 class BundleError(InputError):
@@ -58,6 +59,20 @@ def save_bundle(out_dir: Path, weights: Path, vocab_dir: Path, preprocess: Prepr
     if metrics is not None:
         write_json(out_dir / METRICS, metrics)
     return config["version"]
+
+
+def current_bundle(registry: str | Path) -> Path | None:
+    """A model registry's current bundle, or None for an empty registry."""
+    pointer = Path(registry) / CURRENT
+    return Path(registry) / read_json(pointer)["bundle"] if pointer.is_file() else None
+
+
+def locate_bundle(path: str | Path) -> Path:
+    """A bundle directory as given, or a model registry's current bundle."""
+    path = Path(path)
+    if (path / CURRENT).is_file():
+        return current_bundle(path)
+    return path
 
 
 def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:

@@ -15,13 +15,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from rnnlib.bundle import Bundle, BundleError, load_bundle
-from rnnlib.data import collate
-from rnnlib.model import RNNClassifier
-from rnnlib.preprocess import preprocess_table
-from rnnlib.storage import write_parquet
-from rnnlib.tensorize import REJECTS_SCHEMA, encode_ids
-from rnnlib.train import pick_device
+from rnnlib.common.storage import write_parquet
+from rnnlib.modeling.batches import collate
+from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
+from rnnlib.modeling.device import pick_device
+from rnnlib.modeling.model import RNNClassifier
+from rnnlib.prepare.preprocess import preprocess_table
+from rnnlib.prepare.tensorize import REJECTS_SCHEMA, encode_ids
 
 DEFAULT_MAX_LENGTH = 1000  # for bundles trained without a maximum: bounds a batch's memory
 TOP_K_TYPE = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))

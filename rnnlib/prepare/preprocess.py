@@ -10,11 +10,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from distributed import Client
 
-from rnnlib.accounting import outcomes, summarise
-from rnnlib.cluster import map_partitions, partitions
+from rnnlib.common.accounting import outcomes, summarise
+from rnnlib.common.cluster import map_partitions
+from rnnlib.common.storage import MANIFEST, building, partitions, write_json
 from rnnlib.config import PreprocessConfig
-from rnnlib.storage import MANIFEST, building, write_json
-from rnnlib.text import tokenize
+from rnnlib.prepare.text import tokenize
 
 # Token lists get an explicit Arrow list type: generic dataframe conversions mangle them.
 TOKENS_SCHEMA = pa.schema(
@@ -49,13 +49,15 @@ def preprocess_table(table: pa.Table, cfg: PreprocessConfig) -> pa.Table:
 
 def preprocess_partition(in_file: Path, out_file: Path, cfg: PreprocessConfig) -> dict[str, Any]:
     table = preprocess_table(pq.read_table(in_file), cfg)
-    # no column statistics: min/max of millions of token strings tripled the write time, and
-    # nothing reads them
+    # no column statistics: min/max over millions of token strings cost more than the write
+    # itself, and nothing reads them
     pq.write_table(table, out_file, write_statistics=False)
     return {"outcomes": outcomes(table["reject"]), "tokens": int(pc.sum(pc.list_value_length(table["tokens"])).as_py() or 0)}
 
 
-def preprocess(in_dir: str | Path, out_dir: str | Path, cfg: PreprocessConfig, client: Client | None) -> dict[str, Any]:
+def preprocess(
+    in_dir: str | Path, *, out_dir: str | Path, cfg: PreprocessConfig, client: Client | None = None
+) -> dict[str, Any]:
     """Tokenise every partition on the cluster; the manifest carries the cumulative accounting."""
     files = partitions(in_dir)
     with building(out_dir) as scratch:

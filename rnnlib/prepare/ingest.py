@@ -6,32 +6,26 @@ its provenance and reason with a null text, so every input row stays accounted f
 
 from __future__ import annotations
 
-import posixpath
 import re
 from collections import Counter, defaultdict
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import fsspec
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from distributed import Client
-from fsspec.implementations.zip import ZipFileSystem
 
-from rnnlib.accounting import KEPT, summarise
-from rnnlib.config import InputSpec, SourceConfig
-from rnnlib.datasets import materialize
-from rnnlib.errors import InputError
-from rnnlib.fingerprint import url_digest
-from rnnlib.cluster import map_partitions
-from rnnlib.readers import ReadUnit, infer_format, plan_units, read_unit
-from rnnlib.storage import MANIFEST, building, write_json
+from rnnlib.common.accounting import KEPT, summarise
+from rnnlib.common.cluster import map_partitions
+from rnnlib.common.storage import MANIFEST, building, write_json
+from rnnlib.config import SourceConfig
+from rnnlib.sources.inputs import is_labelled, resolve_inputs
+from rnnlib.sources.readers import ReadUnit, plan_units, read_unit
 
 CANONICAL_SCHEMA = pa.schema(
     [
@@ -46,62 +40,9 @@ CANONICAL_SCHEMA = pa.schema(
 )
 UNDECODABLE = "undecodable bytes (not UTF-8)"
 NOT_SELECTED = "label not selected (source.keep_labels)"
-CLASS_LAYOUTS = ("folder_per_class", "file_per_class")
 T = TypeVar("T")
 _END = object()  # what read_ahead's reader returns when the chunks are exhausted
 SURROGATE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of undecodable bytes
-
-
-@dataclass(frozen=True)
-class ResolvedInput:
-    fs: fsspec.AbstractFileSystem
-    path: str
-    spec: InputSpec
-
-
-def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str, str]]:
-    """Turn the source config into concrete (filesystem, path, spec) triples; globs expand."""
-    source = materialize(source)
-    resolved: list[ResolvedInput] = []
-    for spec in source.inputs:
-        url = spec.path
-        fs, path = fsspec.core.url_to_fs(url)
-        if path.lower().endswith(".zip") and spec.format in CLASS_LAYOUTS:
-            if not fs.exists(path):
-                raise InputError("file not found", file=url)
-            fs, path = ZipFileSystem(fo=url), ""
-        paths = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
-        if not paths or (path and not fs.exists(paths[0])):
-            raise InputError("file not found" if len(paths) <= 1 else "no file matches", file=url)
-        for p in paths:
-            fmt = spec.format if spec.format != "auto" else infer_format(fs, p)
-            resolved.append(ResolvedInput(fs, p, spec.model_copy(update={"format": fmt})))
-    return resolved, source.label_names
-
-
-def is_labelled(inputs: list[ResolvedInput]) -> bool:
-    """Whether the inputs carry labels; a mix of labelled and unlabelled inputs is refused."""
-    flags = {i.spec.label_column is not None or i.spec.format in CLASS_LAYOUTS for i in inputs}
-    if len(flags) > 1:
-        raise InputError("some inputs have labels and others not; prepare them separately")
-    return flags.pop()
-
-
-def fingerprint_inputs(source: SourceConfig) -> dict[str, Any]:
-    """Content fingerprint of a source: every file's digest (by its name relative to its input)
-    plus how it is read. Moving the data elsewhere keeps the fingerprint."""
-    inputs, label_names = resolve_inputs(source)
-    parts = []
-    for item in inputs:
-        files = sorted(item.fs.find(item.path)) if item.fs.isdir(item.path) else [item.path]
-        cut = len(posixpath.dirname(item.path.rstrip("/")))  # names relative to the input's parent
-        parts.append(
-            {
-                "spec": item.spec.model_dump(exclude={"path"}),
-                "files": {f[cut:].lstrip("/"): url_digest(item.fs, f) for f in files},
-            }
-        )
-    return {"inputs": parts, "label_names": label_names}
 
 
 def _objects(column: pd.Series) -> np.ndarray:
@@ -231,7 +172,7 @@ def ingest_unit(
     return {"parts": writer.parts, "per_file": dict(per_file)}
 
 
-def ingest(source: SourceConfig, out_dir: str | Path, client: Client | None = None) -> dict[str, Any]:
+def ingest(source: SourceConfig, *, out_dir: str | Path, client: Client | None = None) -> dict[str, Any]:
     """Read all inputs into canonical partitions under `out_dir`, one read unit per task on the
     cluster (or in this process without a client); return the stage manifest."""
     inputs, label_names = resolve_inputs(source)

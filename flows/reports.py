@@ -1,0 +1,66 @@
+"""What the flows publish to Prefect: markdown and table artifacts summarising a run."""
+
+from __future__ import annotations
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from rnnlib.modeling.evaluate import Evaluation
+from rnnlib.prepare.pipeline import PreparedData
+from rnnlib.scoring.registry import Decision
+from rnnlib.scoring.run import ScoreReport
+from rnnlib.stages import StageOutput
+
+
+def stage_table(stages: list[StageOutput]) -> list[str]:
+    lines = ["| stage | cached | seconds |", "|---|---|---|"]
+    return lines + [f"| {s.stage} | {s.cached} | {s.seconds} |" for s in stages]
+
+
+def count_table(heading: str, counts: dict[str, int]) -> list[str]:
+    """A two-column table of counts, or nothing when there are none."""
+    if not counts:
+        return []
+    return ["", f"| {heading} | rows |", "|---|---|", *(f"| {k} | {n} |" for k, n in counts.items())]
+
+
+def publish_prepared(data: PreparedData) -> None:
+    lines = ["# prepare", "", *stage_table(data.stages), "",
+             f"**rows** {data.rows}, **kept** {data.kept}",
+             *count_table("split", data.splits), *count_table("rejected because", data.rejected)]
+    create_markdown_artifact(key="prepare-summary", markdown="\n".join(lines),
+                             description="rows kept and rejected by the prepare flow")
+
+
+def publish_evaluation(result: Evaluation) -> None:
+    create_table_artifact(
+        key="evaluation-metrics",
+        table=[{"metric": name, "value": round(value, 4)} for name, value in (
+            ("accuracy", result.accuracy), ("macro F1", result.macro.f1),
+            ("macro recall", result.macro.recall), ("weighted F1", result.weighted.f1))],
+        description="test-split metrics",
+    )
+    create_markdown_artifact(
+        key="evaluation-summary",
+        markdown=(f"# evaluation\n\n{result.rows} test rows: accuracy **{result.accuracy:.4f}**, "
+                  f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}."
+                  f"\n\nBundle `{result.bundle}` (version {result.version})."),
+        description="test-split summary",
+    )
+
+
+def publish_decision(decision: Decision) -> None:
+    verdict = "promoted" if decision.promoted else "not promoted"
+    create_markdown_artifact(key="retrain-decision", description="promotion decision", markdown=(
+        f"# retrain\n\nCandidate `{decision.candidate}`: **{verdict}** — {decision.reason}."))
+
+
+def publish_scoring(report: ScoreReport) -> None:
+    lines = ["# scoring", "", f"**rows** {report.rows}: **scored** {report.scored}, "
+             f"rejected {sum(report.rejected.values())}, truncated {report.truncated}; "
+             f"{report.rows_per_second:.0f} rows/s, {report.mb_per_second} MB/s",
+             *count_table("label", report.labels), *count_table("rejected because", report.rejected)]
+    if report.failed:
+        lines += ["", "| failed | error |", "|---|---|"]
+        lines += [f"| {name} | {error} |" for name, error in report.failed.items()]
+    create_markdown_artifact(key="scoring-summary", markdown="\n".join(lines),
+                             description="rows scored and rejected by the score flow")

@@ -1,0 +1,101 @@
+"""The modelling stages, each cached by content, and `train_model()`, which runs them after the
+prepare stages.
+
+    (prepare) -> fit -> evaluate (bundle, metrics, plots)
+
+As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions one each.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from distributed import Client
+from pydantic import BaseModel
+
+from rnnlib.common.storage import MANIFEST, building, write_json
+from rnnlib.config import ModelConfig, PreprocessConfig, TrainConfig, TrainFlowConfig
+from rnnlib.modeling.bundle import save_bundle
+from rnnlib.modeling.evaluate import Evaluation, evaluate_bundle
+from rnnlib.modeling.train import BEST, train
+from rnnlib.prepare.pipeline import PreparedData, prepare
+from rnnlib.stages import StageOutput, run_stage
+
+BUNDLE = "bundle"
+
+
+def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, work_dir: str) -> StageOutput:
+    """Train. Checkpoints live in `<key>.partial/` until training ends, so a killed run that is
+    started again resumes from its last epoch."""
+
+    def build(out: Path) -> dict[str, Any]:
+        partial = out.with_name(out.name + ".partial")
+        summary = train(tensors.path, out_dir=partial, model=model, cfg=cfg)
+        write_json(partial / MANIFEST, summary)
+        if out.exists():  # an incomplete leftover
+            shutil.rmtree(out)
+        os.replace(partial, out)
+        return summary
+
+    return run_stage("fit", {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir}, build)
+
+
+def evaluate_stage(tensors: StageOutput, vocab: StageOutput, fitted: StageOutput, *,
+                   preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
+                   work_dir: str) -> StageOutput:
+    """Write the model bundle (best weights, vocabulary, labels, preprocessing) and evaluate it on
+    the test split; the manifest is the `Evaluation`."""
+    params = {"tensors": tensors, "vocab": vocab, "fitted": fitted, "preprocess": preprocess,
+              "model": model, "max_length": max_length, "work_dir": work_dir}
+
+    def build(out: Path) -> dict[str, Any]:
+        with building(out) as scratch:
+            data = {"tensors": tensors.key, "vocab": vocab.key, "fit": fitted.key}
+            save_bundle(scratch / BUNDLE, Path(fitted.path) / BEST, Path(vocab.path), preprocess, model,
+                        max_length, data)
+            evaluation = evaluate_bundle(scratch / BUNDLE, Path(tensors.path) / "test",
+                                         history=fitted.manifest["history"])
+            manifest = evaluation.model_copy(update={"bundle": str(out / BUNDLE)}).model_dump(
+                mode="json", by_alias=True)
+            write_json(scratch / MANIFEST, manifest)
+        return manifest
+
+    return run_stage("evaluate", params, build)
+
+
+class TrainedModel(BaseModel):
+    """The prepared data, the training run and the evaluated bundle."""
+
+    data: PreparedData
+    fit: StageOutput
+    evaluate: StageOutput
+
+    @property
+    def stages(self) -> list[StageOutput]:
+        return [*self.data.stages, self.fit, self.evaluate]
+
+    @property
+    def evaluation(self) -> Evaluation:
+        return Evaluation.model_validate(self.evaluate.manifest)
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        return self.fit.manifest["history"]
+
+    @property
+    def best_epoch(self) -> int:
+        return self.fit.manifest["best_epoch"]
+
+
+def train_model(cfg: TrainFlowConfig, client: Client | None = None) -> TrainedModel:
+    """Prepare the data (on `client`, or in this process), train, evaluate and write the bundle;
+    every stage is reused from `cfg.work_dir` when its inputs are unchanged."""
+    data = prepare(cfg, client)
+    fitted = fit_stage(data.tensorize, model=cfg.model, cfg=cfg.train, work_dir=cfg.work_dir)
+    evaluated = evaluate_stage(data.tensorize, data.vocab, fitted, preprocess=cfg.preprocess,
+                               model=cfg.model, max_length=cfg.tensorize.max_length,
+                               work_dir=cfg.work_dir)
+    return TrainedModel(data=data, fit=fitted, evaluate=evaluated)

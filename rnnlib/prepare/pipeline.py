@@ -1,0 +1,144 @@
+"""The prepare stages, each cached by content, and `prepare()`, which runs them in order.
+
+    ingest -> preprocess -> split -> vocab -> tensorize
+
+Each `*_stage` function is one stage with its cache: the output folder it reuses or builds and
+the decisions that belong to the stage (the vocabulary is fitted on `train`, or on `all` for an
+unlabelled corpus). The Prefect tasks wrap these one each; `prepare()` chains them for callers
+without orchestration (tests, benchmarks, notebooks).
+
+A stage is given `connect`, which returns the Dask client to use (None: in this process), rather
+than a client: it is called only when the stage is built, so a run served from cache starts no
+cluster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from distributed import Client
+from pydantic import BaseModel, model_validator
+
+from rnnlib.common.accounting import AccountingError
+from rnnlib.config import (
+    PrepareConfig,
+    PreprocessConfig,
+    SourceConfig,
+    SplitConfig,
+    TensorizeConfig,
+    VocabConfig,
+)
+from rnnlib.prepare.ingest import ingest
+from rnnlib.prepare.preprocess import preprocess
+from rnnlib.prepare.split import UNLABELLED_SPLIT, split
+from rnnlib.prepare.tensorize import tensorize
+from rnnlib.prepare.vocab import fit
+from rnnlib.sources.datasets import materialize
+from rnnlib.stages import StageOutput, run_stage
+
+Connect = Callable[[], Client | None]
+
+
+def in_process() -> None:
+    """`connect` for stages run in this process, without a cluster."""
+    return None
+
+
+def ingest_stage(source: SourceConfig, *, work_dir: str, connect: Connect = in_process) -> StageOutput:
+    return run_stage("ingest", {"source": source, "work_dir": work_dir},
+                     lambda out: ingest(source, out_dir=out, client=connect()))
+
+
+def preprocess_stage(ingested: StageOutput, *, cfg: PreprocessConfig, work_dir: str,
+                     connect: Connect = in_process) -> StageOutput:
+    return run_stage("preprocess", {"ingested": ingested, "cfg": cfg, "work_dir": work_dir},
+                     lambda out: preprocess(ingested.path, out_dir=out, cfg=cfg, client=connect()))
+
+
+def split_stage(tokens: StageOutput, *, labelled: bool, cfg: SplitConfig, work_dir: str,
+                connect: Connect = in_process) -> StageOutput:
+    return run_stage("split", {"tokens": tokens, "labelled": labelled, "cfg": cfg, "work_dir": work_dir},
+                     lambda out: split(tokens.path, out_dir=out, cfg=cfg, labelled=labelled,
+                                       client=connect()))
+
+
+def vocab_stage(tokens: StageOutput, splits: StageOutput, *, labelled: bool, cfg: VocabConfig,
+                work_dir: str, connect: Connect = in_process) -> StageOutput:
+    """Fitted on the training split only; an unlabelled corpus (all of it in split `all`) on
+    all of it."""
+    fit_split = "train" if labelled else UNLABELLED_SPLIT
+    params = {"tokens": tokens, "splits": splits, "fit_split": fit_split, "cfg": cfg, "work_dir": work_dir}
+    return run_stage("vocab", params, lambda out: fit(tokens.path, splits.path, out_dir=out, cfg=cfg,
+                                                      fit_split=fit_split, client=connect()))
+
+
+def tensorize_stage(tokens: StageOutput, splits: StageOutput, vocab: StageOutput, *, labelled: bool,
+                    cfg: TensorizeConfig, work_dir: str, connect: Connect = in_process) -> StageOutput:
+    params = {"tokens": tokens, "splits": splits, "vocab": vocab, "labelled": labelled, "cfg": cfg,
+              "work_dir": work_dir}
+    return run_stage("tensorize", params, lambda out: tensorize(
+        tokens.path, splits.path, vocab.path, out_dir=out, cfg=cfg, labelled=labelled, client=connect()))
+
+
+class PreparedData(BaseModel):
+    """The prepare stages' outputs, checked to account for every input row."""
+
+    ingest: StageOutput
+    preprocess: StageOutput
+    split: StageOutput
+    vocab: StageOutput
+    tensorize: StageOutput
+
+    @model_validator(mode="after")
+    def _every_row_accounted(self) -> PreparedData:
+        if self.tensorize.manifest["rows"] != self.ingest.manifest["rows"]:
+            raise AccountingError(f"{self.ingest.manifest['rows']} rows ingested, "
+                                  f"{self.tensorize.manifest['rows']} accounted")
+        return self
+
+    @property
+    def stages(self) -> list[StageOutput]:
+        return [self.ingest, self.preprocess, self.split, self.vocab, self.tensorize]
+
+    @property
+    def labelled(self) -> bool:
+        return self.ingest.manifest["labelled"]
+
+    @property
+    def rows(self) -> int:
+        return self.tensorize.manifest["rows"]
+
+    @property
+    def kept(self) -> int:
+        return self.tensorize.manifest["kept"]
+
+    @property
+    def rejected(self) -> dict[str, int]:
+        return self.tensorize.manifest["rejected"]
+
+    @property
+    def splits(self) -> dict[str, int]:
+        return self.tensorize.manifest["splits"]
+
+    @property
+    def labels(self) -> list[str]:
+        return self.tensorize.manifest["labels"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tensorize.manifest["vocab_size"]
+
+
+def prepare(cfg: PrepareConfig, client: Client | None = None) -> PreparedData:
+    """Run the prepare stages in order on `client` (None: in this process), each reused from
+    `cfg.work_dir` when a complete output with the same key is there."""
+    work, connect = cfg.work_dir, lambda: client
+    source = materialize(cfg.source)
+    ingested = ingest_stage(source, work_dir=work, connect=connect)
+    labelled = ingested.manifest["labelled"]
+    tokens = preprocess_stage(ingested, cfg=cfg.preprocess, work_dir=work, connect=connect)
+    splits = split_stage(tokens, labelled=labelled, cfg=cfg.split, work_dir=work, connect=connect)
+    vocab = vocab_stage(tokens, splits, labelled=labelled, cfg=cfg.vocab, work_dir=work, connect=connect)
+    tensors = tensorize_stage(tokens, splits, vocab, labelled=labelled, cfg=cfg.tensorize,
+                              work_dir=work, connect=connect)
+    return PreparedData(ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors)

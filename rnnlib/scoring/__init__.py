@@ -1,0 +1,2 @@
+"""A bundle applied to new text: one partition at a time (`partition`), a whole resumable run
+(`run.score`), and the registry that decides which model scoring uses (`registry`)."""

@@ -1,0 +1,71 @@
+"""Inputs resolved to concrete files: a registered dataset or explicit paths, globs and URLs
+become (filesystem, path, how to read it) triples, and their content is fingerprinted."""
+
+from __future__ import annotations
+
+import posixpath
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.zip import ZipFileSystem
+
+from rnnlib.common.fingerprint import url_digest
+from rnnlib.config import InputSpec, SourceConfig
+from rnnlib.errors import InputError
+from rnnlib.sources.datasets import materialize
+from rnnlib.sources.readers import infer_format
+
+CLASS_LAYOUTS = ("folder_per_class", "file_per_class")
+
+
+@dataclass(frozen=True)
+class ResolvedInput:
+    fs: fsspec.AbstractFileSystem
+    path: str
+    spec: InputSpec
+
+
+def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str, str]]:
+    """Turn the source config into concrete (filesystem, path, spec) triples; globs expand."""
+    source = materialize(source)
+    resolved: list[ResolvedInput] = []
+    for spec in source.inputs:
+        url = spec.path
+        fs, path = fsspec.core.url_to_fs(url)
+        if path.lower().endswith(".zip") and spec.format in CLASS_LAYOUTS:
+            if not fs.exists(path):
+                raise InputError("file not found", file=url)
+            fs, path = ZipFileSystem(fo=url), ""
+        paths = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
+        if not paths or (path and not fs.exists(paths[0])):
+            raise InputError("file not found" if len(paths) <= 1 else "no file matches", file=url)
+        for p in paths:
+            fmt = spec.format if spec.format != "auto" else infer_format(fs, p)
+            resolved.append(ResolvedInput(fs, p, spec.model_copy(update={"format": fmt})))
+    return resolved, source.label_names
+
+
+def is_labelled(inputs: list[ResolvedInput]) -> bool:
+    """Whether the inputs carry labels; a mix of labelled and unlabelled inputs is refused."""
+    flags = {i.spec.label_column is not None or i.spec.format in CLASS_LAYOUTS for i in inputs}
+    if len(flags) > 1:
+        raise InputError("some inputs have labels and others not; prepare them separately")
+    return flags.pop()
+
+
+def fingerprint_inputs(source: SourceConfig) -> dict[str, Any]:
+    """Content fingerprint of a source: every file's digest (by its name relative to its input)
+    plus how it is read. Moving the data elsewhere keeps the fingerprint."""
+    inputs, label_names = resolve_inputs(source)
+    parts = []
+    for item in inputs:
+        files = sorted(item.fs.find(item.path)) if item.fs.isdir(item.path) else [item.path]
+        cut = len(posixpath.dirname(item.path.rstrip("/")))  # names relative to the input's parent
+        parts.append(
+            {
+                "spec": item.spec.model_dump(exclude={"path"}),
+                "files": {f[cut:].lstrip("/"): url_digest(item.fs, f) for f in files},
+            }
+        )
+    return {"inputs": parts, "label_names": label_names}
