@@ -21,3 +21,30 @@ class InputError(ValueError):
             where += ": "
         super().__init__(f"{where}{reason}")
 
+
+
+def _network_faults() -> tuple[type[BaseException], ...]:
+    """HTTP client errors that mean the connection failed, not that the resource is bad."""
+    try:
+        import aiohttp
+    except ImportError:
+        return ()
+    return (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+
+
+TRANSIENT = (TimeoutError, ConnectionError, *_network_faults())
+PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def is_transient(exc: BaseException | None) -> bool:
+    """Whether retrying may help: I/O and network faults yes; bad input and bugs no. fsspec
+    reports a dropped HTTP connection as FileNotFoundError caused by the network error, so the
+    whole cause chain is looked at."""
+    if exc is None or isinstance(exc, InputError):
+        return False
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, TRANSIENT):
+            return True
+        cause = cause.__cause__ or cause.__context__
+    return isinstance(exc, OSError) and not isinstance(exc, PERMANENT_OS_ERRORS)

@@ -1,5 +1,5 @@
 """Retry policy: transient faults (I/O, network) are retried with backoff; bad input and bugs
-fail at once, because a retry cannot fix them."""
+fail at once, because a retry cannot fix them (`rnnlib.errors.is_transient` tells which)."""
 
 from __future__ import annotations
 
@@ -7,17 +7,7 @@ from typing import Any
 
 from prefect.tasks import exponential_backoff
 
-from rnnlib.errors import InputError
-
-PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
-
-
-def is_transient(exc: BaseException | None) -> bool:
-    if exc is None or isinstance(exc, InputError):
-        return False
-    if isinstance(exc, (TimeoutError, ConnectionError)):
-        return True
-    return isinstance(exc, OSError) and not isinstance(exc, PERMANENT_OS_ERRORS)
+from rnnlib.errors import is_transient
 
 
 def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:

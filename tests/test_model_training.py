@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -120,6 +124,22 @@ def names_tensors(names_data) -> Path:
     return Path(names_data.tensorize.path)
 
 
+@contextmanager
+def logged(name: str) -> Iterator[list[str]]:
+    """The INFO messages of one logger while the block runs (whatever Prefect did to logging)."""
+    logger, messages = logging.getLogger(name), []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = lambda record: messages.append(record.getMessage())
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
 SMALL = ModelConfig(cell="gru", embedding_dim=16, hidden_size=32)
 
 
@@ -169,9 +189,17 @@ def test_resume_after_kill_equals_an_uninterrupted_run(names_tensors, tmp_path):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = torch.load(checkpoint, weights_only=True)["state"]["epoch"]
+    saved = torch.load(checkpoint, weights_only=True)["state"]
+    done = saved["epoch"]
     assert done < 3, "the run finished before it could be killed"
-    resumed = train(names_tensors, out_dir=tmp_path / "killed", model=model, cfg=cfg)
+    with logged("rnnlib.modeling.train") as messages:
+        resumed = train(names_tensors, out_dir=tmp_path / "killed", model=model, cfg=cfg)
+    # it went on from the checkpoint: the killed run's epochs are kept as they were (timings
+    # included), and only the epochs after them ran again
+    assert f"resuming after epoch {done} from {checkpoint}" in messages
+    assert resumed["history"][:done] == saved["history"]
+    ran = [int(m.group(1)) for m in map(re.compile(r"epoch (\d+): train loss").match, messages) if m]
+    assert ran == list(range(done + 1, 4))
     # equal up to float summation order (two processes may split CPU reductions differently)
     assert resumed["best_epoch"] == straight["best_epoch"] and len(resumed["history"]) == 3
     for a, b in zip(resumed["history"], straight["history"]):
@@ -187,7 +215,9 @@ def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str) -> None:
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     summary = train(tensors, out_dir=out, model=SMALL, cfg=TrainConfig(epochs=1, batch_size=64))
     model_state = torch.load(Path(out) / LAST, weights_only=True)["model"] if rank == 0 else None
-    Path(out, f"rank{rank}.json").write_text(json.dumps({"world": summary["world_size"], "epochs": len(summary["history"])}))
+    Path(out, f"rank{rank}.json").write_text(json.dumps({
+        "world": summary["world_size"], "epochs": len(summary["history"]), "rows": summary["history"][0]["rows"],
+        "weights": summary["weights_digest"]}))
     if model_state is not None:
         torch.save(model_state, Path(out) / "rank0-final.pt")
 
@@ -198,8 +228,11 @@ def test_distributed_data_parallel_on_two_gloo_processes(names_tensors, tmp_path
         port = s.getsockname()[1]
     torch.multiprocessing.spawn(_ddp_rank, args=(2, port, str(names_tensors), str(tmp_path)),
                                 nprocs=2, join=True)
-    for rank in (0, 1):
-        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"world": 2, "epochs": 1}
+    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [(r["world"], r["epochs"]) for r in ranks] == [(2, 1), (2, 1)]
+    # together the ranks trained on the split once: each read shards of its own, none twice
+    assert ranks[0]["rows"] == ranks[1]["rows"] == 14052
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients all-reduced: the same model
     assert (tmp_path / BEST).is_file() and (tmp_path / "rank0-final.pt").is_file()
 
 

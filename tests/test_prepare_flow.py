@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import shutil
+import socket
+import struct
+import threading
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from prefect import flow, task
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from rnnlib_flows.prepare import prepare_flow
-from rnnlib_tasks.retries import IO_RETRIES, is_transient
 
-from rnnlib import stages
+from rnnlib.common import fingerprint
 from rnnlib.config import InputSpec, PrepareConfig, SourceConfig
-from rnnlib.errors import InputError
+from rnnlib.errors import InputError, is_transient
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGES = ["ingest", "preprocess", "split", "vocab", "tensorize"]
@@ -62,8 +66,19 @@ def test_code_change_invalidates_and_deleted_output_is_rebuilt(datasets, tmp_pat
     again = prepare_flow(config)
     assert again.tensorize.cached is False
     assert pq.read_table(f"{again.tensorize.path}/val").num_rows == 3014
-    monkeypatch.setattr(stages, "code_version", lambda: "a different library version")
-    changed = prepare_flow(config)
+    # the library's source, edited: a copy of the package, one of its modules changed
+    copy = tmp_path / "rnnlib-copy"
+    shutil.copytree(fingerprint.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", copy)
+    fingerprint.code_version.cache_clear()
+    assert cached(prepare_flow(config)) == dict.fromkeys(STAGES, True)  # same code, same keys
+    with open(copy / "prepare" / "text.py", "a") as fh:
+        fh.write("# an edit\n")
+    fingerprint.code_version.cache_clear()
+    try:
+        changed = prepare_flow(config)
+    finally:
+        fingerprint.code_version.cache_clear()
     assert cached(changed) == dict.fromkeys(STAGES, False)
 
 
@@ -97,25 +112,48 @@ def test_bad_input_fails_at_once_without_retries(tmp_path):
     assert len(ingest_runs) == 1 and ingest_runs[0].run_count == 1
 
 
-def test_transient_faults_are_retried():
-    attempts = []
+class FlakyServer(http.server.ThreadingHTTPServer):
+    """Serves a folder, but resets (TCP RST) its first `failures` connections."""
 
-    @task(**{**IO_RETRIES, "retry_delay_seconds": 0})
-    def flaky_read() -> str:
-        attempts.append(1)
-        if len(attempts) < 3:
-            raise ConnectionResetError("connection reset by peer")
-        return "ok"
+    def __init__(self, root: Path, failures: int) -> None:
+        super().__init__(("127.0.0.1", 0), functools.partial(
+            http.server.SimpleHTTPRequestHandler, directory=str(root)))
+        self.failures = failures
 
-    @flow
-    def run_flaky() -> str:
-        return flaky_read()
+    def process_request(self, request, client_address):
+        if self.failures > 0:
+            self.failures -= 1
+            request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            request.close()
+            return
+        super().process_request(request, client_address)
 
-    assert run_flaky() == "ok" and len(attempts) == 3
+
+def test_a_real_stage_retries_a_dropped_connection(tmp_path):
+    """The ingest task reading an http:// input whose server drops its first connections fails
+    twice and succeeds on its third run. An attempt opens four connections before it gives up
+    (fsspec tries HEAD, then GET; aiohttp retries each once on a reset connection)."""
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "data.csv").write_text("text,label\n" + "".join(f"doc {i},{i % 2}\n" for i in range(20)))
+    server = FlakyServer(tmp_path / "www", failures=8)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/data.csv"
+        config = PrepareConfig(source=SourceConfig(inputs=[InputSpec(path=url)]), work_dir=str(tmp_path / "w"),
+                               preprocess={"level": "word"}, dask={"n_workers": 1, "processes": False})
+        state = prepare_flow(config, return_state=True)
+    finally:
+        server.shutdown()
+    assert state.is_completed() and state.result().rows == 20
+    ingest_runs = [r for r in _task_runs(state.state_details.flow_run_id) if r.name.startswith("ingest")]
+    assert len(ingest_runs) == 1 and ingest_runs[0].run_count == 3
 
 
 def test_transient_classification():
     assert is_transient(TimeoutError()) and is_transient(ConnectionError()) and is_transient(OSError(5, "EIO"))
+    dropped = FileNotFoundError("http://host/x.csv")  # how fsspec reports a dropped connection
+    dropped.__cause__ = ConnectionResetError()
+    assert is_transient(dropped)
     assert not is_transient(FileNotFoundError()) and not is_transient(InputError("bad"))
     assert not is_transient(ValueError("bug")) and not is_transient(KeyError("bug"))
 

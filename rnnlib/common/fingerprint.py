@@ -10,7 +10,7 @@ from typing import Any
 
 import fsspec
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # the whole rnnlib package
 
 
 def digest_bytes(data: bytes) -> str:

@@ -8,6 +8,7 @@ DistributedDataParallel, each rank reading its own shards.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -46,6 +47,15 @@ def class_weights(train_manifest: dict[str, Any], labels: list[str]) -> torch.Te
     counts = torch.tensor([train_manifest["class_counts"].get(c, 0) for c in labels], dtype=torch.float)
     weights = counts.sum() / counts.clamp(min=1) / len(labels)
     return weights / weights.mean()
+
+
+def weights_digest(network: nn.Module) -> str:
+    """Digest of a model's parameters and buffers: equal on every rank of a distributed run."""
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(network.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _save(state: dict[str, Any], path: Path) -> None:
@@ -149,7 +159,8 @@ def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
         seconds = time.perf_counter() - start
         val_loss, val_acc = validation_loss(network, val_batches, loss_fn, device, cfg)
         scheduler.step(val_loss)
-        record = {"epoch": epoch, "train_loss": total / max(count, 1), "train_acc": correct / max(count, 1),
+        record = {"epoch": epoch, "rows": int(count),
+                  "train_loss": total / max(count, 1), "train_acc": correct / max(count, 1),
                   "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
                   "seconds": seconds, "tokens_per_s": tokens / seconds}
         improved = val_loss < state["best_val_loss"]
@@ -174,7 +185,7 @@ def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
                  epoch, record["train_loss"], record["train_acc"], val_loss, val_acc, record["lr"],
                  record["tokens_per_s"])
     return {**state, "stopped_early": state["bad_epochs"] >= cfg.patience, "device": str(device),
-            "world_size": world}
+            "world_size": world, "weights_digest": weights_digest(network)}
 
 
 def main(argv: list[str] | None = None) -> int:

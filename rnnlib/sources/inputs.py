@@ -12,11 +12,23 @@ from fsspec.implementations.zip import ZipFileSystem
 
 from rnnlib.common.fingerprint import url_digest
 from rnnlib.config import InputSpec, SourceConfig
-from rnnlib.errors import InputError
+from rnnlib.errors import InputError, is_transient
 from rnnlib.sources.datasets import materialize
 from rnnlib.sources.readers import infer_format
 
 CLASS_LAYOUTS = ("folder_per_class", "file_per_class")
+
+
+def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
+    """Whether `path` exists; a network fault is raised (to be retried), not taken for absence,
+    as `fs.exists` would."""
+    try:
+        fs.info(path)
+    except FileNotFoundError as exc:
+        if is_transient(exc.__cause__ or exc.__context__):
+            raise
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -38,7 +50,7 @@ def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str,
                 raise InputError("file not found", file=url)
             fs, path = ZipFileSystem(fo=url), ""
         paths = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
-        if not paths or (path and not fs.exists(paths[0])):
+        if not paths or (path and not exists(fs, paths[0])):
             raise InputError("file not found" if len(paths) <= 1 else "no file matches", file=url)
         for p in paths:
             fmt = spec.format if spec.format != "auto" else infer_format(fs, p)
