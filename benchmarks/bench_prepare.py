@@ -140,6 +140,9 @@ def main() -> int:
         ),
     }
     warm_up()
+    import torch
+
+    print(f"{os.cpu_count()} cores, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     print(f"{'corpus':<46} {'method':<12} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'vs baseline':>11}"
           f"  (each round's ratio)")
     with dask_client(DaskConfig(n_workers=args.workers, processes=True)) as client:

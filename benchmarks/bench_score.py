@@ -11,7 +11,8 @@ bidirectional GRU of 128 with max pooling; reviews truncated at 400 tokens; untr
               threads), results to one Parquet file;
   rnnlib-Nw   `rnnlib.scoring.run.score` on a LocalCluster of N worker processes (one torch thread
               each): partitions, length-sorted batches, inference mode, per-partition Parquet;
-              `-bf16`: the same with the model in bf16 (precision=bf16; this CPU has AVX512-BF16).
+              `-bf16`: the same with the model in bf16 (precision=bf16: a gain only on a CPU
+              with bf16 units, a large loss without them; the run prints which this CPU is).
 
 With --memory GB the reviews are replicated into a JSONL file of at least GB gigabytes (in a
 temporary folder, deleted afterwards) and scored by rnnlib with a small model, sampling the
@@ -54,6 +55,7 @@ from rnnlib.config import (  # noqa: E402
     ScoreConfig,
 )
 from rnnlib.modeling.bundle import load_bundle, save_bundle  # noqa: E402
+from rnnlib.modeling.device import cpu_has_native_bf16  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 from rnnlib.prepare.text import tokenize  # noqa: E402
 from rnnlib.prepare.vocab import (  # noqa: E402
@@ -197,7 +199,8 @@ def main() -> int:
         text_mb = sum(len(r["text"].encode()) for r in reviews) / 1e6
         bundle_dir = args.bundle or make_bundle(reviews, tmp / "recipe", MODEL)
         print(f"{len(reviews)} reviews ({text_mb:.0f} MB of text), model {MODEL.cell} bidirectional "
-              f"{MODEL.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}")
+              f"{MODEL.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}, "
+              f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}")
         print(f"{'method':<12} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11}")
         start = time.perf_counter()
         rows = baseline(dump, args.rows, bundle_dir, tmp)

@@ -117,7 +117,8 @@ def main() -> int:
             model = RNNClassifier(vocab_size, 2, cfg).to(device)
             results[name] = run(model, batches(), device, amp)
     print(f"device {device}, {len(sequences)} training reviews (truncated at 400 tokens), "
-          f"2-layer BiLSTM hidden {args.hidden}, batch {args.batch_size}")
+          f"2-layer BiLSTM hidden {args.hidden}, batch {args.batch_size}; "
+          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
     base = results["baseline"][1] / results["baseline"][0]
     for name, (seconds, tokens, positions) in results.items():
         print(f"{name:<9} {seconds:8.2f} s  {tokens / seconds:10.0f} tokens/s  {tokens / seconds / base:5.2f}x"

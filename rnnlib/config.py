@@ -209,9 +209,9 @@ class ScoreConfig(_Strict):
     overwrite: bool = Field(False, description="redo a finished run instead of skipping it")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16"] = Field(
-        "auto", description="auto: bf16 on GPU, fp32 on CPU. bf16 on a CPU with native bf16 "
-        "(AVX512-BF16/AMX) is faster, with probabilities close to fp32's; on a CPU without it, "
-        "much slower (see the README)")
+        "auto", description="auto: bf16 on a GPU and on a CPU with bf16 units (AVX512-BF16 or "
+        "AMX), where it is faster with probabilities close to fp32's; else fp32. bf16 asked for "
+        "on a CPU without them runs much slower, with a warning")
     dask: DaskConfig = Field(default_factory=DaskConfig)
 
 

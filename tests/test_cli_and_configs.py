@@ -22,7 +22,39 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("recipe", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_shipped_recipes_are_valid_configs(recipe):
-    assert isinstance(load_config(TrainFlowConfig, recipe), TrainFlowConfig)
+    """Every value a recipe sets is the value the run gets (nothing silently dropped)."""
+    written = yaml.safe_load(recipe.read_text())
+    resolved = load_config(TrainFlowConfig, recipe).model_dump(mode="json")
+
+    def check(node, got, where):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                check(value, got[key], f"{where}{key}.")
+            elif key == "inputs":
+                assert [{k: i[k] for k in spec} for spec, i in zip(value, got[key])] == value, where + key
+            else:
+                assert got[key] == value, where + key
+
+    check(written, resolved, "")
+
+
+def test_one_key_set_in_every_layer_takes_the_last(capsys, tmp_path):
+    """defaults < --config file < shortcut flags < --set, for the same keys."""
+    (tmp_path / "run.yaml").write_text("work_dir: from-file\nsource: {mirror: from-file}\nsplit: {seed: 5}\n")
+    assert main(["prepare", "--config", str(tmp_path / "run.yaml"), "--work-dir", "from-flag",
+                 "--mirror", "from-flag", "--set", "work_dir=from-set", "--print-config"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["work_dir"] == "from-set"  # file < flag < --set
+    assert resolved["source"]["mirror"] == "from-flag"  # file < flag
+    assert resolved["split"]["seed"] == 5 and resolved["split"]["train"] == 0.7  # file < nothing; default
+
+
+def test_dask_address_from_the_flag_or_the_environment(capsys, monkeypatch):
+    monkeypatch.setenv("RNNLIB_DASK_ADDRESS", "tcp://from-env:8786")
+    assert main(["prepare", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["dask"]["address"] == "tcp://from-env:8786"
+    assert main(["score", "b", "in.txt", "-o", "out", "--dask-address", "tcp://flag:8786", "--print-config"]) == 0
+    assert yaml.safe_load(capsys.readouterr().out)["dask"]["address"] == "tcp://flag:8786"
 
 
 def test_config_file_then_shortcuts_then_overrides(capsys, tmp_path):

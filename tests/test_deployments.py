@@ -14,6 +14,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -115,6 +116,12 @@ def _flow_runs(api: str, deployment: str) -> list[dict]:
     return post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [found[0]["id"]]}}})
 
 
+def _completed(runs: list[dict], n: int) -> list[dict] | None:
+    """The completed runs, once there are `n` of them."""
+    done = [r for r in runs if r["state"]["type"] == "COMPLETED"]
+    return done if len(done) >= n else None
+
+
 def _final(runs: list[dict]) -> dict | None:
     """The run that has ended (runs still scheduled for the nights ahead are ignored)."""
     done = [r for r in runs if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
@@ -159,4 +166,11 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     assert manifest["complete"] and manifest["rows"] == manifest["scored"] == 6
     assert manifest["bundle_version"] == current["version"]
     assert set(manifest["labels"]) <= {"German", "Italian"}
+
+    # at most one retraining at a time: two asked for at once run one after the other
+    processes.run(PREFECT, "deployment", "run", "retrain/nightly")
+    processes.run(PREFECT, "deployment", "run", "retrain/nightly")
+    runs = _wait(lambda: _completed(_flow_runs(api, "retrain/nightly"), 3), 420, "two more retraining runs")
+    spans = sorted((datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs)
+    assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
     shutil.rmtree(tmp_path / "work", ignore_errors=True)

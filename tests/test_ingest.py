@@ -204,3 +204,17 @@ def test_local_cluster_workers_keep_glibc_malloc_defaults(client):
 
     assert set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values()) == {None}
     assert set(client.run(lambda: os.environ.get("OMP_NUM_THREADS")).values()) == {"1"}
+
+
+@pytest.mark.parametrize("suffix,opener", [(".bz2", "bz2"), (".xz", "lzma"), (".gz", "gzip")])
+def test_compressed_inputs_are_read_transparently(tmp_path, suffix, opener):
+    import importlib
+
+    module = importlib.import_module(opener)
+    with module.open(tmp_path / f"d.csv{suffix}", "wt") as fh:
+        fh.write("text,label\nfirst doc,a\nsecond doc,b\n")
+    with module.open(tmp_path / f"d.jsonl{suffix}", "wt") as fh:
+        fh.write('{"text": "third", "label": "a"}\n')
+    manifest, df = run(tmp_path, InputSpec(path=str(tmp_path / f"d.csv{suffix}")),
+                       InputSpec(path=str(tmp_path / f"d.jsonl{suffix}")))
+    assert manifest["kept"] == 3 and sorted(df["text"]) == ["first doc", "second doc", "third"]

@@ -25,13 +25,14 @@ from rnnlib.config import (
     TrainConfig,
     TrainFlowConfig,
 )
+from rnnlib.errors import InputError
 from rnnlib.modeling.batches import ShardBatches
 from rnnlib.modeling.bundle import BundleError, load_bundle, save_bundle
 from rnnlib.modeling.model import CELLS as CELLS_BY_NAME
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.modeling.pipeline import train_model
 from rnnlib.modeling.train import BEST, LAST, train
-from rnnlib.prepare.vocab import Vocabulary
+from rnnlib.prepare.vocab import LabelEncoder, Vocabulary
 
 CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru"]
 COMBOS = list(itertools.product(CELLS, [False, True], ["last", "mean", "max", "concat"]))
@@ -257,6 +258,18 @@ def test_bundle_round_trip_and_mismatch_refusal(names_tensors, names_data, tmp_p
     (bundle_dir / "config.json").write_text(json.dumps(config))
     with pytest.raises(BundleError, match="weights do not match"):
         load_bundle(bundle_dir)
+    # labels: a damaged file, or a valid one that is not the bundle's
+    config["vocab_hash"] = bundle.vocab.hash
+    (bundle_dir / "config.json").write_text(json.dumps(config))
+    Vocabulary(bundle.vocab.tokens).save(bundle_dir / "vocab.json")
+    assert load_bundle(bundle_dir).version == version  # whole again
+    labels_file = bundle_dir / "labels.json"
+    labels_file.write_text(labels_file.read_text().replace(bundle.labels.labels[0], "Klingon"))
+    with pytest.raises(InputError, match="label encoder is damaged"):
+        load_bundle(bundle_dir)
+    LabelEncoder(("Klingon", *bundle.labels.labels[1:])).save(labels_file)
+    with pytest.raises(BundleError, match="do not match the bundle's configuration"):
+        load_bundle(bundle_dir)
     (bundle_dir / "weights.pt").unlink()
     with pytest.raises(BundleError, match="weights.pt is missing"):
         load_bundle(bundle_dir)
@@ -277,3 +290,7 @@ def test_train_model_without_prefect_reuses_what_is_prepared(names_data, dataset
     assert (Path(result.bundle) / "metrics.json").is_file() and load_bundle(result.bundle).version == result.version
     again = train_model(cfg)
     assert all(s.cached for s in again.stages) and again.evaluation == result
+    # a training setting changed: the data stays, training and evaluation run again
+    changed = train_model(cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e-3})}))
+    assert [s.cached for s in changed.stages] == [True] * 5 + [False, False]
+    assert changed.evaluation.bundle != result.bundle

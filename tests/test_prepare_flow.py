@@ -15,8 +15,9 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from rnnlib_flows.prepare import prepare_flow
+from rnnlib_tasks import dask_clients
 
-from rnnlib.common import fingerprint
+from rnnlib.common import cluster, fingerprint
 from rnnlib.config import InputSpec, PrepareConfig, SourceConfig
 from rnnlib.errors import InputError, is_transient
 
@@ -57,6 +58,9 @@ def test_prepare_names_end_to_end_then_cached(datasets, tmp_path):
     fourth = prepare_flow(names_config(datasets, tmp_path, preprocess={"lowercase": True}))
     assert cached(fourth) == {"ingest": True, **dict.fromkeys(STAGES[1:], False)}
     assert fourth.vocab_size < first.vocab_size
+    # each configuration has its own outputs: the first run's are still there, whole
+    assert len({first.tensorize.path, third.tensorize.path, fourth.tensorize.path}) == 3
+    assert pq.read_table(f"{first.tensorize.path}/train").num_rows == 14052
 
 
 def test_code_change_invalidates_and_deleted_output_is_rebuilt(datasets, tmp_path, monkeypatch):
@@ -175,3 +179,30 @@ def test_prepare_imdb_folders_and_unlabelled_dump(datasets, tmp_path):
     assert dump.rows == 50000 and dump.splits == {"all": 50000} and dump.labels == []
     ids = pq.read_table(f"{dump.tensorize.path}/all", columns=["id", "label"]).to_pandas()
     assert ids["id"].str.startswith("unsup/").all() and ids["label"].isna().all()
+
+
+def test_a_run_served_from_cache_starts_no_cluster(datasets, tmp_path, monkeypatch):
+    config = names_config(datasets, tmp_path)
+    prepare_flow(config)
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster was started for a run served from cache")
+
+    monkeypatch.setattr(dask_clients, "dask_client", no_cluster)
+    assert cached(prepare_flow(config)) == dict.fromkeys(STAGES, True)
+
+
+def test_stages_run_on_an_existing_cluster_given_its_address(datasets, tmp_path, monkeypatch, client):
+    """dask.address (--dask-address, RNNLIB_DASK_ADDRESS): the work goes to that scheduler's
+    workers, and no LocalCluster is started."""
+
+    def no_local_cluster(*args, **kwargs):
+        raise AssertionError("a LocalCluster was started although an address was given")
+
+    monkeypatch.setattr(cluster, "LocalCluster", no_local_cluster)
+    before = sum(client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.log)).values())
+    config = names_config(datasets, tmp_path, dask={"address": client.scheduler.address, "n_workers": None})
+    data = prepare_flow(config)
+    assert data.rows == 20074 and not any(cached(data).values())
+    after = sum(client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.log)).values())
+    assert after > before  # the existing workers did the stages' work

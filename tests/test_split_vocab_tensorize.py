@@ -160,3 +160,22 @@ def test_shards_round_trip_and_manifests_add_up(tmp_path, client):
         if name == "train":
             assert split_manifest["truncated"] == (df["id"].isin(frame.loc[frame.index[:40], "id"]) & df["length"].eq(4)).sum()
     assert total == manifest["kept"]
+
+
+def test_split_never_reads_the_tokens(tmp_path, monkeypatch):
+    """The split needs ids, labels and predefined splits only: it never reads (let alone
+    gathers) the tokens."""
+    from rnnlib.prepare import split as split_module
+
+    write_partitions(tmp_path / "pre", corpus({"A": 40, "B": 20}), parts=3)
+    read = []
+    real = split_module.pq.read_table
+
+    def spy(path, columns=None, **kwargs):
+        read.append(columns)
+        return real(path, columns=columns, **kwargs)
+
+    monkeypatch.setattr(split_module.pq, "read_table", spy)
+    manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True)
+    assert manifest["kept"] == 60 and len(read) == 6  # two passes over three partitions
+    assert all(columns is not None and "tokens" not in columns and "text" not in columns for columns in read)

@@ -27,7 +27,7 @@ from tqdm import tqdm
 from rnnlib.common.storage import MANIFEST, read_json
 from rnnlib.config import ModelConfig, TrainConfig
 from rnnlib.modeling.batches import ShardBatches
-from rnnlib.modeling.device import pick_device
+from rnnlib.modeling.device import pick_device, training_autocast
 from rnnlib.modeling.model import RNNClassifier
 
 log = logging.getLogger(__name__)
@@ -72,9 +72,8 @@ def _sum_across_ranks(*values: float) -> list[float]:
 
 
 def _autocast(device: torch.device, cfg: TrainConfig):
-    if device.type == "cuda" and cfg.mixed_precision:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
+    dtype = training_autocast(device, cfg.mixed_precision)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ import torch
 from rnnlib.common.storage import write_parquet
 from rnnlib.modeling.batches import collate
 from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
-from rnnlib.modeling.device import pick_device
+from rnnlib.modeling.device import default_batch_rows, inference_dtype, pick_device
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.prepare.preprocess import preprocess_table
 from rnnlib.prepare.tensorize import REJECTS_SCHEMA, encode_ids
@@ -53,21 +53,19 @@ class ScoringSettings:
     precision: str = "auto"
 
     def batch_rows(self, device: torch.device) -> int:
-        return self.batch_size or (1024 if device.type == "cuda" else 64)
+        return self.batch_size or default_batch_rows(device)
 
 
 @lru_cache(maxsize=2)
 def worker_bundle(path: str, version: str, device: str, precision: str = "auto") -> Bundle:
     """The bundle, loaded once per worker process rather than per partition, in the precision
-    asked for (auto: bf16 on GPU). A bundle rewritten under the same path during a run is
+    asked for (see `inference_dtype`). A bundle rewritten under the same path during a run is
     refused: one run scores with one model."""
     bundle = load_bundle(path, pick_device(device))
     if bundle.version != version:
         raise BundleError(f"the bundle changed during the run (version {bundle.version}, "
                           f"run started with {version})", file=path)
-    on_gpu = next(bundle.model.parameters()).device.type == "cuda"
-    if precision == "bf16" or (precision == "auto" and on_gpu):
-        bundle.model.to(torch.bfloat16)
+    bundle.model.to(inference_dtype(precision, next(bundle.model.parameters()).device))
     return bundle
 
 

@@ -1,0 +1,52 @@
+"""Device and number-format choices, for a GPU too: CI has none, so every decision is a function
+of the device (and of what a CPU has) and is tested here with the device as a parameter."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from rnnlib.modeling.device import (
+    default_batch_rows,
+    inference_dtype,
+    pick_device,
+    training_autocast,
+)
+
+CPU, GPU = torch.device("cpu"), torch.device("cuda")
+
+
+def test_pick_device():
+    assert pick_device("cpu") == CPU and pick_device("cuda") == GPU
+    assert pick_device("auto") == (GPU if torch.cuda.is_available() else CPU)
+
+
+@pytest.mark.parametrize("device,native_bf16,expected", [
+    (GPU, False, torch.bfloat16),
+    (CPU, True, torch.bfloat16),  # AVX512-BF16 or AMX
+    (CPU, False, torch.float32),  # AVX2 only: bf16 would be emulated, many times slower
+])
+def test_auto_precision_follows_the_hardware(device, native_bf16, expected):
+    assert inference_dtype("auto", device, native_bf16) == expected
+
+
+def test_asked_precision_is_honoured_and_a_slow_one_warned_about(caplog):
+    assert inference_dtype("fp32", GPU) == torch.float32
+    assert inference_dtype("bf16", GPU) == torch.bfloat16
+    with caplog.at_level(logging.WARNING, logger="rnnlib.modeling.device"):
+        assert inference_dtype("bf16", CPU, native_bf16=True) == torch.bfloat16
+        assert not caplog.messages
+        assert inference_dtype("bf16", CPU, native_bf16=False) == torch.bfloat16
+    assert "without bf16 units" in caplog.text
+
+
+def test_training_autocasts_on_gpu_only():
+    assert training_autocast(GPU, mixed_precision=True) == torch.bfloat16
+    assert training_autocast(GPU, mixed_precision=False) is None
+    assert training_autocast(CPU, mixed_precision=True) is None
+
+
+def test_scoring_batch_by_device():
+    assert default_batch_rows(CPU) == 64 and default_batch_rows(GPU) == 1024
