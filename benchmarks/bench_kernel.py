@@ -6,12 +6,12 @@ has bf16 units: the figures differ by machine):
   forward     the IMDB recipe's model (word level, bidirectional GRU of 128, max pooling) on
               pre-tokenised, length-sorted batches of real review lengths (`imdb/unsup.jsonl.gz`,
               truncated at 400 tokens), in inference mode with one torch thread: fp32 by batch
-              size, bf16 at 64 rows; tokens/s and GFLOP/s (the GRU's multiply-adds counted as two).
+              size, int8 and bf16 at 64 rows; tokens/s and GFLOP/s (the GRU's multiply-adds counted as two).
   packing     one training step of a 2-layer BiLSTM on 64 x 400 tokens: padded batches (what
               rnnlib trains on) against PyTorch's packed sequences.
   agreement   a surnames model (configs/names.yaml, trained for --epochs) scored on its test
-              split in bf16 against fp32: predictions unchanged and the largest probability
-              change.
+              split in int8 and bf16 against fp32: test accuracy, predictions unchanged and the
+              largest probability change.
 
 Usage: python benchmarks/bench_kernel.py [--datasets ../shared/datasets] [--rows 5000] [--epochs 2]
                                          [--skip packing,agreement]
@@ -20,6 +20,7 @@ Usage: python benchmarks/bench_kernel.py [--datasets ../shared/datasets] [--rows
 from __future__ import annotations
 
 import argparse
+import copy
 import gzip
 import itertools
 import json
@@ -42,7 +43,7 @@ sys.path.insert(0, str(REPO))
 from rnnlib.config import ModelConfig, PreprocessConfig, TrainFlowConfig, load_config  # noqa: E402
 from rnnlib.modeling.batches import collate  # noqa: E402
 from rnnlib.modeling.bundle import load_bundle  # noqa: E402
-from rnnlib.modeling.device import cpu_has_native_bf16  # noqa: E402
+from rnnlib.modeling.device import cpu_has_native_bf16, for_inference  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 from rnnlib.modeling.pipeline import train_model  # noqa: E402
 from rnnlib.prepare.text import tokenize  # noqa: E402
@@ -71,11 +72,11 @@ def review_lengths(datasets: Path, rows: int) -> np.ndarray:
     return np.clip(lengths, 1, MAX_LENGTH)
 
 
-def forward_rate(lengths: np.ndarray, batch_size: int, dtype: torch.dtype) -> float:
+def forward_rate(lengths: np.ndarray, batch_size: int, precision: str) -> float:
     """Tokens per second of the model alone over length-sorted batches (random ids: the speed
     does not depend on them)."""
     torch.manual_seed(0)
-    model = RNNClassifier(VOCAB, 2, IMDB_MODEL).eval().to(dtype)
+    model = for_inference(RNNClassifier(VOCAB, 2, IMDB_MODEL).eval(), precision, torch.device("cpu"))
     rng = np.random.default_rng(0)
     ordered = np.sort(lengths)
     ids = pa.array([rng.integers(2, VOCAB, n, dtype=np.int32) for n in ordered], pa.list_(pa.int32()))
@@ -117,11 +118,16 @@ def agreement(datasets: Path, epochs: int) -> dict[str, float]:
         bundle = load_bundle(trained.evaluation.bundle)
         shards = pq.read_table(f"{trained.data.tensorize.path}/test")
         ids, n = shards["ids"].combine_chunks(), len(bundle.labels.labels)
+        cpu = torch.device("cpu")
         fp32 = predict_proba(bundle.model, ids, n, 64)
-        bf16 = predict_proba(bundle.model.to(torch.bfloat16), ids, n, 64)
-    return {"rows": len(fp32), "test_accuracy_fp32": trained.evaluation.accuracy,
-            "unchanged": float((fp32.argmax(1) == bf16.argmax(1)).mean()),
-            "max_probability_change": float(np.abs(fp32 - bf16).max())}
+        truth = shards["label"].to_numpy()
+        result = {"rows": len(fp32), "fp32": float((fp32.argmax(1) == truth).mean())}
+        for precision in ("int8", "bf16"):
+            other = predict_proba(for_inference(copy.deepcopy(bundle.model), precision, cpu, native_bf16=True), ids, n, 64)
+            result[precision] = {"accuracy": float((other.argmax(1) == truth).mean()),
+                                 "unchanged": float((fp32.argmax(1) == other.argmax(1)).mean()),
+                                 "max_probability_change": float(np.abs(fp32 - other).max())}
+    return result
 
 
 def main() -> int:
@@ -141,9 +147,9 @@ def main() -> int:
         print(f"\nforward: {len(lengths)} reviews, {int(lengths.sum()):,} tokens (mean {lengths.mean():.0f}); "
               f"{flops / 1e6:.2f} MFLOP per token in the GRU")
         print(f"{'precision':<10} {'batch':>6} {'tokens/s':>10} {'GFLOP/s':>8}")
-        for dtype, name, sizes in ((torch.float32, "fp32", (64, 256, 1024)), (torch.bfloat16, "bf16", (64,))):
+        for name, sizes in (("fp32", (64, 256, 1024)), ("int8", (64,)), ("bf16", (64,))):
             for batch_size in sizes:
-                rate = forward_rate(lengths, batch_size, dtype)
+                rate = forward_rate(lengths, batch_size, name)
                 print(f"{name:<10} {batch_size:>6} {rate:>10,.0f} {rate * flops / 1e9:>8.1f}")
     if "packing" not in skip:
         padded, packed = packing_step_seconds()
@@ -151,10 +157,12 @@ def main() -> int:
               f"packed {packed:.2f} s ({packed / padded:.1f}x)")
     if "agreement" not in skip:
         result = agreement(args.datasets, args.epochs)
-        print(f"\nagreement: surnames model ({args.epochs} epochs, fp32 test accuracy "
-              f"{result['test_accuracy_fp32']:.3f}), {result['rows']} test rows: bf16 leaves "
-              f"{result['unchanged']:.1%} of predictions unchanged, probabilities within "
-              f"{result['max_probability_change']:.3f}")
+        print(f"\nagreement: surnames model ({args.epochs} epochs), {result['rows']} test rows, "
+              f"fp32 test accuracy {result['fp32']:.4f}")
+        for precision in ("int8", "bf16"):
+            r = result[precision]
+            print(f"  {precision}: test accuracy {r['accuracy']:.4f}, {r['unchanged']:.1%} of predictions "
+                  f"unchanged, probabilities within {r['max_probability_change']:.3f}")
     return 0
 
 

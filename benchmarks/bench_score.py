@@ -9,10 +9,14 @@ bidirectional GRU of 128 with max pooling; reviews truncated at 400 tokens; untr
               review with Python regexes, map tokens to ids with a dict, pad mini-batches of 64
               in file order and score them under torch.no_grad, in one process (torch's default
               threads), results to one Parquet file;
+  kernel      the limit: the model alone over the same reviews, tokenised beforehand, in
+              length-sorted batches of 64 with one torch thread (per precision); each rnnlib run
+              is shown as a share of it (N workers: N times the one-thread limit);
   rnnlib-Nw   `rnnlib.scoring.run.score` on a LocalCluster of N worker processes (one torch thread
               each): partitions, length-sorted batches, inference mode, per-partition Parquet;
-              `-bf16`: the same with the model in bf16 (precision=bf16: a gain only on a CPU
-              with bf16 units, a large loss without them; the run prints which this CPU is).
+              `-int8`: the model's recurrent and linear weights quantised to 8 bits; `-bf16`:
+              the model in bf16, run only on a CPU with bf16 units (elsewhere it is emulated and
+              far slower; see bench_kernel.py).
 
 With --memory GB the reviews are replicated into a JSONL file of at least GB gigabytes (in a
 temporary folder, deleted afterwards) and scored by rnnlib with a small model, sampling the
@@ -55,8 +59,9 @@ from rnnlib.config import (  # noqa: E402
     ScoreConfig,
 )
 from rnnlib.modeling.bundle import load_bundle, save_bundle  # noqa: E402
-from rnnlib.modeling.device import cpu_has_native_bf16  # noqa: E402
+from rnnlib.modeling.device import cpu_has_native_bf16, for_inference  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
+from rnnlib.prepare.tensorize import encode_ids  # noqa: E402
 from rnnlib.prepare.text import tokenize  # noqa: E402
 from rnnlib.prepare.vocab import (  # noqa: E402
     LABELS_FILE,
@@ -65,6 +70,7 @@ from rnnlib.prepare.vocab import (  # noqa: E402
     LabelEncoder,
     Vocabulary,
 )
+from rnnlib.scoring.partition import predict_proba  # noqa: E402
 from rnnlib.scoring.run import ScoreReport, score  # noqa: E402
 
 PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, keep_emoticons=True,
@@ -119,6 +125,26 @@ def baseline(dump: Path, rows: int, bundle_dir: Path, out: Path) -> int:
                 break
     pd.DataFrame(results[:rows]).to_parquet(out / "baseline.parquet")
     return min(len(results), rows)
+
+
+# ---------------------------------------------------------------- the limit
+def kernel_seconds(reviews: list[dict], bundle_dir: Path, precision: str) -> float:
+    """Seconds the model alone takes over the same reviews, tokenised beforehand (untimed), in
+    length-sorted batches of 64, in this process with one torch thread: the most a scoring worker
+    could do."""
+    bundle = load_bundle(bundle_dir)
+    tokens = tokenize(pa.array([r["text"] for r in reviews]), bundle.preprocess)
+    ids, lengths = encode_ids(tokens, bundle.vocab, bundle.max_length)
+    ids = ids.filter(pa.array(lengths > 0))  # scoring rejects texts left with no token
+    model = for_inference(bundle.model, precision, torch.device("cpu"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        start = time.perf_counter()
+        predict_proba(model, ids, len(bundle.labels.labels), 64)
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- rnnlib
@@ -201,14 +227,16 @@ def main() -> int:
         print(f"{len(reviews)} reviews ({text_mb:.0f} MB of text), model {MODEL.cell} bidirectional "
               f"{MODEL.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}, "
               f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}")
-        print(f"{'method':<12} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11}")
         start = time.perf_counter()
         rows = baseline(dump, args.rows, bundle_dir, tmp)
         results = {"baseline": (time.perf_counter() - start, rows)}
+        precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
+        limits = {p: kernel_seconds(reviews, bundle_dir, p) for p in precisions}
         warm = tmp / "warm.jsonl"
         warm.write_text("".join(json.dumps(r) + "\n" for r in reviews[:200]))
-        for workers, precision in ((1, "fp32"), (2, "fp32"), (2, "bf16")):
-            method = f"rnnlib-{workers}w" + ("-bf16" if precision == "bf16" else "")
+        runs = [(1, "fp32"), (2, "fp32"), *((2, p) for p in precisions[1:])]
+        for workers, precision in runs:
+            method = f"rnnlib-{workers}w" + ("" if precision == "fp32" else f"-{precision}")
             with dask_client(DaskConfig(n_workers=workers, processes=True)) as client:
                 threads = set(client.run(torch.get_num_threads).values())
                 rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}", client, precision)  # imports, model
@@ -217,8 +245,14 @@ def main() -> int:
                 results[method] = (time.perf_counter() - start, manifest.rows)
             assert threads == {1}, threads
         base = results["baseline"][0]
-        for method, (seconds, n) in results.items():
-            print(f"{method:<12} {seconds:>8.2f} {n / seconds:>8.0f} {text_mb / seconds:>6.2f} {base / seconds:>10.2f}x")
+        print(f"{'method':<16} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11} {'of the kernel limit':>19}")
+        for precision, seconds in limits.items():
+            print(f"{'kernel-1t-' + precision:<16} {seconds:>8.2f} {len(reviews) / seconds:>8.0f} {'':>6} {'':>11} "
+                  f"{'(the limit)':>19}")
+        for (method, (seconds, n)), (workers, precision) in zip(results.items(), [(2, "fp32"), *runs]):
+            share = "" if method == "baseline" else f"{limits[precision] / workers / seconds:>18.0%}"
+            print(f"{method:<16} {seconds:>8.2f} {n / seconds:>8.0f} {text_mb / seconds:>6.2f} "
+                  f"{base / seconds:>10.2f}x {share:>19}")
         print(f"scaling 1 -> 2 workers: {results['rnnlib-1w'][0] / results['rnnlib-2w'][0]:.2f}x")
         if args.memory:
             memory_profile(dump, reviews, args.memory, tmp)

@@ -17,7 +17,14 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rnnlib")  # per-epoch tr
 
 from pydantic import ValidationError  # noqa: E402
 
-from rnnlib.config import PrepareConfig, ScoreConfig, TrainFlowConfig, load_config  # noqa: E402
+from rnnlib.config import (  # noqa: E402
+    PrepareConfig,
+    ScoreConfig,
+    TrainFlowConfig,
+    commented_yaml,
+    field_docs,
+    load_config,
+)
 from rnnlib.errors import InputError  # noqa: E402
 
 if TYPE_CHECKING:
@@ -53,7 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (text, config_class) in COMMANDS.items():
         command = sub.add_parser(
-            name, help=text,
+            name, help=text, epilog=_settings_help(config_class),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
             description=f"Run the {name} flow: {text}. Configuration: defaults (surnames recipe) < "
             f"--config file < shortcut flags < --set overrides. Every field of "
             f"rnnlib.config.{config_class.__name__} can be set, e.g. --set preprocess.level=word.",
@@ -63,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument(f"--{flag.replace('_', '-')}", help=flag_help)
     score = sub.add_parser(
         "score", help="apply a model bundle to files of new text, writing partitioned Parquet",
+        epilog=_settings_help(ScoreConfig), formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the score flow: every row of the inputs is scored (label, probability, "
         "top-k) or rejected with its reason. A killed run started again resumes; a finished one is "
         "a no-op. Every field of rnnlib.config.ScoreConfig can be set with --set.",
@@ -78,6 +87,51 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--overwrite", action="store_true", default=None, help="redo a finished run")
     score.add_argument("--dask-address", help="scheduler address of an existing Dask cluster")
     _common(score)
+    predict = sub.add_parser(
+        "predict", help="label texts with a model bundle, in this process",
+        description="Label texts with a bundle's model in this process: no Prefect server and no "
+        "Dask cluster are started. Texts are the arguments, or one per line on standard input. "
+        "The bundle's own preprocessing, vocabulary and maximum length are applied, as in `score`.",
+    )
+    predict.add_argument("bundle", help="model bundle, or a model registry folder (its current model)")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts (default: standard input, one per line)")
+    predict.add_argument("--top-k", type=int, default=1, help="labels with probabilities per text")
+    predict.add_argument("--output", choices=["jsonl", "table"], default="jsonl",
+                         help="JSON lines (default) or an aligned table")
+    predict.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
+                         help="number format (auto: bf16 only where the hardware has it; int8: CPU)")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    predict.add_argument("--batch-size", type=int, help="texts per model batch (default by device)")
+    export = sub.add_parser(
+        "export", help="export a bundle's model for serving (ONNX)",
+        description="Export a bundle's model as ONNX: (ids, lengths) -> probabilities, batch and "
+        "length dynamic, the labels in the file's metadata. The export is run in ONNX Runtime and "
+        "checked against PyTorch before it is kept. The text -> ids step is the consumer's: see "
+        "the bundle's config.json (preprocess) and vocab.json.",
+    )
+    export.add_argument("bundle", help="model bundle, or a model registry folder (its current model)")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("-o", "--output", default="model.onnx", help="file to write (default: model.onnx)")
+    models = sub.add_parser("models", help="list a model registry, promote a model by hand, roll back",
+                            description="Every change is recorded in the registry's decisions.jsonl.")
+    models_sub = models.add_subparsers(dest="action", required=True)
+    models_sub.add_parser("list", help="the registry's bundles, the current one marked").add_argument("registry")
+    promote = models_sub.add_parser("promote", help="make a bundle of the registry current")
+    promote.add_argument("registry")
+    promote.add_argument("version", help="a version that `rnnlib models list` shows")
+    models_sub.add_parser("rollback", help="make the previous current model current again").add_argument("registry")
+    cache = sub.add_parser("cache", help="list or prune the stage outputs of a work dir",
+                           description="Stage outputs are kept by content key; prune removes the ones "
+                           "not used for a while, never one a running flow holds.")
+    cache_sub = cache.add_subparsers(dest="action", required=True)
+    cache_list = cache_sub.add_parser("list", help="every stage output: size, age, complete")
+    prune = cache_sub.add_parser("prune", help="remove stage outputs older than --older-than days")
+    for command in (cache_list, prune):
+        command.add_argument("--work-dir", default=".rnnlib")
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.add_argument("--keep-for", action="append", default=[], metavar="BUNDLE_OR_REGISTRY",
+                       help="keep the data these bundles (or a registry's bundles) were trained on")
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed")
     return parser
 
 
@@ -122,6 +176,18 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "score":
         return _score(args)
+    if args.command == "predict":
+        return _predict(args)
+    if args.command == "models":
+        return _models(args)
+    if args.command == "cache":
+        return _cache(args)
+    if args.command == "export":
+        from rnnlib.modeling.bundle import locate_bundle
+        from rnnlib.modeling.export import export_onnx
+
+        print(f"wrote {export_onnx(locate_bundle(args.bundle), args.output)} (checked in ONNX Runtime)")
+        return 0
     # one file serves both commands: prepare ignores the model and train sections
     config = load_config(TrainFlowConfig, args.config, _overrides(args))
     config_class = COMMANDS[args.command][1]
@@ -142,15 +208,23 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\ntrained {len(trained.history)} epochs (best: {trained.best_epoch}); test split "
               f"({result.rows} rows): accuracy {result.accuracy:.4f}, "
               f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}")
-        print(f"model bundle, metrics.json and plots: {result.bundle}")
+        if result.baseline is not None:
+            print(f"baseline on the same rows ({result.baseline.features}): "
+                  + ", ".join(f"{name} {base:.4f} (model {model - base:+.4f})"
+                              for name, model, base in result.comparison() if name != "weighted F1"))
+        print(f"model bundle, model card, metrics.json and plots: {result.bundle}")
     return 0
 
 
 def _print_config(config: Any) -> int:
-    import yaml
-
-    print(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    print(commented_yaml(config), end="")
     return 0
+
+
+def _settings_help(config_class: type) -> str:
+    lines = [f"settings (--set KEY=VALUE, or in the --config file), of {config_class.__name__}:"]
+    lines += [f"  {key:<34} {text}" for key, text in field_docs(config_class)]
+    return "\n".join(lines)
 
 
 def _score(args: argparse.Namespace) -> int:
@@ -177,6 +251,72 @@ def _score(args: argparse.Namespace) -> int:
     print(f"scores in {config.output}/scores, rejects in {config.output}/rejects, "
           f"accounting in {config.output}/_manifest.json")
     return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from rnnlib.scoring.predictor import Predictor
+
+    predictor = Predictor.from_bundle(args.bundle, device=args.device, precision=args.precision,
+                                      batch_size=args.batch_size)
+    texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
+    predictions = predictor.predict(texts, top_k=args.top_k)
+    for text, p in zip(texts, predictions):
+        if args.output == "table":
+            shown = text if len(text) <= 60 else text[:57] + "..."
+            result = f"{p.label:<16} {p.probability:.3f}" if p.rejected is None else f"{'-':<16} {'-':>5}"
+            print(f"{result}  {shown}" + (f"  (rejected: {p.rejected})" if p.rejected else ""))
+        else:
+            print(json.dumps({"text": text, "label": p.label, "probability": p.probability,
+                              "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k],
+                              "truncated": p.truncated, "rejected": p.rejected}, ensure_ascii=False))
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from rnnlib.scoring import registry
+
+    if args.action == "list":
+        models = registry.list_models(args.registry)
+        for m in models:
+            accuracy = f"{m.accuracy:.4f}" if m.accuracy is not None else "-"
+            print(f"{'*' if m.current else ' '} {m.version}  promoted {m.promoted_at or '-'}  accuracy {accuracy}")
+        if not models:
+            print(f"{args.registry}: no model yet")
+        return 0
+    if args.action == "promote":
+        decision = registry.set_current(args.registry, args.version, "promoted by hand (rnnlib models promote)")
+    else:
+        decision = registry.rollback(args.registry)
+    print(f"current model: {decision.candidate} (was {decision.current}); {decision.reason}")
+    return 0
+
+
+def _cache(args: argparse.Namespace) -> int:
+    from rnnlib import stages
+
+    if args.action == "list":
+        for o in stages.cached_outputs(args.work_dir):
+            print(f"{o.stage:<11} {o.key}  {o.bytes / 2**20:9.1f} MiB  {o.age_days:7.2f} days"
+                  f"{'' if o.complete else '  (incomplete)'}")
+        return 0
+    keep = _trained_on(args.keep_for)
+    removed = stages.prune(args.work_dir, older_than_days=args.older_than, keep=keep, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for o in removed:
+        print(f"{verb} {o.stage}/{o.key} ({o.bytes / 2**20:.1f} MiB, {o.age_days:.1f} days)")
+    print(f"{verb} {len(removed)} outputs, {sum(o.bytes for o in removed) / 2**20:.1f} MiB; kept {len(keep)} keys in use")
+    return 0
+
+
+def _trained_on(paths: list[str]) -> set[str]:
+    """Stage keys of the data the given bundles (or registries' bundles) were trained on."""
+    from pathlib import Path
+
+    from rnnlib.common.storage import read_json
+    from rnnlib.modeling.bundle import CONFIG
+
+    configs = [c for p in map(Path, paths) for c in [p / CONFIG, *p.glob(f"bundles/*/{CONFIG}")] if c.is_file()]
+    return {key for c in configs for key in read_json(c)["data"].values()}
 
 
 if __name__ == "__main__":

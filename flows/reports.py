@@ -34,15 +34,21 @@ def publish_prepared(data: PreparedData) -> None:
 def publish_evaluation(result: Evaluation) -> None:
     create_table_artifact(
         key="evaluation-metrics",
-        table=[{"metric": name, "value": round(value, 4)} for name, value in (
-            ("accuracy", result.accuracy), ("macro F1", result.macro.f1),
-            ("macro recall", result.macro.recall), ("weighted F1", result.weighted.f1))],
-        description="test-split metrics",
+        table=[{"metric": name, "model": round(model, 4),
+                "baseline": None if base is None else round(base, 4),
+                "model - baseline": None if base is None else round(model - base, 4)}
+               for name, model, base in result.comparison()],
+        description="test-split metrics, the model beside its TF-IDF + logistic regression baseline",
     )
+    verdict = ""
+    if result.baseline is not None:
+        better = result.accuracy >= result.baseline.accuracy
+        verdict = (f"\n\nBaseline ({result.baseline.features}) on the same rows: accuracy "
+                   f"{result.baseline.accuracy:.4f}: the model is **{'above' if better else 'below'}** it.")
     create_markdown_artifact(
         key="evaluation-summary",
         markdown=(f"# evaluation\n\n{result.rows} test rows: accuracy **{result.accuracy:.4f}**, "
-                  f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}."
+                  f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}.{verdict}"
                   f"\n\nBundle `{result.bundle}` (version {result.version})."),
         description="test-split summary",
     )

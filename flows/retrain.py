@@ -8,7 +8,7 @@ import json
 from prefect import flow, get_run_logger
 from rnnlib_flows.reports import publish_decision
 from rnnlib_flows.train import train_flow
-from rnnlib_tasks.registry import promote_task
+from rnnlib_tasks.registry import promote_task, register_task
 
 from rnnlib.config import TrainFlowConfig, load_config
 from rnnlib.scoring.registry import Decision
@@ -24,6 +24,8 @@ def retrain_flow(dataset: str | None = None, config_file: str | None = None, reg
     trained = train_flow(config)
     decision = promote_task(registry, trained.evaluation.bundle, trained.data.ingest.path,
                             trained.data.split.path)
+    if decision.promoted and trained.tracking_run:
+        register_task(config.tracking, trained.tracking_run, decision.candidate)
     get_run_logger().info("%s: %s", "promoted" if decision.promoted else "kept the current model",
                           decision.reason)
     publish_decision(decision)

@@ -4,6 +4,7 @@ reproducible from one file. The defaults are the surnames-by-language recipe."""
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -26,8 +27,8 @@ class _Strict(BaseModel):
 class InputSpec(_Strict):
     """One input: a file, a directory, a glob or an fsspec URL, and how to read it."""
 
-    path: str
-    format: Format = "auto"
+    path: str = Field(description="file, directory, glob or fsspec URL (gz/bz2/xz/zip read as they are)")
+    format: Format = Field("auto", description="auto: from the file suffix")
     split: SplitName | None = Field(None, description="predefined split of every row of this input")
     header: bool = Field(True, description="CSV/TSV: first line holds column names")
     delimiter: str | None = Field(None, description="CSV/TSV: field separator (default , or tab)")
@@ -35,7 +36,7 @@ class InputSpec(_Strict):
         default_factory=lambda: ["text"],
         description="columns (names, or positions without header) joined by a space into the text",
     )
-    label_column: str | int | None = "label"
+    label_column: str | int | None = Field("label", description="column holding the label; null: unlabelled")
     id_column: str | int | None = Field(None, description="default: a stable id from file and row")
     pattern: str = Field("*.txt", description="file glob inside folder/file-per-class layouts")
 
@@ -44,7 +45,7 @@ class SourceConfig(_Strict):
     """Where the labelled text comes from: a registered public dataset or explicit inputs."""
 
     dataset: str | None = Field(None, description=f"registered dataset (default {DEFAULT_DATASET!r})")
-    inputs: list[InputSpec] = Field(default_factory=list)
+    inputs: list[InputSpec] = Field(default_factory=list, description="explicit inputs, instead of a dataset")
     label_names: dict[str, str] = Field(
         default_factory=dict, description="rename raw labels, e.g. {'0': 'neutral'}"
     )
@@ -82,11 +83,12 @@ class SourceConfig(_Strict):
 class PreprocessConfig(_Strict):
     """Text normalisation and tokenisation, in the order the fields are listed."""
 
-    level: Literal["word", "char"] = "char"
-    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = "NFC"
+    level: Literal["word", "char"] = Field("char", description="tokens are words or characters")
+    unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = Field(
+        "NFC", description="Unicode normalisation (null: none)")
     strip_accents: bool = Field(False, description="drop combining marks (é -> e)")
-    strip_html: bool = False
-    lowercase: bool = False
+    strip_html: bool = Field(False, description="drop HTML tags, decode entities")
+    lowercase: bool = Field(False, description="lower-case the text")
     placeholders: list[Placeholder] = Field(
         default_factory=list, description="replace URLs/@mentions/#hashtags/digits by <url>, ..."
     )
@@ -96,17 +98,17 @@ class PreprocessConfig(_Strict):
         "split", description="word level: keep attached, split into own tokens, or remove"
     )
     stopwords: bool = Field(False, description="drop NLTK stop words (needs NLTK's corpus)")
-    stopwords_language: str = "english"
+    stopwords_language: str = Field("english", description="NLTK stop-word list to use")
     stem: bool = Field(False, description="Porter stemming (word level)")
 
 
 class SplitConfig(_Strict):
     """Stratified train/validation/test fractions; deterministic for a seed."""
 
-    train: float = Field(0.70, ge=0, le=1)
-    val: float = Field(0.15, ge=0, le=1)
-    test: float = Field(0.15, ge=0, le=1)
-    seed: int = 0
+    train: float = Field(0.70, ge=0, le=1, description="share of rows without a predefined split")
+    val: float = Field(0.15, ge=0, le=1, description="share for validation (carved from a predefined train)")
+    test: float = Field(0.15, ge=0, le=1, description="share held out for the test")
+    seed: int = Field(0, description="same seed, same split")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -116,7 +118,7 @@ class SplitConfig(_Strict):
 
 
 class VocabConfig(_Strict):
-    min_freq: int = Field(1, ge=1)
+    min_freq: int = Field(1, ge=1, description="rarer training tokens become <UNK>")
     max_size: int | None = Field(None, ge=2, description="including <PAD> and <UNK>")
 
 
@@ -148,11 +150,11 @@ class PrepareConfig(_Strict):
 class ModelConfig(_Strict):
     """Embedding -> recurrent encoder -> pooling -> dropout -> 1 or 2 linear layers."""
 
-    cell: Literal["rnn_tanh", "rnn_relu", "lstm", "gru"] = "gru"
-    embedding_dim: int = Field(64, gt=0)
-    hidden_size: int = Field(128, gt=0)
-    num_layers: int = Field(1, ge=1)
-    bidirectional: bool = False
+    cell: Literal["rnn_tanh", "rnn_relu", "lstm", "gru"] = Field("gru", description="recurrent cell")
+    embedding_dim: int = Field(64, gt=0, description="size of a token's embedding")
+    hidden_size: int = Field(128, gt=0, description="recurrent state size (per direction)")
+    num_layers: int = Field(1, ge=1, description="stacked recurrent layers")
+    bidirectional: bool = Field(False, description="also read each text backwards")
     dropout: float = Field(0.0, ge=0, lt=1, description="between layers and before the head")
     embedding_dropout: float = Field(0.0, ge=0, lt=1, description="on the embedded tokens")
     unk_dropout: float = Field(
@@ -165,22 +167,39 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(10, ge=1, description="most epochs (early stopping may end sooner)")
+    batch_size: int = Field(64, ge=1, description="texts per training batch")
     pool_batches: int = Field(50, ge=1, description="batches per length-sorted shuffling pool")
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    clip_norm: float | None = Field(5.0, gt=0)
+    lr: float = Field(1e-3, gt=0, description="Adam's learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam's L2 penalty")
+    clip_norm: float | None = Field(5.0, gt=0, description="clip the gradient norm to this (null: never)")
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
     label_smoothing: float = Field(
         0.0, ge=0, lt=1, description="spread this much of each target over all classes: keeps the "
         "model from growing overconfident, so validation loss follows accuracy for longer")
     lr_patience: int = Field(1, ge=0, description="ReduceLROnPlateau patience (epochs)")
-    lr_factor: float = Field(0.5, gt=0, lt=1)
+    lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau: multiply the rate by this")
     patience: int = Field(3, ge=1, description="early stopping patience (epochs)")
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = Field(0, description="weights, dropout and batch order")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
     mixed_precision: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+
+
+class EvaluateConfig(_Strict):
+    baseline: bool = Field(
+        True, description="also fit TF-IDF n-grams + logistic regression on the same training rows "
+        "and score the same test rows, reported beside the model")
+
+
+class TrackingConfig(_Strict):
+    uri: str | None = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI"),
+        description="MLflow tracking URI (env MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db; "
+        "unset: nothing is logged (needs `pip install rnnlib[tracking]`)")
+    experiment: str = Field("rnnlib", description="MLflow experiment the runs go to")
+    artifacts: str | None = Field(
+        None, description="artifact location of a new experiment (default: beside a SQLite database)")
+    model_name: str = Field("rnnlib", description="MLflow registered model that promoted bundles become versions of")
 
 
 class TrainFlowConfig(PrepareConfig):
@@ -188,6 +207,8 @@ class TrainFlowConfig(PrepareConfig):
 
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 class ScoreConfig(_Strict):
@@ -207,15 +228,53 @@ class ScoreConfig(_Strict):
         "training max_length, else 1000")
     partition_rows: int = Field(5_000, gt=0, description="rows per scoring partition")
     overwrite: bool = Field(False, description="redo a finished run instead of skipping it")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "fp32", "bf16"] = Field(
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
+    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
         "auto", description="auto: bf16 on a GPU and on a CPU with bf16 units (AVX512-BF16 or "
         "AMX), where it is faster with probabilities close to fp32's; else fp32. bf16 asked for "
-        "on a CPU without them runs much slower, with a warning")
+        "on a CPU without them runs much slower, with a warning. int8: recurrent and linear "
+        "weights quantised to 8 bits, CPU only")
     dask: DaskConfig = Field(default_factory=DaskConfig)
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
+def field_docs(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
+    """(dotted key, "description (default: value)") for every setting of a config class, nested
+    sections flattened and the fields of list items as `key[*].field`."""
+    docs: list[tuple[str, str]] = []
+    for name, field in cls.model_fields.items():
+        kind = field.annotation
+        item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            docs += field_docs(kind, f"{prefix}{name}.")
+            continue
+        default = "required" if field.is_required() else f"default: {field.get_default(call_default_factory=True)!r}"
+        docs.append((f"{prefix}{name}", f"{field.description or ''} ({default})"))
+        if isinstance(item, type) and issubclass(item, BaseModel):
+            docs += field_docs(item, f"{prefix}{name}[*].")
+    return docs
+
+
+def commented_yaml(config: BaseModel) -> str:
+    """The config as YAML, each setting followed by its description: a file to start from."""
+    notes = {key: text for key, text in field_docs(type(config))}
+
+    def render(node: dict[str, Any], prefix: str, indent: str) -> list[str]:
+        lines = []
+        for key, value in node.items():
+            note = notes.get(prefix + key, "").split(" (default")[0]
+            comment = f"  # {note}" if note else ""
+            if isinstance(value, dict) and value:
+                lines += [f"{indent}{key}:{comment}", *render(value, f"{prefix}{key}.", indent + "  ")]
+            else:
+                flow = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+                flow = flow.removesuffix("\n...").removesuffix("...").strip()
+                lines.append(f"{indent}{key}: {flow}{comment}")
+        return lines
+
+    return "\n".join(render(config.model_dump(mode="json"), "", "")) + "\n"
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -9,14 +9,17 @@ never overwrite each other and an unchanged rerun does no work.
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
 from rnnlib.common.fingerprint import code_version, digest_json
+from rnnlib.common.locks import file_lock
 from rnnlib.common.storage import MANIFEST, is_complete, read_json
 from rnnlib.config import DaskConfig, SourceConfig
 from rnnlib.sources.inputs import fingerprint_inputs
@@ -62,14 +65,80 @@ def stage_dir(work_dir: str | Path, stage: str, key: str) -> Path:
     return Path(work_dir).resolve() / stage / key
 
 
+def lock_file(stage_folder: str | Path) -> Path:
+    """The lock of a stage output folder (`<stage>/<key>` -> `<stage>/.<key>.lock`)."""
+    folder = Path(stage_folder)
+    return folder.with_name(f".{folder.name}.lock")
+
+
 def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> StageOutput:
     """The stage's output for these parameters: reused when a complete one is on disk (a
     deleted or half-written folder is rebuilt), else `build(out_dir)`, which returns the manifest.
-    `params` must hold `work_dir`; every other value goes into the key."""
+    `params` must hold `work_dir`; every other value goes into the key.
+
+    While it runs, the stage holds its own output's lock (a second run of the same stage waits,
+    then reuses the output) and shares its inputs' locks (so `prune` cannot remove them)."""
     start = time.perf_counter()
     key = stage_key(stage, {k: v for k, v in params.items() if k != "work_dir"})
     out = stage_dir(params["work_dir"], stage, key)
-    cached = is_complete(out)
-    manifest = read_json(out / MANIFEST) if cached else build(out)
+    with ExitStack() as locks:
+        for upstream in (v for v in params.values() if isinstance(v, StageOutput)):
+            locks.enter_context(file_lock(lock_file(upstream.path), shared=True))
+        locks.enter_context(file_lock(lock_file(out)))
+        cached = is_complete(out)
+        manifest = read_json(out / MANIFEST) if cached else build(out)
     return StageOutput(stage=stage, key=key, path=str(out), manifest=manifest, cached=cached,
                        seconds=round(time.perf_counter() - start, 3))
+
+
+class CachedOutput(BaseModel):
+    """One stage output folder under a work dir."""
+
+    stage: str
+    key: str
+    path: str
+    bytes: int
+    age_days: float
+    complete: bool
+
+
+def cached_outputs(work_dir: str | Path) -> list[CachedOutput]:
+    """Every stage output folder under `work_dir`, finished or not (a killed run's leftovers)."""
+    found = []
+    now = time.time()
+    for folder in sorted(Path(work_dir).glob("*/*")):
+        if not folder.is_dir():
+            continue
+        files = [f for f in folder.rglob("*") if f.is_file()]
+        newest = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in files)])
+        found.append(CachedOutput(stage=folder.parent.name, key=folder.name, path=str(folder),
+                                  bytes=sum(f.stat().st_size for f in files),
+                                  age_days=round((now - newest) / 86400, 2), complete=is_complete(folder)))
+    return found
+
+
+def output_key(folder_name: str) -> str:
+    """The key a folder belongs to: itself, a training run's `<key>.partial`, or a build's
+    scratch folder `.<key>.<id>.tmp`."""
+    if folder_name.startswith(".") and folder_name.endswith(".tmp"):
+        return folder_name[1:].split(".")[0]
+    return folder_name.removesuffix(".partial")
+
+
+def prune(work_dir: str | Path, *, older_than_days: float, keep: set[str] = frozenset(),
+          dry_run: bool = False) -> list[CachedOutput]:
+    """Remove stage outputs not touched for `older_than_days`, except those whose key is in
+    `keep` and those a running stage holds (it would be waiting on their lock). Returns what was
+    (or, with `dry_run`, would be) removed."""
+    removed = []
+    for output in cached_outputs(work_dir):
+        key = output_key(output.key)
+        if output.age_days < older_than_days or key in keep:
+            continue
+        with file_lock(lock_file(Path(output.path).with_name(key)), wait=False) as free:
+            if not free:
+                continue
+            if not dry_run:
+                shutil.rmtree(output.path)
+            removed.append(output)
+    return removed

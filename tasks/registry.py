@@ -5,7 +5,15 @@ from __future__ import annotations
 from prefect import task
 from rnnlib_tasks.options import TASK_OPTIONS
 
+from rnnlib import tracking
+from rnnlib.config import TrackingConfig
 from rnnlib.scoring import registry
+
+
+@task(name="register", **TASK_OPTIONS)
+def register_task(cfg: TrackingConfig, run_id: str, bundle_version: str) -> str:
+    """The promoted bundle as a new version of the MLflow registered model."""
+    return tracking.register_model(cfg, run_id, bundle_version)
 
 
 @task(name="promote", **TASK_OPTIONS)

@@ -7,8 +7,17 @@ import logging
 from prefect import task
 from rnnlib_tasks.options import TASK_OPTIONS
 
-from rnnlib.config import ModelConfig, PreprocessConfig, TrainConfig
+from rnnlib import tracking
+from rnnlib.config import (
+    EvaluateConfig,
+    ModelConfig,
+    PreprocessConfig,
+    TrainConfig,
+    TrainFlowConfig,
+)
 from rnnlib.modeling import pipeline
+from rnnlib.modeling.pipeline import TrainedModel
+from rnnlib.prepare.pipeline import PreparedData
 from rnnlib.stages import StageOutput
 
 logging.getLogger("rnnlib").setLevel(logging.INFO)  # per-epoch progress into the Prefect logs
@@ -19,9 +28,15 @@ def fit_task(tensors: StageOutput, model: ModelConfig, cfg: TrainConfig, work_di
     return pipeline.fit_stage(tensors, model=model, cfg=cfg, work_dir=work_dir)
 
 
+@task(name="track", **TASK_OPTIONS)
+def track_task(trained: TrainedModel, config: TrainFlowConfig) -> str:
+    """Log the run to MLflow; returns its run id."""
+    return tracking.log_training(trained, config)
+
+
 @task(name="evaluate", **TASK_OPTIONS)
-def evaluate_task(tensors: StageOutput, vocab: StageOutput, fitted: StageOutput,
-                  preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
+def evaluate_task(data: PreparedData, fitted: StageOutput, preprocess: PreprocessConfig,
+                  model: ModelConfig, max_length: int | None, cfg: EvaluateConfig,
                   work_dir: str) -> StageOutput:
-    return pipeline.evaluate_stage(tensors, vocab, fitted, preprocess=preprocess, model=model,
-                                   max_length=max_length, work_dir=work_dir)
+    return pipeline.evaluate_stage(data, fitted, preprocess=preprocess, model=model,
+                                   max_length=max_length, cfg=cfg, work_dir=work_dir)

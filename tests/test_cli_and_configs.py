@@ -15,7 +15,13 @@ import pytest
 import yaml
 from rnnlib_flows.cli import main
 
-from rnnlib.config import PrepareConfig, TrainFlowConfig, load_config
+from rnnlib.config import (
+    PrepareConfig,
+    ScoreConfig,
+    TrainFlowConfig,
+    field_docs,
+    load_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -123,3 +129,15 @@ def test_cli_runs_against_a_real_prefect_server(datasets, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("command,config_class", [("train", TrainFlowConfig), ("score", ScoreConfig)])
+def test_help_documents_every_setting(capsys, command, config_class):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    shown = capsys.readouterr().out
+    docs = field_docs(config_class)
+    assert len(docs) > 20
+    for key, text in docs:
+        assert f"  {key} " in shown, key
+        assert not text.startswith(" ("), f"{key} has no description"

@@ -153,7 +153,7 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     run = _wait(lambda: _final(_flow_runs(api, "retrain/nightly")), 420, "the retraining run")
     assert run["state"]["type"] == "COMPLETED", run["state"]
     current = json.loads((registry / "current.json").read_text())
-    assert current["accuracy"] > 0.8 and (registry / current["bundle"] / "weights.pt").is_file()
+    assert current["accuracy"] > 0.8 and (registry / current["bundle"] / "weights.safetensors").is_file()
 
     processes.start("watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5")
     names = "".join(f"{n}\n" for n in ["Rossi", "Bianchi", "Müller", "Schmidt", "Esposito", "Wagner"])

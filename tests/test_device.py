@@ -50,3 +50,14 @@ def test_training_autocasts_on_gpu_only():
 
 def test_scoring_batch_by_device():
     assert default_batch_rows(CPU) == 64 and default_batch_rows(GPU) == 1024
+
+
+def test_int8_is_for_the_cpu_only():
+    from torch import nn
+
+    from rnnlib.modeling.device import for_inference
+
+    with pytest.raises(ValueError, match="int8 runs on the CPU only"):
+        for_inference(nn.Linear(2, 2), "int8", GPU)
+    quantised = for_inference(nn.Sequential(nn.Linear(4, 3)), "int8", CPU)
+    assert "quantized" in type(quantised[0]).__module__

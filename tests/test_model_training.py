@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from rnnlib.config import (
     ModelConfig,
@@ -270,8 +271,17 @@ def test_bundle_round_trip_and_mismatch_refusal(names_tensors, names_data, tmp_p
     LabelEncoder(("Klingon", *bundle.labels.labels[1:])).save(labels_file)
     with pytest.raises(BundleError, match="do not match the bundle's configuration"):
         load_bundle(bundle_dir)
-    (bundle_dir / "weights.pt").unlink()
-    with pytest.raises(BundleError, match="weights.pt is missing"):
+    # weights that are not the bundle's own (same shapes, other values)
+    LabelEncoder(bundle.labels.labels).save(labels_file)
+    assert load_bundle(bundle_dir).version == version
+    weights = bundle_dir / "weights.safetensors"
+    original = weights.read_bytes()
+    save_file({k: v + 1 for k, v in load_file(weights).items()}, weights)
+    with pytest.raises(BundleError, match="not the ones this bundle was written with"):
+        load_bundle(bundle_dir)
+    assert b"pickle" not in original and not original.startswith(b"PK")  # no zip, no pickle
+    weights.unlink()
+    with pytest.raises(BundleError, match="weights.safetensors is missing"):
         load_bundle(bundle_dir)
 
 

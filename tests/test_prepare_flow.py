@@ -64,6 +64,7 @@ def test_prepare_names_end_to_end_then_cached(datasets, tmp_path):
 
 
 def test_code_change_invalidates_and_deleted_output_is_rebuilt(datasets, tmp_path, monkeypatch):
+    fingerprint.code_version.cache_clear()  # the source as it is on disk now
     config = names_config(datasets, tmp_path)
     first = prepare_flow(config)
     shutil.rmtree(first.tensorize.path)

@@ -90,3 +90,24 @@ def test_two_runs_never_write_the_same_output(tmp_path):
             pass
     with output_lock(a):  # released
         pass
+
+
+def test_models_list_promote_by_hand_and_rollback(names_bundle, names_data, untrained_bundle, tmp_path, capsys):
+    from rnnlib_flows.cli import main
+
+    registry = tmp_path / "models"
+    promote(registry, untrained_bundle, names_data.ingest.path, names_data.split.path)
+    promote(registry, names_bundle, names_data.ingest.path, names_data.split.path)  # better: current
+    trained, untrained = (read_json(b / CONFIG)["version"] for b in (names_bundle, untrained_bundle))
+    assert main(["models", "list", str(registry)]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 2 and listed[1].startswith(f"* {trained}") and listed[0].startswith(f"  {untrained}")
+
+    assert main(["models", "rollback", str(registry)]) == 0
+    assert read_json(registry / CURRENT)["version"] == untrained
+    assert main(["models", "promote", str(registry), trained]) == 0
+    assert read_json(registry / CURRENT)["version"] == trained
+    assert main(["models", "promote", str(registry), "no-such-version"]) == 2
+    assert "no bundle 'no-such-version'" in capsys.readouterr().err
+    reasons = [json.loads(line)["reason"] for line in open(registry / DECISIONS)]
+    assert reasons[2].startswith("rolled back from") and reasons[3] == "promoted by hand (rnnlib models promote)"

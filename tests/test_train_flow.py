@@ -27,7 +27,7 @@ def test_train_flow_end_to_end_then_cached(datasets, tmp_path):
     result = first.evaluation
     assert result.rows == 3008 and 0.5 < result.accuracy <= 1
     bundle_dir = Path(result.bundle)
-    for name in ("weights.pt", "vocab.json", "labels.json", "config.json", "metrics.json",
+    for name in ("weights.safetensors", "vocab.json", "labels.json", "config.json", "metrics.json", "README.md",
                  "confusion.png", "curves.png"):
         assert (bundle_dir / name).is_file(), name
     metrics = json.loads((bundle_dir / "metrics.json").read_text())

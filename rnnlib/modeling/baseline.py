@@ -18,7 +18,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
 from rnnlib.common.storage import partitions
-from rnnlib.modeling.evaluate import Averages, metrics
+from rnnlib.modeling.metrics import Averages, metrics
 from rnnlib.prepare.split import with_split
 
 C_GRID = (0.25, 1.0, 4.0, 16.0)
@@ -70,14 +70,18 @@ def fit_baseline(tokens_dir: str | Path, split_dir: str | Path, *, level: str,
     def fitted(c: float) -> LogisticRegression:
         return LogisticRegression(C=c, max_iter=2000).fit(x_train, train_labels)
 
-    best_c = C_GRID[1]
     if val_docs:
         x_val = features.transform(val_docs)
-        best_c = max(C_GRID, key=lambda c: fitted(c).score(x_val, val_labels))
+        candidates = {c: fitted(c) for c in C_GRID}
+        best_c = max(C_GRID, key=lambda c: candidates[c].score(x_val, val_labels))
+        model = candidates[best_c]
+    else:
+        best_c = C_GRID[1]
+        model = fitted(best_c)
     index = {label: i for i, label in enumerate(labels)}
     known = [i for i, label in enumerate(test_labels) if label in index]  # as the test shards hold
     test_docs, test_labels = [test_docs[i] for i in known], [test_labels[i] for i in known]
-    predicted = fitted(best_c).predict(features.transform(test_docs))
+    predicted = model.predict(features.transform(test_docs))
     result = metrics(np.array([index[t] for t in test_labels]), np.array([index[p] for p in predicted]), labels)
     name = "word 1-2-grams" if level == "word" else "character 1-4-grams"
     return BaselineResult(features=f"TF-IDF {name} + logistic regression", c=best_c,

@@ -1,8 +1,9 @@
 """The model bundle: one self-describing directory per trained model.
 
-weights.pt (a plain state dict, loaded with `weights_only=True`: no code runs from the file),
-vocab.json, labels.json, config.json (preprocessing, model, data hashes, version), metrics.json.
-A bundle whose parts do not match each other is refused with a clear error.
+weights.safetensors (tensors only: nothing is unpickled, no code runs from the file),
+vocab.json, labels.json, config.json (preprocessing, model, data hashes, the weights' digest,
+version), metrics.json and README.md (the model card). A bundle whose parts do not match each
+other, or whose weights are not those it was written with, is refused with a clear error.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from rnnlib.common.fingerprint import code_version, digest_json, file_digest
 from rnnlib.common.storage import read_json, write_json
@@ -21,7 +23,7 @@ from rnnlib.errors import InputError
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.prepare.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary
 
-WEIGHTS, CONFIG, METRICS = "weights.pt", "config.json", "metrics.json"
+WEIGHTS, CONFIG, METRICS = "weights.safetensors", "config.json", "metrics.json"
 CURRENT = "current.json"  # in a model registry: which of its bundles is current
 
 
@@ -45,7 +47,8 @@ def save_bundle(out_dir: Path, weights: Path, vocab_dir: Path, preprocess: Prepr
     """Write a bundle; returns its version (a digest of its weights and configuration).
     `metrics.json` may also be written later, by the evaluation of the saved bundle."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(weights, out_dir / WEIGHTS)
+    state = torch.load(weights, map_location="cpu", weights_only=True)  # a training checkpoint
+    save_file({name: tensor.contiguous() for name, tensor in state.items()}, out_dir / WEIGHTS)
     for name in (VOCAB_FILE, LABELS_FILE):
         shutil.copyfile(vocab_dir / name, out_dir / name)
     config = {
@@ -84,8 +87,11 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     vocab, labels = Vocabulary.load(path / VOCAB_FILE), LabelEncoder.load(path / LABELS_FILE)
     if vocab.hash != config["vocab_hash"] or labels.hash != config["labels_hash"]:
         raise BundleError("vocabulary or labels do not match the bundle's configuration", file=str(path))
+    if file_digest(path / WEIGHTS) != config["weights_digest"]:
+        raise BundleError("weights are not the ones this bundle was written with (digest differs)",
+                          file=str(path / WEIGHTS))
     model = RNNClassifier(len(vocab.tokens), len(labels.labels), ModelConfig(**config["model"]))
-    state = torch.load(path / WEIGHTS, map_location=device, weights_only=True)
+    state = load_file(path / WEIGHTS, device=str(torch.device(device)))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

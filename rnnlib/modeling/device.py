@@ -6,12 +6,14 @@ lines are the few that act on these choices."""
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Literal
 
 import torch
+from torch import nn
 
 DeviceChoice = Literal["auto", "cpu", "cuda"]
-Precision = Literal["auto", "fp32", "bf16"]
+Precision = Literal["auto", "fp32", "bf16", "int8"]
 log = logging.getLogger(__name__)
 
 
@@ -26,6 +28,19 @@ def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX); without it bf16 is
     emulated and far slower than fp32."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def for_inference(model: nn.Module, precision: Precision | str, device: torch.device,
+                  native_bf16: bool | None = None) -> nn.Module:
+    """The model in the format to score in: `inference_dtype`'s, or `int8`: the recurrent and
+    linear layers' weights quantised to 8 bits (dynamic quantisation; CPU only)."""
+    if precision != "int8":
+        return model.to(inference_dtype(precision, device, native_bf16))
+    if device.type != "cpu":
+        raise ValueError(f"precision int8 runs on the CPU only, not on {device.type}")
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated, with no successor for RNNs yet
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.GRU, nn.LSTM, nn.Linear}, dtype=torch.qint8)
 
 
 def inference_dtype(precision: Precision | str, device: torch.device,

@@ -14,26 +14,18 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from pydantic import BaseModel, ConfigDict, Field  # noqa: E402
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
+from rnnlib.common.accounting import AccountingError  # noqa: E402
 from rnnlib.common.storage import write_json  # noqa: E402
+from rnnlib.modeling.baseline import BaselineResult  # noqa: E402
 from rnnlib.modeling.batches import ShardBatches  # noqa: E402
 from rnnlib.modeling.bundle import METRICS, load_bundle  # noqa: E402
 from rnnlib.modeling.device import DeviceChoice, pick_device  # noqa: E402
+from rnnlib.modeling.metrics import Averages, metrics  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 
 CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
-
-
-class Averages(BaseModel):
-    """Precision, recall and F1 averaged over classes (as scikit-learn names them)."""
-
-    model_config = ConfigDict(populate_by_name=True)
-
-    precision: float
-    recall: float
-    f1: float = Field(alias="f1-score")
 
 
 class Evaluation(BaseModel):
@@ -45,6 +37,15 @@ class Evaluation(BaseModel):
     accuracy: float
     macro: Averages
     weighted: Averages
+    baseline: BaselineResult | None = None  # TF-IDF + logistic regression on the same rows
+
+    def comparison(self) -> list[tuple[str, float, float | None]]:
+        """(metric, model, baseline or None) for the headline metrics."""
+        base = self.baseline
+        return [("accuracy", self.accuracy, base.accuracy if base else None),
+                ("macro F1", self.macro.f1, base.macro.f1 if base else None),
+                ("macro recall", self.macro.recall, base.macro.recall if base else None),
+                ("weighted F1", self.weighted.f1, base.weighted.f1 if base else None)]
 
 
 @torch.no_grad()
@@ -57,20 +58,6 @@ def predict(model: RNNClassifier, batches: ShardBatches, device: torch.device) -
         predicted.append(model(batch.ids, batch.lengths).argmax(1).cpu().numpy())
         truth.append(batch.labels.cpu().numpy())
     return np.concatenate(truth), np.concatenate(predicted)
-
-
-def metrics(truth: np.ndarray, predicted: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    report = classification_report(truth, predicted, labels=range(len(labels)), target_names=labels,
-                                   output_dict=True, zero_division=0)
-    return {
-        "rows": int(len(truth)),
-        "accuracy": float(accuracy_score(truth, predicted)),
-        "macro": {k: report["macro avg"][k] for k in ("precision", "recall", "f1-score")},
-        "weighted": {k: report["weighted avg"][k] for k in ("precision", "recall", "f1-score")},
-        "per_class": {name: report[name] for name in labels},
-        "confusion_matrix": confusion_matrix(truth, predicted, labels=range(len(labels))).tolist(),
-        "labels": labels,
-    }
 
 
 def plot_confusion(result: dict[str, Any], path: Path) -> None:
@@ -105,16 +92,21 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
 
 
 def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: list[dict[str, Any]],
-                    device: DeviceChoice = "auto") -> Evaluation:
+                    baseline: BaselineResult | None = None, device: DeviceChoice = "auto") -> Evaluation:
     """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
-    `history`), the confusion matrix and the learning curves into the bundle."""
+    `history` and the `baseline` fitted on the same rows), the confusion matrix and the learning
+    curves into the bundle."""
     bundle_dir = Path(bundle_dir)
     target = pick_device(device)
     bundle = load_bundle(bundle_dir, target)
     truth, predicted = predict(bundle.model, ShardBatches(test_dir, 512, shuffle=False), target)
     result = metrics(truth, predicted, list(bundle.labels.labels))
-    write_json(bundle_dir / METRICS, {**result, "history": history})
+    if baseline is not None and baseline.rows != result["rows"]:
+        raise AccountingError(f"the baseline scored {baseline.rows} test rows, the model {result['rows']}")
+    report = {**result, "history": history,
+              "baseline": baseline.model_dump(mode="json", by_alias=True) if baseline else None}
+    write_json(bundle_dir / METRICS, report)
     plot_confusion(result, bundle_dir / CONFUSION_PNG)
     plot_curves(history, bundle_dir / CURVES_PNG)
-    return Evaluation(bundle=str(bundle_dir), version=bundle.version,
+    return Evaluation(bundle=str(bundle_dir), version=bundle.version, baseline=baseline,
                       **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")})

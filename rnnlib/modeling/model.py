@@ -27,7 +27,7 @@ POOLED = {"last": ("last",), "mean": ("mean",), "max": ("max",), "concat": ("las
 
 def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     """(batch, steps) positions that reverse each row within its length, pads left in place."""
-    positions = torch.arange(steps, device=lengths.device).expand(len(lengths), steps)
+    positions = torch.arange(steps, device=lengths.device)[None, :]
     reversed_positions = lengths[:, None] - 1 - positions
     return torch.where(positions < lengths[:, None], reversed_positions, positions)
 
@@ -59,10 +59,12 @@ class RNNClassifier(nn.Module):
             self.head = nn.Linear(features, num_classes)
 
     def encode(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """(batch, steps, directions * hidden) outputs; steps = the batch's longest sequence."""
+        """(batch, steps, directions * hidden) outputs for ids padded to `steps` columns (batches
+        are padded to their own longest row; extra pad columns change nothing but the work).
+        No Python number is taken from a tensor, so an exported graph keeps batch and length
+        dynamic."""
         lengths = lengths.to(ids.device)
-        steps = int(lengths.max())
-        ids = ids[:, :steps]
+        steps = ids.shape[1]
         if self.training and self.cfg.unk_dropout:
             unknown = (torch.rand(ids.shape, device=ids.device) < self.cfg.unk_dropout) & (ids != PAD_ID)
             ids = ids.masked_fill(unknown, UNK_ID)
@@ -73,8 +75,8 @@ class RNNClassifier(nn.Module):
                 x = self.dropout(x)  # between layers
             outputs = [directions[0](x)[0]]
             if flip is not None:
-                backward = directions[1](x.gather(1, flip[..., None].expand_as(x)))[0]
-                outputs.append(backward.gather(1, flip[..., None].expand_as(backward)))
+                backward = directions[1](x.gather(1, flip[..., None].expand(-1, -1, x.shape[-1])))[0]
+                outputs.append(backward.gather(1, flip[..., None].expand(-1, -1, backward.shape[-1])))
             x = torch.cat(outputs, dim=-1)
         return x
 
@@ -89,7 +91,7 @@ class RNNClassifier(nn.Module):
         """One summary of each sequence's outputs over its real tokens only."""
         if kind == "last":
             hidden = self.cfg.hidden_size
-            rows = torch.arange(len(lengths), device=outputs.device)
+            rows = torch.arange(lengths.shape[0], device=outputs.device)
             features = outputs[rows, lengths - 1, :hidden]
             if self.cfg.bidirectional:  # the backward direction ends at the first token
                 features = torch.cat([features, outputs[:, 0, hidden:]], dim=-1)

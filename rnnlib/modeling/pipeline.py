@@ -17,8 +17,16 @@ from distributed import Client
 from pydantic import BaseModel
 
 from rnnlib.common.storage import MANIFEST, building, write_json
-from rnnlib.config import ModelConfig, PreprocessConfig, TrainConfig, TrainFlowConfig
+from rnnlib.config import (
+    EvaluateConfig,
+    ModelConfig,
+    PreprocessConfig,
+    TrainConfig,
+    TrainFlowConfig,
+)
+from rnnlib.modeling.baseline import fit_baseline
 from rnnlib.modeling.bundle import save_bundle
+from rnnlib.modeling.card import CARD, model_card
 from rnnlib.modeling.evaluate import Evaluation, evaluate_bundle
 from rnnlib.modeling.train import BEST, train
 from rnnlib.prepare.pipeline import PreparedData, prepare
@@ -43,21 +51,25 @@ def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, wor
     return run_stage("fit", {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir}, build)
 
 
-def evaluate_stage(tensors: StageOutput, vocab: StageOutput, fitted: StageOutput, *,
-                   preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
+def evaluate_stage(data: PreparedData, fitted: StageOutput, *, preprocess: PreprocessConfig,
+                   model: ModelConfig, max_length: int | None, cfg: EvaluateConfig,
                    work_dir: str) -> StageOutput:
     """Write the model bundle (best weights, vocabulary, labels, preprocessing) and evaluate it on
-    the test split; the manifest is the `Evaluation`."""
+    the test split, beside the baseline fitted on the same rows; the manifest is the `Evaluation`."""
+    tensors, vocab = data.tensorize, data.vocab
     params = {"tensors": tensors, "vocab": vocab, "fitted": fitted, "preprocess": preprocess,
-              "model": model, "max_length": max_length, "work_dir": work_dir}
+              "model": model, "max_length": max_length, "cfg": cfg, "work_dir": work_dir}
 
     def build(out: Path) -> dict[str, Any]:
         with building(out) as scratch:
-            data = {"tensors": tensors.key, "vocab": vocab.key, "fit": fitted.key}
+            lineage = {"tensors": tensors.key, "vocab": vocab.key, "fit": fitted.key}
             save_bundle(scratch / BUNDLE, Path(fitted.path) / BEST, Path(vocab.path), preprocess, model,
-                        max_length, data)
+                        max_length, lineage)
+            baseline = fit_baseline(data.preprocess.path, data.split.path, level=preprocess.level,
+                                    labels=data.labels) if cfg.baseline else None
             evaluation = evaluate_bundle(scratch / BUNDLE, Path(tensors.path) / "test",
-                                         history=fitted.manifest["history"])
+                                         history=fitted.manifest["history"], baseline=baseline)
+            (scratch / BUNDLE / CARD).write_text(model_card(scratch / BUNDLE, evaluation), encoding="utf-8")
             manifest = evaluation.model_copy(update={"bundle": str(out / BUNDLE)}).model_dump(
                 mode="json", by_alias=True)
             write_json(scratch / MANIFEST, manifest)
@@ -72,6 +84,7 @@ class TrainedModel(BaseModel):
     data: PreparedData
     fit: StageOutput
     evaluate: StageOutput
+    tracking_run: str | None = None  # the MLflow run it was logged as, if tracked
 
     @property
     def stages(self) -> list[StageOutput]:
@@ -95,7 +108,7 @@ def train_model(cfg: TrainFlowConfig, client: Client | None = None) -> TrainedMo
     every stage is reused from `cfg.work_dir` when its inputs are unchanged."""
     data = prepare(cfg, client)
     fitted = fit_stage(data.tensorize, model=cfg.model, cfg=cfg.train, work_dir=cfg.work_dir)
-    evaluated = evaluate_stage(data.tensorize, data.vocab, fitted, preprocess=cfg.preprocess,
-                               model=cfg.model, max_length=cfg.tensorize.max_length,
+    evaluated = evaluate_stage(data, fitted, preprocess=cfg.preprocess, model=cfg.model,
+                               max_length=cfg.tensorize.max_length, cfg=cfg.evaluate,
                                work_dir=cfg.work_dir)
     return TrainedModel(data=data, fit=fitted, evaluate=evaluated)

@@ -4,7 +4,7 @@ every row either scored or rejected with its reason."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -18,7 +18,7 @@ import torch
 from rnnlib.common.storage import write_parquet
 from rnnlib.modeling.batches import collate
 from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
-from rnnlib.modeling.device import default_batch_rows, inference_dtype, pick_device
+from rnnlib.modeling.device import default_batch_rows, for_inference, pick_device
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.prepare.preprocess import preprocess_table
 from rnnlib.prepare.tensorize import REJECTS_SCHEMA, encode_ids
@@ -61,12 +61,17 @@ def worker_bundle(path: str, version: str, device: str, precision: str = "auto")
     """The bundle, loaded once per worker process rather than per partition, in the precision
     asked for (see `inference_dtype`). A bundle rewritten under the same path during a run is
     refused: one run scores with one model."""
-    bundle = load_bundle(path, pick_device(device))
+    bundle = load_for_inference(path, device, precision)
     if bundle.version != version:
         raise BundleError(f"the bundle changed during the run (version {bundle.version}, "
                           f"run started with {version})", file=path)
-    bundle.model.to(inference_dtype(precision, next(bundle.model.parameters()).device))
     return bundle
+
+
+def load_for_inference(path: str | Path, device: str = "auto", precision: str = "auto") -> Bundle:
+    """A bundle on its device, in the number format scoring runs in (see `for_inference`)."""
+    bundle = load_bundle(path, pick_device(device))
+    return replace(bundle, model=for_inference(bundle.model, precision, pick_device(device)))
 
 
 @torch.inference_mode()

@@ -1,0 +1,73 @@
+"""The model card: a bundle's `README.md`, generated from what the bundle records, so whoever
+finds a bundle can tell what it was trained on, how well it does against its baseline, and what
+it is not for."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rnnlib.common.storage import read_json
+from rnnlib.modeling.bundle import CONFIG, METRICS
+from rnnlib.modeling.evaluate import Evaluation
+
+CARD = "README.md"
+
+
+def _settings(values: dict[str, Any]) -> list[str]:
+    return [f"- `{key}`: {value}" for key, value in values.items()]
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+
+
+def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
+    config, report = read_json(Path(bundle_dir) / CONFIG), read_json(Path(bundle_dir) / METRICS)
+    history, labels = report["history"], report["labels"]
+    best = min(history, key=lambda h: h["val_loss"])
+    lines = [f"# Model card: {len(labels)}-class text classifier", "",
+             f"Bundle version `{config['version']}`, made by rnnlib (code `{config['rnnlib_code']}`).", "",
+             "## Data", "", f"- labels ({len(labels)}): {', '.join(labels)}",
+             f"- labels hash `{config['labels_hash']}`, vocabulary hash `{config['vocab_hash']}`",
+             *(f"- {stage} stage key `{key}`" for stage, key in config["data"].items()),
+             f"- test split: {evaluation.rows} rows", "",
+             "## Preprocessing", "", *_settings(config["preprocess"]),
+             f"- maximum length: {config['max_length'] or 'none'} tokens (longer texts are truncated)", "",
+             "## Model", "", *_settings(config["model"]), "",
+             "## Training", "",
+             f"{len(history)} epochs ({sum(h['seconds'] for h in history):.0f} s of training); the weights "
+             f"are those of epoch {best['epoch']}, of the lowest validation loss ({best['val_loss']:.4f}).", "",
+             *_table(["epoch", "train loss", "train accuracy", "validation loss", "validation accuracy"],
+                     [[h["epoch"], f"{h['train_loss']:.4f}", f"{h['train_acc']:.4f}", f"{h['val_loss']:.4f}",
+                       f"{h['val_acc']:.4f}"] for h in history]), "",
+             "## Evaluation on the test split", ""]
+    base = evaluation.baseline
+    if base is not None:
+        lines += [f"Beside its baseline, {base.features} (C={base.c}), fitted on the same "
+                  f"{base.train_rows} training rows and scored on the same test rows:", "",
+                  *_table(["metric", "model", "baseline", "model - baseline"],
+                          [[name, f"{model:.4f}", f"{b:.4f}", f"{model - b:+.4f}"]
+                           for name, model, b in evaluation.comparison()]), ""]
+    else:
+        lines += [*_table(["metric", "model"], [[name, f"{model:.4f}"] for name, model, _ in evaluation.comparison()]), ""]
+    lines += ["Per class:", "",
+              *_table(["label", "precision", "recall", "F1", "test rows"],
+                      [[label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1-score']:.3f}", int(c["support"])]
+                       for label, c in report["per_class"].items()]), "",
+              "## Intended use and limits", "",
+              "- For text like the training data: the same language, domain and kind of text. Its "
+              "preprocessing and vocabulary are in this bundle and are applied by `rnnlib score`, "
+              "`rnnlib predict` and `rnnlib.scoring.predictor.Predictor`; any other consumer must "
+              "reproduce them exactly.",
+              "- It always answers with one of the labels above, even for text unlike anything it "
+              "was trained on; its probabilities are not calibrated.",
+              "- Tokens not in the vocabulary all read as `<UNK>`; texts longer than the maximum "
+              "length are judged on their beginning (scoring flags them as truncated).",
+              "- Per-class figures on few test rows are noisy; classes with low recall above are "
+              "where it errs most."]
+    if base is not None and evaluation.accuracy < base.accuracy:
+        lines.append("- **It scores below its baseline on this test split**: where the baseline can "
+                     "be used, prefer it.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,88 @@
+"""A bundle's model exported to ONNX, for serving without Python or PyTorch.
+
+The graph takes `ids` (int64, batch x steps, padded with 0 to the batch's longest row) and
+`lengths` (int64, batch) and returns `probabilities` (float32, batch x labels); batch and steps
+are dynamic. The file's metadata carries the labels (in output order), the bundle's version and
+maximum length. Turning text into ids is the consumer's job: the bundle's `config.json`
+(`preprocess`) and `vocab.json` say exactly how.
+
+Every export is checked before it is kept: the file is run in ONNX Runtime on a batch of another
+shape and must match PyTorch within `tolerance`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from rnnlib.errors import InputError
+from rnnlib.modeling.bundle import load_bundle
+from rnnlib.prepare.specials import PAD_ID, SPECIALS
+
+
+class ExportError(InputError):
+    """A bundle whose model cannot be exported faithfully."""
+
+
+class Probabilities(nn.Module):
+    """The classifier with a softmax on top: what a serving system wants back."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, lengths).float().softmax(-1)
+
+
+def example_batch(rows: int, steps: int, vocab_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random ids padded like a real batch: the first row full, the others shorter."""
+    generator = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, steps + 1, (rows,), generator=generator)
+    lengths[0] = steps
+    ids = torch.randint(len(SPECIALS), vocab_size, (rows, steps), generator=generator)
+    ids[torch.arange(steps)[None, :] >= lengths[:, None]] = PAD_ID
+    return ids, lengths
+
+
+def export_onnx(bundle_dir: str | Path, out: str | Path, tolerance: float = 1e-4) -> Path:
+    """Write the bundle's model as ONNX to `out` (atomically), checked against PyTorch."""
+    import onnx
+    import onnxruntime
+
+    bundle = load_bundle(bundle_dir)
+    module = Probabilities(bundle.model).eval()
+    vocab_size = len(bundle.vocab.tokens)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.tmp")
+    batch, steps = torch.export.Dim("batch"), torch.export.Dim("steps")
+    with torch.no_grad():
+        torch.onnx.export(module, example_batch(3, 9, vocab_size, seed=0), tmp, dynamo=True,
+                          input_names=["ids", "lengths"], output_names=["probabilities"],
+                          dynamic_shapes=({0: batch, 1: steps}, {0: batch}), verbose=False)
+    graph = onnx.load(tmp)
+    onnx.helper.set_model_props(graph, {
+        "labels": json.dumps(list(bundle.labels.labels)), "rnnlib_bundle_version": bundle.version,
+        "max_length": str(bundle.max_length or ""), "vocab_hash": bundle.vocab.hash})
+    onnx.save(graph, tmp)
+    ids, lengths = example_batch(7, 23, vocab_size, seed=1)  # another shape than the traced one
+    try:
+        got = onnxruntime.InferenceSession(str(tmp)).run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+    except Exception as exc:  # noqa: BLE001 - any failure means the graph is not usable
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"the exported graph does not run on other shapes ({bundle.model.cfg.cell} cells "
+                         f"export with a fixed length; gru and lstm export in full): {exc}",
+                         file=str(bundle_dir)) from exc
+    with torch.no_grad():
+        want = module(ids, lengths).numpy()
+    if not np.allclose(got, want, atol=tolerance):
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"the exported graph differs from PyTorch by {np.abs(got - want).max():.2e}",
+                         file=str(bundle_dir))
+    os.replace(tmp, out)
+    return out

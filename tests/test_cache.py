@@ -1,0 +1,49 @@
+"""`rnnlib cache list|prune`: stage outputs by age and use, never one a running stage holds."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from rnnlib_flows.cli import main
+
+from rnnlib.common.locks import file_lock
+from rnnlib.config import PrepareConfig
+from rnnlib.prepare.pipeline import prepare
+from rnnlib.stages import cached_outputs, lock_file, prune
+
+
+def _prepared(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"doc {i} words,{i % 2}\n" for i in range(40)))
+    return prepare(PrepareConfig.model_validate({"source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
+                                                 "preprocess": {"level": "word"}, "work_dir": str(tmp_path / "w")}))
+
+
+def _age(folder: Path, days: float) -> None:
+    then = time.time() - days * 86400
+    for path in [folder, *folder.rglob("*")]:
+        os.utime(path, (then, then))
+
+
+def test_prune_removes_old_outputs_but_not_kept_or_held_ones(tmp_path, capsys):
+    data = _prepared(tmp_path)
+    outputs = cached_outputs(tmp_path / "w")
+    assert sorted(o.stage for o in outputs) == sorted(s.stage for s in data.stages) and all(o.complete for o in outputs)
+    for stage in data.stages:
+        _age(Path(stage.path), days=10)
+    assert main(["cache", "prune", "--work-dir", str(tmp_path / "w"), "--older-than", "5", "--dry-run"]) == 0
+    assert "would remove 5 outputs" in capsys.readouterr().out and len(cached_outputs(tmp_path / "w")) == 5
+
+    with file_lock(lock_file(data.preprocess.path), shared=True):  # a running stage reads it
+        removed = prune(tmp_path / "w", older_than_days=5, keep={data.tensorize.key})
+    assert sorted(o.stage for o in removed) == ["ingest", "split", "vocab"]
+    assert sorted(o.stage for o in cached_outputs(tmp_path / "w")) == ["preprocess", "tensorize"]
+    assert prune(tmp_path / "w", older_than_days=30) == []  # younger than that
+
+
+def test_a_pruned_stage_is_simply_built_again(tmp_path):
+    data = _prepared(tmp_path)
+    prune(tmp_path / "w", older_than_days=0)
+    again = _prepared(tmp_path)
+    assert [s.cached for s in again.stages] == [False] * 5 and again.tensorize.key == data.tensorize.key

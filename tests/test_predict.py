@@ -1,0 +1,139 @@
+"""In-process prediction (`rnnlib.scoring.predictor.Predictor`, `rnnlib predict`): the same
+results as the score flow and the test shards, with no Prefect and no Dask."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from rnnlib.common.storage import partitions
+from rnnlib.config import InputSpec, ScoreConfig
+from rnnlib.modeling.bundle import load_bundle
+from rnnlib.prepare.split import with_split
+from rnnlib.scoring.partition import predict_proba
+from rnnlib.scoring.predictor import Predictor
+from rnnlib.scoring.registry import promote
+from rnnlib.scoring.run import SCORES, score
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def test_rows(names_data) -> pa.Table:
+    raw = pa.concat_tables(with_split(p, names_data.split.path) for p in partitions(names_data.ingest.path))
+    return raw.filter(pc.equal(raw["split"], "test"))
+
+
+def test_predictions_match_the_test_shards_and_a_scoring_run(names_bundle, names_data, test_rows, tmp_path):
+    predictor = Predictor.from_bundle(names_bundle)
+    predictions = predictor.predict(test_rows["text"].to_pylist(), top_k=3)
+    by_id = dict(zip(test_rows["id"].to_pylist(), predictions))
+    shards = pq.read_table(f"{names_data.tensorize.path}/test")
+    bundle = load_bundle(names_bundle)
+    probabilities = predict_proba(bundle.model, shards["ids"].combine_chunks(), len(bundle.labels.labels), 64)
+    expected = np.array(bundle.labels.labels)[probabilities.argmax(1)]
+    got = [by_id[i] for i in shards["id"].to_pylist()]
+    assert [p.label for p in got] == expected.tolist()
+    assert np.allclose([p.probability for p in got], probabilities.max(1), atol=1e-5)
+    assert all(len(p.top_k) == 3 and p.top_k[0] == (p.label, p.probability) for p in got)
+
+    pq.write_table(test_rows.select(["id", "text"]), tmp_path / "test.parquet")
+    score(ScoreConfig(bundle=str(names_bundle), output=str(tmp_path / "out"),
+                      inputs=[InputSpec(path=str(tmp_path / "test.parquet"), id_column="id")]))
+    scored = pq.read_table(tmp_path / "out" / SCORES).to_pandas().set_index("id")
+    assert [by_id[i].label for i in scored.index] == scored["label"].tolist()
+    assert [by_id[i].probability for i in scored.index] == scored["probability"].tolist()
+
+
+def test_rejected_and_truncated_texts(names_bundle):
+    predictor = Predictor.from_bundle(names_bundle, max_length=5)
+    first, empty, blank, none, long = predictor.predict(["Rossi", "", "   ", None, "Abcdefghijklmnop"])
+    assert first.label in predictor.labels and first.rejected is None and not first.truncated
+    assert (empty.rejected, blank.rejected, none.rejected) == ("empty text", "empty text", "null text")
+    assert empty.label is None and empty.top_k == []
+    assert long.truncated and long.label is not None
+
+
+def test_a_registry_folder_means_its_current_model(names_bundle, names_data, tmp_path):
+    promote(tmp_path / "models", names_bundle, names_data.ingest.path, names_data.split.path)
+    predictor = Predictor.from_bundle(tmp_path / "models")
+    assert predictor.bundle.version == load_bundle(names_bundle).version
+
+
+def test_predict_command_starts_no_prefect_and_no_cluster(names_bundle):
+    script = (
+        "import sys, psutil; from rnnlib_flows.cli import main; "
+        f"code = main(['predict', {str(names_bundle)!r}, 'Rossi', 'Schmidt', '', '--top-k', '2']); "
+        "assert code == 0; assert 'prefect' not in sys.modules, 'Prefect was imported'; "
+        "assert not psutil.Process().children(recursive=True), 'a process was started'"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = [json.loads(line) for line in run.stdout.splitlines()]
+    assert [line["text"] for line in lines] == ["Rossi", "Schmidt", ""]
+    assert len(lines[0]["top_k"]) == 2 and lines[0]["top_k"][0]["label"] == lines[0]["label"]
+    assert lines[2]["rejected"] == "empty text" and lines[2]["label"] is None
+
+
+def test_predict_command_reads_standard_input_and_prints_a_table(names_bundle):
+    run = subprocess.run([sys.executable, "-m", "rnnlib_flows.cli", "predict", str(names_bundle), "--output", "table"],
+                         input="Rossi\nNakamura\n", capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = run.stdout.splitlines()
+    assert len(rows) == 2 and rows[0].endswith("Rossi") and rows[1].endswith("Nakamura")
+
+
+def test_int8_predictions_stay_close_to_fp32(names_bundle, test_rows):
+    texts = test_rows["text"].to_pylist()
+    fp32 = Predictor.from_bundle(names_bundle, precision="fp32").predict(texts)
+    int8 = Predictor.from_bundle(names_bundle, precision="int8").predict(texts)
+    same = np.mean([a.label == b.label for a, b in zip(fp32, int8)])
+    assert same > 0.97
+    assert max(abs(a.probability - b.probability) for a, b in zip(fp32, int8) if a.label == b.label) < 0.05
+
+
+def test_onnx_export_matches_torch_on_the_test_split(names_bundle, names_data, tmp_path):
+    import onnx
+    import onnxruntime
+    from rnnlib_flows.cli import main
+
+    from rnnlib.modeling.batches import collate
+
+    assert main(["export", str(names_bundle), "-o", str(tmp_path / "model.onnx")]) == 0
+    session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
+    bundle = load_bundle(names_bundle)
+    ids = pq.read_table(f"{names_data.tensorize.path}/test")["ids"].combine_chunks()
+    expected = predict_proba(bundle.model, ids, len(bundle.labels.labels), 64)
+    got = []
+    for start in range(0, len(ids), 500):  # batches in file order: mixed lengths, padded
+        batch = collate(ids.slice(start, 500), np.zeros(min(500, len(ids) - start), np.int64))
+        got.append(session.run(None, {"ids": batch.ids.numpy(), "lengths": batch.lengths.numpy()})[0])
+    assert np.abs(np.concatenate(got) - expected).max() < 1e-4
+    props = {p.key: p.value for p in onnx.load(tmp_path / "model.onnx").metadata_props}
+    assert json.loads(props["labels"]) == list(bundle.labels.labels)
+    assert props["rnnlib_bundle_version"] == bundle.version
+
+
+def test_a_model_that_cannot_be_exported_faithfully_is_refused(names_data, tmp_path):
+    import torch
+
+    from rnnlib.config import ModelConfig, PreprocessConfig
+    from rnnlib.modeling.bundle import save_bundle
+    from rnnlib.modeling.export import ExportError, export_onnx
+    from rnnlib.modeling.model import RNNClassifier
+
+    cfg = ModelConfig(cell="rnn_tanh", bidirectional=True, embedding_dim=8, hidden_size=8)
+    torch.save(RNNClassifier(names_data.vocab_size, len(names_data.labels), cfg).state_dict(), tmp_path / "w.pt")
+    save_bundle(tmp_path / "bundle", tmp_path / "w.pt", Path(names_data.vocab.path), PreprocessConfig(),
+                cfg, None, {})
+    with pytest.raises(ExportError, match="does not run on other shapes"):
+        export_onnx(tmp_path / "bundle", tmp_path / "model.onnx")
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*.tmp"))
