@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.compute as pc
+from joblib import Parallel, delayed
 from pydantic import BaseModel
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -72,7 +73,7 @@ def fit_baseline(tokens_dir: str | Path, split_dir: str | Path, *, level: str,
 
     if val_docs:
         x_val = features.transform(val_docs)
-        candidates = {c: fitted(c) for c in C_GRID}
+        candidates = dict(zip(C_GRID, Parallel(n_jobs=-1)(delayed(fitted)(c) for c in C_GRID)))
         best_c = max(C_GRID, key=lambda c: candidates[c].score(x_val, val_labels))
         model = candidates[best_c]
     else:

@@ -57,8 +57,9 @@ def evaluate_stage(data: PreparedData, fitted: StageOutput, *, preprocess: Prepr
     """Write the model bundle (best weights, vocabulary, labels, preprocessing) and evaluate it on
     the test split, beside the baseline fitted on the same rows; the manifest is the `Evaluation`."""
     tensors, vocab = data.tensorize, data.vocab
-    params = {"tensors": tensors, "vocab": vocab, "fitted": fitted, "preprocess": preprocess,
-              "model": model, "max_length": max_length, "cfg": cfg, "work_dir": work_dir}
+    params = {"tokens": data.preprocess, "splits": data.split, "tensors": tensors, "vocab": vocab,
+              "fitted": fitted, "preprocess": preprocess, "model": model, "max_length": max_length,
+              "cfg": cfg, "work_dir": work_dir}  # every stage output it reads: locked while it runs
 
     def build(out: Path) -> dict[str, Any]:
         with building(out) as scratch:
