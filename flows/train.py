@@ -1,11 +1,11 @@
-"""The `train` flow: prepare -> fit -> evaluate, every stage a task cached by content."""
+"""The `train` flow: prepare -> fit, baseline -> evaluate, every stage a task cached by content."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from rnnlib_flows.prepare import prepare_stages
 from rnnlib_flows.reports import publish_evaluation
-from rnnlib_tasks.train import evaluate_task, fit_task, track_task
+from rnnlib_tasks.train import baseline_task, evaluate_task, fit_task, track_task
 
 from rnnlib.config import TrainFlowConfig
 from rnnlib.modeling.pipeline import TrainedModel
@@ -16,9 +16,10 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig()) -> TrainedModel:
     """Prepare the data, train a model, evaluate it on the test split and write its bundle."""
     data = prepare_stages(config)
     fitted = fit_task(data.tensorize, config.model, config.train, config.work_dir)
-    evaluated = evaluate_task(data, fitted, config.preprocess, config.model, config.tensorize.max_length,
-                              config.evaluate, config.work_dir)
-    trained = TrainedModel(data=data, fit=fitted, evaluate=evaluated)
+    baseline = baseline_task(data, config.preprocess.level, config.work_dir) if config.evaluate.baseline else None
+    evaluated = evaluate_task(data, fitted, baseline, config.preprocess, config.model,
+                              config.tensorize.max_length, config.work_dir)
+    trained = TrainedModel(data=data, fit=fitted, baseline=baseline, evaluate=evaluated)
     if config.tracking.uri:
         trained = trained.model_copy(update={"tracking_run": track_task(trained, config)})
     result = trained.evaluation

@@ -9,7 +9,6 @@ from rnnlib_tasks.options import TASK_OPTIONS
 
 from rnnlib import tracking
 from rnnlib.config import (
-    EvaluateConfig,
     ModelConfig,
     PreprocessConfig,
     TrainConfig,
@@ -34,9 +33,14 @@ def track_task(trained: TrainedModel, config: TrainFlowConfig) -> str:
     return tracking.log_training(trained, config)
 
 
+@task(name="baseline", **TASK_OPTIONS)
+def baseline_task(data: PreparedData, level: str, work_dir: str) -> StageOutput:
+    return pipeline.baseline_stage(data, level=level, work_dir=work_dir)
+
+
 @task(name="evaluate", **TASK_OPTIONS)
-def evaluate_task(data: PreparedData, fitted: StageOutput, preprocess: PreprocessConfig,
-                  model: ModelConfig, max_length: int | None, cfg: EvaluateConfig,
+def evaluate_task(data: PreparedData, fitted: StageOutput, baseline: StageOutput | None,
+                  preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
                   work_dir: str) -> StageOutput:
-    return pipeline.evaluate_stage(data, fitted, preprocess=preprocess, model=model,
-                                   max_length=max_length, cfg=cfg, work_dir=work_dir)
+    return pipeline.evaluate_stage(data, fitted, baseline, preprocess=preprocess, model=model,
+                                   max_length=max_length, work_dir=work_dir)

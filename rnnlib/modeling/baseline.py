@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 from joblib import Parallel, delayed
 from pydantic import BaseModel
@@ -37,19 +38,21 @@ class BaselineResult(BaseModel):
     weighted: Averages
 
 
-def split_documents(tokens_dir: str | Path, split_dir: str | Path, split: str,
-                    level: str) -> tuple[list[str], list[str]]:
-    """(documents, labels) of one split's kept rows: tokens joined back into a string (words by
-    a space, characters as they were)."""
+def split_documents(tokens_dir: str | Path, split_dir: str | Path,
+                    level: str) -> dict[str, tuple[list[str], list[str]]]:
+    """Per split, (documents, labels) of its kept rows: tokens joined back into a string (words
+    by a space, characters as they were). Each partition is read once."""
     separator = " " if level == "word" else ""
-    documents: list[str] = []
-    labels: list[str] = []
+    parts = []
     for part in partitions(tokens_dir):
         table = with_split(part, split_dir, columns=["tokens", "label", "reject"])
-        table = table.filter(pc.and_(pc.equal(table["split"], split), pc.is_null(table["reject"])))
-        documents += [separator.join(tokens) for tokens in table["tokens"].to_pylist()]
-        labels += table["label"].to_pylist()
-    return documents, labels
+        table = table.filter(pc.is_null(table["reject"]))
+        text = pc.binary_join(table["tokens"].cast(pa.list_(pa.string())), separator)
+        parts.append(pa.table({"text": text, "label": table["label"], "split": table["split"]}))
+    rows = pa.concat_tables(parts)
+    return {name: (chosen["text"].to_pylist(), chosen["label"].to_pylist())
+            for name in ("train", "val", "test")
+            for chosen in [rows.filter(pc.equal(rows["split"], name))]}
 
 
 def vectorizer(level: str) -> TfidfVectorizer:
@@ -62,9 +65,9 @@ def vectorizer(level: str) -> TfidfVectorizer:
 def fit_baseline(tokens_dir: str | Path, split_dir: str | Path, *, level: str,
                  labels: list[str]) -> BaselineResult:
     """Fit on `train`, choose C on `val` (if there is one), score `test`."""
-    train_docs, train_labels = split_documents(tokens_dir, split_dir, "train", level)
-    val_docs, val_labels = split_documents(tokens_dir, split_dir, "val", level)
-    test_docs, test_labels = split_documents(tokens_dir, split_dir, "test", level)
+    documents = split_documents(tokens_dir, split_dir, level)
+    (train_docs, train_labels), (val_docs, val_labels), (test_docs, test_labels) = (
+        documents["train"], documents["val"], documents["test"])
     features = vectorizer(level)
     x_train = features.fit_transform(train_docs)
 

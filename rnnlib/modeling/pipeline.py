@@ -1,7 +1,7 @@
 """The modelling stages, each cached by content, and `train_model()`, which runs them after the
 prepare stages.
 
-    (prepare) -> fit -> evaluate (bundle, metrics, plots)
+    (prepare) -> fit, baseline -> evaluate (bundle, metrics beside the baseline's, plots, card)
 
 As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions one each.
 """
@@ -18,13 +18,12 @@ from pydantic import BaseModel
 
 from rnnlib.common.storage import MANIFEST, building, write_json
 from rnnlib.config import (
-    EvaluateConfig,
     ModelConfig,
     PreprocessConfig,
     TrainConfig,
     TrainFlowConfig,
 )
-from rnnlib.modeling.baseline import fit_baseline
+from rnnlib.modeling.baseline import BaselineResult, fit_baseline
 from rnnlib.modeling.bundle import save_bundle
 from rnnlib.modeling.card import CARD, model_card
 from rnnlib.modeling.evaluate import Evaluation, evaluate_bundle
@@ -51,25 +50,40 @@ def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, wor
     return run_stage("fit", {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir}, build)
 
 
-def evaluate_stage(data: PreparedData, fitted: StageOutput, *, preprocess: PreprocessConfig,
-                   model: ModelConfig, max_length: int | None, cfg: EvaluateConfig,
+def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOutput:
+    """TF-IDF + logistic regression on the prepared rows (see `baseline`). A stage of its own: it
+    depends on the data only, so a change to the model or its training reuses it."""
+    params = {"tokens": data.preprocess, "splits": data.split, "vocab": data.vocab, "level": level,
+              "work_dir": work_dir}
+
+    def build(out: Path) -> dict[str, Any]:
+        result = fit_baseline(data.preprocess.path, data.split.path, level=level, labels=data.labels)
+        manifest = result.model_dump(mode="json", by_alias=True)
+        with building(out) as scratch:
+            write_json(scratch / MANIFEST, manifest)
+        return manifest
+
+    return run_stage("baseline", params, build)
+
+
+def evaluate_stage(data: PreparedData, fitted: StageOutput, baseline: StageOutput | None, *,
+                   preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
                    work_dir: str) -> StageOutput:
     """Write the model bundle (best weights, vocabulary, labels, preprocessing) and evaluate it on
-    the test split, beside the baseline fitted on the same rows; the manifest is the `Evaluation`."""
+    the test split, beside the `baseline` fitted on the same rows (if any); the manifest is the
+    `Evaluation`."""
     tensors, vocab = data.tensorize, data.vocab
-    params = {"tokens": data.preprocess, "splits": data.split, "tensors": tensors, "vocab": vocab,
-              "fitted": fitted, "preprocess": preprocess, "model": model, "max_length": max_length,
-              "cfg": cfg, "work_dir": work_dir}  # every stage output it reads: locked while it runs
+    params = {"tensors": tensors, "vocab": vocab, "fitted": fitted, "baseline": baseline,
+              "preprocess": preprocess, "model": model, "max_length": max_length, "work_dir": work_dir}
 
     def build(out: Path) -> dict[str, Any]:
         with building(out) as scratch:
             lineage = {"tensors": tensors.key, "vocab": vocab.key, "fit": fitted.key}
             save_bundle(scratch / BUNDLE, Path(fitted.path) / BEST, Path(vocab.path), preprocess, model,
                         max_length, lineage)
-            baseline = fit_baseline(data.preprocess.path, data.split.path, level=preprocess.level,
-                                    labels=data.labels) if cfg.baseline else None
             evaluation = evaluate_bundle(scratch / BUNDLE, Path(tensors.path) / "test",
-                                         history=fitted.manifest["history"], baseline=baseline)
+                                         history=fitted.manifest["history"],
+                                         baseline=BaselineResult.model_validate(baseline.manifest) if baseline else None)
             (scratch / BUNDLE / CARD).write_text(model_card(scratch / BUNDLE, evaluation), encoding="utf-8")
             manifest = evaluation.model_copy(update={"bundle": str(out / BUNDLE)}).model_dump(
                 mode="json", by_alias=True)
@@ -84,12 +98,13 @@ class TrainedModel(BaseModel):
 
     data: PreparedData
     fit: StageOutput
+    baseline: StageOutput | None  # None: evaluate.baseline is off
     evaluate: StageOutput
     tracking_run: str | None = None  # the MLflow run it was logged as, if tracked
 
     @property
     def stages(self) -> list[StageOutput]:
-        return [*self.data.stages, self.fit, self.evaluate]
+        return [*self.data.stages, self.fit, *([self.baseline] if self.baseline else []), self.evaluate]
 
     @property
     def evaluation(self) -> Evaluation:
@@ -109,7 +124,8 @@ def train_model(cfg: TrainFlowConfig, client: Client | None = None) -> TrainedMo
     every stage is reused from `cfg.work_dir` when its inputs are unchanged."""
     data = prepare(cfg, client)
     fitted = fit_stage(data.tensorize, model=cfg.model, cfg=cfg.train, work_dir=cfg.work_dir)
-    evaluated = evaluate_stage(data, fitted, preprocess=cfg.preprocess, model=cfg.model,
-                               max_length=cfg.tensorize.max_length, cfg=cfg.evaluate,
-                               work_dir=cfg.work_dir)
-    return TrainedModel(data=data, fit=fitted, evaluate=evaluated)
+    baseline = (baseline_stage(data, level=cfg.preprocess.level, work_dir=cfg.work_dir)
+                if cfg.evaluate.baseline else None)
+    evaluated = evaluate_stage(data, fitted, baseline, preprocess=cfg.preprocess, model=cfg.model,
+                               max_length=cfg.tensorize.max_length, work_dir=cfg.work_dir)
+    return TrainedModel(data=data, fit=fitted, baseline=baseline, evaluate=evaluated)
