@@ -299,24 +299,15 @@ def _cache(args: argparse.Namespace) -> int:
             print(f"{o.stage:<11} {o.key}  {o.bytes / 2**20:9.1f} MiB  {o.age_days:7.2f} days"
                   f"{'' if o.complete else '  (incomplete)'}")
         return 0
-    keep = _trained_on(args.keep_for)
+    from rnnlib.scoring.registry import trained_on
+
+    keep = trained_on(args.keep_for)
     removed = stages.prune(args.work_dir, older_than_days=args.older_than, keep=keep, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for o in removed:
         print(f"{verb} {o.stage}/{o.key} ({o.bytes / 2**20:.1f} MiB, {o.age_days:.1f} days)")
     print(f"{verb} {len(removed)} outputs, {sum(o.bytes for o in removed) / 2**20:.1f} MiB; kept {len(keep)} keys in use")
     return 0
-
-
-def _trained_on(paths: list[str]) -> set[str]:
-    """Stage keys of the data the given bundles (or registries' bundles) were trained on."""
-    from pathlib import Path
-
-    from rnnlib.common.storage import read_json
-    from rnnlib.modeling.bundle import CONFIG
-
-    configs = [c for p in map(Path, paths) for c in [p / CONFIG, *p.glob(f"bundles/*/{CONFIG}")] if c.is_file()]
-    return {key for c in configs for key in read_json(c)["data"].values()}
 
 
 if __name__ == "__main__":

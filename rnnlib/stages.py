@@ -9,6 +9,7 @@ never overwrite each other and an unchanged rerun does no work.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -86,6 +87,8 @@ def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[s
             locks.enter_context(file_lock(lock_file(upstream.path), shared=True))
         locks.enter_context(file_lock(lock_file(out)))
         cached = is_complete(out)
+        if cached:
+            os.utime(out / MANIFEST)  # last used now: what `prune` goes by
         manifest = read_json(out / MANIFEST) if cached else build(out)
     return StageOutput(stage=stage, key=key, path=str(out), manifest=manifest, cached=cached,
                        seconds=round(time.perf_counter() - start, 3))
@@ -98,7 +101,7 @@ class CachedOutput(BaseModel):
     key: str
     path: str
     bytes: int
-    age_days: float
+    age_days: float  # since it was last written or reused
     complete: bool
 
 
@@ -109,10 +112,10 @@ def cached_outputs(work_dir: str | Path) -> list[CachedOutput]:
     for folder in sorted(Path(work_dir).glob("*/*")):
         if not folder.is_dir():
             continue
-        files = [f for f in folder.rglob("*") if f.is_file()]
-        newest = max([folder.stat().st_mtime, *(f.stat().st_mtime for f in files)])
+        files = [f.stat() for f in folder.rglob("*") if f.is_file()]
+        newest = max([folder.stat().st_mtime, *(f.st_mtime for f in files)])
         found.append(CachedOutput(stage=folder.parent.name, key=folder.name, path=str(folder),
-                                  bytes=sum(f.stat().st_size for f in files),
+                                  bytes=sum(f.st_size for f in files),
                                   age_days=round((now - newest) / 86400, 2), complete=is_complete(folder)))
     return found
 
@@ -127,7 +130,7 @@ def output_key(folder_name: str) -> str:
 
 def prune(work_dir: str | Path, *, older_than_days: float, keep: set[str] = frozenset(),
           dry_run: bool = False) -> list[CachedOutput]:
-    """Remove stage outputs not touched for `older_than_days`, except those whose key is in
+    """Remove stage outputs not written or reused for `older_than_days`, except those whose key is in
     `keep` and those a running stage holds (it would be waiting on their lock). Returns what was
     (or, with `dry_run`, would be) removed."""
     removed = []

@@ -47,3 +47,11 @@ def test_a_pruned_stage_is_simply_built_again(tmp_path):
     prune(tmp_path / "w", older_than_days=0)
     again = _prepared(tmp_path)
     assert [s.cached for s in again.stages] == [False] * 5 and again.tensorize.key == data.tensorize.key
+
+
+def test_an_output_reused_from_cache_counts_as_used(tmp_path):
+    data = _prepared(tmp_path)
+    for stage in data.stages:
+        _age(Path(stage.path), days=10)
+    assert all(s.cached for s in _prepared(tmp_path).stages)  # e.g. a nightly run served from cache
+    assert prune(tmp_path / "w", older_than_days=5) == []

@@ -113,6 +113,14 @@ def decisions(registry: str | Path) -> list[Decision]:
     return [Decision.model_validate_json(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def trained_on(paths: list[str | Path]) -> set[str]:
+    """Stage keys of the data the given bundles, or the bundles of the given registries, were
+    trained on (what `rnnlib cache prune --keep-for` keeps)."""
+    configs = [c for p in map(Path, paths) for c in [p / CONFIG, *(p / BUNDLES).glob(f"*/{CONFIG}")]
+               if c.is_file()]
+    return {key for c in configs for key in read_json(c)["data"].values()}
+
+
 class RegisteredModel(BaseModel):
     """A bundle in the registry, as `rnnlib models list` shows it."""
 
