@@ -223,7 +223,7 @@ def _print_config(config: Any) -> int:
 
 def _settings_help(config_class: type) -> str:
     lines = [f"settings (--set KEY=VALUE, or in the --config file), of {config_class.__name__}:"]
-    lines += [f"  {key:<34} {text}" for key, text in field_docs(config_class)]
+    lines += [f"  {key:<34} {description} (default: {default})" for key, description, default in field_docs(config_class)]
     return "\n".join(lines)
 
 

@@ -44,7 +44,7 @@ class InputSpec(_Strict):
 class SourceConfig(_Strict):
     """Where the labelled text comes from: a registered public dataset or explicit inputs."""
 
-    dataset: str | None = Field(None, description=f"registered dataset (default {DEFAULT_DATASET!r})")
+    dataset: str | None = Field(None, description=f"registered dataset ({DEFAULT_DATASET!r} when no inputs are given)")
     inputs: list[InputSpec] = Field(default_factory=list, description="explicit inputs, instead of a dataset")
     label_names: dict[str, str] = Field(
         default_factory=dict, description="rename raw labels, e.g. {'0': 'neutral'}"
@@ -222,7 +222,7 @@ class ScoreConfig(_Strict):
     top_k: int = Field(3, ge=1, description="labels (with probabilities) kept per document")
     batch_size: int | None = Field(
         None, ge=1, description="documents per model batch, length-sorted; default 64 on CPU "
-        "(the fastest there in bench_score.py), 1024 on GPU")
+        "(the fastest there in bench_kernel.py), 1024 on GPU")
     max_length: int | None = Field(
         None, gt=0, description="truncate (and flag) longer documents; default: the bundle's "
         "training max_length, else 1000")
@@ -240,18 +240,18 @@ class ScoreConfig(_Strict):
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
 
 
-def field_docs(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
-    """(dotted key, "description (default: value)") for every setting of a config class, nested
-    sections flattened and the fields of list items as `key[*].field`."""
-    docs: list[tuple[str, str]] = []
+def field_docs(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, description, default) for every setting of a config class, nested sections
+    flattened and the fields of list items as `key[*].field`."""
+    docs: list[tuple[str, str, str]] = []
     for name, field in cls.model_fields.items():
         kind = field.annotation
         item = typing.get_args(kind)[0] if typing.get_origin(kind) is list else None
         if isinstance(kind, type) and issubclass(kind, BaseModel):
             docs += field_docs(kind, f"{prefix}{name}.")
             continue
-        default = "required" if field.is_required() else f"default: {field.get_default(call_default_factory=True)!r}"
-        docs.append((f"{prefix}{name}", f"{field.description or ''} ({default})"))
+        default = "required" if field.is_required() else repr(field.get_default(call_default_factory=True))
+        docs.append((f"{prefix}{name}", field.description or "", default))
         if isinstance(item, type) and issubclass(item, BaseModel):
             docs += field_docs(item, f"{prefix}{name}[*].")
     return docs
@@ -259,12 +259,12 @@ def field_docs(cls: type[BaseModel], prefix: str = "") -> list[tuple[str, str]]:
 
 def commented_yaml(config: BaseModel) -> str:
     """The config as YAML, each setting followed by its description: a file to start from."""
-    notes = {key: text for key, text in field_docs(type(config))}
+    notes = {key: description for key, description, _ in field_docs(type(config))}
 
     def render(node: dict[str, Any], prefix: str, indent: str) -> list[str]:
         lines = []
         for key, value in node.items():
-            note = notes.get(prefix + key, "").split(" (default")[0]
+            note = notes.get(prefix + key)
             comment = f"  # {note}" if note else ""
             if isinstance(value, dict) and value:
                 lines += [f"{indent}{key}:{comment}", *render(value, f"{prefix}{key}.", indent + "  ")]

@@ -138,6 +138,6 @@ def test_help_documents_every_setting(capsys, command, config_class):
     shown = capsys.readouterr().out
     docs = field_docs(config_class)
     assert len(docs) > 20
-    for key, text in docs:
+    for key, description, _ in docs:
         assert f"  {key} " in shown, key
-        assert not text.startswith(" ("), f"{key} has no description"
+        assert description, f"{key} has no description"
