@@ -123,7 +123,7 @@ def agreement(datasets: Path, epochs: int) -> dict[str, float]:
         truth = shards["label"].to_numpy()
         result = {"rows": len(fp32), "fp32": float((fp32.argmax(1) == truth).mean())}
         for precision in ("int8", "bf16"):
-            other = predict_proba(for_inference(copy.deepcopy(bundle.model), precision, cpu, native_bf16=True), ids, n, 64)
+            other = predict_proba(for_inference(copy.deepcopy(bundle.model), precision, cpu), ids, n, 64)
             result[precision] = {"accuracy": float((other.argmax(1) == truth).mean()),
                                  "unchanged": float((fp32.argmax(1) == other.argmax(1)).mean()),
                                  "max_probability_change": float(np.abs(fp32 - other).max())}
