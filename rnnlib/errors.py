@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import cache
+
 
 class InputError(ValueError):
     """Deterministic bad input (missing/empty file, unknown column, corrupt data).
@@ -23,16 +25,18 @@ class InputError(ValueError):
 
 
 
-def _network_faults() -> tuple[type[BaseException], ...]:
-    """HTTP client errors that mean the connection failed, not that the resource is bad."""
+@cache
+def _transient() -> tuple[type[BaseException], ...]:
+    """Faults a retry may cure: timeouts, dropped connections, and the HTTP client's errors that
+    mean the connection failed rather than the resource is bad. aiohttp is imported here, when a
+    failure is classified, rather than by every import of rnnlib."""
     try:
         import aiohttp
     except ImportError:
-        return ()
-    return (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+        return (TimeoutError, ConnectionError)
+    return (TimeoutError, ConnectionError, aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
 
 
-TRANSIENT = (TimeoutError, ConnectionError, *_network_faults())
 PERMANENT_OS_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
 
@@ -44,7 +48,7 @@ def is_transient(exc: BaseException | None) -> bool:
         return False
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, TRANSIENT):
+        if isinstance(cause, _transient()):
             return True
         cause = cause.__cause__ or cause.__context__
     return isinstance(exc, OSError) and not isinstance(exc, PERMANENT_OS_ERRORS)
