@@ -10,17 +10,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from rnnlib.common.storage import partitions
 from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.modeling.bundle import load_bundle
-from rnnlib.prepare.split import with_split
 from rnnlib.scoring.partition import predict_proba
 from rnnlib.scoring.predictor import Predictor
-from rnnlib.scoring.registry import promote
+from rnnlib.scoring.registry import held_out_rows, promote
 from rnnlib.scoring.run import SCORES, score
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def test_rows(names_data) -> pa.Table:
-    raw = pa.concat_tables(with_split(p, names_data.split.path) for p in partitions(names_data.ingest.path))
-    return raw.filter(pc.equal(raw["split"], "test"))
+    return held_out_rows(names_data.ingest.path, names_data.split.path)
 
 
 def test_predictions_match_the_test_shards_and_a_scoring_run(names_bundle, names_data, test_rows, tmp_path):

@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from rnnlib.common.storage import partitions, read_json
+from rnnlib.common.storage import read_json
 from rnnlib.config import InputSpec, ScoreConfig, TrainFlowConfig
 from rnnlib.errors import InputError
 from rnnlib.modeling.bundle import load_bundle
 from rnnlib.modeling.pipeline import train_model
-from rnnlib.prepare.split import with_split
 from rnnlib.scoring.partition import predict_proba, score_partition, worker_bundle
+from rnnlib.scoring.registry import held_out_rows
 from rnnlib.scoring.run import (
     MANIFEST,
     REJECTS,
@@ -144,8 +143,7 @@ def word_model(tmp_path_factory):
 
 
 def _assert_scoring_matches_the_shards(bundle_dir: Path, data, tmp_path: Path) -> pd.DataFrame:
-    raw = pa.concat_tables(with_split(p, data.split.path) for p in partitions(data.ingest.path))
-    raw = raw.filter(pc.equal(raw["split"], "test"))
+    raw = held_out_rows(data.ingest.path, data.split.path)
     input_file = tmp_path / "test-text.parquet"
     pq.write_table(raw.select(["id", "text"]), input_file)
     out = tmp_path / "parity"
