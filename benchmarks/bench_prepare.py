@@ -1,11 +1,12 @@
 """Benchmark: ingest + preprocess + split + vocab + tensorize on real IMDB data.
 
-Three ways over the same rows with the same preprocessing (lower-case, strip HTML, drop
+Four ways over the same rows with the same preprocessing (lower-case, strip HTML, drop
 punctuation, drop NLTK English stop words), each timed in this run:
 
-  baseline   the tutorials' plain recipe: read files in a Python loop into pandas, `.apply` of a
-             regex function with a stop-word alternation regex, a `Counter` vocabulary, a per-row
-             token -> index loop, one Parquet file;
+  baseline   the tutorials' plain recipe (plain_recipes.prepare): read files in a Python loop
+             into pandas, `.apply` of a regex function with a stop-word alternation regex, a
+             `Counter` vocabulary, a per-row token -> index loop, one Parquet file;
+             `baseline-set` drops the stop words by set lookup instead of the regex;
   rnnlib-1p  rnnlib's vectorised stage functions called in this process, without Dask, on one
              partition per input (the IMDB folders are two inputs: train and test);
   rnnlib     the pipeline as the flow runs it: partitions on a Dask LocalCluster.
@@ -22,15 +23,11 @@ import argparse
 import gzip
 import json
 import os
-import re
 import statistics
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
-
-import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 os.environ.setdefault("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data"))
@@ -47,48 +44,12 @@ from rnnlib.config import (  # noqa: E402
 from rnnlib.prepare.pipeline import prepare  # noqa: E402
 from rnnlib.prepare.text import stopword_set  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_recipes import prepare as plain_prepare  # noqa: E402
+from plain_recipes import read_imdb_loop, read_jsonl_loop  # noqa: E402
+
 PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove",
                               stopwords=True)
-
-
-# ---------------------------------------------------------------- the tutorials' plain recipe
-def read_imdb_loop(root: Path) -> pd.DataFrame:
-    rows = []
-    for split_name in ("train", "test"):
-        for label in ("pos", "neg"):
-            folder = root / split_name / label
-            for name in sorted(os.listdir(folder)):
-                with open(folder / name, encoding="utf-8") as fh:
-                    rows.append({"text": fh.read(), "label": label, "split": split_name})
-    return pd.DataFrame(rows)
-
-
-def read_jsonl_loop(path: Path) -> pd.DataFrame:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh]
-    return pd.DataFrame({"text": [r["text"] for r in rows], "split": "train"})
-
-
-def baseline(frame_reader, out: Path) -> int:
-    df = frame_reader()
-    stop = re.compile(r"\b(?:" + "|".join(map(re.escape, stopword_set("english").to_pylist())) + r")\b")
-
-    def clean(text: str) -> list[str]:
-        text = re.sub(r"<[^>]+>", " ", text).lower()
-        text = re.sub(r"[^\w\s']+", " ", text)
-        return [t.strip("'") for t in stop.sub(" ", text).split() if t.strip("'")]
-
-    df["tokens"] = df["text"].apply(clean)
-    counter: Counter = Counter()
-    for tokens in df.loc[df["split"] == "train", "tokens"]:
-        counter.update(tokens)
-    vocab = {"<PAD>": 0, "<UNK>": 1}
-    for word, _ in counter.most_common():
-        vocab[word] = len(vocab)
-    df["ids"] = [[vocab.get(t, 1) for t in tokens] for tokens in df["tokens"]]
-    df["length"] = df["ids"].apply(len)
-    df[["ids", "length"]].to_parquet(out / "baseline.parquet")
-    return len(df)
 
 
 # ---------------------------------------------------------------- rnnlib
@@ -150,7 +111,8 @@ def main() -> int:
         for name, (source, reader, labelled, text_bytes) in corpora.items():
             one = source.model_copy(update={"partition_rows": 10**9})
             methods = {
-                "baseline": lambda tmp: baseline(reader, tmp),
+                "baseline": lambda tmp: plain_prepare(reader, tmp),
+                "baseline-set": lambda tmp: plain_prepare(reader, tmp, "set"),
                 "rnnlib-1p": lambda tmp: in_one_partition_per_input(one, tmp / "1p"),
                 "rnnlib": lambda tmp: rnnlib_pipeline(source, tmp / "dask", client),
             }

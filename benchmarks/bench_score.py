@@ -5,7 +5,7 @@ model of configs/imdb.yaml: word level, HTML stripped, lower-cased, punctuation 
 bidirectional GRU of 128 with max pooling; reviews truncated at 400 tokens; untrained unless
 --bundle is given: speed does not depend on the weights), timed in this run:
 
-  baseline    the plain recipe: read the gzip JSONL in a Python loop, clean and tokenize each
+  baseline    the plain recipe (plain_recipes.score_jsonl): read the gzip JSONL in a Python loop, clean and tokenize each
               review with Python regexes, map tokens to ids with a dict, pad mini-batches of 64
               in file order and score them under torch.no_grad, in one process (torch's default
               threads), results to one Parquet file;
@@ -33,7 +33,6 @@ import gzip
 import itertools
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -41,11 +40,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import psutil
 import pyarrow as pa
 import torch
-from torch.nn.utils.rnn import pad_sequence
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -73,6 +70,9 @@ from rnnlib.prepare.vocab import (  # noqa: E402
 from rnnlib.scoring.partition import predict_proba  # noqa: E402
 from rnnlib.scoring.run import ScoreReport, score  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_recipes import score_jsonl  # noqa: E402
+
 PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, keep_emoticons=True,
                               punctuation="remove")
 MODEL = ModelConfig(cell="gru", bidirectional=True, embedding_dim=128, hidden_size=128, dropout=0.5,
@@ -99,32 +99,6 @@ def make_bundle(reviews: list[dict], out: Path, model_cfg: ModelConfig) -> Path:
     torch.save(RNNClassifier(len(vocab.tokens), 2, model_cfg).state_dict(), out / "weights.pt")
     save_bundle(out / "bundle", out / "weights.pt", vocab_dir, PREPROCESS, model_cfg, MAX_LENGTH, {})
     return out / "bundle"
-
-
-# ---------------------------------------------------------------- the plain recipe
-def baseline(dump: Path, rows: int, bundle_dir: Path, out: Path) -> int:
-    bundle = load_bundle(bundle_dir)
-    model, stoi = bundle.model.eval(), {t: i for i, t in enumerate(bundle.vocab.tokens)}
-    labels = bundle.labels.labels
-
-    def clean(text: str) -> list[str]:
-        text = re.sub(r"<[^>]+>", " ", text).lower()
-        return re.sub(r"[^\w\s']+", " ", text).split()[:MAX_LENGTH]
-
-    results = []
-    with gzip.open(dump, "rt", encoding="utf-8") as fh, torch.no_grad():
-        for batch in iter(lambda: list(itertools.islice(fh, 64)), []):
-            records = [json.loads(line) for line in batch]
-            ids = [torch.tensor([stoi.get(t, 1) for t in clean(r["text"])] or [1]) for r in records]
-            lengths = torch.tensor([len(i) for i in ids])
-            probabilities = model(pad_sequence(ids, batch_first=True), lengths).softmax(1)
-            best = probabilities.max(1)
-            results += [{"id": r["id"], "label": labels[int(i)], "probability": float(p)}
-                        for r, i, p in zip(records, best.indices, best.values)]
-            if len(results) >= rows:
-                break
-    pd.DataFrame(results[:rows]).to_parquet(out / "baseline.parquet")
-    return min(len(results), rows)
 
 
 # ---------------------------------------------------------------- the limit
@@ -233,7 +207,7 @@ def main() -> int:
               f"{MODEL.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}, "
               f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}")
         start = time.perf_counter()
-        rows = baseline(dump, args.rows, bundle_dir, tmp)
+        rows = score_jsonl(dump, args.rows, bundle_dir, tmp, MAX_LENGTH)
         results = {"baseline": (time.perf_counter() - start, rows)}
         precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
         ids = pretokenised(reviews, bundle_dir)

@@ -28,6 +28,7 @@ from rnnlib.config import (  # noqa: E402
 from rnnlib.errors import InputError  # noqa: E402
 
 if TYPE_CHECKING:
+    from rnnlib.modeling.pipeline import TrainedModel
     from rnnlib.prepare.pipeline import PreparedData
     from rnnlib.stages import StageOutput
 
@@ -55,6 +56,12 @@ def _common(command: argparse.ArgumentParser) -> None:
                          help="print the resolved configuration as YAML and exit")
 
 
+def _flow_flag(command: argparse.ArgumentParser) -> None:
+    command.add_argument("--flow", action="store_true",
+                         help="run the Prefect flow even when every stage's output is cached (by "
+                         "default such a rerun prints the cached result without starting Prefect)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
             f"rnnlib.config.{config_class.__name__} can be set, e.g. --set preprocess.level=word.",
         )
         _common(command)
+        _flow_flag(command)
         for flag, (_, flag_help) in SHORTCUTS.items():
             command.add_argument(f"--{flag.replace('_', '-')}", help=flag_help)
     score = sub.add_parser(
@@ -195,14 +203,18 @@ def _run(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_config(config)
     if args.command == "prepare":
-        from rnnlib_flows.prepare import prepare_flow
+        data = None if args.flow else _reused_prepare(config)
+        if data is None:
+            from rnnlib_flows.prepare import prepare_flow
 
-        data = prepare_flow(config)
+            data = prepare_flow(config)
         _print_summary(data, data.stages)
     else:
-        from rnnlib_flows.train import train_flow
+        trained = None if args.flow or config.tracking.uri else _reused_training(config)
+        if trained is None:
+            from rnnlib_flows.train import train_flow
 
-        trained = train_flow(config)
+            trained = train_flow(config)
         _print_summary(trained.data, trained.stages)
         result = trained.evaluation
         print(f"\ntrained {len(trained.history)} epochs (best: {trained.best_epoch}); test split "
@@ -214,6 +226,29 @@ def _run(args: argparse.Namespace) -> int:
                               for name, model, base in result.comparison() if name != "weighted F1"))
         print(f"model bundle, model card, metrics.json and plots: {result.bundle}")
     return 0
+
+
+def _reused_prepare(config: PrepareConfig) -> PreparedData | None:
+    """The prepared data when every prepare stage is cached (no Prefect, no cluster), else None."""
+    from rnnlib.prepare.pipeline import prepare
+    from rnnlib.stages import reused
+
+    return _announce_reuse(reused(lambda: prepare(config)), config.work_dir)
+
+
+def _reused_training(config: TrainFlowConfig) -> TrainedModel | None:
+    """The trained model when every stage is cached (an untracked run), else None."""
+    from rnnlib.modeling.pipeline import train_model
+    from rnnlib.stages import reused
+
+    return _announce_reuse(reused(lambda: train_model(config)), config.work_dir)
+
+
+def _announce_reuse(result: Any, work_dir: str) -> Any:
+    if result is not None:
+        print(f"every stage is reused from {work_dir}: nothing to run, so no flow run was started "
+              "(--flow starts one anyway)")
+    return result
 
 
 def _print_config(config: Any) -> int:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from rnnlib.modeling.evaluate import Evaluation
-from rnnlib.prepare.pipeline import PreparedData
-from rnnlib.scoring.registry import Decision
-from rnnlib.scoring.run import ScoreReport
-from rnnlib.stages import StageOutput
+if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's stack
+    from rnnlib.modeling.evaluate import Evaluation
+    from rnnlib.prepare.pipeline import PreparedData
+    from rnnlib.scoring.registry import Decision
+    from rnnlib.scoring.run import ScoreReport
+    from rnnlib.stages import StageOutput
 
 
 def stage_table(stages: list[StageOutput]) -> list[str]:

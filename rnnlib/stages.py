@@ -9,23 +9,44 @@ never overwrite each other and an unchanged rerun does no work.
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shutil
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from rnnlib.common.fingerprint import code_version, digest_json
 from rnnlib.common.locks import file_lock
+from rnnlib.common.stat_index import STAT_INDEX
 from rnnlib.common.storage import MANIFEST, is_complete, read_json
 from rnnlib.config import DaskConfig, SourceConfig
 from rnnlib.sources.inputs import fingerprint_inputs
 
 NOT_IN_KEY = (DaskConfig,)  # where the work runs does not change its result
+
+T = TypeVar("T")
+_REUSE_ONLY = contextvars.ContextVar("reuse_only", default=False)
+
+
+class NotCached(LookupError):
+    """A stage output that would have to be built, met under `reused()`."""
+
+
+def reused(run: Callable[[], T]) -> T | None:
+    """`run()`'s result when every stage it runs is reused from the cache, else None, having built
+    nothing: how a command finds out, cheaply, that a rerun has no work to do."""
+    token = _REUSE_ONLY.set(True)
+    try:
+        return run()
+    except NotCached:
+        return None
+    finally:
+        _REUSE_ONLY.reset(token)
 
 
 class StageOutput(BaseModel):
@@ -39,24 +60,26 @@ class StageOutput(BaseModel):
     seconds: float = 0.0  # what getting it took this run
 
 
-def fingerprint(value: Any) -> Any:
+def fingerprint(value: Any, work_dir: str | Path | None = None) -> Any:
     """What a stage parameter contributes to the key: content, not names or locations."""
     if isinstance(value, StageOutput):
         return value.key
     if isinstance(value, SourceConfig):
         how = value.model_dump(mode="json", exclude={"dataset", "inputs", "mirror", "cache_dir"})
-        return {"content": fingerprint_inputs(value), **how}
+        index = Path(work_dir) / STAT_INDEX if work_dir is not None else None
+        return {"content": fingerprint_inputs(value, index), **how}
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value
 
 
-def stage_key(stage: str, params: dict[str, Any]) -> str:
+def stage_key(stage: str, params: dict[str, Any], work_dir: str | Path | None = None) -> str:
+    """The key of a stage's output; `work_dir` only says where input digests may be remembered."""
     return digest_json(
         {
             "stage": stage,
             "code": code_version(),
-            "params": {k: fingerprint(v) for k, v in sorted(params.items())
+            "params": {k: fingerprint(v, work_dir) for k, v in sorted(params.items())
                        if not isinstance(v, NOT_IN_KEY)},
         }
     )
@@ -80,13 +103,15 @@ def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[s
     While it runs, the stage holds its own output's lock (a second run of the same stage waits,
     then reuses the output) and shares its inputs' locks (so `prune` cannot remove them)."""
     start = time.perf_counter()
-    key = stage_key(stage, {k: v for k, v in params.items() if k != "work_dir"})
+    key = stage_key(stage, {k: v for k, v in params.items() if k != "work_dir"}, params["work_dir"])
     out = stage_dir(params["work_dir"], stage, key)
     with ExitStack() as locks:
         for upstream in (v for v in params.values() if isinstance(v, StageOutput)):
             locks.enter_context(file_lock(lock_file(upstream.path), shared=True))
         locks.enter_context(file_lock(lock_file(out)))
         cached = is_complete(out)
+        if not cached and _REUSE_ONLY.get():
+            raise NotCached(f"{stage}/{key}")
         if cached:
             os.utime(out / MANIFEST)  # last used now: what `prune` goes by
         manifest = read_json(out / MANIFEST) if cached else build(out)

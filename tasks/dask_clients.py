@@ -6,11 +6,13 @@ import logging
 import threading
 from collections.abc import Callable
 from contextlib import ExitStack
-
-from distributed import Client
+from typing import TYPE_CHECKING
 
 from rnnlib.common.cluster import dask_client
 from rnnlib.config import DaskConfig
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 _lock = threading.Lock()
 _stack = ExitStack()

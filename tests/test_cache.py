@@ -11,7 +11,7 @@ from rnnlib_flows.cli import main
 from rnnlib.common.locks import file_lock
 from rnnlib.config import PrepareConfig
 from rnnlib.prepare.pipeline import prepare
-from rnnlib.stages import cached_outputs, lock_file, prune
+from rnnlib.stages import cached_outputs, lock_file, prune, reused
 
 
 def _prepared(tmp_path):
@@ -55,3 +55,18 @@ def test_an_output_reused_from_cache_counts_as_used(tmp_path):
         _age(Path(stage.path), days=10)
     assert all(s.cached for s in _prepared(tmp_path).stages)  # e.g. a nightly run served from cache
     assert prune(tmp_path / "w", older_than_days=5) == []
+
+
+def test_reused_builds_nothing_and_answers_only_for_a_fully_cached_run(tmp_path):
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"doc {i} words,{i % 2}\n" for i in range(40)))
+    config = PrepareConfig.model_validate({"source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
+                                           "preprocess": {"level": "word"}, "work_dir": str(tmp_path / "w")})
+    assert reused(lambda: prepare(config)) is None
+    assert cached_outputs(tmp_path / "w") == []  # nothing was built
+    built = prepare(config)
+    again = reused(lambda: prepare(config))
+    assert again is not None and all(s.cached for s in again.stages)
+    assert again.tensorize.key == built.tensorize.key
+    changed = config.model_copy(update={"preprocess": config.preprocess.model_copy(update={"level": "char"})})
+    assert reused(lambda: prepare(changed)) is None  # preprocess onwards would have to be built
+    assert len(cached_outputs(tmp_path / "w")) == 5

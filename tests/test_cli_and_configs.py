@@ -126,6 +126,16 @@ def test_cli_runs_against_a_real_prefect_server(datasets, tmp_path):
                                          headers={"Content-Type": "application/json"})
         runs = json.load(urllib.request.urlopen(request, timeout=10))
         assert [(r["name"] != "", r["state_type"]) for r in runs] == [(True, "COMPLETED")]
+
+        again = subprocess.run(run.args, env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
+        assert again.returncode == 0 and "every stage is reused" in again.stdout, again.stderr[-3000:]
+        assert "rows 20074: kept 20074" in again.stdout
+        assert len(json.load(urllib.request.urlopen(request, timeout=10))) == 1  # no flow run needed
+        forced = subprocess.run([*run.args, "--flow"], env=env, capture_output=True, text=True, timeout=300,
+                                cwd=REPO)
+        assert forced.returncode == 0 and "every stage is reused" not in forced.stdout
+        runs = json.load(urllib.request.urlopen(request, timeout=10))
+        assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -10,6 +10,7 @@ import struct
 import threading
 from pathlib import Path
 
+import distributed
 import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
@@ -17,7 +18,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from rnnlib_flows.prepare import prepare_flow
 from rnnlib_tasks import dask_clients
 
-from rnnlib.common import cluster, fingerprint
+from rnnlib.common import fingerprint
 from rnnlib.config import InputSpec, PrepareConfig, SourceConfig
 from rnnlib.errors import InputError, is_transient
 
@@ -200,10 +201,19 @@ def test_stages_run_on_an_existing_cluster_given_its_address(datasets, tmp_path,
     def no_local_cluster(*args, **kwargs):
         raise AssertionError("a LocalCluster was started although an address was given")
 
-    monkeypatch.setattr(cluster, "LocalCluster", no_local_cluster)
+    monkeypatch.setattr(distributed, "LocalCluster", no_local_cluster)
     before = sum(client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.log)).values())
     config = names_config(datasets, tmp_path, dask={"address": client.scheduler.address, "n_workers": None})
     data = prepare_flow(config)
     assert data.rows == 20074 and not any(cached(data).values())
     after = sum(client.run(lambda dask_worker: len(dask_worker.data) + len(dask_worker.state.log)).values())
     assert after > before  # the existing workers did the stages' work
+
+
+def test_a_local_cluster_listens_on_this_machine_only(client):
+    """The scheduler, the workers and the dashboard of a run's own LocalCluster are on 127.0.0.1."""
+    info = client.scheduler_info()
+    assert client.scheduler.address.startswith("tcp://127.0.0.1:")
+    assert all(address.startswith("tcp://127.0.0.1:") for address in info["workers"])
+    dashboard = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.http_server.address)
+    assert dashboard in ("127.0.0.1", "localhost"), dashboard

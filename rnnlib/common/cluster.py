@@ -6,12 +6,12 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
-
-import dask
-from distributed import Client, LocalCluster
+from typing import TYPE_CHECKING, Any
 
 from rnnlib.config import DaskConfig
+
+if TYPE_CHECKING:  # imported when a cluster is needed: a run served from cache never pays for it
+    from distributed import Client
 
 # Dask sets MALLOC_TRIM_THRESHOLD_ in its workers, to hand freed memory back to the OS in long
 # lived clusters. Setting it also turns off glibc's adaptive mmap threshold, so every large
@@ -26,7 +26,10 @@ def dask_client(cfg: DaskConfig) -> Iterator[Client]:
     """A client for the configured cluster; a LocalCluster it starts is shut down on exit. The
     client is not entered as a context manager: that would make it the "current" client of the
     creating thread's context only, and closing it from another (a flow closing what a task
-    thread opened) would fail."""
+    thread opened) would fail. A LocalCluster listens on 127.0.0.1 only, dashboard included."""
+    import dask
+    from distributed import Client, LocalCluster
+
     if cfg.address:
         client = Client(cfg.address, set_as_default=False)
         try:
@@ -39,7 +42,8 @@ def dask_client(cfg: DaskConfig) -> Iterator[Client]:
         n_workers=cores if cfg.processes else 1,
         threads_per_worker=1 if cfg.processes else cores,
         processes=cfg.processes,
-        dashboard_address=":0",  # any free port: several clusters may run side by side
+        **({"host": "127.0.0.1"} if cfg.processes else {}),  # threads only: in-process transport
+        dashboard_address="127.0.0.1:0",  # any free port: several clusters may run side by side
         silence_logs=logging.ERROR,
     ) as cluster:
         client = Client(cluster, set_as_default=False)

@@ -11,9 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from distributed import Client
 from pydantic import BaseModel
 
 from rnnlib.common.storage import MANIFEST, building, write_json
@@ -30,6 +29,9 @@ from rnnlib.modeling.evaluate import Evaluation, evaluate_bundle
 from rnnlib.modeling.train import BEST, train
 from rnnlib.prepare.pipeline import PreparedData, prepare
 from rnnlib.stages import StageOutput, run_stage
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 BUNDLE = "bundle"
 

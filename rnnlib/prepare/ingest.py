@@ -11,14 +11,13 @@ from collections import Counter, defaultdict
 from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from distributed import Client
 
 from rnnlib.common.accounting import KEPT, summarise
 from rnnlib.common.cluster import map_partitions
@@ -26,6 +25,9 @@ from rnnlib.common.storage import MANIFEST, building, write_json
 from rnnlib.config import SourceConfig
 from rnnlib.sources.inputs import is_labelled, resolve_inputs
 from rnnlib.sources.readers import ReadUnit, plan_units, read_unit
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 CANONICAL_SCHEMA = pa.schema(
     [

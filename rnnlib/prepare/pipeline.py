@@ -15,8 +15,8 @@ cluster.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from distributed import Client
 from pydantic import BaseModel, model_validator
 
 from rnnlib.common.accounting import AccountingError
@@ -36,7 +36,10 @@ from rnnlib.prepare.vocab import fit
 from rnnlib.sources.datasets import materialize
 from rnnlib.stages import StageOutput, run_stage
 
-Connect = Callable[[], Client | None]
+if TYPE_CHECKING:
+    from distributed import Client
+
+Connect = Callable[[], "Client | None"]
 
 
 def in_process() -> None:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from distributed import Client
 
 from rnnlib.common.accounting import outcomes, summarise
 from rnnlib.common.cluster import map_partitions
 from rnnlib.common.storage import MANIFEST, building, partitions, write_json
 from rnnlib.config import PreprocessConfig
 from rnnlib.prepare.text import tokenize
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 # Token lists get an explicit Arrow list type: generic dataframe conversions mangle them.
 TOKENS_SCHEMA = pa.schema(

@@ -12,18 +12,20 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from distributed import Client
 
 from rnnlib.common.cluster import map_partitions
 from rnnlib.common.storage import MANIFEST, building, partitions, write_json
 from rnnlib.config import SPLITS, SplitConfig
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 UNLABELLED_SPLIT = "all"  # unlabelled corpora (scoring input) are kept whole
 NO_POOL = ""

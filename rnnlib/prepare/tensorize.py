@@ -6,13 +6,12 @@ from __future__ import annotations
 import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from distributed import Client
 
 from rnnlib.common.accounting import outcomes, summarise
 from rnnlib.common.cluster import map_partitions
@@ -26,6 +25,9 @@ from rnnlib.prepare.vocab import (
     Vocabulary,
     load_fitted,
 )
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 SCHEMA_VERSION = 1
 SHARD_SCHEMA = pa.schema(

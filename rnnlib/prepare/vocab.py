@@ -9,13 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from distributed import Client
 
 from rnnlib.common.cluster import map_reduce
 from rnnlib.common.fingerprint import digest_json
@@ -24,6 +23,9 @@ from rnnlib.config import VocabConfig
 from rnnlib.errors import InputError
 from rnnlib.prepare.specials import SPECIALS, UNK_ID
 from rnnlib.prepare.split import with_split
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 VOCAB_FILE, LABELS_FILE = "vocab.json", "labels.json"
 

@@ -5,6 +5,7 @@
     <output>/scores/part-*.parquet   one per partition, written atomically: its presence = done
     <output>/rejects/part-*.parquet  rows not scored, each with its reason
     <output>/_manifest.json    the accounting: input rows = scored + rejected, per input file
+    <output>/.stat-index/      input digests by stat, so a rerun does not read unchanged inputs
 
 A run started again with the same identity skips the finished partitions; a finished run is a
 no-op; a different run never writes into another run's output. `score()` runs it all on a Dask
@@ -25,17 +26,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import fsspec
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from distributed import Client
 from pydantic import BaseModel
 
 from rnnlib.common.accounting import KEPT, AccountingError, summarise
 from rnnlib.common.cluster import map_partitions
 from rnnlib.common.fingerprint import code_version, digest_bytes, digest_json
+from rnnlib.common.stat_index import STAT_INDEX
 from rnnlib.common.storage import MANIFEST, building, is_complete, read_json, write_json
 from rnnlib.config import InputSpec, ScoreConfig, SourceConfig
 from rnnlib.errors import InputError
@@ -48,6 +49,9 @@ from rnnlib.scoring.partition import (
 )
 from rnnlib.sources.inputs import fingerprint_inputs, resolve_inputs
 from rnnlib.sources.readers import COMPRESSIONS, SUFFIX_FORMATS, ReadUnit, plan_units
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 RUN_FILE = "_run.json"
 STAGING, SCORES, REJECTS = "_staging", "scores", "rejects"
@@ -201,7 +205,8 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
         precision=config.precision,
     )
     identity = {"bundle_version": bundle["version"],
-                "inputs": fingerprint_inputs(SourceConfig(inputs=[spec for spec, _ in specs])),
+                "inputs": fingerprint_inputs(SourceConfig(inputs=[spec for spec, _ in specs]),
+                                             Path(config.output) / STAT_INDEX),
                 "top_k": config.top_k, "max_length": max_length, "precision": config.precision,
                 "partition_rows": config.partition_rows, "code": code_version()}
     return ScoreRun(Path(config.output).resolve(), digest_json(identity), tuple(units), settings,
@@ -233,7 +238,7 @@ def open_output(run: ScoreRun, overwrite: bool) -> str:
     """Make the output directory ready for `run`: `complete` (nothing to do), `resume`, or
     `new`. Refuses an output that holds something else, rather than mixing two runs."""
     out, run_file = run.out, run.out / RUN_FILE
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != STAT_INDEX for p in out.iterdir()):
         if not run_file.is_file():
             raise InputError("output directory is not empty and holds no scoring run: choose an "
                              "empty or new directory", file=str(out))

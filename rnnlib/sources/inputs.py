@@ -3,14 +3,19 @@ become (filesystem, path, how to read it) triples, and their content is fingerpr
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import fsspec
 from fsspec.implementations.zip import ZipFileSystem
 
 from rnnlib.common.fingerprint import url_digest
+from rnnlib.common.stat_index import StatIndex
 from rnnlib.config import InputSpec, SourceConfig
 from rnnlib.errors import InputError, is_transient
 from rnnlib.sources.datasets import materialize
@@ -66,18 +71,33 @@ def is_labelled(inputs: list[ResolvedInput]) -> bool:
     return flags.pop()
 
 
-def fingerprint_inputs(source: SourceConfig) -> dict[str, Any]:
+def local_files(path: str) -> list[str]:
+    """The files at or under a local path, sorted (os.walk: fsspec's `find` is slow on many files)."""
+    if not os.path.isdir(path):
+        return [path]
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+
+
+def fingerprint_inputs(source: SourceConfig, index_dir: str | Path | None = None) -> dict[str, Any]:
     """Content fingerprint of a source: every file's digest (by its name relative to its input)
-    plus how it is read. Moving the data elsewhere keeps the fingerprint."""
+    plus how it is read. Moving the data elsewhere keeps the fingerprint. With `index_dir`, local
+    files whose stat is unchanged since an earlier call are not read again (see StatIndex)."""
     inputs, label_names = resolve_inputs(source)
+    index = StatIndex(index_dir, json.dumps([item.path for item in inputs]))
     parts = []
     for item in inputs:
-        files = sorted(item.fs.find(item.path)) if item.fs.isdir(item.path) else [item.path]
+        local = "file" in item.fs.protocol or "local" in item.fs.protocol
+        if local:
+            files = local_files(item.path)
+        else:
+            files = sorted(item.fs.find(item.path)) if item.fs.isdir(item.path) else [item.path]
         cut = len(posixpath.dirname(item.path.rstrip("/")))  # names relative to the input's parent
+        digest = index.digest if local else functools.partial(url_digest, item.fs)
         parts.append(
             {
                 "spec": item.spec.model_dump(exclude={"path"}),
-                "files": {f[cut:].lstrip("/"): url_digest(item.fs, f) for f in files},
+                "files": {f[cut:].lstrip("/"): digest(f) for f in files},
             }
         )
+    index.save()
     return {"inputs": parts, "label_names": label_names}
