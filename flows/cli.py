@@ -18,6 +18,7 @@ os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rnnlib")  # per-epoch tr
 from pydantic import ValidationError  # noqa: E402
 
 from rnnlib.config import (  # noqa: E402
+    ConfigError,
     PrepareConfig,
     ScoreConfig,
     TrainFlowConfig,
@@ -176,7 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return _run(args)
-    except (InputError, ValidationError, OSError) as exc:  # bad input or config: no traceback
+    except ValidationError as exc:  # one line per bad setting
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "config"
+            print(f"rnnlib: error: {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    except (InputError, ConfigError, OSError) as exc:  # bad input or config: no traceback
         print(f"rnnlib: error: {exc}", file=sys.stderr)
         return 2
 

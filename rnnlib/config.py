@@ -164,6 +164,12 @@ class ModelConfig(_Strict):
     pooling: Literal["last", "mean", "max", "concat"] = Field(
         "last", description="concat: last, max and mean side by side (ULMFiT's concat pooling)")
     head_hidden: int | None = Field(None, gt=0, description="a hidden layer in the head")
+    ngrams: int = Field(
+        0, ge=0, le=4, description="also feed the head fastText's bag of n-grams: the mean "
+        "embedding of a text's tokens and hashed 2..N-grams (0: off). Linear models win on short "
+        "texts and small data with exactly these features")
+    ngram_buckets: int = Field(2**18, gt=0, description="hash buckets of the n-grams (2..N)")
+    ngram_dim: int = Field(32, gt=0, description="embedding size of the bag of n-grams")
 
 
 class TrainConfig(_Strict):
@@ -277,18 +283,31 @@ def commented_yaml(config: BaseModel) -> str:
     return "\n".join(render(config.model_dump(mode="json"), "", "")) + "\n"
 
 
+class ConfigError(ValueError):
+    """A configuration file or override that cannot be read: its one-line reason."""
+
+
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+
+
 def apply_override(data: dict[str, Any], assignment: str) -> None:
     """Apply one `dotted.key=value` override in place; the value is parsed as YAML."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
-        raise ValueError(f"override {assignment!r} is not of the form key=value")
+        raise ConfigError(f"override {assignment!r} is not of the form key=value")
     *parents, leaf = key.strip().split(".")
     node = data
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ValueError(f"override {assignment!r}: {part!r} is not a section")
-    node[leaf] = yaml.safe_load(raw)
+            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
+    node[leaf] = _yaml(raw, f"override {assignment!r}")
 
 
 def load_config(
@@ -298,9 +317,9 @@ def load_config(
     data: dict[str, Any] = {}
     if path is not None:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh) or {}
+            data = _yaml(fh.read(), str(path)) or {}
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: a config file must hold a mapping")
+            raise ConfigError(f"{path}: a config file must hold a mapping")
     for assignment in overrides:
         apply_override(data, assignment)
     return cls.model_validate(data)

@@ -103,6 +103,18 @@ def test_malformed_and_null_json_lines_are_rejected(tmp_path):
     assert df.loc[df["row"] == 3, "reject"].item() == "malformed JSON"
 
 
+def test_every_json_fault_is_a_per_line_reject(tmp_path):
+    """Deep nesting (RecursionError in Python's parser) and a number too long to convert
+    (ValueError) are rejects of their own line, not a failure of the file."""
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "d.jsonl").write_text(
+        '{"text": "ok", "label": "a"}\n' + '{"text": "x", "label": "a", "deep": ' + deep + "}\n"
+        + '{"text": "y", "label": ' + "9" * 5000 + "}\n" + '{"text": "also ok", "label": "b"}\n')
+    manifest = ingest_one(tmp_path, "d.jsonl")
+    assert manifest["rows"] == 4 and manifest["kept"] == 2
+    assert manifest["rejected"] == {"JSON nested too deeply": 1, "malformed JSON": 1}
+
+
 def test_undecodable_line_in_plain_text(tmp_path):
     (tmp_path / "d.txt").write_bytes(b"fine\n\xc3\x28 broken\nalso fine\n")
     manifest = ingest_one(tmp_path, "d.txt", label_column=None)

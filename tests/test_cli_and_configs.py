@@ -83,6 +83,20 @@ def test_bad_config_is_a_clear_error(capsys):
     assert "levle" in capsys.readouterr().err
 
 
+def test_unreadable_yaml_is_one_line_naming_the_file_or_override(capsys, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("preprocess:\n  level: [word\n")
+    assert main(["prepare", "--config", str(bad), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rnnlib: error: {bad}: not valid YAML (line 3") and err.count("\n") == 1
+    assert main(["prepare", "--set", "split.train={0.9", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "override 'split.train={0.9': not valid YAML" in err and err.count("\n") == 1
+    assert main(["prepare", "--set", "vocab.min_freq=many", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rnnlib: error: vocab.min_freq: Input should be a valid integer") and err.count("\n") == 1
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_bad_input_exits_with_the_file_and_reason(capsys, tmp_path):
     inputs = json.dumps([{"path": str(tmp_path / "missing.csv")}])
@@ -151,3 +165,13 @@ def test_help_documents_every_setting(capsys, command, config_class):
     for key, description, _ in docs:
         assert f"  {key} " in shown, key
         assert description, f"{key} has no description"
+
+
+def test_a_missing_nltk_corpus_is_a_config_error_saying_how_to_install_it(tmp_path):
+    """A config error (one line from the CLI, no retry), not a bare RuntimeError."""
+    env = {**os.environ, "NLTK_DATA": str(tmp_path / "no-nltk-data"), "HOME": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", "from rnnlib.prepare.text import stopword_set; "
+                           "stopword_set('english')"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 1
+    assert "rnnlib.config.ConfigError: NLTK's stop-word corpus for 'english' is not installed: run " \
+           "`python -m nltk.downloader stopwords`" in done.stderr

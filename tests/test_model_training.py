@@ -102,6 +102,48 @@ def test_every_variant_learns(cell, bidirectional, pooling):
     assert losses[-1] < 0.7 * losses[0]
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_ngram_bag_ignores_padding_and_sees_word_order(bidirectional):
+    model = _model("gru", bidirectional, "max", ngrams=3, ngram_buckets=101, ngram_dim=6)
+    seqs = [torch.tensor([5, 6, 7]), torch.tensor([8, 9, 10, 11, 12, 13]), torch.tensor([4])]
+    alone = torch.cat([model(s[None], torch.tensor([len(s)])) for s in seqs])
+    padded = torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True)
+    assert torch.allclose(alone, model(padded, torch.tensor([3, 6, 1])), atol=1e-5)
+    bag = model.ngrams
+    forward, backward = torch.tensor([[5, 6, 7]]), torch.tensor([[7, 6, 5]])
+    lengths = torch.tensor([3])
+    assert not torch.allclose(bag(forward, lengths), bag(backward, lengths))  # bigrams differ
+    unigrams = _model("gru", bidirectional, "max", ngrams=1, ngram_dim=6).ngrams
+    assert torch.allclose(unigrams(forward, lengths), unigrams(backward, lengths))  # a bag of words
+
+
+def test_ngram_bag_learns_what_only_word_pairs_tell():
+    """Each text comes twice, with the same words: once with token 3 right before token 4 (class 1)
+    and once with them swapped (class 0). A bag of words cannot tell the two apart; the bag of
+    bigrams, with a linear layer on top, learns it."""
+    from rnnlib.modeling.model import NgramBag
+
+    torch.manual_seed(2)
+    words = torch.randint(5, 30, (32, 6))
+    ids = torch.cat([words, words])
+    labels = torch.cat([torch.ones(32, dtype=torch.long), torch.zeros(32, dtype=torch.long)])
+    ids[:, 1], ids[:, 2] = torch.where(labels == 1, 3, 4), torch.where(labels == 1, 4, 3)
+    lengths = torch.full((64,), 6)
+
+    def final_loss(n: int) -> float:
+        torch.manual_seed(0)
+        bag, head = NgramBag(30, n, 997, 8), torch.nn.Linear(8, 2)
+        optimizer = torch.optim.Adam([*bag.parameters(), *head.parameters()], lr=0.05)
+        for _ in range(100):
+            loss = torch.nn.functional.cross_entropy(head(bag(ids, lengths)), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return loss.item()
+
+    assert final_loss(2) < 0.1 and final_loss(1) > 0.69
+
+
 def test_embedding_dropout_acts_in_training_only():
     model = _model("gru", True, "max", embedding_dropout=0.5)
     ids, lengths = torch.randint(3, 30, (4, 6)), torch.tensor([6, 5, 3, 1])

@@ -179,3 +179,23 @@ def test_split_never_reads_the_tokens(tmp_path, monkeypatch):
     manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True)
     assert manifest["kept"] == 60 and len(read) == 6  # two passes over three partitions
     assert all(columns is not None and "tokens" not in columns and "text" not in columns for columns in read)
+
+
+def test_finished_files_and_folders_reach_the_disk_before_their_rename(tmp_path, monkeypatch):
+    """A power loss must not leave an empty file under a final name: every file of a finished
+    output is fsynced before the rename, and the directory after it."""
+    import os
+
+    from rnnlib.common import storage
+
+    events: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(storage.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    monkeypatch.setattr(storage.os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))[1])
+    with storage.building(tmp_path / "stage" / "key") as scratch:
+        storage.write_json(scratch / "a.json", {"x": 1})
+        events.clear()
+    synced_before = [path for kind, path in events[: events.index(("replace", str(tmp_path / "stage" / "key")))]
+                     if kind == "fsync"]
+    assert any(p.endswith("a.json") for p in synced_before) and any(p.endswith(".tmp") for p in synced_before)
+    assert events[-1] == ("fsync", str(tmp_path / "stage"))  # the rename itself made durable

@@ -1,5 +1,6 @@
-"""Atomic stage outputs: a stage directory either holds a finished result
-(with its manifest) or does not exist, so a crash never leaves a half-written output behind."""
+"""Atomic, durable stage outputs: a stage directory either holds a finished result (with its
+manifest) or does not exist, so a crash, or a power loss, never leaves a half-written output
+behind under a final name."""
 
 from __future__ import annotations
 
@@ -18,6 +19,26 @@ import pyarrow.parquet as pq
 MANIFEST = "_manifest.json"  # "_" keeps Parquet dataset readers off it
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_replace(src: str | Path, dst: str | Path) -> None:
+    """Rename a finished file or folder into place so that a power loss cannot leave an empty or
+    partial one under the final name: its bytes (every file of a folder) reach the disk before
+    the rename, and the rename itself (the parent directory) before this returns."""
+    src, dst = Path(src), Path(dst)
+    for path in ([*(p for p in src.rglob("*") if p.is_file()), *(p for p in src.rglob("*") if p.is_dir()), src]
+                 if src.is_dir() else [src]):
+        _fsync(path)
+    os.replace(src, dst)
+    _fsync(dst.parent)
+
+
 def write_json(path: str | Path, value: Any, compact: bool = False) -> None:
     """Write JSON atomically (temporary name, then rename). Indented for people to read, or
     `compact` for big values: only then does Python use its C encoder."""
@@ -25,7 +46,7 @@ def write_json(path: str | Path, value: Any, compact: bool = False) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     text = json.dumps(value, sort_keys=True) if compact else json.dumps(value, indent=2, sort_keys=True)
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    durable_replace(tmp, path)
 
 
 def write_parquet(table: pa.Table, path: str | Path) -> None:
@@ -34,7 +55,7 @@ def write_parquet(table: pa.Table, path: str | Path) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    durable_replace(tmp, path)
 
 
 def read_json(path: str | Path) -> Any:
@@ -61,7 +82,7 @@ def building(stage_dir: str | Path) -> Iterator[Path]:
         yield scratch
         if final.exists():  # an incomplete leftover of a crashed run
             shutil.rmtree(final)
-        os.replace(scratch, final)
+        durable_replace(scratch, final)
     finally:
         if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)

@@ -13,13 +13,13 @@ shape and must match PyTorch within `tolerance`.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from rnnlib.common.storage import durable_replace
 from rnnlib.errors import InputError
 from rnnlib.modeling.bundle import load_bundle
 from rnnlib.prepare.specials import PAD_ID, SPECIALS
@@ -84,5 +84,5 @@ def export_onnx(bundle_dir: str | Path, out: str | Path, tolerance: float = 1e-4
         tmp.unlink(missing_ok=True)
         raise ExportError(f"the exported graph differs from PyTorch by {np.abs(got - want).max():.2e}",
                          file=str(bundle_dir))
-    os.replace(tmp, out)
+    durable_replace(tmp, out)
     return out

@@ -32,6 +32,32 @@ def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.where(positions < lengths[:, None], reversed_positions, positions)
 
 
+HASH_MULTIPLIER = 1_000_003  # a prime; hashes stay below 2**63 for any bucket count up to 2**40
+
+
+class NgramBag(nn.Module):
+    """fastText's bag of n-grams: the mean embedding of a text's tokens and of its word
+    2..n-grams, each n-gram hashed from its token ids into `buckets` rows (pads excluded).
+    Hashing ids rather than strings keeps it inside the model: scoring, export and prediction
+    need nothing new."""
+
+    def __init__(self, vocab_size: int, n: int, buckets: int, dim: int) -> None:
+        super().__init__()
+        self.vocab_size, self.n, self.buckets = vocab_size, n, buckets
+        self.embedding = nn.Embedding(vocab_size + buckets, dim, padding_idx=PAD_ID)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        real = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+        rows, masks, hashed = [ids], [real], ids
+        for order in range(2, self.n + 1):  # hashed[:, i] covers tokens i .. i + order - 1
+            hashed = (hashed[:, :-1] * HASH_MULTIPLIER + ids[:, order - 1:] + order) % self.buckets
+            rows.append(hashed + self.vocab_size)
+            masks.append(real[:, order - 1:])
+        weights = torch.cat(masks, 1).float()
+        weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
+        return (self.embedding(torch.cat(rows, 1)) * weights[..., None]).sum(1)
+
+
 class RNNClassifier(nn.Module):
     def __init__(self, vocab_size: int, num_classes: int, cfg: ModelConfig) -> None:
         super().__init__()
@@ -48,6 +74,8 @@ class RNNClassifier(nn.Module):
             for layer in range(cfg.num_layers)
         )
         features = cfg.hidden_size * directions * len(POOLED[cfg.pooling])
+        self.ngrams = NgramBag(vocab_size, cfg.ngrams, cfg.ngram_buckets, cfg.ngram_dim) if cfg.ngrams else None
+        features += cfg.ngram_dim if cfg.ngrams else 0
         self.dropout = nn.Dropout(cfg.dropout)
         self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
         if cfg.head_hidden:
@@ -84,8 +112,10 @@ class RNNClassifier(nn.Module):
         """ids: (batch, time) padded with 0; lengths: (batch,) real lengths >= 1 -> logits."""
         outputs = self.encode(ids, lengths)
         lengths = lengths.to(outputs.device)
-        features = torch.cat([self._pool(kind, outputs, lengths) for kind in POOLED[self.cfg.pooling]], -1)
-        return self.head(self.dropout(features))
+        pooled = [self._pool(kind, outputs, lengths) for kind in POOLED[self.cfg.pooling]]
+        if self.ngrams is not None:
+            pooled.append(self.ngrams(ids, lengths))
+        return self.head(self.dropout(torch.cat(pooled, -1)))
 
     def _pool(self, kind: str, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """One summary of each sequence's outputs over its real tokens only."""

@@ -8,14 +8,13 @@ As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions 
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from rnnlib.common.storage import MANIFEST, building, write_json
+from rnnlib.common.storage import MANIFEST, building, durable_replace, write_json
 from rnnlib.config import (
     ModelConfig,
     PreprocessConfig,
@@ -46,7 +45,7 @@ def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, wor
         write_json(partial / MANIFEST, summary)
         if out.exists():  # an incomplete leftover
             shutil.rmtree(out)
-        os.replace(partial, out)
+        durable_replace(partial, out)
         return summary
 
     return run_stage("fit", {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir}, build)

@@ -24,7 +24,7 @@ from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from rnnlib.common.storage import MANIFEST, read_json
+from rnnlib.common.storage import MANIFEST, durable_replace, read_json
 from rnnlib.config import ModelConfig, TrainConfig
 from rnnlib.modeling.batches import ShardBatches
 from rnnlib.modeling.device import pick_device, training_autocast
@@ -61,7 +61,7 @@ def weights_digest(network: nn.Module) -> str:
 def _save(state: dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
+    durable_replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
 
 
 def _sum_across_ranks(*values: float) -> list[float]:

@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from rnnlib.config import PreprocessConfig
+from rnnlib.config import ConfigError, PreprocessConfig
 
 WORD = r"\p{L}\p{N}\p{M}_"  # RE2's \w is ASCII-only
 EMOTICON = r"(?:[:;=][\-'^]?(?:[)(\]\[|*]+|[dDpP]+\b)|</?3|\^_*\^)"  # :) ;-( =D :P <3 ^_^
@@ -39,12 +39,12 @@ def stopword_set(language: str) -> pa.Array:
 
     try:
         return pa.array(sorted(set(stopwords.words(language))), pa.string())
-    except LookupError as exc:
-        raise RuntimeError(
+    except LookupError:
+        raise ConfigError(
             f"NLTK's stop-word corpus for {language!r} is not installed: run "
             "`python -m nltk.downloader stopwords` or set NLTK_DATA "
             f"(now {os.environ.get('NLTK_DATA')!r})"
-        ) from exc
+        ) from None
 
 
 @lru_cache(maxsize=1)

@@ -12,7 +12,6 @@ so each model applies its own preprocessing and vocabulary.
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel
 
 from rnnlib.common.locks import file_lock
-from rnnlib.common.storage import partitions, read_json, write_json
+from rnnlib.common.storage import durable_replace, partitions, read_json, write_json
 from rnnlib.errors import InputError
 from rnnlib.modeling.bundle import CONFIG, CURRENT, current_bundle, load_bundle
 from rnnlib.prepare.split import with_split
@@ -173,7 +172,7 @@ def _install(registry: Path, candidate: Path, version: str, decision: Decision) 
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(f".{version}.{uuid.uuid4().hex}.tmp")
         shutil.copytree(candidate, tmp)
-        os.replace(tmp, target)
+        durable_replace(tmp, target)
     _point_to(registry, version, decision)
 
 

@@ -38,6 +38,7 @@ SUFFIX_FORMATS = {
 
 
 MALFORMED_JSON = "malformed JSON"  # a line that is not one JSON object
+DEEP_JSON = "JSON nested too deeply"  # Python's parser recurses: a line of 100,000 "[" would fail the file
 MALFORMED_ROW = "malformed row (more fields than the header)"
 
 
@@ -231,7 +232,9 @@ def _json_record(raw: bytes) -> dict:
     line = raw.decode("utf-8", errors="surrogateescape").strip()
     try:
         record = json.loads(line) if line else None
-    except json.JSONDecodeError:
+    except RecursionError:
+        return {"__reject__": DEEP_JSON}
+    except ValueError:  # not JSON, or a number too long to convert
         record = None
     return record if isinstance(record, dict) else {"__reject__": MALFORMED_JSON}
 
