@@ -147,6 +147,16 @@ class PrepareConfig(_Strict):
     work_dir: str = Field(".rnnlib", description="where stage outputs are written")
 
 
+class EmbeddingsConfig(_Strict):
+    """Pretrained word vectors for the embedding layer, from a standard text file."""
+
+    path: str = Field(description="GloVe .txt, fastText .vec or word2vec text file (.gz too; local or URL)")
+    format: Literal["auto", "word2vec", "glove", "fasttext"] = Field(
+        "auto", description="word2vec and fastText files start with a 'count dimensions' line, GloVe's "
+        "do not; auto: from the first line")
+    freeze: bool = Field(False, description="keep the loaded vectors fixed while training")
+
+
 class ModelConfig(_Strict):
     """Embedding -> recurrent encoder -> pooling -> dropout -> 1 or 2 linear layers."""
 
@@ -170,6 +180,9 @@ class ModelConfig(_Strict):
         "texts and small data with exactly these features")
     ngram_buckets: int = Field(2**18, gt=0, description="hash buckets of the n-grams (2..N)")
     ngram_dim: int = Field(32, gt=0, description="embedding size of the bag of n-grams")
+    embeddings: EmbeddingsConfig | None = Field(
+        None, description="start the embedding rows of the tokens found in a vectors file from "
+        "those vectors (the rest keep their random start); coverage goes to the fit manifest")
 
 
 class TrainConfig(_Strict):
@@ -189,6 +202,9 @@ class TrainConfig(_Strict):
     seed: int = Field(0, description="weights, dropout and batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
     mixed_precision: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
+    init_from: str | None = Field(
+        None, description="start from this bundle's weights (or a registry's current model): "
+        "embedding rows mapped by token, other weights copied where they fit (a warm start)")
 
 
 class EvaluateConfig(_Strict):

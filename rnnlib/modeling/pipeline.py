@@ -25,6 +25,7 @@ from rnnlib.modeling.baseline import BaselineResult, fit_baseline
 from rnnlib.modeling.bundle import save_bundle
 from rnnlib.modeling.card import CARD, model_card
 from rnnlib.modeling.evaluate import Evaluation, evaluate_bundle
+from rnnlib.modeling.initial import initial_identity
 from rnnlib.modeling.train import BEST, train
 from rnnlib.prepare.pipeline import PreparedData, prepare
 from rnnlib.stages import StageOutput, run_stage
@@ -48,7 +49,9 @@ def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, wor
         durable_replace(partial, out)
         return summary
 
-    return run_stage("fit", {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir}, build)
+    params = {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir,
+              "initial": initial_identity(model.embeddings, cfg.init_from)}
+    return run_stage("fit", params, build)
 
 
 def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOutput:

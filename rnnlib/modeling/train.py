@@ -28,7 +28,9 @@ from rnnlib.common.storage import MANIFEST, durable_replace, read_json
 from rnnlib.config import ModelConfig, TrainConfig
 from rnnlib.modeling.batches import ShardBatches
 from rnnlib.modeling.device import pick_device, training_autocast
+from rnnlib.modeling.initial import load_embeddings, warm_start
 from rnnlib.modeling.model import RNNClassifier
+from rnnlib.prepare.vocab import VOCAB_FILE, Vocabulary
 
 log = logging.getLogger(__name__)
 LAST, BEST = "last.pt", "best.pt"
@@ -92,6 +94,20 @@ def validation_loss(model: nn.Module, batches: ShardBatches, loss_fn: nn.Module,
     return total / max(count, 1), correct / max(count, 1)
 
 
+def initialise(network: RNNClassifier, tensors_dir: Path, labels: list[str], model: ModelConfig,
+               cfg: TrainConfig) -> dict[str, Any]:
+    """Pretrained vectors, then a warm start, as configured; what each did (coverage, rows)."""
+    if model.embeddings is None and cfg.init_from is None:
+        return {}
+    tokens = Vocabulary.load(tensors_dir / VOCAB_FILE).tokens
+    initial = {}
+    if model.embeddings is not None:
+        initial["embeddings"] = load_embeddings(network.embedding, tokens, model.embeddings)
+    if cfg.init_from is not None:
+        initial["init_from"] = warm_start(network, tokens, labels, cfg.init_from)
+    return initial
+
+
 def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
           cfg: TrainConfig) -> dict[str, Any]:
     """Train on `tensors_dir/train`, validate on `tensors_dir/val`; checkpoints in `out_dir`.
@@ -105,7 +121,9 @@ def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
     manifest = read_json(tensors_dir / "train" / MANIFEST)
     labels = manifest["labels"]
     torch.manual_seed(cfg.seed)
-    network = RNNClassifier(manifest["vocab_size"], len(labels), model).to(device)
+    network = RNNClassifier(manifest["vocab_size"], len(labels), model)
+    initial = initialise(network, tensors_dir, labels, model, cfg)
+    network = network.to(device)
     ddp = DistributedDataParallel(network) if world > 1 else None
     optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -183,7 +201,7 @@ def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
         log.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2g | %.0f tokens/s",
                  epoch, record["train_loss"], record["train_acc"], val_loss, val_acc, record["lr"],
                  record["tokens_per_s"])
-    return {**state, "stopped_early": state["bad_epochs"] >= cfg.patience, "device": str(device),
+    return {**state, "initial": initial, "stopped_early": state["bad_epochs"] >= cfg.patience, "device": str(device),
             "world_size": world, "weights_digest": weights_digest(network)}
 
 

@@ -144,7 +144,8 @@ def tensorize(
     tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str | Path, *, out_dir: str | Path,
     cfg: TensorizeConfig, labelled: bool, client: Client | None = None,
 ) -> dict[str, Any]:
-    """Write `<split>/shard-*.parquet` with a manifest per split, plus `rejects/`."""
+    """Write `<split>/shard-*.parquet` with a manifest per split, plus `rejects/` and the
+    vocabulary the ids index."""
     files = partitions(tokens_dir)
     vocab_dir = Path(vocab_dir)
     vocab = Vocabulary.load(vocab_dir / VOCAB_FILE)
@@ -172,5 +173,6 @@ def tensorize(
             "splits": {name: m["rows"] for name, m in split_manifests.items()},
             **common,
         }
+        vocab.save(scratch / VOCAB_FILE)  # what the ids mean, beside them
         write_json(scratch / MANIFEST, manifest)
     return manifest
