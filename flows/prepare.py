@@ -16,7 +16,7 @@ from rnnlib_tasks.prepare import (
 )
 
 from rnnlib.config import PrepareConfig
-from rnnlib.prepare.pipeline import PreparedData
+from rnnlib.prepare.pipeline import PreparedData, UnlabelledText, unlabelled_source
 
 
 def prepare_stages(config: PrepareConfig) -> PreparedData:
@@ -31,9 +31,14 @@ def prepare_stages(config: PrepareConfig) -> PreparedData:
         splits = split_task(tokens, labelled, config.split, dask, work)
         vocab = vocab_task(tokens, splits, labelled, config.vocab, dask, work)
         tensors = tensorize_task(tokens, splits, vocab, labelled, config.tensorize, dask, work)
+        extra, unlabelled = unlabelled_source(source), None
+        if extra is not None:  # for pretraining only
+            raw = ingest_task(extra, dask, work)
+            unlabelled = UnlabelledText(ingest=raw, preprocess=preprocess_task(raw, config.preprocess, dask, work))
     finally:
         close_clients()
-    return PreparedData(ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors)
+    return PreparedData(ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors,
+                        unlabelled=unlabelled)
 
 
 @flow(name="prepare")

@@ -1,25 +1,35 @@
-"""The `train` flow: prepare -> fit, baseline -> evaluate, every stage a task cached by content."""
+"""The `train` flow: prepare -> [word vectors] -> fit, baseline -> evaluate, every stage a task
+cached by content."""
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 from rnnlib_flows.prepare import prepare_stages
 from rnnlib_flows.reports import publish_evaluation
-from rnnlib_tasks.train import baseline_task, evaluate_task, fit_task, track_task
+from rnnlib_tasks.train import (
+    baseline_task,
+    evaluate_task,
+    fit_task,
+    track_task,
+    vectors_task,
+)
 
 from rnnlib.config import TrainFlowConfig
-from rnnlib.modeling.pipeline import TrainedModel
+from rnnlib.modeling.pipeline import TrainedModel, with_vectors
 
 
 @flow(name="train")
 def train_flow(config: TrainFlowConfig = TrainFlowConfig()) -> TrainedModel:
     """Prepare the data, train a model, evaluate it on the test split and write its bundle."""
     data = prepare_stages(config)
-    fitted = fit_task(data.tensorize, config.model, config.train, config.work_dir)
+    vectors = (vectors_task(data, config.pretrain, config.model.embedding_dim, config.train.seed, config.work_dir)
+               if config.pretrain.vectors else None)
+    model = with_vectors(config.model, vectors, config.pretrain)
+    fitted = fit_task(data.tensorize, model, config.train, config.work_dir)
     baseline = baseline_task(data, config.preprocess.level, config.work_dir) if config.evaluate.baseline else None
-    evaluated = evaluate_task(data, fitted, baseline, config.preprocess, config.model,
+    evaluated = evaluate_task(data, fitted, baseline, config.preprocess, model,
                               config.tensorize.max_length, config.work_dir)
-    trained = TrainedModel(data=data, fit=fitted, baseline=baseline, evaluate=evaluated)
+    trained = TrainedModel(data=data, vectors=vectors, fit=fitted, baseline=baseline, evaluate=evaluated)
     if config.tracking.uri:
         trained = trained.model_copy(update={"tracking_run": track_task(trained, config)})
     result = trained.evaluation

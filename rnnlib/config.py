@@ -64,6 +64,10 @@ class SourceConfig(_Strict):
         "as rejected. Empty: all"
     )
     partition_rows: int = Field(5_000, gt=0, description="most rows per canonical Parquet partition")
+    unlabelled: list[InputSpec] = Field(
+        default_factory=list, description="unlabelled text to pretrain on (any format; labels, if "
+        "any, ignored): ingested and preprocessed like the rest, never split, counted into the "
+        "vocabulary or evaluated. Relative paths of a registered dataset are under the mirror")
 
     @model_validator(mode="before")
     @classmethod
@@ -224,10 +228,25 @@ class TrackingConfig(_Strict):
     model_name: str = Field("rnnlib", description="MLflow registered model that promoted bundles become versions of")
 
 
+class PretrainConfig(_Strict):
+    """Word vectors learnt before training (gensim's FastText: subword vectors, so a word never
+    seen still gets one) from the training split and `source.unlabelled`, loaded as
+    `model.embeddings`. Never from validation or test text."""
+
+    vectors: bool = Field(False, description="learn word vectors first and start the embedding from them")
+    epochs: int = Field(5, ge=1, description="passes over the text")
+    window: int = Field(5, ge=1, description="context words on each side")
+    min_count: int = Field(3, ge=1, description="words rarer than this get only subword vectors")
+    min_n: int = Field(3, ge=1, description="shortest character n-gram of a word")
+    max_n: int = Field(6, ge=1, description="longest character n-gram of a word")
+    freeze: bool = Field(False, description="keep the learnt vectors fixed while training")
+
+
 class TrainFlowConfig(PrepareConfig):
     """The `train` flow: prepare, then fit and evaluate a model."""
 
     model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = Field(default_factory=PretrainConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)

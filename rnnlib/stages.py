@@ -64,8 +64,10 @@ def fingerprint(value: Any, work_dir: str | Path | None = None) -> Any:
     """What a stage parameter contributes to the key: content, not names or locations."""
     if isinstance(value, StageOutput):
         return value.key
+    if isinstance(value, list):
+        return [fingerprint(item, work_dir) for item in value]
     if isinstance(value, SourceConfig):
-        how = value.model_dump(mode="json", exclude={"dataset", "inputs", "mirror", "cache_dir"})
+        how = value.model_dump(mode="json", exclude={"dataset", "inputs", "mirror", "cache_dir", "unlabelled"})
         index = Path(work_dir) / STAT_INDEX if work_dir is not None else None
         return {"content": fingerprint_inputs(value, index), **how}
     if isinstance(value, BaseModel):
@@ -106,7 +108,9 @@ def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[s
     key = stage_key(stage, {k: v for k, v in params.items() if k != "work_dir"}, params["work_dir"])
     out = stage_dir(params["work_dir"], stage, key)
     with ExitStack() as locks:
-        for upstream in (v for v in params.values() if isinstance(v, StageOutput)):
+        upstreams = [u for v in params.values() for u in (v if isinstance(v, list) else [v])
+                     if isinstance(u, StageOutput)]
+        for upstream in upstreams:
             locks.enter_context(file_lock(lock_file(upstream.path), shared=True))
         locks.enter_context(file_lock(lock_file(out)))
         cached = is_complete(out)

@@ -11,6 +11,7 @@ from rnnlib import tracking
 from rnnlib.config import (
     ModelConfig,
     PreprocessConfig,
+    PretrainConfig,
     TrainConfig,
     TrainFlowConfig,
 )
@@ -25,6 +26,11 @@ logging.getLogger("rnnlib").setLevel(logging.INFO)  # per-epoch progress into th
 @task(name="fit", **TASK_OPTIONS)
 def fit_task(tensors: StageOutput, model: ModelConfig, cfg: TrainConfig, work_dir: str) -> StageOutput:
     return pipeline.fit_stage(tensors, model=model, cfg=cfg, work_dir=work_dir)
+
+
+@task(name="vectors", **TASK_OPTIONS)
+def vectors_task(data: PreparedData, cfg: PretrainConfig, dim: int, seed: int, work_dir: str) -> StageOutput:
+    return pipeline.vectors_stage(data, cfg=cfg, dim=dim, seed=seed, work_dir=work_dir)
 
 
 @task(name="track", **TASK_OPTIONS)

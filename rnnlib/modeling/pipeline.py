@@ -1,7 +1,7 @@
 """The modelling stages, each cached by content, and `train_model()`, which runs them after the
 prepare stages.
 
-    (prepare) -> fit, baseline -> evaluate (bundle, metrics beside the baseline's, plots, card)
+    (prepare) -> [vectors] -> fit, baseline -> evaluate (bundle, metrics beside the baseline's, plots, card)
 
 As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions one each.
 """
@@ -16,8 +16,10 @@ from pydantic import BaseModel
 
 from rnnlib.common.storage import MANIFEST, building, durable_replace, write_json
 from rnnlib.config import (
+    EmbeddingsConfig,
     ModelConfig,
     PreprocessConfig,
+    PretrainConfig,
     TrainConfig,
     TrainFlowConfig,
 )
@@ -26,6 +28,7 @@ from rnnlib.modeling.bundle import save_bundle
 from rnnlib.modeling.card import CARD, model_card
 from rnnlib.modeling.evaluate import Evaluation, evaluate_bundle
 from rnnlib.modeling.initial import initial_identity
+from rnnlib.modeling.pretrain import VECTORS_FILE, train_vectors
 from rnnlib.modeling.train import BEST, train
 from rnnlib.prepare.pipeline import PreparedData, prepare
 from rnnlib.stages import StageOutput, run_stage
@@ -52,6 +55,24 @@ def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, wor
     params = {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir,
               "initial": initial_identity(model.embeddings, cfg.init_from)}
     return run_stage("fit", params, build)
+
+
+def vectors_stage(data: PreparedData, *, cfg: PretrainConfig, dim: int, seed: int, work_dir: str) -> StageOutput:
+    """Word vectors from the training split and the unlabelled text (see `pretrain`)."""
+    unlabelled = [data.unlabelled.preprocess] if data.unlabelled else []
+    params = {"tokens": data.preprocess, "splits": data.split, "vocab": data.vocab, "unlabelled": unlabelled,
+              "cfg": cfg, "dim": dim, "seed": seed, "work_dir": work_dir}
+    return run_stage("vectors", params, lambda out: train_vectors(
+        data.preprocess.path, data.split.path, data.vocab.path, [u.path for u in unlabelled], out_dir=out,
+        cfg=cfg, dim=dim, seed=seed))
+
+
+def with_vectors(model: ModelConfig, vectors: StageOutput | None, cfg: PretrainConfig) -> ModelConfig:
+    """The model configuration that starts its embedding from learnt vectors, if there are any."""
+    if vectors is None:
+        return model
+    embeddings = EmbeddingsConfig(path=str(Path(vectors.path) / VECTORS_FILE), format="word2vec", freeze=cfg.freeze)
+    return model.model_copy(update={"embeddings": embeddings})
 
 
 def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOutput:
@@ -101,6 +122,7 @@ class TrainedModel(BaseModel):
     """The prepared data, the training run and the evaluated bundle."""
 
     data: PreparedData
+    vectors: StageOutput | None = None  # None: pretrain.vectors is off
     fit: StageOutput
     baseline: StageOutput | None  # None: evaluate.baseline is off
     evaluate: StageOutput
@@ -108,7 +130,8 @@ class TrainedModel(BaseModel):
 
     @property
     def stages(self) -> list[StageOutput]:
-        return [*self.data.stages, self.fit, *([self.baseline] if self.baseline else []), self.evaluate]
+        return [*self.data.stages, *([self.vectors] if self.vectors else []), self.fit,
+                *([self.baseline] if self.baseline else []), self.evaluate]
 
     @property
     def evaluation(self) -> Evaluation:
@@ -127,9 +150,12 @@ def train_model(cfg: TrainFlowConfig, client: Client | None = None) -> TrainedMo
     """Prepare the data (on `client`, or in this process), train, evaluate and write the bundle;
     every stage is reused from `cfg.work_dir` when its inputs are unchanged."""
     data = prepare(cfg, client)
-    fitted = fit_stage(data.tensorize, model=cfg.model, cfg=cfg.train, work_dir=cfg.work_dir)
+    vectors = (vectors_stage(data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=cfg.train.seed,
+                             work_dir=cfg.work_dir) if cfg.pretrain.vectors else None)
+    model = with_vectors(cfg.model, vectors, cfg.pretrain)
+    fitted = fit_stage(data.tensorize, model=model, cfg=cfg.train, work_dir=cfg.work_dir)
     baseline = (baseline_stage(data, level=cfg.preprocess.level, work_dir=cfg.work_dir)
                 if cfg.evaluate.baseline else None)
-    evaluated = evaluate_stage(data, fitted, baseline, preprocess=cfg.preprocess, model=cfg.model,
+    evaluated = evaluate_stage(data, fitted, baseline, preprocess=cfg.preprocess, model=model,
                                max_length=cfg.tensorize.max_length, work_dir=cfg.work_dir)
-    return TrainedModel(data=data, fit=fitted, baseline=baseline, evaluate=evaluated)
+    return TrainedModel(data=data, vectors=vectors, fit=fitted, baseline=baseline, evaluate=evaluated)

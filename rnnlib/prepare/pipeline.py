@@ -83,6 +83,21 @@ def tensorize_stage(tokens: StageOutput, splits: StageOutput, vocab: StageOutput
         tokens.path, splits.path, vocab.path, out_dir=out, cfg=cfg, labelled=labelled, client=connect()))
 
 
+def unlabelled_source(source: SourceConfig) -> SourceConfig | None:
+    """The unlabelled inputs of a (materialized) source as a source of their own, labels ignored."""
+    if not source.unlabelled:
+        return None
+    specs = [spec.model_copy(update={"label_column": None}) for spec in source.unlabelled]
+    return SourceConfig(inputs=specs, partition_rows=source.partition_rows)
+
+
+class UnlabelledText(BaseModel):
+    """Unlabelled text ingested and preprocessed like the labelled rows, for pretraining only."""
+
+    ingest: StageOutput
+    preprocess: StageOutput
+
+
 class PreparedData(BaseModel):
     """The prepare stages' outputs, checked to account for every input row."""
 
@@ -91,6 +106,7 @@ class PreparedData(BaseModel):
     split: StageOutput
     vocab: StageOutput
     tensorize: StageOutput
+    unlabelled: UnlabelledText | None = None
 
     @model_validator(mode="after")
     def _every_row_accounted(self) -> PreparedData:
@@ -101,7 +117,8 @@ class PreparedData(BaseModel):
 
     @property
     def stages(self) -> list[StageOutput]:
-        return [self.ingest, self.preprocess, self.split, self.vocab, self.tensorize]
+        extra = [self.unlabelled.ingest, self.unlabelled.preprocess] if self.unlabelled else []
+        return [self.ingest, self.preprocess, self.split, self.vocab, self.tensorize, *extra]
 
     @property
     def labelled(self) -> bool:
@@ -144,4 +161,11 @@ def prepare(cfg: PrepareConfig, client: Client | None = None) -> PreparedData:
     vocab = vocab_stage(tokens, splits, labelled=labelled, cfg=cfg.vocab, work_dir=work, connect=connect)
     tensors = tensorize_stage(tokens, splits, vocab, labelled=labelled, cfg=cfg.tensorize,
                               work_dir=work, connect=connect)
-    return PreparedData(ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors)
+    extra = unlabelled_source(source)
+    unlabelled = None
+    if extra is not None:
+        raw = ingest_stage(extra, work_dir=work, connect=connect)
+        unlabelled = UnlabelledText(ingest=raw, preprocess=preprocess_stage(
+            raw, cfg=cfg.preprocess, work_dir=work, connect=connect))
+    return PreparedData(ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors,
+                        unlabelled=unlabelled)

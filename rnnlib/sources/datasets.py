@@ -218,7 +218,9 @@ def materialize(source: SourceConfig) -> SourceConfig:
     else:
         root = download(dataset, source.cache_dir)
     inputs = [spec.model_copy(update={"path": str(root / spec.path)}) for spec in dataset.inputs]
+    unlabelled = [spec if "://" in spec.path or Path(spec.path).is_absolute()
+                  else spec.model_copy(update={"path": str(root / spec.path)}) for spec in source.unlabelled]
     return source.model_copy(
-        update={"dataset": None, "inputs": inputs,
+        update={"dataset": None, "inputs": inputs, "unlabelled": unlabelled,
                 "label_names": {**dataset.label_names, **source.label_names}}
     )

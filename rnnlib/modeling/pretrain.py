@@ -1,0 +1,83 @@
+"""Word vectors learnt from text beyond the labelled rows, before the classifier is trained.
+
+gensim's FastText learns them from the training split and the unlabelled text (never validation
+or test rows), then they are written for the vocabulary, as a word2vec text file that
+`model.embeddings` loads. FastText composes a vector from character n-grams, so a vocabulary token
+too rare in that text still gets one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from rnnlib.common.storage import MANIFEST, building, partitions, write_json
+from rnnlib.config import ConfigError, PretrainConfig
+from rnnlib.errors import InputError
+from rnnlib.prepare.specials import SPECIALS
+from rnnlib.prepare.split import with_split
+from rnnlib.prepare.vocab import VOCAB_FILE, Vocabulary
+
+VECTORS_FILE = "vectors.txt"
+log = logging.getLogger(__name__)
+
+
+class TokenLists:
+    """The token lists of the training split and of every unlabelled tokens output, read afresh
+    on each pass (gensim reads the corpus once per epoch), one partition at a time."""
+
+    def __init__(self, tokens_dir: str | Path, split_dir: str | Path, unlabelled_dirs: Sequence[str | Path]) -> None:
+        self.tokens_dir, self.split_dir, self.unlabelled_dirs = Path(tokens_dir), Path(split_dir), unlabelled_dirs
+
+    def __iter__(self) -> Iterator[list[str]]:
+        for part in partitions(self.tokens_dir):
+            table = with_split(part, self.split_dir, columns=["tokens"])
+            yield from _lists(table.filter(pc.equal(table["split"], "train"))["tokens"])
+        for folder in self.unlabelled_dirs:
+            for part in partitions(folder):
+                yield from _lists(pq.read_table(part, columns=["tokens"])["tokens"])
+
+
+def _lists(column: Any) -> Iterator[list[str]]:
+    return (tokens for tokens in column.to_pylist() if tokens)
+
+
+def train_vectors(tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str | Path,
+                  unlabelled_dirs: Sequence[str | Path], *, out_dir: str | Path, cfg: PretrainConfig,
+                  dim: int, seed: int) -> dict[str, Any]:
+    """Learn `dim`-sized vectors and write `vectors.txt` for every vocabulary token."""
+    try:
+        from gensim.models import FastText
+    except ImportError:
+        raise ConfigError("pretrain.vectors needs gensim: pip install 'rnnlib[pretrain]'") from None
+
+    start = time.perf_counter()
+    corpus = TokenLists(tokens_dir, split_dir, unlabelled_dirs)
+    model = FastText(vector_size=dim, window=cfg.window, min_count=cfg.min_count, min_n=cfg.min_n,
+                     max_n=cfg.max_n, workers=os.cpu_count() or 1, seed=seed)
+    model.build_vocab(corpus_iterable=corpus)
+    if model.corpus_count == 0:
+        raise InputError("no training or unlabelled text to learn word vectors from", file=str(tokens_dir))
+    model.train(corpus_iterable=corpus, total_examples=model.corpus_count, epochs=cfg.epochs)
+    tokens = [t for t in Vocabulary.load(Path(vocab_dir) / VOCAB_FILE).tokens[len(SPECIALS):]
+              if t and not any(c.isspace() for c in t)]  # a text vectors file cannot hold those
+    known = sum(t in model.wv.key_to_index for t in tokens)
+    with building(out_dir) as scratch:
+        with open(scratch / VECTORS_FILE, "w", encoding="utf-8") as fh:
+            fh.write(f"{len(tokens)} {dim}\n")
+            for token in tokens:
+                fh.write(token + " " + " ".join(f"{v:.5g}" for v in model.wv[token]) + "\n")
+        manifest = {"stage": "vectors", "texts": model.corpus_count, "words": model.corpus_total_words,
+                    "dim": dim, "vocabulary": len(tokens), "learnt_as_words": known,
+                    "from_subwords_only": len(tokens) - known, "seconds": round(time.perf_counter() - start, 1)}
+        write_json(scratch / MANIFEST, manifest)
+    log.info("word vectors from %d texts (%d words): %d of %d vocabulary tokens learnt as words, the rest "
+             "from their character n-grams", manifest["texts"], manifest["words"], known, len(tokens))
+    return manifest
