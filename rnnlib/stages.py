@@ -13,7 +13,7 @@ import contextvars
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TypeVar
@@ -75,12 +75,14 @@ def fingerprint(value: Any, work_dir: str | Path | None = None) -> Any:
     return value
 
 
-def stage_key(stage: str, params: dict[str, Any], work_dir: str | Path | None = None) -> str:
-    """The key of a stage's output; `work_dir` only says where input digests may be remembered."""
+def stage_key(stage: str, params: dict[str, Any], work_dir: str | Path | None = None,
+              code: str | None = None) -> str:
+    """The key of a stage's output; `code`: the digest of the code it runs (default: all of
+    rnnlib); `work_dir` only says where input digests may be remembered."""
     return digest_json(
         {
             "stage": stage,
-            "code": code_version(),
+            "code": code or code_version(),
             "params": {k: fingerprint(v, work_dir) for k, v in sorted(params.items())
                        if not isinstance(v, NOT_IN_KEY)},
         }
@@ -97,15 +99,18 @@ def lock_file(stage_folder: str | Path) -> Path:
     return folder.with_name(f".{folder.name}.lock")
 
 
-def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[str, Any]]) -> StageOutput:
+def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[str, Any]],
+              code: Sequence[Callable[..., Any]]) -> StageOutput:
     """The stage's output for these parameters: reused when a complete one is on disk (a
     deleted or half-written folder is rebuilt), else `build(out_dir)`, which returns the manifest.
-    `params` must hold `work_dir`; every other value goes into the key.
+    `params` must hold `work_dir`; every other value goes into the key, and so does the source
+    of the module `build` is written in and of everything the `code` functions' modules import.
 
     While it runs, the stage holds its own output's lock (a second run of the same stage waits,
     then reuses the output) and shares its inputs' locks (so `prune` cannot remove them)."""
     start = time.perf_counter()
-    key = stage_key(stage, {k: v for k, v in params.items() if k != "work_dir"}, params["work_dir"])
+    digest = code_version(*sorted({fn.__module__ for fn in code}), own=build.__module__)
+    key = stage_key(stage, {k: v for k, v in params.items() if k != "work_dir"}, params["work_dir"], digest)
     out = stage_dir(params["work_dir"], stage, key)
     with ExitStack() as locks:
         upstreams = [u for v in params.values() for u in (v if isinstance(v, list) else [v])

@@ -21,6 +21,7 @@ from rnnlib_tasks import dask_clients
 from rnnlib.common import fingerprint
 from rnnlib.config import InputSpec, PrepareConfig, SourceConfig
 from rnnlib.errors import InputError, is_transient
+from rnnlib.prepare.pipeline import prepare
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGES = ["ingest", "preprocess", "split", "vocab", "tensorize"]
@@ -78,14 +79,51 @@ def test_code_change_invalidates_and_deleted_output_is_rebuilt(datasets, tmp_pat
     monkeypatch.setattr(fingerprint, "PACKAGE_DIR", copy)
     fingerprint.code_version.cache_clear()
     assert cached(prepare_flow(config)) == dict.fromkeys(STAGES, True)  # same code, same keys
-    with open(copy / "prepare" / "text.py", "a") as fh:
+    with open(copy / "prepare" / "text.py", "a") as fh:  # tokenisation: preprocess and what follows
         fh.write("# an edit\n")
     fingerprint.code_version.cache_clear()
     try:
         changed = prepare_flow(config)
     finally:
         fingerprint.code_version.cache_clear()
-    assert cached(changed) == dict.fromkeys(STAGES, False)
+    assert cached(changed) == {"ingest": True, **dict.fromkeys(STAGES[1:], False)}
+
+
+def test_an_edit_re_runs_only_the_stages_whose_code_it_changes(datasets, tmp_path, monkeypatch):
+    """The code digest of a stage is the source it can run, found from its imports: editing the
+    model re-runs training and evaluation, not the data stages; editing evaluation re-runs
+    evaluation only."""
+    from rnnlib.config import ModelConfig, PreprocessConfig, TrainConfig
+    from rnnlib.modeling.pipeline import evaluate_stage, fit_stage
+
+    copy = tmp_path / "rnnlib-copy"
+    shutil.copytree(fingerprint.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", copy)
+    work, model, cfg = str(tmp_path / "w"), ModelConfig(embedding_dim=8, hidden_size=8), TrainConfig(epochs=1)
+
+    def keys() -> dict[str, str]:
+        fingerprint.code_version.cache_clear()
+        fingerprint.code_closure.cache_clear()
+        data = prepare(PrepareConfig.model_validate({
+            "source": {"dataset": "names", "mirror": str(datasets)}, "work_dir": work,
+            "tensorize": {"shard_rows": 2000}}))
+        fitted = fit_stage(data.tensorize, model=model, cfg=cfg, work_dir=work)
+        evaluated = evaluate_stage(data, fitted, None, preprocess=PreprocessConfig(level="char"), model=model,
+                                   max_length=None, work_dir=work)
+        return {s.stage: s.key for s in [*data.stages, fitted, evaluated]}
+
+    try:
+        before = keys()
+        (copy / "modeling" / "model.py").write_text((copy / "modeling" / "model.py").read_text() + "# edit\n")
+        after_model = keys()
+        (copy / "modeling" / "evaluate.py").write_text((copy / "modeling" / "evaluate.py").read_text() + "# edit\n")
+        after_evaluate = keys()
+    finally:
+        fingerprint.code_version.cache_clear()
+        fingerprint.code_closure.cache_clear()
+    changed = lambda a, b: sorted(s for s in a if a[s] != b[s])  # noqa: E731
+    assert changed(before, after_model) == ["evaluate", "fit"]
+    assert changed(after_model, after_evaluate) == ["evaluate"]
 
 
 def test_input_content_change_invalidates_ingest(tmp_path):

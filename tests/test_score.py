@@ -307,3 +307,32 @@ def test_baseline_is_fitted_and_scored_on_the_evaluated_rows(word_model):
     result = fit_baseline(data.preprocess.path, data.split.path, level="word", labels=data.labels)
     assert result.train_rows == data.splits["train"] and result.rows == word_model.evaluation.rows
     assert result.accuracy > 0.9  # the words give the label away
+
+
+def test_a_scoring_run_keeps_its_identity_across_edits_of_code_it_does_not_run(names_bundle, tmp_path, monkeypatch):
+    """A killed run can be resumed after an unrelated edit (say, to evaluation), and not after
+    one to the code that scores."""
+    import shutil
+
+    from rnnlib.common import fingerprint
+    from rnnlib.scoring.run import plan_run
+
+    (tmp_path / "names.txt").write_text("Smith\nRossi\n")
+    config = _config(names_bundle, tmp_path / "out", tmp_path / "names.txt")
+    copy = tmp_path / "rnnlib-copy"
+    shutil.copytree(fingerprint.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(fingerprint, "PACKAGE_DIR", copy)
+
+    def key() -> str:
+        fingerprint.code_version.cache_clear()
+        fingerprint.code_closure.cache_clear()
+        return plan_run(config).key
+
+    try:
+        before = key()
+        for edited, same in (("modeling/evaluate.py", True), ("scoring/partition.py", False)):
+            (copy / edited).write_text((copy / edited).read_text() + "# edit\n")
+            assert (key() == before) is same, edited
+    finally:
+        fingerprint.code_version.cache_clear()
+        fingerprint.code_closure.cache_clear()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 from functools import lru_cache
@@ -37,8 +38,57 @@ def url_digest(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return str(fs.checksum(path))
 
 
-@lru_cache(maxsize=1)
-def code_version() -> str:
-    """Digest of the library's source: any code change invalidates cached stage outputs."""
-    sources = sorted(PACKAGE_DIR.rglob("*.py"))
-    return digest_json({str(p.relative_to(PACKAGE_DIR)): file_digest(p) for p in sources})
+def module_file(name: str) -> Path | None:
+    """The source file of an rnnlib module (a package: its __init__.py), None if not one."""
+    parts = name.split(".")
+    if parts[0] != "rnnlib":
+        return None
+    base = PACKAGE_DIR.joinpath(*parts[1:])
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The rnnlib modules `name` imports anywhere in its source (function-level imports too),
+    and the packages that importing them runs."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            candidates = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            candidates = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+        else:
+            continue
+        for candidate in candidates:
+            parts = candidate.split(".")
+            found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return {m for m in found if module_file(m) is not None and m != name}
+
+
+@lru_cache(maxsize=None)
+def code_closure(root: str) -> frozenset[str]:
+    """`root` and every rnnlib module it imports, directly or not: the code it can execute."""
+    seen, todo = set(), [root]
+    while todo:
+        name = todo.pop()
+        path = module_file(name)
+        if name in seen or path is None:
+            continue
+        seen.add(name)
+        todo.extend(_imports(name, path))
+    return frozenset(seen)
+
+
+@lru_cache(maxsize=None)
+def code_version(*roots: str, own: str | None = None) -> str:
+    """Digest of the source a computation runs: the modules `roots` name and all they import
+    (found from the source, not kept by hand), plus the module `own` alone (where the stage itself
+    is written), so an edit re-runs only what it can change. No roots: the whole library."""
+    if roots or own:
+        files = {module_file(m) for root in roots for m in code_closure(root)}
+        files |= {module_file(own)} if own and module_file(own) else set()
+    else:
+        files = set(PACKAGE_DIR.rglob("*.py"))
+    return digest_json({str(p.relative_to(PACKAGE_DIR)): file_digest(p) for p in sorted(files)})

@@ -54,7 +54,7 @@ def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, wor
 
     params = {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir,
               "initial": initial_identity(model.embeddings, cfg.init_from)}
-    return run_stage("fit", params, build)
+    return run_stage("fit", params, build, code=[train])
 
 
 def vectors_stage(data: PreparedData, *, cfg: PretrainConfig, dim: int, seed: int, work_dir: str) -> StageOutput:
@@ -64,7 +64,7 @@ def vectors_stage(data: PreparedData, *, cfg: PretrainConfig, dim: int, seed: in
               "cfg": cfg, "dim": dim, "seed": seed, "work_dir": work_dir}
     return run_stage("vectors", params, lambda out: train_vectors(
         data.preprocess.path, data.split.path, data.vocab.path, [u.path for u in unlabelled], out_dir=out,
-        cfg=cfg, dim=dim, seed=seed))
+        cfg=cfg, dim=dim, seed=seed), code=[train_vectors])
 
 
 def with_vectors(model: ModelConfig, vectors: StageOutput | None, cfg: PretrainConfig) -> ModelConfig:
@@ -88,7 +88,7 @@ def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOut
             write_json(scratch / MANIFEST, manifest)
         return manifest
 
-    return run_stage("baseline", params, build)
+    return run_stage("baseline", params, build, code=[fit_baseline])
 
 
 def evaluate_stage(data: PreparedData, fitted: StageOutput, baseline: StageOutput | None, *,
@@ -115,7 +115,7 @@ def evaluate_stage(data: PreparedData, fitted: StageOutput, baseline: StageOutpu
             write_json(scratch / MANIFEST, manifest)
         return manifest
 
-    return run_stage("evaluate", params, build)
+    return run_stage("evaluate", params, build, code=[save_bundle, evaluate_bundle, model_card])
 
 
 class TrainedModel(BaseModel):

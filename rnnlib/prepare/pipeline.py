@@ -49,20 +49,21 @@ def in_process() -> None:
 
 def ingest_stage(source: SourceConfig, *, work_dir: str, connect: Connect = in_process) -> StageOutput:
     return run_stage("ingest", {"source": source, "work_dir": work_dir},
-                     lambda out: ingest(source, out_dir=out, client=connect()))
+                     lambda out: ingest(source, out_dir=out, client=connect()), code=[ingest])
 
 
 def preprocess_stage(ingested: StageOutput, *, cfg: PreprocessConfig, work_dir: str,
                      connect: Connect = in_process) -> StageOutput:
     return run_stage("preprocess", {"ingested": ingested, "cfg": cfg, "work_dir": work_dir},
-                     lambda out: preprocess(ingested.path, out_dir=out, cfg=cfg, client=connect()))
+                     lambda out: preprocess(ingested.path, out_dir=out, cfg=cfg, client=connect()),
+                     code=[preprocess])
 
 
 def split_stage(tokens: StageOutput, *, labelled: bool, cfg: SplitConfig, work_dir: str,
                 connect: Connect = in_process) -> StageOutput:
     return run_stage("split", {"tokens": tokens, "labelled": labelled, "cfg": cfg, "work_dir": work_dir},
                      lambda out: split(tokens.path, out_dir=out, cfg=cfg, labelled=labelled,
-                                       client=connect()))
+                                       client=connect()), code=[split])
 
 
 def vocab_stage(tokens: StageOutput, splits: StageOutput, *, labelled: bool, cfg: VocabConfig,
@@ -72,7 +73,7 @@ def vocab_stage(tokens: StageOutput, splits: StageOutput, *, labelled: bool, cfg
     fit_split = "train" if labelled else UNLABELLED_SPLIT
     params = {"tokens": tokens, "splits": splits, "fit_split": fit_split, "cfg": cfg, "work_dir": work_dir}
     return run_stage("vocab", params, lambda out: fit(tokens.path, splits.path, out_dir=out, cfg=cfg,
-                                                      fit_split=fit_split, client=connect()))
+                                                      fit_split=fit_split, client=connect()), code=[fit])
 
 
 def tensorize_stage(tokens: StageOutput, splits: StageOutput, vocab: StageOutput, *, labelled: bool,
@@ -80,7 +81,8 @@ def tensorize_stage(tokens: StageOutput, splits: StageOutput, vocab: StageOutput
     params = {"tokens": tokens, "splits": splits, "vocab": vocab, "labelled": labelled, "cfg": cfg,
               "work_dir": work_dir}
     return run_stage("tensorize", params, lambda out: tensorize(
-        tokens.path, splits.path, vocab.path, out_dir=out, cfg=cfg, labelled=labelled, client=connect()))
+        tokens.path, splits.path, vocab.path, out_dir=out, cfg=cfg, labelled=labelled, client=connect()),
+        code=[tensorize])
 
 
 def unlabelled_source(source: SourceConfig) -> SourceConfig | None:

@@ -208,7 +208,9 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
                 "inputs": fingerprint_inputs(SourceConfig(inputs=[spec for spec, _ in specs]),
                                              Path(config.output) / STAT_INDEX),
                 "top_k": config.top_k, "max_length": max_length, "precision": config.precision,
-                "partition_rows": config.partition_rows, "code": code_version()}
+                "partition_rows": config.partition_rows,
+                # the code that reads and scores rows: an edit elsewhere leaves a killed run resumable
+                "code": code_version(score_partition.__module__, ingest_unit.__module__, own=__name__)}
     return ScoreRun(Path(config.output).resolve(), digest_json(identity), tuple(units), settings,
                     tuple(ignored), config.partition_rows)
 
