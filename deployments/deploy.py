@@ -26,15 +26,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def file_arrival_trigger() -> DeploymentEventTrigger:
-    """One scoring run per announced file, with the file's path as the `path` parameter."""
+    """One scoring run per announced file: its path, size and modification time as parameters.
+    Runs beyond the deployment's concurrency limit wait in its queue."""
     return DeploymentEventTrigger(
         name="new file to score", expect={FILE_ARRIVED}, match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
-        for_each={"prefect.resource.id"}, parameters={"path": "{{ event.payload.path }}"},
+        for_each={"prefect.resource.id"},
+        parameters={"path": "{{ event.payload.path }}", "size": "{{ event.payload.size }}",
+                    "mtime_ns": "{{ event.payload.mtime_ns }}"},
     )
 
 
 def deploy(pool: str, cron: str, dataset: str | None, config_file: str | None, registry: str,
-           output_root: str, overrides: list[str]) -> dict[str, UUID]:
+           output_root: str, overrides: list[str], scoring_concurrency: int = 1) -> dict[str, UUID]:
     """Create (or update) the three deployments; folders are made absolute, so every worker
     agrees on them whatever its working directory."""
     registry, output_root = str(Path(registry).resolve()), str(Path(output_root).resolve())
@@ -48,6 +51,7 @@ def deploy(pool: str, cron: str, dataset: str | None, config_file: str | None, r
     )
     ids["score-new-file/on-new-file"] = flow.from_source(source, "flows/score.py:score_new_file_flow").deploy(
         name="on-new-file", work_pool_name=pool, triggers=[file_arrival_trigger()], print_next_steps=False,
+        concurrency_limit=scoring_concurrency,  # each run starts a cluster of one worker per core
         parameters={"registry": registry, "output_root": output_root},
         description="Score a newly arrived file with the registry's current model.",
     )
@@ -68,9 +72,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-root", default="scored", help="where triggered scoring runs write")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="retraining config override (as `rnnlib train --set`)")
+    parser.add_argument("--scoring-concurrency", type=int, default=1,
+                        help="most file-triggered scoring runs at once (the rest queue); each starts "
+                        "one Dask worker per core")
     args = parser.parse_args(argv)
     for name, deployment_id in deploy(args.pool, args.cron, args.dataset, args.config_file, args.registry,
-                                      args.output_root, args.overrides).items():
+                                      args.output_root, args.overrides, args.scoring_concurrency).items():
         print(f"deployment {name}: {deployment_id}")
     return 0
 

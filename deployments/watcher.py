@@ -1,11 +1,17 @@
-"""Watch a folder and emit one Prefect event per new file (`rnnlib.file.arrived`, the file's path
-in its payload); the `score-new-file/on-new-file` deployment's trigger turns each into a scoring
-run for that file.
+"""Watch a folder and emit one Prefect event per new file (`rnnlib.file.arrived`, the file's path,
+size and modification time in its payload); the `score-new-file/on-new-file` deployment's trigger
+turns each into a scoring run for that file.
 
-A file is announced once its size has stayed the same between two polls, so a file still being
-copied in is not scored half-written; names starting with "." are ignored (write to a dot-name,
-then rename). Announced files are remembered in a state file, so a restarted watcher does not
-announce them again.
+- A file is announced once its size has stayed the same between two polls, so a file still being
+  copied in is not scored half-written; names starting with "." are ignored (write to a
+  dot-name, then rename).
+- A file is known by its path, size and modification time: a file replaced under the same name is
+  announced again (and scored into an output of its own).
+- Symbolic links are refused (logged, never announced): a link could lead the scoring run out of
+  the watched folder. Links to folders are not followed.
+- A file counts as announced only once the Prefect server has the event (it is read back);
+  announced files are remembered in a state file, so a restarted watcher announces no file twice
+  and retries every file whose event was not confirmed.
 
 Usage: python -m rnnlib_deployments.watcher DIR [--pattern '*.jsonl'] [--interval 2] [--state FILE]
 (PREFECT_API_URL must point at the Prefect server.)
@@ -14,11 +20,14 @@ Usage: python -m rnnlib_deployments.watcher DIR [--pattern '*.jsonl'] [--interva
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import logging
+import os
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from rnnlib.common.storage import read_json, write_json
 
@@ -27,39 +36,92 @@ RESOURCE_PREFIX = "rnnlib.file."
 log = logging.getLogger("rnnlib.watcher")
 
 
+class Arrival(NamedTuple):
+    """A file as it was when found complete: a replaced file is a new arrival."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+
+
 class Watcher:
-    """Finds files under a folder that are new, complete (size stable) and not yet announced."""
+    """Finds files under a folder that are new, complete (size stable), not links, and not yet
+    announced."""
 
     def __init__(self, folder: Path, pattern: str, state_file: Path) -> None:
         self.folder, self.pattern, self.state_file = folder.resolve(), pattern, state_file
-        self.announced: set[str] = set(read_json(state_file)) if state_file.is_file() else set()
-        self.sizes: dict[str, int] = {}
+        saved = read_json(state_file) if state_file.is_file() else []
+        self.announced = {Arrival(Path(p), s, m) for p, s, m in (entry for entry in saved if isinstance(entry, list))}
+        self.last_poll: dict[Path, tuple[int, int]] = {}
+        self.refused: set[Path] = set()
 
-    def poll(self) -> list[Path]:
-        """Files whose size did not change since the previous poll and were never announced."""
-        seen = {str(p): p.stat().st_size for p in sorted(self.folder.rglob(self.pattern))
-                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(self.folder).parts)}
-        ready = [Path(p) for p, size in seen.items() if p not in self.announced and self.sizes.get(p) == size]
-        self.sizes = seen
+    def _files(self) -> dict[Path, tuple[int, int]]:
+        found = {}
+        for root, folders, names in os.walk(self.folder):  # links to folders are not followed
+            folders[:] = [f for f in folders if not f.startswith(".")]
+            for name in names:
+                path = Path(root) / name
+                if name.startswith(".") or not fnmatch.fnmatch(name, self.pattern):
+                    continue
+                if path.is_symlink():
+                    if path not in self.refused:
+                        log.warning("refused %s: a symbolic link (copy or move the file in instead)", path)
+                        self.refused.add(path)
+                    continue
+                try:
+                    st = path.stat()
+                except FileNotFoundError:  # removed since listed
+                    continue
+                found[path] = (st.st_size, st.st_mtime_ns)
+        return found
+
+    def poll(self) -> list[Arrival]:
+        """Files unchanged since the previous poll and not yet announced as they are now."""
+        seen = self._files()
+        ready = [Arrival(p, *stat) for p, stat in sorted(seen.items())
+                 if self.last_poll.get(p) == stat and Arrival(p, *stat) not in self.announced]
+        self.last_poll = seen
         return ready
 
-    def mark(self, path: Path) -> None:
-        self.announced.add(str(path))
-        write_json(self.state_file, sorted(self.announced))
+    def mark(self, arrival: Arrival) -> None:
+        self.announced.add(arrival)
+        write_json(self.state_file, sorted([str(a.path), a.size, a.mtime_ns] for a in self.announced))
 
 
-def announce(path: Path) -> None:
+def announce(arrival: Arrival, confirm_seconds: float = 30.0) -> bool:
+    """Emit the arrival's event and wait until the server has it; False when it does not appear
+    (the file is then offered again on the next poll)."""
+    from prefect.client.orchestration import get_client
     from prefect.events import emit_event
+    from prefect.events.filters import EventFilter, EventIDFilter
+    from prefect.events.worker import EventsWorker
 
-    emit_event(event=FILE_ARRIVED, resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{path}",
-                                             "prefect.resource.name": path.name},
-               payload={"path": str(path), "size": path.stat().st_size})
+    event = emit_event(
+        event=FILE_ARRIVED,
+        resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{arrival.path}",
+                  "prefect.resource.name": arrival.path.name},
+        payload={"path": str(arrival.path), "size": arrival.size, "mtime_ns": arrival.mtime_ns},
+    )
+    if event is None:
+        return False
+    EventsWorker.drain_all()
+    deadline = time.monotonic() + confirm_seconds
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            try:
+                page = client.read_events(EventFilter(id=EventIDFilter(id=[event.id])), limit=1)
+                if page.events:
+                    return True
+            except Exception as exc:  # noqa: BLE001 - server unreachable: not confirmed yet
+                log.warning("could not confirm the event for %s yet: %s", arrival.path, exc)
+            time.sleep(0.5)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path)
-    parser.add_argument("--pattern", default="*", help="file glob under the folder (recursive)")
+    parser.add_argument("--pattern", default="*", help="file name glob, at any depth under the folder")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
     parser.add_argument("--state", type=Path, help="announced files (default: FOLDER/.rnnlib-watcher.json)")
     args = parser.parse_args(argv)
@@ -71,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     log.info("watching %s for %s", watcher.folder, args.pattern)
     try:
         while True:
-            for path in watcher.poll():
-                announce(path)
-                EventsWorker.drain_all()  # sent before it is marked as announced
-                watcher.mark(path)
-                log.info("announced %s", path)
+            for arrival in watcher.poll():
+                if announce(arrival):
+                    watcher.mark(arrival)
+                    log.info("announced %s", arrival.path)
+                else:
+                    log.warning("the event for %s was not confirmed by the server; offered again", arrival.path)
             time.sleep(args.interval)
     finally:
         EventsWorker.drain_all()

@@ -53,13 +53,18 @@ def score_flow(config: ScoreConfig) -> ScoreReport:
 @flow(name="score-new-file")
 def score_new_file_flow(path: str, registry: str = "models", output_root: str = "scored",
                         text_column: str = "text", id_column: str | None = None,
-                        format: str = "auto") -> ScoreReport:
+                        format: str = "auto", size: int | None = None,
+                        mtime_ns: int | None = None) -> ScoreReport:
     """Score one newly arrived file with the registry's current model into its own folder under
-    `output_root` (named after the file and a digest of its path, so runs for different files
-    never share an output). What the file-arrival trigger runs."""
+    `output_root`, named after the file and a digest of its path and (from the watcher's event)
+    its size and modification time: runs for different files, or for a file replaced under the
+    same name, never share an output. The path is taken literally, never as a glob. What the
+    file-arrival trigger runs."""
+    version = f"{size}:{mtime_ns}" if size is not None else None
     config = ScoreConfig(
-        bundle=registry, output=str(output_dir_for(path, output_root)),
-        inputs=[InputSpec(path=path, format=format, text_columns=[text_column], id_column=id_column)],
+        bundle=registry, output=str(output_dir_for(path, output_root, version)),
+        inputs=[InputSpec(path=path, format=format, text_columns=[text_column], id_column=id_column,
+                          glob=False)],
     )
     return score_flow(config)
 

@@ -39,6 +39,8 @@ class InputSpec(_Strict):
     label_column: str | int | None = Field("label", description="column holding the label; null: unlabelled")
     id_column: str | int | None = Field(None, description="default: a stable id from file and row")
     pattern: str = Field("*.txt", description="file glob inside folder/file-per-class layouts")
+    glob: bool = Field(True, description="expand *, ? and [...] in `path`; false: the path is literal "
+                       "(a file named report[2024].jsonl)")
 
 
 class SourceConfig(_Strict):

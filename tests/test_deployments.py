@@ -122,6 +122,12 @@ def _completed(runs: list[dict], n: int) -> list[dict] | None:
     return done if len(done) >= n else None
 
 
+def _output(path: Path, scored: Path) -> Path:
+    """The output folder of the scoring run for the file as it is now."""
+    st = path.stat()
+    return output_dir_for(str(path), scored, f"{st.st_size}:{st.st_mtime_ns}")
+
+
 def _final(runs: list[dict]) -> dict | None:
     """The run that has ended (runs still scheduled for the nights ahead are ignored)."""
     done = [r for r in runs if r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")]
@@ -162,10 +168,24 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     run = _wait(lambda: _final(_flow_runs(api, "score-new-file/on-new-file")), 300, "the triggered scoring run")
     assert run["state"]["type"] == "COMPLETED", run["state"]
     assert run["parameters"]["path"] == str(drop / "batch-1.txt")
-    manifest = json.loads((output_dir_for(str(drop / "batch-1.txt"), scored) / MANIFEST).read_text())
+    manifest = json.loads((_output(drop / "batch-1.txt", scored) / MANIFEST).read_text())
     assert manifest["complete"] and manifest["rows"] == manifest["scored"] == 6
     assert manifest["bundle_version"] == current["version"]
     assert set(manifest["labels"]) <= {"German", "Italian"}
+    scoring = json.loads(urllib.request.urlopen(f"{api}/deployments/name/score-new-file/on-new-file", timeout=10).read())
+    limit = scoring.get("global_concurrency_limit") or {}
+    assert limit.get("limit") == 1 or scoring.get("concurrency_limit") == 1  # one scoring run at a time
+
+    # a name with glob characters is scored as it is; a link is refused; a replaced file is scored again
+    (drop / "report[2024].txt").write_text("Rossi\nWagner\n")
+    os.symlink(tmp_path / "work", drop / "link.txt")
+    (drop / "batch-1.txt").write_text("Bianchi\n")
+    runs = _wait(lambda: _completed(_flow_runs(api, "score-new-file/on-new-file"), 3), 300, "two more scoring runs")
+    assert sorted(r["parameters"]["path"] for r in runs) == sorted(
+        [str(drop / "batch-1.txt")] * 2 + [str(drop / "report[2024].txt")])
+    assert json.loads((_output(drop / "report[2024].txt", scored) / MANIFEST).read_text())["scored"] == 2
+    assert json.loads((_output(drop / "batch-1.txt", scored) / MANIFEST).read_text())["scored"] == 1
+    os.unlink(drop / "link.txt")
 
     # at most one retraining at a time: two asked for at once run one after the other
     processes.run(PREFECT, "deployment", "run", "retrain/nightly")

@@ -1,8 +1,14 @@
-"""The file watcher announces a file once, and only once its size has stopped changing."""
+"""The file watcher announces a file once it is complete, once per version of it, never a link."""
 
 from __future__ import annotations
 
-from rnnlib_deployments.watcher import Watcher
+import os
+
+from rnnlib_deployments.watcher import Arrival, Watcher
+
+
+def _paths(arrivals: list[Arrival]) -> list:
+    return [a.path for a in arrivals]
 
 
 def test_a_file_is_announced_once_its_size_is_stable(tmp_path):
@@ -14,7 +20,47 @@ def test_a_file_is_announced_once_its_size_is_stable(tmp_path):
     (drop / "a.txt").write_text("half and more")
     assert watcher.poll() == []  # still growing
     (drop / ".b.txt").write_text("being written under a dot-name")
-    assert watcher.poll() == [drop / "a.txt"]  # unchanged since the last poll: complete
-    watcher.mark(drop / "a.txt")
+    ready = watcher.poll()
+    assert _paths(ready) == [drop / "a.txt"]  # unchanged since the last poll: complete
+    watcher.mark(ready[0])
     assert watcher.poll() == []  # announced already
-    assert Watcher(drop, "*", tmp_path / "state.json").poll() == []  # ... also after a restart
+    restarted = Watcher(drop, "*", tmp_path / "state.json")
+    restarted.poll()
+    assert restarted.poll() == []  # ... also after a restart
+
+
+def test_a_file_replaced_under_its_name_is_announced_again(tmp_path):
+    drop = tmp_path / "in"
+    drop.mkdir()
+    watcher = Watcher(drop, "*.txt", tmp_path / "state.json")
+    (drop / "a.txt").write_text("first\n")
+    watcher.poll()
+    first = watcher.poll()
+    watcher.mark(first[0])
+    (drop / "a.txt").write_text("second version\n")
+    watcher.poll()
+    again = watcher.poll()
+    assert _paths(again) == [drop / "a.txt"] and again[0] != first[0]
+
+
+def test_unconfirmed_files_are_offered_again_and_names_are_literal(tmp_path):
+    drop = tmp_path / "in"
+    drop.mkdir()
+    watcher = Watcher(drop, "*", tmp_path / "state.json")
+    (drop / "report[2024].txt").write_text("x\n")  # glob characters in a name: just a name
+    watcher.poll()
+    assert _paths(watcher.poll()) == [drop / "report[2024].txt"]
+    assert _paths(watcher.poll()) == [drop / "report[2024].txt"]  # not marked: offered again
+
+
+def test_symbolic_links_are_refused_and_not_followed(tmp_path):
+    drop, outside = tmp_path / "in", tmp_path / "outside"
+    drop.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("not for scoring\n")
+    os.symlink(outside / "secret.txt", drop / "link.txt")
+    os.symlink(outside, drop / "linked-folder")
+    (drop / "real.txt").write_text("fine\n")
+    watcher = Watcher(drop, "*", tmp_path / "state.json")
+    watcher.poll()
+    assert _paths(watcher.poll()) == [drop / "real.txt"]

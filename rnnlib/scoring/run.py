@@ -178,7 +178,7 @@ def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, st
             url = fs.unstrip_protocol(file) if "://" in spec.path else file
             hidden = any(part.startswith(".") for part in file[len(path):].split("/"))
             if _known_format(file) and not hidden:
-                expanded.append((spec.model_copy(update={"path": url}), base))
+                expanded.append((spec.model_copy(update={"path": url, "glob": False}), base))
             else:
                 ignored.append(url)
     if not expanded:
@@ -215,9 +215,11 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
                     tuple(ignored), config.partition_rows)
 
 
-def output_dir_for(path: str, root: str | Path) -> Path:
-    """One output folder per input file: its name plus a digest of its full path."""
-    return Path(root) / f"{posixpath.basename(path.rstrip('/'))}-{digest_bytes(path.encode())[:10]}"
+def output_dir_for(path: str, root: str | Path, version: str | None = None) -> Path:
+    """One output folder per input file: its name plus a digest of its full path (and of its
+    `version`, e.g. size and modification time, when a file may be replaced under its name)."""
+    identity = path if version is None else f"{path}\n{version}"
+    return Path(root) / f"{posixpath.basename(path.rstrip('/'))}-{digest_bytes(identity.encode())[:10]}"
 
 
 @contextmanager

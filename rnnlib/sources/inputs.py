@@ -54,7 +54,7 @@ def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str,
             if not fs.exists(path):
                 raise InputError("file not found", file=url)
             fs, path = ZipFileSystem(fo=url), ""
-        paths = sorted(fs.glob(path)) if any(c in path for c in "*?[") else [path]
+        paths = sorted(fs.glob(path)) if spec.glob and any(c in path for c in "*?[") else [path]
         if not paths or (path and not exists(fs, paths[0])):
             raise InputError("file not found" if len(paths) <= 1 else "no file matches", file=url)
         for p in paths:
