@@ -126,6 +126,8 @@ class SplitConfig(_Strict):
 class VocabConfig(_Strict):
     min_freq: int = Field(1, ge=1, description="rarer training tokens become <UNK>")
     max_size: int | None = Field(None, ge=2, description="including <PAD> and <UNK>")
+    max_labels: int = Field(1000, ge=2, description="refuse more distinct labels than this (a wrong "
+                            "label column, e.g. an id, would make one class per row)")
 
 
 class TensorizeConfig(_Strict):

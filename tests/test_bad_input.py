@@ -175,3 +175,22 @@ def test_every_reject_keeps_its_reason_through_the_whole_pipeline(tmp_path, clie
         ["train.csv", 31, "empty text"], ["train.csv", 32, "no tokens after preprocessing"],
         ["train.csv", 33, "missing label"],
     ]
+
+
+def test_more_labels_than_max_labels_is_refused(tmp_path):
+    """A wrong label column (an id) would make a class per row and an n x n confusion matrix."""
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"text {i},id-{i}\n" for i in range(30)))
+    config = PrepareConfig.model_validate({"source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
+                                           "vocab": {"max_labels": 10}, "work_dir": str(tmp_path / "w")})
+    with pytest.raises(InputError, match=r"distinct labels in the 'train' split, more than vocab.max_labels \(10\)"):
+        prepare(config)
+
+
+def test_a_zip_of_several_files_is_refused_not_read_in_part(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "d.csv.zip", "w") as zf:
+        zf.writestr("a.csv", "text,label\nx,1\n")
+        zf.writestr("b.csv", "text,label\ny,2\n")
+    with pytest.raises(InputError, match=r"d.csv.zip: a .zip input must hold exactly one file, this one holds 2 \(a.csv, b.csv\)"):
+        ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.csv.zip"))]), out_dir=tmp_path / "out")

@@ -17,12 +17,14 @@ from rnnlib.prepare.ingest import ingest
 from rnnlib.sources.datasets import REGISTRY, Dataset, Download, materialize
 
 
-def _names_zip() -> bytes:
+def _names_zip(*extra: tuple[str, str]) -> bytes:
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as zf:
         zf.writestr("data/names/Greek.txt", "Pappas\nAntonopoulos\n")
         zf.writestr("data/names/Irish.txt", "Murphy\n")
         zf.writestr("data/other/ignored.txt", "x\n")
+        for name, text in extra:
+            zf.writestr(name, text)
     return buffer.getvalue()
 
 
@@ -38,9 +40,9 @@ def test_download_checked_extracted_and_cached(http_root, tmp_path, monkeypatch)
     root, base = http_root
     archive = _names_zip()
     (root / "data.zip").write_bytes(archive)
-    greek = hashlib.sha256(b"Pappas\nAntonopoulos\n").hexdigest()
+    greek, irish = (hashlib.sha256(t).hexdigest() for t in (b"Pappas\nAntonopoulos\n", b"Murphy\n"))
     _register(monkeypatch, f"{base}/data.zip", f"md5:{hashlib.md5(archive).hexdigest()}",
-              {"names/Greek.txt": greek})
+              {"names/Greek.txt": greek, "names/Irish.txt": irish})
     source = SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache"), mirror=None)
     resolved = materialize(source)
     assert resolved.dataset is None and Path(resolved.inputs[0].path).parent == tmp_path / "cache" / "tiny_names"
@@ -66,6 +68,29 @@ def test_extracted_file_checksums_are_verified(http_root, tmp_path, monkeypatch)
     _register(monkeypatch, f"{base}/data.zip", None, {"names/Greek.txt": "0" * 64})
     with pytest.raises(InputError, match=r"names/Greek\.txt: sha256 checksum mismatch"):
         materialize(SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache")))
+
+
+@pytest.mark.parametrize("member", ["data/names//tmp/evil.txt", "data/names/../../evil.txt",
+                                    "data/names/sub/../../../evil.txt"])
+def test_an_archive_member_outside_the_dataset_folder_refuses_the_archive(http_root, tmp_path, monkeypatch, member):
+    root, base = http_root
+    (root / "data.zip").write_bytes(_names_zip((member, "gotcha\n")))
+    _register(monkeypatch, f"{base}/data.zip", None)
+    with pytest.raises(InputError, match="would be written outside the dataset folder"):
+        materialize(SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache")))
+    assert not (tmp_path / "cache" / "tiny_names").exists() and not Path("/tmp/evil.txt").exists()
+    assert not list(tmp_path.rglob("evil.txt"))
+
+
+def test_with_file_checksums_only_checked_files_are_written(http_root, tmp_path, monkeypatch):
+    """An archive without a checksum of its own (the surnames' is unversioned) has each of its
+    files checked before it is written, and files not in the list are not taken."""
+    root, base = http_root
+    (root / "data.zip").write_bytes(_names_zip(("data/names/Unlisted.txt", "Smith\n")))
+    _register(monkeypatch, f"{base}/data.zip", None,
+              {"names/Greek.txt": hashlib.sha256(b"Pappas\nAntonopoulos\n").hexdigest()})
+    resolved = materialize(SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache")))
+    assert [p.name for p in Path(resolved.inputs[0].path).iterdir()] == ["Greek.txt"]
 
 
 def test_mirror_is_preferred(datasets, tmp_path):

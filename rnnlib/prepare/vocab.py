@@ -133,6 +133,10 @@ def fit(
         tokens = tokens.slice(0, cfg.max_size - len(SPECIALS))
     vocab = Vocabulary(SPECIALS + tuple(tokens["value"].to_pylist()))
     labels = LabelEncoder(tuple(sorted(counts.filter(pc.invert(is_token))["value"].to_pylist())))
+    if len(labels.labels) > cfg.max_labels:
+        raise InputError(f"{len(labels.labels)} distinct labels in the {fit_split!r} split, more than "
+                         f"vocab.max_labels ({cfg.max_labels}): is the label column the right one?",
+                         file=str(tokens_dir))
     with building(out_dir) as scratch:
         vocab.save(scratch / VOCAB_FILE)
         labels.save(scratch / LABELS_FILE)

@@ -4,6 +4,7 @@ the files are downloaded once into a cache directory and checked against known c
 
 from __future__ import annotations
 
+import hashlib
 import posixpath
 import shutil
 import tarfile
@@ -150,31 +151,45 @@ def _verify(path: Path, checksum: str, what: str) -> None:
         raise InputError(f"{algorithm} checksum mismatch: expected {expected}, got {actual}", file=what)
 
 
-def _extract(archive: Path, mapping: dict[str, str], root: Path) -> None:
-    """Copy the archive members under each prefix to their folder under `root`."""
+def _extract(archive: Path, mapping: dict[str, str], root: Path, expected: dict[str, str]) -> None:
+    """Copy the archive members under each prefix to their folder under `root`. A member that
+    would land outside `root` refuses the archive; with `expected` (sha256 by path under `root`),
+    only those files are written, each checked before it is."""
+    inside = root.resolve()
+
     def target_of(name: str) -> Path | None:
         for prefix, folder in mapping.items():
             if name.startswith(prefix) and not name.endswith("/") and name != prefix:
-                rel = posixpath.normpath(name[len(prefix):])
-                if rel.startswith(".."):
-                    return None  # never write outside the dataset root
-                return root / folder / rel
+                dest = (root / folder / name[len(prefix):].lstrip("/")).resolve()
+                if not dest.is_relative_to(inside) or ".." in name.split("/") or name[len(prefix):].startswith("/"):
+                    raise InputError(f"archive member {name!r} would be written outside the dataset folder",
+                                     file=str(archive))
+                return dest
         return None
+
+    def write(name: str, dest: Path, data: bytes) -> None:
+        rel = dest.relative_to(inside).as_posix()
+        if expected:
+            if rel not in expected:
+                return  # not a file of the dataset
+            if (actual := hashlib.sha256(data).hexdigest()) != expected[rel]:
+                raise InputError(f"sha256 checksum mismatch before extraction: expected {expected[rel]}, "
+                                 f"got {actual}", file=f"{archive}:{name}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(data)
 
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as zf:
-            for info in zf.infolist():
-                if (dest := target_of(info.filename)) is not None:
-                    dest.parent.mkdir(parents=True, exist_ok=True)
-                    with zf.open(info) as src, open(dest, "wb") as out:
-                        shutil.copyfileobj(src, out)
+            members = [(info.filename, target_of(info.filename)) for info in zf.infolist()]
+            for name, dest in members:
+                if dest is not None:
+                    write(name, dest, zf.read(name))
         return
-    with tarfile.open(archive) as tf:
-        for member in tf:
+    with tarfile.open(archive) as tf:  # one pass (a compressed tar cannot seek back cheaply); a
+        for member in tf:               # refused archive leaves only the discarded scratch folder
             if member.isfile() and (dest := target_of(member.name)) is not None:
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                with tf.extractfile(member) as src, open(dest, "wb") as out:
-                    shutil.copyfileobj(src, out)
+                with tf.extractfile(member) as src:
+                    write(member.name, dest, src.read())
 
 
 def download(dataset: Dataset, cache_dir: str | Path) -> Path:
@@ -192,7 +207,7 @@ def download(dataset: Dataset, cache_dir: str | Path) -> Path:
             if item.checksum:
                 _verify(local, item.checksum, item.url)
             if item.extract:
-                _extract(local, item.extract, scratch)
+                _extract(local, item.extract, scratch, dataset.file_sha256)
             else:
                 (scratch / item.target).parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(local, scratch / item.target)

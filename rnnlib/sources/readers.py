@@ -14,6 +14,7 @@ import io
 import json
 import os
 import posixpath
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -56,8 +57,16 @@ def infer_format(fs: fsspec.AbstractFileSystem, path: str) -> str:
 
 
 def open_binary(fs: fsspec.AbstractFileSystem, path: str) -> Any:
-    """Open a file for reading, decompressing by suffix."""
+    """Open a file for reading, decompressing by suffix. A .zip must hold exactly one file (its
+    text): reading only the first of several would lose the others' rows silently."""
     suffix = posixpath.splitext(path.lower())[1]
+    if suffix == ".zip":
+        with fs.open(path, "rb") as raw, zipfile.ZipFile(raw) as archive:
+            members = [m.filename for m in archive.infolist() if not m.is_dir()]
+        if len(members) != 1:
+            raise InputError(f"a .zip input must hold exactly one file, this one holds {len(members)} "
+                             f"({', '.join(members[:3])}{', ...' if len(members) > 3 else ''}): unzip it "
+                             "into a folder and give the folder", file=path)
     return fs.open(path, "rb", compression=COMPRESSIONS.get(suffix))
 
 
