@@ -16,6 +16,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rnnlib")  # per-epoch training logs
 
 from pydantic import ValidationError  # noqa: E402
+from rnnlib_flows.reaper import start_reaper  # noqa: E402
 
 from rnnlib.config import (  # noqa: E402
     ConfigError,
@@ -211,6 +212,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "prepare":
         data = None if args.flow else _reused_prepare(config)
         if data is None:
+            start_reaper()
             from rnnlib_flows.prepare import prepare_flow
 
             data = prepare_flow(config)
@@ -218,6 +220,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         trained = None if args.flow or config.tracking.uri else _reused_training(config)
         if trained is None:
+            start_reaper()
             from rnnlib_flows.train import train_flow
 
             trained = train_flow(config)
@@ -272,6 +275,7 @@ def _score(args: argparse.Namespace) -> int:
     config = load_config(ScoreConfig, args.config, _score_overrides(args))
     if args.print_config:
         return _print_config(config)
+    start_reaper()
     from rnnlib_flows.score import ScoringFailed, score_flow
 
     try:

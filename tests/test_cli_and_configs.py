@@ -175,3 +175,36 @@ def test_a_missing_nltk_corpus_is_a_config_error_saying_how_to_install_it(tmp_pa
     assert done.returncode == 1
     assert "rnnlib.config.ConfigError: NLTK's stop-word corpus for 'english' is not installed: run " \
            "`python -m nltk.downloader stopwords`" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_killed_command_leaves_no_process_behind(datasets, tmp_path):
+    """SIGKILL gives a command no chance to stop its temporary Prefect server or its Dask
+    processes; its watchdog stops them."""
+    import psutil
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect")
+    command = subprocess.Popen(
+        [sys.executable, "-m", "rnnlib_flows.cli", "prepare", "--mirror", str(datasets),
+         "--work-dir", str(tmp_path / "work"), "--set", "preprocess.level=word"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    parent = psutil.Process(command.pid)
+    deadline = time.time() + 240
+    started: dict[int, psutil.Process] = {}
+    server_seen = False
+    while time.time() < deadline and command.poll() is None:
+        for child in parent.children(recursive=True):
+            started.setdefault(child.pid, child)
+            try:
+                server_seen |= "prefect.server.api.server" in " ".join(child.cmdline())
+            except psutil.Error:
+                pass
+        if server_seen and len(started) >= 3:  # the watchdog, the server, and more
+            break
+        time.sleep(0.2)
+    assert server_seen and command.poll() is None, "the command ended before its server was seen"
+    command.kill()
+    command.wait()
+    gone, alive = psutil.wait_procs(list(started.values()), timeout=30)
+    assert alive == [], [p.cmdline() for p in alive if p.is_running()]
