@@ -349,3 +349,22 @@ def test_train_model_without_prefect_reuses_what_is_prepared(names_data, dataset
     assert {s.stage: s.cached for s in changed.stages} == {  # the baseline depends on the data only
         **dict.fromkeys(data_stages, True), "fit": False, "baseline": True, "evaluate": False}
     assert changed.evaluation.bundle != result.bundle
+
+
+@pytest.mark.slow
+def test_torchrun_as_the_readme_writes_it(names_tensors, tmp_path):
+    """`torchrun --nproc_per_node=N -m rnnlib.modeling.train TENSORS OUT --config FILE.yaml`, with
+    2 gloo processes on this CPU: both ranks train, rank 0 writes the best weights, and torchrun
+    leaves no worker behind."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    done = subprocess.run(
+        [torchrun, "--nproc_per_node=2", f"--master_port={port}", "-m", "rnnlib.modeling.train",
+         str(names_tensors), str(tmp_path / "run"), "--config", "configs/names.yaml",
+         "--set", "train.epochs=1", "--set", "model.hidden_size=16", "--set", "model.embedding_dim=8"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "best epoch 1" in done.stderr and (tmp_path / "run" / BEST).is_file()
+    assert len(re.findall(r"epoch 1: train loss", done.stderr)) == 2  # one line per rank
