@@ -336,3 +336,30 @@ def test_a_scoring_run_keeps_its_identity_across_edits_of_code_it_does_not_run(n
     finally:
         fingerprint.code_version.cache_clear()
         fingerprint.code_closure.cache_clear()
+
+
+def test_a_huge_document_is_cut_before_tokenising_and_flagged(names_bundle):
+    """Only what the model reads is tokenised: a 2 MB text costs what its first part does, and
+    its score is that of the same first part."""
+    from rnnlib.scoring.partition import (
+        MAX_CHARS_PER_TOKEN,
+        ScoringSettings,
+        cut_long_texts,
+        score_table,
+    )
+
+    bundle = load_bundle(names_bundle)
+    settings = ScoringSettings(bundle=str(names_bundle), version=bundle.version, top_k=1, max_length=20,
+                               batch_size=None, device="cpu", precision="fp32")
+    huge = "Rossi" * 400_000
+    from rnnlib.prepare.ingest import CANONICAL_SCHEMA
+
+    table = pa.table({"id": ["a", "b"], "text": [huge, "Smith"], "label": [None, None], "split": [None, None],
+                      "source": ["f", "f"], "row": [1, 2], "reject": [None, None]}, schema=CANONICAL_SCHEMA)
+    cut, flags = cut_long_texts(table, 20)
+    assert len(cut["text"][0].as_py()) == 20 * MAX_CHARS_PER_TOKEN and flags.to_pylist() == [True, False]
+    scores, rejects = score_table(table, bundle, settings)
+    assert scores["truncated"].to_pylist() == [True, False] and rejects.num_rows == 0
+    first = table.slice(0, 1)
+    alone, _ = score_table(first.set_column(1, "text", pa.array([huge[:20 * MAX_CHARS_PER_TOKEN]])), bundle, settings)
+    assert scores["probability"][0].as_py() == pytest.approx(alone["probability"][0].as_py())

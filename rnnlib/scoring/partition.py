@@ -24,6 +24,9 @@ from rnnlib.prepare.preprocess import preprocess_table
 from rnnlib.prepare.tensorize import REJECTS_SCHEMA, encode_ids
 
 DEFAULT_MAX_LENGTH = 1000  # for bundles trained without a maximum: bounds a batch's memory
+# Characters kept per token the model reads: far more than any real token with its separator,
+# so only a text much longer than the model reads is cut, and it is flagged truncated
+MAX_CHARS_PER_TOKEN = 64
 TOP_K_TYPE = pa.list_(pa.struct([("label", pa.string()), ("probability", pa.float32())]))
 SCORES_SCHEMA = pa.schema(
     [
@@ -110,8 +113,20 @@ def _top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> tuple[
     return best[:, 0], best_p[:, 0], pa.ListArray.from_arrays(offsets, entries).cast(TOP_K_TYPE)
 
 
+def cut_long_texts(table: pa.Table, max_tokens: int) -> tuple[pa.Table, pa.Array]:
+    """Texts cut to `max_tokens` * MAX_CHARS_PER_TOKEN characters before tokenising, so a huge
+    document costs no more than the part of it the model reads; and which rows were cut."""
+    limit = max_tokens * MAX_CHARS_PER_TOKEN
+    cut = pc.fill_null(pc.greater(pc.utf8_length(table["text"]), limit), False)
+    if not pc.any(cut).as_py():
+        return table, cut
+    text = pc.if_else(cut, pc.utf8_slice_codeunits(table["text"], 0, limit), table["text"])
+    return table.set_column(table.schema.get_field_index("text"), "text", text), cut
+
+
 def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> tuple[pa.Table, pa.Table]:
     """A canonical table (ingest's schema) -> (scores, rejects); together they hold every row."""
+    table, cut = cut_long_texts(table, settings.max_length)
     tokens = preprocess_table(table, bundle.preprocess)  # rejects rows left with no token
     kept = pc.is_null(tokens["reject"])
     kept_rows = tokens.filter(kept)
@@ -126,7 +141,7 @@ def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> t
             "probability": pa.array(best_p, pa.float32()),
             "top_k": top_k,
             "length": pa.array(lengths, pa.int32()),
-            "truncated": pa.array(lengths > settings.max_length),
+            "truncated": pc.or_(pa.array(lengths > settings.max_length), cut.filter(kept)),
             "model_version": pa.repeat(bundle.version, kept_rows.num_rows),
         },
         schema=SCORES_SCHEMA,
