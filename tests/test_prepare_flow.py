@@ -174,9 +174,11 @@ class FlakyServer(http.server.ThreadingHTTPServer):
 
 
 def test_a_real_stage_retries_a_dropped_connection(tmp_path):
-    """The ingest task reading an http:// input whose server drops its first connections fails
-    twice and succeeds on its third run. An attempt opens four connections before it gives up
-    (fsspec tries HEAD, then GET; aiohttp retries each once on a reset connection)."""
+    """The ingest task reading an http:// input whose server drops its first connections fails,
+    is retried, and succeeds. An attempt usually opens four connections before it gives up
+    (fsspec tries HEAD, then GET; aiohttp retries each once on a reset connection), so the third
+    run usually succeeds; on a loaded machine an attempt can give up after fewer, so one more
+    run is allowed."""
     (tmp_path / "www").mkdir()
     (tmp_path / "www" / "data.csv").write_text("text,label\n" + "".join(f"doc {i},{i % 2}\n" for i in range(20)))
     server = FlakyServer(tmp_path / "www", failures=8)
@@ -190,7 +192,7 @@ def test_a_real_stage_retries_a_dropped_connection(tmp_path):
         server.shutdown()
     assert state.is_completed() and state.result().rows == 20
     ingest_runs = [r for r in _task_runs(state.state_details.flow_run_id) if r.name.startswith("ingest")]
-    assert len(ingest_runs) == 1 and ingest_runs[0].run_count == 3
+    assert len(ingest_runs) == 1 and ingest_runs[0].run_count in (3, 4)  # 8 dropped connections
 
 
 def test_transient_classification():
