@@ -88,7 +88,7 @@ def code_version(*roots: str, own: str | None = None) -> str:
     is written), so an edit re-runs only what it can change. No roots: the whole library."""
     if roots or own:
         files = {module_file(m) for root in roots for m in code_closure(root)}
-        files |= {module_file(own)} if own and module_file(own) else set()
+        files |= {module_file(own)} - {None} if own else set()
     else:
         files = set(PACKAGE_DIR.rglob("*.py"))
     return digest_json({str(p.relative_to(PACKAGE_DIR)): file_digest(p) for p in sorted(files)})

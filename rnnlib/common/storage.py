@@ -32,8 +32,7 @@ def durable_replace(src: str | Path, dst: str | Path) -> None:
     partial one under the final name: its bytes (every file of a folder) reach the disk before
     the rename, and the rename itself (the parent directory) before this returns."""
     src, dst = Path(src), Path(dst)
-    for path in ([*(p for p in src.rglob("*") if p.is_file()), *(p for p in src.rglob("*") if p.is_dir()), src]
-                 if src.is_dir() else [src]):
+    for path in [*src.rglob("*"), src] if src.is_dir() else [src]:  # files and folders alike
         _fsync(path)
     os.replace(src, dst)
     _fsync(dst.parent)
