@@ -115,6 +115,10 @@ class SplitConfig(_Strict):
     val: float = Field(0.15, ge=0, le=1, description="share for validation (carved from a predefined train)")
     test: float = Field(0.15, ge=0, le=1, description="share held out for the test")
     seed: int = Field(0, description="same seed, same split")
+    sample: int | None = Field(
+        None, gt=0, description="use only this many of the rows that would go to training and "
+        "validation (a stratified sample, fixed by the seed; test rows untouched), to see how a recipe "
+        "does with little labelled data; the others are kept under split `unused`")
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:

@@ -86,6 +86,22 @@ def test_predefined_test_kept_and_val_carved_from_train(tmp_path, client):
     assert df["id"].tolist() == pq.read_table(tmp_path / "pre")["id"].to_pylist()  # row-aligned
 
 
+def test_a_sample_shrinks_train_and_val_alike_stratified_and_leaves_the_test_whole(tmp_path, client):
+    frame = pd.concat([corpus({"A": 600, "B": 200}, split_col="train"),
+                       corpus({"A": 50, "B": 50}, split_col="test").assign(id=lambda d: "t" + d["id"])])
+    write_partitions(tmp_path / "pre", frame, parts=3)
+    manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(sample=200),
+                     labelled=True, client=client)
+    counts = {s: v["class_counts"] for s, v in manifest["splits"].items()}
+    assert counts["train"] == {"A": 124, "B": 41} and counts["val"] == {"A": 26, "B": 9}  # 3:1; 70:15
+    assert counts["test"] == {"A": 50, "B": 50}
+    assert counts["unused"] == {"A": 450, "B": 150} and manifest["kept"] == 900  # every row accounted
+    again = split(tmp_path / "pre", out_dir=tmp_path / "s2", cfg=SplitConfig(sample=200),
+                  labelled=True, client=client)
+    assert again == manifest | {"parts": again["parts"]}
+    assert pq.read_table(tmp_path / "s")["split"].equals(pq.read_table(tmp_path / "s2")["split"])
+
+
 def test_rejected_rows_get_no_split_but_stay(tmp_path, client):
     write_partitions(tmp_path / "pre", corpus({"A": 30}, reject_every=10), parts=2)
     manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True, client=client)

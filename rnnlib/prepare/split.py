@@ -28,16 +28,30 @@ if TYPE_CHECKING:
     from distributed import Client
 
 UNLABELLED_SPLIT = "all"  # unlabelled corpora (scoring input) are kept whole
+UNUSED_SPLIT = "unused"  # rows left out by `split.sample`
+ASSIGNED = (*SPLITS, UNUSED_SPLIT)
 NO_POOL = ""
 
 
 def pool_fractions(pool: str, cfg: SplitConfig, predefined: set[str]) -> np.ndarray:
-    """Target fractions (train, val, test) for the rows of one pool."""
+    """Target fractions (train, val, test, unused) for the rows of one pool."""
     if pool == NO_POOL:
-        return np.array([cfg.train, cfg.val, cfg.test])
+        return np.array([cfg.train, cfg.val, cfg.test, 0.0])
     if pool == "train" and "val" not in predefined and cfg.train + cfg.val > 0:
-        return np.array([cfg.train, cfg.val, 0.0]) / (cfg.train + cfg.val)  # carve val from train
-    return np.array([float(pool == s) for s in SPLITS])
+        return np.array([cfg.train, cfg.val, 0.0, 0.0]) / (cfg.train + cfg.val)  # carve val from train
+    return np.array([float(pool == s) for s in ASSIGNED])
+
+
+def sampled(fractions: dict[tuple[str, str], np.ndarray], sizes: dict[tuple[str, str], int],
+            sample: int | None) -> dict[tuple[str, str], np.ndarray]:
+    """The groups' fractions with training and validation scaled down alike, so that about
+    `sample` rows of them are used (each group in proportion: stratified); the rest go unused."""
+    fit_rows = sum(sizes[g] * f[:2].sum() for g, f in fractions.items())
+    if sample is None or sample >= fit_rows:
+        return fractions
+    keep = sample / fit_rows
+    return {g: np.array([f[0] * keep, f[1] * keep, f[2], f[:2].sum() * (1 - keep)])
+            for g, f in fractions.items()}
 
 
 def largest_remainder(total: int, fractions: np.ndarray) -> np.ndarray:
@@ -97,9 +111,9 @@ def assign_partition(
         frame = frame.sort_values(["pool", "label", "rank"], kind="stable")
         groups = frame.groupby(["pool", "label"])  # a few groups: bounds per group, not per row
         bounds = np.array([np.cumsum(quotas[key]) for key in groups.size().index], np.int64)
-        row_bounds = bounds.reshape(-1, len(SPLITS))[groups.ngroup().to_numpy()]
+        row_bounds = bounds.reshape(-1, len(ASSIGNED))[groups.ngroup().to_numpy()]
         chosen = (groups.cumcount().to_numpy()[:, None] >= row_bounds).sum(axis=1)
-        split[frame.index.to_numpy()] = np.array(SPLITS, dtype=object)[chosen]
+        split[frame.index.to_numpy()] = np.array(ASSIGNED, dtype=object)[chosen]
     else:
         split[frame.index.to_numpy()] = UNLABELLED_SPLIT
     assignment = pa.table({"id": table["id"], "split": pa.array(split, pa.string())})
@@ -126,16 +140,18 @@ def split(
     in_dir: str | Path, *, out_dir: str | Path, cfg: SplitConfig, labelled: bool,
     client: Client | None = None,
 ) -> dict[str, Any]:
-    """Assign every kept row of the tokens partitions to train/val/test (or `all` when
-    unlabelled); writes one row-aligned `id, split` partition per tokens partition."""
+    """Assign every kept row of the tokens partitions to train/val/test (`unused` when left out
+    by `cfg.sample`; `all` when unlabelled); writes one row-aligned `id, split` partition per tokens partition."""
     files = partitions(in_dir)
     per_partition = map_partitions(client, count_partition, files)
     groups = sorted({g for counts in per_partition for g in counts})
     predefined = {pool for pool, _ in groups if pool != NO_POOL}
     quotas: list[dict[tuple[str, str], list[int]]] = [{} for _ in files]
+    sizes = {g: np.array([counts.get(g, 0) for counts in per_partition]) for g in groups}
+    fractions = sampled({g: pool_fractions(g[0], cfg, predefined) for g in groups},
+                        {g: int(s.sum()) for g, s in sizes.items()}, cfg.sample)
     for group in groups:
-        sizes = np.array([counts.get(group, 0) for counts in per_partition])
-        table = allocate(sizes, pool_fractions(group[0], cfg, predefined))
+        table = allocate(sizes[group], fractions[group])
         for p, row in enumerate(table):
             quotas[p][group] = row.tolist()
     with building(out_dir) as scratch:
