@@ -41,6 +41,9 @@ class InputSpec(_Strict):
     pattern: str = Field("*.txt", description="file glob inside folder/file-per-class layouts")
     glob: bool = Field(True, description="expand *, ? and [...] in `path`; false: the path is literal "
                        "(a file named report[2024].jsonl)")
+    max_record_bytes: int = Field(
+        16 << 20, gt=0, description="longest line (JSON Lines, text) or one-document file: a longer one "
+        "is rejected, its bytes skipped as they stream past, never held; also the CSV field size limit")
 
 
 class SourceConfig(_Strict):

@@ -194,3 +194,70 @@ def test_a_zip_of_several_files_is_refused_not_read_in_part(tmp_path):
         zf.writestr("b.csv", "text,label\ny,2\n")
     with pytest.raises(InputError, match=r"d.csv.zip: a .zip input must hold exactly one file, this one holds 2 \(a.csv, b.csv\)"):
         ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.csv.zip"))]), out_dir=tmp_path / "out")
+
+
+def test_bounded_lines_skip_an_over_long_line_without_holding_it():
+    """Every line comes back exactly, in order, with each line over the limit as one None,
+    whether it ends inside a block, spans several blocks or ends the stream unterminated."""
+    import io
+    import random
+
+    from rnnlib.sources.readers import bounded_lines
+
+    rng = random.Random(0)
+    for _ in range(300):
+        lines = [b"x" * rng.choice([0, 1, 5, 9, 10, 11, 30, 100]) for _ in range(rng.randint(1, 12))]
+        stream = b"\n".join(lines) + rng.choice([b"", b"\n"])
+        size, limit = rng.randint(1, 40), 10
+
+        class Reader(io.BytesIO):  # records the most bytes ever handed out at once
+            def read(self, n=-1):
+                assert n == size
+                return super().read(n)
+
+        got = []
+        for block in bounded_lines(Reader(stream), size, limit):
+            if block is None:
+                got.append(None)
+            else:
+                assert len(block) <= size + limit + 1  # held: one read plus a line under the limit
+                got += block.removesuffix(b"\n").split(b"\n")
+        lines = stream.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()  # after the last line end: no line
+        assert got == [line if len(line) <= limit else None for line in lines], (stream, size)
+
+
+@pytest.mark.parametrize("name,layout", [("d.jsonl", "jsonl"), ("d.txt", "text"), ("docs", "folder")])
+def test_an_over_long_record_is_rejected_and_the_rest_read(tmp_path, name, layout):
+    long = "word " * 300  # 1,500 bytes: over the 1,000-byte limit
+    if layout == "jsonl":
+        lines = ['{"text": "ok", "label": "a"}', '{"text": "%s", "label": "a"}' % long, '{"text": "b", "label": "b"}']
+        (tmp_path / name).write_text("\n".join(lines) + "\n" + '{"text": "' + long)  # the last unterminated
+        spec, rows = {}, 4
+    elif layout == "text":
+        (tmp_path / name).write_text(f"ok\n{long}\nfine\n{long}")
+        spec, rows = {"label_column": None}, 4
+    else:
+        for label, docs in {"pos": ["good", long], "neg": ["bad", long[:999]]}.items():
+            (tmp_path / name / label).mkdir(parents=True)
+            for i, doc in enumerate(docs):
+                (tmp_path / name / label / f"{i}.txt").write_text(doc)
+        spec, rows = {"format": "folder_per_class"}, 4
+    manifest = ingest_one(tmp_path, name, max_record_bytes=1000, **spec)
+    reason = "record longer than 1000 bytes (source's max_record_bytes)"
+    too_long = 2 if layout != "folder" else 1
+    assert manifest["rows"] == rows and manifest["rejected"] == {reason: too_long}
+    df = pq.read_table(tmp_path / "out").to_pandas()
+    assert df.loc[df["reject"].isna(), "text"].str.len().max() < 1000
+    if layout != "folder":
+        assert df["row"].tolist() == [1, 2, 3, 4] and df.loc[df["reject"] == reason, "row"].tolist() == [2, 4]
+
+
+def test_a_csv_field_up_to_max_record_bytes_survives_a_bad_row(tmp_path):
+    """The row-by-row CSV reader (after a bad row) takes fields up to max_record_bytes, beyond
+    the standard library's 128 KiB default."""
+    big = "w " * 100_000
+    (tmp_path / "d.csv").write_text(f"text,label\n\"{big}\",a\nx,b,extra\ny,b\n")
+    manifest = ingest_one(tmp_path, "d.csv")
+    assert manifest["rows"] == 3 and manifest["rejected"] == {"malformed row (more fields than the header)": 1}

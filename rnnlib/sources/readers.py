@@ -43,6 +43,10 @@ DEEP_JSON = "JSON nested too deeply"  # Python's parser recurses: a line of 100,
 MALFORMED_ROW = "malformed row (more fields than the header)"
 
 
+def too_long(spec: InputSpec) -> str:
+    return f"record longer than {spec.max_record_bytes} bytes (source's max_record_bytes)"
+
+
 def infer_format(fs: fsspec.AbstractFileSystem, path: str) -> str:
     """Format from the file suffix (after a compression suffix); directories are class layouts."""
     if fs.isdir(path):
@@ -165,6 +169,7 @@ def _row_by_row_chunks(
     loss), numbering rows as pandas does (blank lines skipped); over-wide rows are flagged."""
     with open_binary(fs, path) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        csv.field_size_limit(max(csv.field_size_limit(), spec.max_record_bytes))
         reader = csv.reader(text, delimiter=_separator(spec), strict=True)
         names = next(reader, None) if spec.header else None
         width = len(names) if names else None
@@ -208,7 +213,11 @@ def read_jsonl(
                                 if c is not None))
     first = 1
     with open_binary(fs, path) as fh:
-        for block in _whole_lines(fh, JSON_BLOCK_BYTES):
+        for block in bounded_lines(fh, JSON_BLOCK_BYTES, spec.max_record_bytes):
+            if block is None:
+                yield _too_long_row(spec, source, first)
+                first += 1
+                continue
             lines = block.split(b"\n")
             if block.endswith(b"\n"):
                 lines.pop()
@@ -222,19 +231,52 @@ def read_jsonl(
             first += len(lines)
 
 
-def _whole_lines(fh: Any, size: int) -> Iterator[bytes]:
-    """The stream in blocks of about `size` bytes, each ending at a line end (or the end)."""
-    rest = b""
+def bounded_lines(fh: Any, size: int, limit: int) -> Iterator[bytes | None]:
+    """The stream in blocks of about `size` bytes of whole lines (the last may lack its line end).
+    A line longer than `limit` bytes comes alone as None: its bytes are skipped as they stream
+    past, so memory stays bounded by `size + limit` however long a line runs."""
+    rest, skipping = b"", False
     while block := fh.read(size):
+        if skipping:
+            end = block.find(b"\n")
+            if end < 0:
+                continue
+            yield None
+            block, skipping = block[end + 1:], False
         block = rest + block
         cut = block.rfind(b"\n") + 1
-        if cut:
-            rest = block[cut:]
-            yield block[:cut]
-        else:
-            rest = block
-    if rest:
+        rest = block[cut:]
+        if len(rest) > limit:
+            rest, skipping = b"", True
+        yield from _split_long(block[:cut], limit)
+    if skipping or len(rest) > limit:
+        yield None
+    elif rest:
         yield rest
+
+
+def _split_long(block: bytes, limit: int) -> Iterator[bytes | None]:
+    """A block of whole lines, with each line over `limit` bytes cut out as a None."""
+    if len(block) <= limit:
+        if block:
+            yield block
+        return
+    ends = np.flatnonzero(np.frombuffer(block, np.uint8) == ord("\n"))
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    start = 0
+    for line in np.flatnonzero(ends - starts > limit):
+        if starts[line] > start:
+            yield block[start:starts[line]]
+        yield None
+        start = ends[line] + 1
+    if start < len(block):
+        yield block[start:]
+
+
+def _too_long_row(spec: InputSpec, source: str, row: int) -> pd.DataFrame:
+    out = _frame([None], None, None, source, _rows(row, 1))
+    out["reject"] = too_long(spec)
+    return out
 
 
 def _json_record(raw: bytes) -> dict:
@@ -311,13 +353,17 @@ def read_text_lines(
     """Plain text, one document per line (a trailing newline does not make an empty document)."""
     with open_binary(fs, path) as fh:
         first = 1
-        while True:
-            lines = fh.readlines(chunk_rows * 256)
-            if not lines:
-                return
-            text = [
-                line.decode("utf-8", errors="surrogateescape").rstrip("\r\n") for line in lines
-            ]
+        for block in bounded_lines(fh, chunk_rows * 256, spec.max_record_bytes):
+            if block is None:
+                out = _too_long_row(spec, source, first)
+                out["label"] = label
+                yield out
+                first += 1
+                continue
+            lines = block.decode("utf-8", errors="surrogateescape").split("\n")
+            if block.endswith(b"\n"):
+                lines.pop()
+            text = [line.removesuffix("\r") for line in lines]
             labels = None if label is None else [label] * len(text)
             yield _frame(np.array(text, dtype=object), labels, None, source, _rows(first, len(text)))
             first += len(text)
@@ -375,22 +421,29 @@ def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int, base: str | None
     return [ReadUnit(fs, (path,), spec, path, base)]
 
 
-def _read_local(path: str) -> bytes:
+def _read_local(path: str, limit: int) -> bytes | None:
+    """The file's bytes, or None when it holds more than `limit` (never read past that)."""
     with open(path, "rb") as fh:
-        return fh.read()
+        content = fh.read(limit + 1)
+    return content if len(content) <= limit else None
 
 
 def _read_documents(unit: ReadUnit) -> pd.DataFrame:
     """One document per file, labelled by its folder's name (`split/label/*.txt`, as aclImdb)."""
+    limit = unit.spec.max_record_bytes
     if isinstance(unit.fs, LocalFileSystem):  # skip fsspec's (and pathlib's) per-file overhead
-        contents = [_read_local(p) for p in unit.paths]
+        contents = [_read_local(p, limit) for p in unit.paths]
     else:
-        cat = unit.fs.cat(list(unit.paths))
-        contents = [cat[p] for p in unit.paths]
-    text = [c.decode("utf-8", errors="surrogateescape") for c in contents]
+        sizes = [unit.fs.size(p) for p in unit.paths]
+        small = [p for p, size in zip(unit.paths, sizes) if size <= limit]
+        cat = unit.fs.cat(small) if small else {}
+        contents = [cat.get(p) for p in unit.paths]
+    text = [None if c is None else c.decode("utf-8", errors="surrogateescape") for c in contents]
     labels = [p.rsplit("/", 2)[-2] for p in unit.paths]  # the parent folder's name
     sources = [unit.source(p) for p in unit.paths]
-    return _frame(np.array(text, dtype=object), labels, sources, sources, 1)
+    out = _frame(np.array(text, dtype=object), labels, sources, sources, 1)
+    out["reject"] = np.where(np.array([c is None for c in contents]), too_long(unit.spec), None)
+    return out
 
 
 READERS = {
