@@ -18,6 +18,7 @@ SplitName = Literal["train", "val", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
 Placeholder = Literal["url", "mention", "hashtag", "digit"]
 DEFAULT_DATASET = "names"
+PARTITION_BYTES = 64 << 20
 
 
 class _Strict(BaseModel):
@@ -69,6 +70,8 @@ class SourceConfig(_Strict):
         "as rejected. Empty: all"
     )
     partition_rows: int = Field(5_000, gt=0, description="most rows per canonical Parquet partition")
+    partition_bytes: int = Field(PARTITION_BYTES, gt=0, description="most text bytes per partition: "
+                                 "long documents close a partition before partition_rows")
     unlabelled: list[InputSpec] = Field(
         default_factory=list, description="unlabelled text to pretrain on (any format; labels, if "
         "any, ignored): ingested and preprocessed like the rest, never split, counted into the "
@@ -279,6 +282,8 @@ class ScoreConfig(_Strict):
         None, gt=0, description="truncate (and flag) longer documents; default: the bundle's "
         "training max_length, else 1000")
     partition_rows: int = Field(5_000, gt=0, description="rows per scoring partition")
+    partition_bytes: int = Field(PARTITION_BYTES, gt=0, description="most text bytes per scoring "
+                                 "partition: long documents close a partition before partition_rows")
     overwrite: bool = Field(False, description="redo a finished run instead of skipping it")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
     precision: Literal["auto", "fp32", "bf16", "int8"] = Field(

@@ -28,7 +28,7 @@ def plan_task(config: ScoreConfig) -> run.ScoreRun:
 def stage_task(name: str, index: int, scoring: run.ScoreRun, dask: DaskConfig) -> run.StagedInput:
     """Read one input into canonical partitions, on a Dask worker."""
     return get_client(dask).submit(run.stage_unit, scoring.units[index], index, scoring.staging,
-                                   scoring.partition_rows, pure=False).result()
+                                   scoring.partition_rows, scoring.partition_bytes, pure=False).result()
 
 
 @task(name="score-partition", task_run_name="score {staged.name}", **TASK_OPTIONS)

@@ -146,6 +146,18 @@ def test_partitions_are_bounded(tmp_path):
     assert sizes == [10, 10, 5]
 
 
+def test_partitions_are_bounded_by_text_bytes_too(tmp_path):
+    """Long documents close a partition before its row bound: at most partition_bytes of text
+    each (a single longer document alone), no row lost or moved."""
+    lengths = [5, 40, 200, 10, 10, 10, 90, 1, 60, 60, 30]
+    (tmp_path / "d.txt").write_text("".join("x" * n + "\n" for n in lengths))
+    manifest = ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.txt"), label_column=None)],
+                                   partition_rows=4, partition_bytes=100), out_dir=tmp_path / "out")
+    parts = [pq.read_table(tmp_path / "out" / p)["text"].to_pylist() for p in manifest["parts"]]
+    assert [[len(t) for t in part] for part in parts] == [[5, 40], [200], [10, 10, 10], [90, 1], [60],
+                                                          [60, 30]]
+
+
 def test_folder_layout_partitions_are_bounded_and_even(tmp_path):
     for i in range(25):
         (tmp_path / "docs" / ("pos" if i % 2 else "neg")).mkdir(parents=True, exist_ok=True)

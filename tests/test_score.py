@@ -200,7 +200,8 @@ def test_model_is_loaded_once_per_worker(names_bundle, tmp_path, client):
     config = _config(names_bundle, tmp_path / "out", tmp_path / "many.txt", partition_rows=20)
     run = plan_run(config)
     assert run.open(overwrite=False) is None
-    staged = [stage_unit(u, i, run.staging, run.partition_rows) for i, u in enumerate(run.units)]
+    staged = [stage_unit(u, i, run.staging, run.partition_rows, run.partition_bytes)
+              for i, u in enumerate(run.units)]
     parts = run.pending(staged)
     client.run(worker_bundle.cache_clear)
     futures = [client.submit(score_partition, p, run.scores_file(p.name), run.rejects_file(p.name),

@@ -116,23 +116,32 @@ def canonicalize(
 
 
 class PartWriter:
-    """Buffers tables and writes Parquet partitions of exactly `rows` rows (the last may be short)."""
+    """Buffers tables and writes Parquet partitions of `rows` rows, or fewer where their text
+    would pass `text_bytes` (at least one row each; the last may be short)."""
 
-    def __init__(self, out_dir: Path, rows: int, prefix: str) -> None:
-        self.out_dir, self.rows, self.prefix = out_dir, rows, prefix
+    def __init__(self, out_dir: Path, rows: int, prefix: str, text_bytes: int) -> None:
+        self.out_dir, self.rows, self.text_bytes, self.prefix = out_dir, rows, text_bytes, prefix
         self.buffer: list[pa.Table] = []
-        self.buffered = 0
+        self.buffered = self.buffered_bytes = 0
         self.parts: list[str] = []
 
     def add(self, table: pa.Table) -> None:
         self.buffer.append(table)
         self.buffered += table.num_rows
-        while self.buffered >= self.rows:
-            self._flush(self.rows)
+        self.buffered_bytes += _text_bytes(table)
+        while self.buffered >= self.rows or self.buffered_bytes >= self.text_bytes:
+            self._flush(self._rows_that_fit())
 
     def close(self) -> None:
         if self.buffered:
             self._flush(self.buffered)
+
+    def _rows_that_fit(self) -> int:
+        if self.buffered_bytes < self.text_bytes:
+            return self.rows
+        sizes = pc.binary_length(pa.concat_tables(self.buffer)["text"]).fill_null(0).to_numpy()
+        over = int(np.searchsorted(np.cumsum(sizes), self.text_bytes, side="right"))
+        return max(1, min(over, self.rows))
 
     def _flush(self, n: int) -> None:
         table = pa.concat_tables(self.buffer)
@@ -141,6 +150,11 @@ class PartWriter:
         self.parts.append(name)
         rest = table.slice(n)
         self.buffer, self.buffered = ([rest] if rest.num_rows else []), rest.num_rows
+        self.buffered_bytes = _text_bytes(rest)
+
+
+def _text_bytes(table: pa.Table) -> int:
+    return int(pc.sum(pc.binary_length(table["text"])).as_py() or 0)
 
 
 def read_ahead(chunks: Generator[T, None, None]) -> Iterator[T]:
@@ -158,11 +172,11 @@ def read_ahead(chunks: Generator[T, None, None]) -> Iterator[T]:
 
 
 def ingest_unit(
-    unit: ReadUnit, index: int, out_dir: Path, partition_rows: int,
+    unit: ReadUnit, index: int, out_dir: Path, partition_rows: int, partition_bytes: int,
     label_names: dict[str, str], labelled: bool, keep_labels: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Read one unit into canonical partitions; return their names and per-file outcomes."""
-    writer = PartWriter(out_dir, partition_rows, prefix=f"part-{index:05d}")
+    writer = PartWriter(out_dir, partition_rows, prefix=f"part-{index:05d}", text_bytes=partition_bytes)
     per_file: dict[str, Counter] = defaultdict(Counter)
     # one-document-per-file layouts are accounted per input folder, not per file
     per_folder = unit.source(unit.root) if unit.spec.format == "folder_per_class" else None
@@ -183,7 +197,8 @@ def ingest(source: SourceConfig, *, out_dir: str | Path, client: Client | None =
              for unit in plan_units(item.fs, item.path, item.spec, source.partition_rows)]
     with building(out_dir) as scratch:
         results = map_partitions(client, ingest_unit, units, range(len(units)), out_dir=scratch,
-                                 partition_rows=source.partition_rows, label_names=label_names,
+                                 partition_rows=source.partition_rows,
+                                 partition_bytes=source.partition_bytes, label_names=label_names,
                                  keep_labels=tuple(source.keep_labels),
                                  labelled=labelled)
         per_file: dict[str, Counter] = defaultdict(Counter)

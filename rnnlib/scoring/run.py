@@ -110,6 +110,7 @@ class ScoreRun:
     settings: ScoringSettings
     ignored: tuple[str, ...]  # files under input directories that are not a known format
     partition_rows: int
+    partition_bytes: int
 
     @property
     def staging(self) -> Path:
@@ -208,11 +209,11 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
                 "inputs": fingerprint_inputs(SourceConfig(inputs=[spec for spec, _ in specs]),
                                              Path(config.output) / STAT_INDEX),
                 "top_k": config.top_k, "max_length": max_length, "precision": config.precision,
-                "partition_rows": config.partition_rows,
+                "partition_rows": config.partition_rows, "partition_bytes": config.partition_bytes,
                 # the code that reads and scores rows: an edit elsewhere leaves a killed run resumable
                 "code": code_version(score_partition.__module__, ingest_unit.__module__, own=__name__)}
     return ScoreRun(Path(config.output).resolve(), digest_json(identity), tuple(units), settings,
-                    tuple(ignored), config.partition_rows)
+                    tuple(ignored), config.partition_rows, config.partition_bytes)
 
 
 def output_dir_for(path: str, root: str | Path, version: str | None = None) -> Path:
@@ -282,14 +283,15 @@ def input_name(unit: ReadUnit) -> str:
     return unit.source(unit.paths[0])
 
 
-def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int) -> StagedInput:
+def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int,
+               partition_bytes: int) -> StagedInput:
     """Read one unit into canonical partitions under the staging folder (atomically, so a
     killed run re-reads only the units it had not finished)."""
     target = staging / f"unit-{index:05d}"
     if is_complete(target):
         return StagedInput.model_validate(read_json(target / MANIFEST))
     with building(target) as scratch:
-        result = ingest_unit(unit, index, scratch, partition_rows, {}, labelled=False)
+        result = ingest_unit(unit, index, scratch, partition_rows, partition_bytes, {}, labelled=False)
         manifest = {"input": input_name(unit), "dir": str(target), "parts": result["parts"],
                     "rows": sum(sum(c.values()) for c in result["per_file"].values())}
         write_json(scratch / MANIFEST, manifest)
@@ -352,7 +354,8 @@ def score(config: ScoreConfig, client: Client | None = None) -> ScoreReport:
             return finished
         start = time.perf_counter()
         staged = map_partitions(client, stage_unit, run.units, range(len(run.units)),
-                                staging=run.staging, partition_rows=run.partition_rows)
+                                staging=run.staging, partition_rows=run.partition_rows,
+                                partition_bytes=run.partition_bytes)
         parts = run.pending(staged)
         stats = map_partitions(client, score_partition, parts,
                                [run.scores_file(p.name) for p in parts],
