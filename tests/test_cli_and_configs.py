@@ -208,3 +208,34 @@ def test_a_killed_command_leaves_no_process_behind(datasets, tmp_path):
     command.wait()
     gone, alive = psutil.wait_procs(list(started.values()), timeout=30)
     assert alive == [], [p.cmdline() for p in alive if p.is_running()]
+
+
+def test_the_watchdog_stops_a_process_it_never_saw_in_the_tree():
+    """A process started just before the command dies, in a session of its own (as pools and
+    resource trackers detach themselves), is found by the token it inherited and stopped."""
+    import psutil
+
+    script = (
+        "import subprocess, sys, time\n"
+        "from rnnlib_flows.reaper import start_reaper\n"
+        "start_reaper(poll_seconds=3600)\n"  # it never gets to poll the tree
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n")
+    command = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    detached = psutil.Process(int(command.stdout.readline()))
+    command.kill()
+    command.wait()
+
+    def stopped() -> bool:
+        try:
+            return detached.status() == psutil.STATUS_ZOMBIE  # ended; its new parent may not reap it
+        except psutil.NoSuchProcess:
+            return True
+
+    deadline = time.monotonic() + 30
+    while not stopped() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if not stopped():
+        detached.kill()
+        pytest.fail("the detached process outlived the command")
