@@ -10,11 +10,14 @@ from __future__ import annotations
 import csv
 import fnmatch
 import glob
+import gzip
 import io
 import json
+import lzma
 import os
 import posixpath
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -31,6 +34,7 @@ from fsspec.implementations.local import LocalFileSystem
 from rnnlib.config import InputSpec
 from rnnlib.errors import InputError
 
+CORRUPT_STREAM = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError)  # raised while decompressing
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip", ".zst": "zstd"}
 SUFFIX_FORMATS = {
     ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -465,8 +469,12 @@ def read_unit(unit: ReadUnit, chunk_rows: int) -> Iterator[pd.DataFrame]:
     else:
         frames = READERS[unit.spec.format](unit.fs, path, source, unit.spec, chunk_rows)
     produced = False
-    for frame in frames:
-        produced = produced or len(frame) > 0
-        yield frame
+    try:
+        for frame in frames:
+            produced = produced or len(frame) > 0
+            yield frame
+    except CORRUPT_STREAM as exc:  # bad bytes, never transient: no retry can mend them
+        raise InputError(f"corrupt or truncated compressed file ({type(exc).__name__}: {exc})",
+                         file=source) from exc
     if not produced:
         raise InputError("file is empty (no rows)", file=source)
