@@ -2,8 +2,8 @@
 process work pool (run `prefect worker start --pool POOL` from this repository to execute them):
 
   retrain/nightly             the `retrain` flow on a cron schedule; at most one run at a time
-  score-new-file/on-new-file  the `score-new-file` flow, triggered by each `rnnlib.file.arrived`
-                              event (see deployments/watcher.py) with the file's path
+  score-new-files/on-arrival  the `score-new-files` flow, triggered by each `rnnlib.files.arrived`
+                              event (see deployments/watcher.py) with the files it announces
   score/ad-hoc                the `score` flow, run on demand with a full ScoreConfig
 
 Usage: python -m rnnlib_deployments.deploy --pool rnnlib [--cron "0 2 * * *"] [--dataset names]
@@ -20,19 +20,18 @@ from uuid import UUID
 
 from prefect import flow
 from prefect.events.schemas.deployment_triggers import DeploymentEventTrigger
-from rnnlib_deployments.watcher import FILE_ARRIVED, RESOURCE_PREFIX
+from rnnlib_deployments.watcher import FILES_ARRIVED, RESOURCE_PREFIX
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def file_arrival_trigger() -> DeploymentEventTrigger:
-    """One scoring run per announced file: its path, size and modification time as parameters.
-    Runs beyond the deployment's concurrency limit wait in its queue."""
+    """One scoring run per announcement: its files (path, size and modification time each) as the
+    `files` parameter, kept a list. Runs beyond the deployment's concurrency limit wait in its
+    queue."""
     return DeploymentEventTrigger(
-        name="new file to score", expect={FILE_ARRIVED}, match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
-        for_each={"prefect.resource.id"},
-        parameters={"path": "{{ event.payload.path }}", "size": "{{ event.payload.size }}",
-                    "mtime_ns": "{{ event.payload.mtime_ns }}"},
+        name="new files to score", expect={FILES_ARRIVED}, match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
+        for_each={"prefect.resource.id"}, parameters={"files": "{{ event.payload.files }}"},
     )
 
 
@@ -49,11 +48,11 @@ def deploy(pool: str, cron: str, dataset: str | None, config_file: str | None, r
                     "overrides": overrides},
         description="Retrain on the latest data; promote the model only if it is no worse.",
     )
-    ids["score-new-file/on-new-file"] = flow.from_source(source, "flows/score.py:score_new_file_flow").deploy(
-        name="on-new-file", work_pool_name=pool, triggers=[file_arrival_trigger()], print_next_steps=False,
+    ids["score-new-files/on-arrival"] = flow.from_source(source, "flows/score.py:score_new_files_flow").deploy(
+        name="on-arrival", work_pool_name=pool, triggers=[file_arrival_trigger()], print_next_steps=False,
         concurrency_limit=scoring_concurrency,  # each run starts a cluster of one worker per core
         parameters={"registry": registry, "output_root": output_root},
-        description="Score a newly arrived file with the registry's current model.",
+        description="Score newly arrived files with the registry's current model.",
     )
     ids["score/ad-hoc"] = flow.from_source(source, "flows/score.py:score_flow").deploy(
         name="ad-hoc", work_pool_name=pool, print_next_steps=False,

@@ -1,6 +1,7 @@
-"""Watch a folder and emit one Prefect event per new file (`rnnlib.file.arrived`, the file's path,
-size and modification time in its payload); the `score-new-file/on-new-file` deployment's trigger
-turns each into a scoring run for that file.
+"""Watch a folder and announce new files to Prefect: one `rnnlib.files.arrived` event per poll
+for the files found complete (at most `--batch` per event; each file's path, size and modification
+time in its payload). The `score-new-files/on-arrival` deployment's trigger turns each event into
+one scoring run for its files, so a burst of many small files is a few runs, not one per file.
 
 - A file is announced once its size has stayed the same between two polls, so a file still being
   copied in is not scored half-written; names starting with "." are ignored (write to a
@@ -13,7 +14,8 @@ turns each into a scoring run for that file.
   announced files are remembered in a state file, so a restarted watcher announces no file twice
   and retries every file whose event was not confirmed.
 
-Usage: python -m rnnlib_deployments.watcher DIR [--pattern '*.jsonl'] [--interval 2] [--state FILE]
+Usage: python -m rnnlib_deployments.watcher DIR [--pattern '*.jsonl'] [--interval 2] [--batch 100]
+           [--state FILE]
 (PREFECT_API_URL must point at the Prefect server.)
 """
 
@@ -29,10 +31,11 @@ import time
 from pathlib import Path
 from typing import NamedTuple
 
+from rnnlib.common.fingerprint import digest_json
 from rnnlib.common.storage import read_json, write_json
 
-FILE_ARRIVED = "rnnlib.file.arrived"
-RESOURCE_PREFIX = "rnnlib.file."
+FILES_ARRIVED = "rnnlib.files.arrived"
+RESOURCE_PREFIX = "rnnlib.arrivals."
 log = logging.getLogger("rnnlib.watcher")
 
 
@@ -83,24 +86,30 @@ class Watcher:
         self.last_poll = seen
         return ready
 
-    def mark(self, arrival: Arrival) -> None:
-        self.announced.add(arrival)
+    def mark(self, arrivals: list[Arrival]) -> None:
+        self.announced.update(arrivals)
         write_json(self.state_file, sorted([str(a.path), a.size, a.mtime_ns] for a in self.announced))
 
 
-def announce(arrival: Arrival, confirm_seconds: float = 30.0) -> bool:
-    """Emit the arrival's event and wait until the server has it; False when it does not appear
-    (the file is then offered again on the next poll)."""
+def batches(arrivals: list[Arrival], size: int) -> list[list[Arrival]]:
+    """The arrivals in announcement order, at most `size` to an event (and so to a scoring run)."""
+    return [arrivals[i:i + size] for i in range(0, len(arrivals), size)]
+
+
+def announce(arrivals: list[Arrival], confirm_seconds: float = 30.0) -> bool:
+    """Emit one event for the arrivals and wait until the server has it; False when it does not
+    appear (the files are then offered again on the next poll)."""
     from prefect.client.orchestration import get_client
     from prefect.events import emit_event
     from prefect.events.filters import EventFilter, EventIDFilter
     from prefect.events.worker import EventsWorker
 
+    files = [{"path": str(a.path), "size": a.size, "mtime_ns": a.mtime_ns} for a in arrivals]
     event = emit_event(
-        event=FILE_ARRIVED,
-        resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{arrival.path}",
-                  "prefect.resource.name": arrival.path.name},
-        payload={"path": str(arrival.path), "size": arrival.size, "mtime_ns": arrival.mtime_ns},
+        event=FILES_ARRIVED,
+        resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{digest_json(files)[:16]}",
+                  "prefect.resource.name": f"{len(files)} file(s), first {arrivals[0].path.name}"},
+        payload={"files": files},
     )
     if event is None:
         return False
@@ -113,7 +122,7 @@ def announce(arrival: Arrival, confirm_seconds: float = 30.0) -> bool:
                 if page.events:
                     return True
             except Exception as exc:  # noqa: BLE001 - server unreachable: not confirmed yet
-                log.warning("could not confirm the event for %s yet: %s", arrival.path, exc)
+                log.warning("could not confirm the event for %d file(s) yet: %s", len(arrivals), exc)
             time.sleep(0.5)
     return False
 
@@ -123,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--pattern", default="*", help="file name glob, at any depth under the folder")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    parser.add_argument("--batch", type=int, default=100, help="most files announced in one event (one "
+                        "scoring run)")
     parser.add_argument("--state", type=Path, help="announced files (default: FOLDER/.rnnlib-watcher.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -133,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     log.info("watching %s for %s", watcher.folder, args.pattern)
     try:
         while True:
-            for arrival in watcher.poll():
-                if announce(arrival):
-                    watcher.mark(arrival)
-                    log.info("announced %s", arrival.path)
+            for batch in batches(watcher.poll(), args.batch):
+                names = ", ".join(a.path.name for a in batch)
+                if announce(batch):
+                    watcher.mark(batch)
+                    log.info("announced %s", names)
                 else:
-                    log.warning("the event for %s was not confirmed by the server; offered again", arrival.path)
+                    log.warning("the event for %s was not confirmed by the server; offered again", names)
             time.sleep(args.interval)
     finally:
         EventsWorker.drain_all()

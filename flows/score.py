@@ -11,6 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
 from rnnlib_flows.reports import publish_scoring
 from rnnlib_tasks.dask_clients import close_clients
 from rnnlib_tasks.score import plan_task, score_partition_task, stage_task
@@ -25,10 +26,59 @@ class ScoringFailed(RuntimeError):
     """Some inputs or partitions failed; the others finished and are in the output."""
 
 
+class ArrivedFile(BaseModel):
+    """A file as the watcher found it complete: a replaced file is a new arrival."""
+
+    path: str
+    size: int | None = None
+    mtime_ns: int | None = None
+
+
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=64))  # threads only wait on Dask
 def score_flow(config: ScoreConfig) -> ScoreReport:
     """Score every row of the inputs (or reject it with a reason); resumable and idempotent.
     `config.bundle` may be a model registry folder: its current model is used."""
+    try:
+        return _score_output(config)
+    finally:
+        close_clients()
+
+
+@flow(name="score-new-files", task_runner=ThreadPoolTaskRunner(max_workers=64))
+def score_new_files_flow(files: list[ArrivedFile], registry: str = "models", output_root: str = "scored",
+                         text_column: str = "text", id_column: str | None = None,
+                         format: str = "auto") -> list[ScoreReport]:
+    """Score newly arrived files with the registry's current model, each into its own folder under
+    `output_root`, named after the file and a digest of its path, size and modification time: two
+    files, or a file replaced under the same name, never share an output. Paths are taken
+    literally, never as globs. A bad file is reported and the others are scored (one Dask cluster
+    serves them all). What the file-arrival trigger runs, once per batch the watcher announces."""
+    log = get_run_logger()
+    reports, failed = [], {}
+    try:
+        for file in files:
+            version = f"{file.size}:{file.mtime_ns}" if file.size is not None else None
+            config = ScoreConfig(
+                bundle=registry, output=str(output_dir_for(file.path, output_root, version)),
+                inputs=[InputSpec(path=file.path, format=format, text_columns=[text_column],
+                                  id_column=id_column, glob=False)],
+            )
+            try:
+                reports.append(_score_output(config))
+            except Exception as exc:  # noqa: BLE001 - a bad file is reported, the others go on
+                failed[file.path] = _reason(exc)
+                log.error("%s: %s", file.path, failed[file.path])
+    finally:
+        close_clients()
+    if failed:
+        raise ScoringFailed(f"{len(failed)} of {len(files)} files failed: "
+                            + "; ".join(f"{path}: {why}" for path, why in failed.items()))
+    return reports
+
+
+def _score_output(config: ScoreConfig) -> ScoreReport:
+    """One output folder: score what is not scored yet, publish the report, and raise when any
+    input or partition failed."""
     log = get_run_logger()
     run = plan_task(config)
     with run.lock():  # one run at a time per output directory
@@ -36,10 +86,7 @@ def score_flow(config: ScoreConfig) -> ScoreReport:
             log.info("already complete: %s rows in %s were scored by this bundle with these options; "
                      "nothing to do (overwrite to redo)", finished.rows, run.out)
             return finished
-        try:
-            report = _score(run, config)
-        finally:
-            close_clients()
+        report = _score(run, config)
     publish_scoring(report)
     if report.failed:
         raise ScoringFailed(f"{len(report.failed)} failed (the rest is written to {run.out}): "
@@ -48,25 +95,6 @@ def score_flow(config: ScoreConfig) -> ScoreReport:
     log.info("scored %s rows, rejected %s, in %.1f s (%.0f rows/s); output in %s", report.scored,
              report.rejected or "none", report.seconds, report.rows_per_second, run.out)
     return report
-
-
-@flow(name="score-new-file")
-def score_new_file_flow(path: str, registry: str = "models", output_root: str = "scored",
-                        text_column: str = "text", id_column: str | None = None,
-                        format: str = "auto", size: int | None = None,
-                        mtime_ns: int | None = None) -> ScoreReport:
-    """Score one newly arrived file with the registry's current model into its own folder under
-    `output_root`, named after the file and a digest of its path and (from the watcher's event)
-    its size and modification time: runs for different files, or for a file replaced under the
-    same name, never share an output. The path is taken literally, never as a glob. What the
-    file-arrival trigger runs."""
-    version = f"{size}:{mtime_ns}" if size is not None else None
-    config = ScoreConfig(
-        bundle=registry, output=str(output_dir_for(path, output_root, version)),
-        inputs=[InputSpec(path=path, format=format, text_columns=[text_column], id_column=id_column,
-                          glob=False)],
-    )
-    return score_flow(config)
 
 
 def _score(run: ScoreRun, config: ScoreConfig) -> ScoreReport:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from rnnlib_deployments.watcher import Arrival, Watcher
+from rnnlib_deployments.watcher import Arrival, Watcher, batches
 
 
 def _paths(arrivals: list[Arrival]) -> list:
@@ -22,7 +22,7 @@ def test_a_file_is_announced_once_its_size_is_stable(tmp_path):
     (drop / ".b.txt").write_text("being written under a dot-name")
     ready = watcher.poll()
     assert _paths(ready) == [drop / "a.txt"]  # unchanged since the last poll: complete
-    watcher.mark(ready[0])
+    watcher.mark(ready)
     assert watcher.poll() == []  # announced already
     restarted = Watcher(drop, "*", tmp_path / "state.json")
     restarted.poll()
@@ -36,7 +36,7 @@ def test_a_file_replaced_under_its_name_is_announced_again(tmp_path):
     (drop / "a.txt").write_text("first\n")
     watcher.poll()
     first = watcher.poll()
-    watcher.mark(first[0])
+    watcher.mark(first)
     (drop / "a.txt").write_text("second version\n")
     watcher.poll()
     again = watcher.poll()
@@ -64,3 +64,10 @@ def test_symbolic_links_are_refused_and_not_followed(tmp_path):
     watcher = Watcher(drop, "*", tmp_path / "state.json")
     watcher.poll()
     assert _paths(watcher.poll()) == [drop / "real.txt"]
+
+
+def test_arrivals_are_announced_in_bounded_batches_in_order(tmp_path):
+    arrivals = [Arrival(tmp_path / f"{i}.txt", i, i) for i in range(23)]
+    announced = batches(arrivals, 10)
+    assert [len(b) for b in announced] == [10, 10, 3]
+    assert [a for b in announced for a in b] == arrivals
