@@ -1,5 +1,5 @@
-"""The `train` flow: prepare -> [word vectors] -> fit, baseline -> evaluate, every stage a task
-cached by content."""
+"""The `train` flow: prepare -> [word vectors] -> [language model] -> fit, baseline -> evaluate,
+every stage a task cached by content."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from rnnlib_tasks.train import (
     baseline_task,
     evaluate_task,
     fit_task,
+    language_model_task,
     track_task,
     vectors_task,
 )
 
 from rnnlib.config import TrainFlowConfig
-from rnnlib.modeling.pipeline import TrainedModel, with_vectors
+from rnnlib.modeling.pipeline import TrainedModel, with_encoder, with_vectors
 
 
 @flow(name="train")
@@ -25,11 +26,15 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig()) -> TrainedModel:
     vectors = (vectors_task(data, config.pretrain, config.model.embedding_dim, config.train.seed, config.work_dir)
                if config.pretrain.vectors else None)
     model = with_vectors(config.model, vectors, config.pretrain)
+    language_model = (language_model_task(data, model, config.pretrain, config.tensorize.max_length,
+                                           config.train.batch_size, config.train.seed, config.train.device,
+                                           config.work_dir) if config.pretrain.encoder else None)
+    model = with_encoder(model, language_model)
     fitted = fit_task(data.tensorize, model, config.train, config.work_dir)
     baseline = baseline_task(data, config.preprocess.level, config.work_dir) if config.evaluate.baseline else None
     evaluated = evaluate_task(data, fitted, baseline, config.preprocess, model,
                               config.tensorize.max_length, config.work_dir)
-    trained = TrainedModel(data=data, vectors=vectors, fit=fitted, baseline=baseline, evaluate=evaluated)
+    trained = TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted, baseline=baseline, evaluate=evaluated)
     if config.tracking.uri:
         trained = trained.model_copy(update={"tracking_run": track_task(trained, config)})
     result = trained.evaluation

@@ -201,6 +201,9 @@ class ModelConfig(_Strict):
     embeddings: EmbeddingsConfig | None = Field(
         None, description="start the embedding rows of the tokens found in a vectors file from "
         "those vectors (the rest keep their random start); coverage goes to the fit manifest")
+    encoder: str | None = Field(
+        None, description="start the embedding and recurrent layers from this weights file (what "
+        "pretrain.encoder writes: the same vocabulary and encoder settings)")
 
 
 class TrainConfig(_Strict):
@@ -243,9 +246,10 @@ class TrackingConfig(_Strict):
 
 
 class PretrainConfig(_Strict):
-    """Word vectors learnt before training (gensim's FastText: subword vectors, so a word never
-    seen still gets one) from the training split and `source.unlabelled`, loaded as
-    `model.embeddings`. Never from validation or test text."""
+    """What is learnt before training from the training split and `source.unlabelled` (never
+    validation or test text): word vectors (gensim's FastText: subword vectors, so a word never
+    seen still gets one), loaded as `model.embeddings`, and the encoder itself as a language
+    model (Dai & Le; ULMFiT), loaded as `model.encoder`."""
 
     vectors: bool = Field(False, description="learn word vectors first and start the embedding from them")
     epochs: int = Field(5, ge=1, description="passes over the text")
@@ -254,6 +258,13 @@ class PretrainConfig(_Strict):
     min_n: int = Field(3, ge=1, description="shortest character n-gram of a word")
     max_n: int = Field(6, ge=1, description="longest character n-gram of a word")
     freeze: bool = Field(False, description="keep the learnt vectors fixed while training")
+    encoder: bool = Field(
+        False, description="pretrain the embedding and recurrent layers as a language model (each "
+        "direction predicts the next token in its reading order), then train the classifier from them")
+    encoder_epochs: int = Field(1, ge=1, description="language-model passes over the text")
+    encoder_lr: float = Field(1e-3, gt=0, description="the language model's Adam learning rate")
+    heldout_every: int = Field(100, ge=2, description="about one text in N (drawn at random) is held "
+                               "out to measure the language model's perplexity")
 
 
 class TrainFlowConfig(PrepareConfig):

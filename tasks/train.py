@@ -33,6 +33,13 @@ def vectors_task(data: PreparedData, cfg: PretrainConfig, dim: int, seed: int, w
     return pipeline.vectors_stage(data, cfg=cfg, dim=dim, seed=seed, work_dir=work_dir)
 
 
+@task(name="language_model", **TASK_OPTIONS)
+def language_model_task(data: PreparedData, model: ModelConfig, cfg: PretrainConfig, max_length: int | None,
+                        batch_size: int, seed: int, device: str, work_dir: str) -> StageOutput:
+    return pipeline.language_model_stage(data, model=model, cfg=cfg, max_length=max_length, batch_size=batch_size,
+                                         seed=seed, device=device, work_dir=work_dir)
+
+
 @task(name="track", **TASK_OPTIONS)
 def track_task(trained: TrainedModel, config: TrainFlowConfig) -> str:
     """Log the run to MLflow; returns its run id."""

@@ -1,16 +1,29 @@
-"""Unlabelled text as an input, and word vectors learnt from it before training."""
+"""Unlabelled text as an input, and what is learnt from it before training: word vectors and the
+encoder pretrained as a language model."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file
 
-from rnnlib.config import TrainFlowConfig
+from rnnlib.config import ConfigError, ModelConfig, TrainFlowConfig
+from rnnlib.modeling.language_model import (
+    ENCODER_FILE,
+    LanguageModel,
+    batches,
+    heldout_perplexity,
+    load_encoder,
+)
+from rnnlib.modeling.model import RNNClassifier
 from rnnlib.modeling.pipeline import train_model
 from rnnlib.modeling.pretrain import VECTORS_FILE, TokenLists
 from rnnlib.prepare.pipeline import prepare
+from rnnlib.prepare.specials import SPECIALS
 from rnnlib.prepare.vocab import VOCAB_FILE, Vocabulary
 
 WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot", "actor", "scene"]
@@ -83,3 +96,66 @@ def test_the_train_flow_runs_the_same_stages(tmp_path):
     flow = train_flow(TrainFlowConfig.model_validate(settings))
     assert [(s.stage, s.key, s.cached) for s in flow.stages] == [(s.stage, s.key, True) for s in library.stages]
     assert "vectors" in [s.stage for s in flow.stages] and flow.data.unlabelled is not None
+
+
+def _encoder_settings(tmp_path: Path) -> dict:
+    settings = _corpus(tmp_path)
+    return {**settings, "model": {"embedding_dim": 8, "hidden_size": 8, "bidirectional": True},
+            "pretrain": {"encoder": True, "encoder_epochs": 2, "encoder_lr": 0.02, "heldout_every": 10},
+            "train": {"epochs": 1, "batch_size": 8}}
+
+
+def test_the_encoder_is_pretrained_as_a_language_model_and_starts_the_classifier(tmp_path):
+    settings = _encoder_settings(tmp_path)
+    trained = train_model(TrainFlowConfig.model_validate(settings))
+    lm = trained.language_model.manifest
+    assert lm["texts"] + lm["heldout_texts"] == trained.data.splits["train"] + 200  # no test text
+    assert [h["epoch"] for h in lm["history"]] == [1, 2]
+    assert lm["history"][-1]["heldout_perplexity"] < 0.5 * lm["untrained_perplexity"]
+    assert trained.fit.manifest["initial"]["encoder"]["tensors"] == 2 * 4 + 1  # embedding, 2 directions of 4 tensors
+
+    config = TrainFlowConfig.model_validate(settings).model
+    network = RNNClassifier(trained.data.vocab.manifest["vocab_size"], 2, config)
+    load_encoder(network, str(Path(trained.language_model.path) / ENCODER_FILE))
+    weights = load_file(Path(trained.language_model.path) / ENCODER_FILE)
+    assert all(torch.equal(network.state_dict()[k], v) for k, v in weights.items())
+    assert {k.split(".")[0] for k in weights} == {"embedding", "layers"}  # never the head
+
+    wider = RNNClassifier(trained.data.vocab.manifest["vocab_size"], 2, config.model_copy(update={"hidden_size": 9}))
+    with pytest.raises(ConfigError, match="do not fit this model"):
+        load_encoder(wider, str(Path(trained.language_model.path) / ENCODER_FILE))
+
+
+def test_the_language_model_is_rebuilt_only_when_what_it_reads_changes(tmp_path):
+    settings = _encoder_settings(tmp_path)
+    first = train_model(TrainFlowConfig.model_validate(settings))
+    again = train_model(TrainFlowConfig.model_validate(settings))
+    assert again.language_model.cached and again.fit.cached
+    head = train_model(TrainFlowConfig.model_validate(
+        {**settings, "model": {**settings["model"], "head_hidden": 4}, "train": {"epochs": 1, "batch_size": 8, "lr": 0.01}}))
+    assert head.language_model.key == first.language_model.key and head.language_model.cached
+    assert not head.fit.cached
+    longer = train_model(TrainFlowConfig.model_validate(
+        {**settings, "pretrain": {**settings["pretrain"], "encoder_epochs": 3}}))
+    assert not longer.language_model.cached and not longer.fit.cached
+    with pytest.raises(ConfigError, match="bidirectional"):
+        train_model(TrainFlowConfig.model_validate(
+            {**settings, "model": {**settings["model"], "num_layers": 2}}))
+
+
+def test_the_language_model_cannot_see_the_token_it_predicts():
+    """On independent random tokens nothing beats guessing: a model that saw the token it predicts
+    would learn to copy it and reach a perplexity near 1."""
+    vocab, rng = 24, np.random.default_rng(0)
+    texts = [rng.integers(len(SPECIALS), vocab, size=rng.integers(5, 30)).astype(np.int32) for _ in range(400)]
+    torch.manual_seed(0)
+    lm = LanguageModel(vocab, ModelConfig(embedding_dim=16, hidden_size=32, bidirectional=True))
+    optimizer = torch.optim.Adam(lm.parameters(), lr=0.01)
+    for _ in range(3):
+        for ids, lengths in batches(texts[:300], 32, 2, rng):
+            loss, n = lm(ids, lengths)
+            optimizer.zero_grad()
+            (loss / n).backward()
+            optimizer.step()
+    guessing = vocab - len(SPECIALS)
+    assert heldout_perplexity(lm, texts[300:], 64, torch.device("cpu")) > 0.8 * guessing

@@ -105,15 +105,19 @@ def warm_start(network: RNNClassifier, tokens: Sequence[str], labels: Sequence[s
     return report
 
 
-def initial_identity(embeddings: EmbeddingsConfig | None, init_from: str | None) -> dict[str, str]:
-    """What the first weights depend on beyond the configuration: the vectors file's content and
-    the warm-start bundle's version (so a changed file or a newly promoted model re-trains)."""
+def initial_identity(embeddings: EmbeddingsConfig | None, init_from: str | None,
+                     encoder: str | None = None) -> dict[str, str]:
+    """What the first weights depend on beyond the configuration: the vectors and encoder files'
+    content and the warm-start bundle's version (so a changed file or a newly promoted model
+    re-trains)."""
     identity = {}
-    if embeddings is not None:
-        fs, path = fsspec.core.url_to_fs(embeddings.path)
+    for name, file in (("embeddings", embeddings.path if embeddings else None), ("encoder", encoder)):
+        if file is None:
+            continue
+        fs, path = fsspec.core.url_to_fs(file)
         if not fs.exists(path):
-            raise InputError("vectors file not found", file=embeddings.path)
-        identity["embeddings"] = url_digest(fs, path)
+            raise InputError(f"{name} file not found", file=file)
+        identity[name] = url_digest(fs, path)
     if init_from is not None:
         identity["init_from"] = read_json(locate_bundle(init_from) / CONFIG)["version"]
     return identity

@@ -1,7 +1,8 @@
 """The modelling stages, each cached by content, and `train_model()`, which runs them after the
 prepare stages.
 
-    (prepare) -> [vectors] -> fit, baseline -> evaluate (bundle, metrics beside the baseline's, plots, card)
+    (prepare) -> [vectors] -> [language model] -> fit, baseline -> evaluate (bundle, metrics beside
+    the baseline's, plots, card)
 
 As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions one each.
 """
@@ -28,6 +29,7 @@ from rnnlib.modeling.bundle import save_bundle
 from rnnlib.modeling.card import CARD, model_card
 from rnnlib.modeling.evaluate import Evaluation, evaluate_bundle
 from rnnlib.modeling.initial import initial_identity
+from rnnlib.modeling.language_model import ENCODER_FILE, pretrain_encoder
 from rnnlib.modeling.pretrain import VECTORS_FILE, train_vectors
 from rnnlib.modeling.train import BEST, train
 from rnnlib.prepare.pipeline import PreparedData, prepare
@@ -37,6 +39,11 @@ if TYPE_CHECKING:
     from distributed import Client
 
 BUNDLE = "bundle"
+# what the language model reads of the pretrain and model options: a change to another re-runs
+# only the stages that read it
+LANGUAGE_MODEL_OPTIONS = {"encoder_epochs", "encoder_lr", "heldout_every"}
+ENCODER_OPTIONS = {"cell", "embedding_dim", "hidden_size", "num_layers", "bidirectional", "dropout",
+                   "embedding_dropout", "unk_dropout", "embeddings"}
 
 
 def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, work_dir: str) -> StageOutput:
@@ -53,7 +60,7 @@ def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, wor
         return summary
 
     params = {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir,
-              "initial": initial_identity(model.embeddings, cfg.init_from)}
+              "initial": initial_identity(model.embeddings, cfg.init_from, model.encoder)}
     return run_stage("fit", params, build, code=[train])
 
 
@@ -73,6 +80,38 @@ def with_vectors(model: ModelConfig, vectors: StageOutput | None, cfg: PretrainC
         return model
     embeddings = EmbeddingsConfig(path=str(Path(vectors.path) / VECTORS_FILE), format="word2vec", freeze=cfg.freeze)
     return model.model_copy(update={"embeddings": embeddings})
+
+
+def language_model_stage(data: PreparedData, *, model: ModelConfig, cfg: PretrainConfig, max_length: int | None,
+                         batch_size: int, seed: int, device: str, work_dir: str) -> StageOutput:
+    """The encoder pretrained as a language model on the training split and the unlabelled text
+    (see `language_model`), starting from the learnt vectors if `model` has them. Checkpoints
+    live in `<key>.partial/` until it ends, so a killed run resumes from its last epoch."""
+    unlabelled = [data.unlabelled.preprocess] if data.unlabelled else []
+
+    def build(out: Path) -> dict[str, Any]:
+        partial = out.with_name(out.name + ".partial")
+        manifest = pretrain_encoder(data.preprocess.path, data.split.path, data.vocab.path,
+                                    [u.path for u in unlabelled], out_dir=partial, model=model, cfg=cfg,
+                                    max_length=max_length, batch_size=batch_size, seed=seed, device=device)
+        write_json(partial / MANIFEST, manifest)
+        if out.exists():  # an incomplete leftover
+            shutil.rmtree(out)
+        durable_replace(partial, out)
+        return manifest
+
+    params = {"tokens": data.preprocess, "splits": data.split, "vocab": data.vocab, "unlabelled": unlabelled,
+              "model": model.model_dump(include=ENCODER_OPTIONS), "cfg": cfg.model_dump(include=LANGUAGE_MODEL_OPTIONS), "max_length": max_length,
+              "batch_size": batch_size, "seed": seed, "work_dir": work_dir,
+              "initial": initial_identity(model.embeddings, None)}
+    return run_stage("language_model", params, build, code=[pretrain_encoder])
+
+
+def with_encoder(model: ModelConfig, language_model: StageOutput | None) -> ModelConfig:
+    """The model configuration that starts its encoder from the language model, if there is one."""
+    if language_model is None:
+        return model
+    return model.model_copy(update={"encoder": str(Path(language_model.path) / ENCODER_FILE)})
 
 
 def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOutput:
@@ -123,6 +162,7 @@ class TrainedModel(BaseModel):
 
     data: PreparedData
     vectors: StageOutput | None = None  # None: pretrain.vectors is off
+    language_model: StageOutput | None = None  # None: pretrain.encoder is off
     fit: StageOutput
     baseline: StageOutput | None  # None: evaluate.baseline is off
     evaluate: StageOutput
@@ -130,7 +170,8 @@ class TrainedModel(BaseModel):
 
     @property
     def stages(self) -> list[StageOutput]:
-        return [*self.data.stages, *([self.vectors] if self.vectors else []), self.fit,
+        return [*self.data.stages, *([self.vectors] if self.vectors else []),
+                *([self.language_model] if self.language_model else []), self.fit,
                 *([self.baseline] if self.baseline else []), self.evaluate]
 
     @property
@@ -153,9 +194,14 @@ def train_model(cfg: TrainFlowConfig, client: Client | None = None) -> TrainedMo
     vectors = (vectors_stage(data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=cfg.train.seed,
                              work_dir=cfg.work_dir) if cfg.pretrain.vectors else None)
     model = with_vectors(cfg.model, vectors, cfg.pretrain)
+    language_model = (language_model_stage(
+        data, model=model, cfg=cfg.pretrain, max_length=cfg.tensorize.max_length, batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed, device=cfg.train.device, work_dir=cfg.work_dir) if cfg.pretrain.encoder else None)
+    model = with_encoder(model, language_model)
     fitted = fit_stage(data.tensorize, model=model, cfg=cfg.train, work_dir=cfg.work_dir)
     baseline = (baseline_stage(data, level=cfg.preprocess.level, work_dir=cfg.work_dir)
                 if cfg.evaluate.baseline else None)
     evaluated = evaluate_stage(data, fitted, baseline, preprocess=cfg.preprocess, model=model,
                                max_length=cfg.tensorize.max_length, work_dir=cfg.work_dir)
-    return TrainedModel(data=data, vectors=vectors, fit=fitted, baseline=baseline, evaluate=evaluated)
+    return TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted, baseline=baseline,
+                        evaluate=evaluated)

@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -36,17 +37,18 @@ class TokenLists:
     def __init__(self, tokens_dir: str | Path, split_dir: str | Path, unlabelled_dirs: Sequence[str | Path]) -> None:
         self.tokens_dir, self.split_dir, self.unlabelled_dirs = Path(tokens_dir), Path(split_dir), unlabelled_dirs
 
-    def __iter__(self) -> Iterator[list[str]]:
+    def columns(self) -> Iterator[pa.ChunkedArray]:
+        """The token lists a partition at a time, as Arrow columns."""
         for part in partitions(self.tokens_dir):
             table = with_split(part, self.split_dir, columns=["tokens"])
-            yield from _lists(table.filter(pc.equal(table["split"], "train"))["tokens"])
+            yield table.filter(pc.equal(table["split"], "train"))["tokens"]
         for folder in self.unlabelled_dirs:
             for part in partitions(folder):
-                yield from _lists(pq.read_table(part, columns=["tokens"])["tokens"])
+                yield pq.read_table(part, columns=["tokens"])["tokens"]
 
-
-def _lists(column: Any) -> Iterator[list[str]]:
-    return (tokens for tokens in column.to_pylist() if tokens)
+    def __iter__(self) -> Iterator[list[str]]:
+        for column in self.columns():
+            yield from (tokens for tokens in column.to_pylist() if tokens)
 
 
 def train_vectors(tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str | Path,

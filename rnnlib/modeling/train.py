@@ -29,6 +29,7 @@ from rnnlib.config import ModelConfig, TrainConfig
 from rnnlib.modeling.batches import ShardBatches
 from rnnlib.modeling.device import pick_device, training_autocast
 from rnnlib.modeling.initial import load_embeddings, warm_start
+from rnnlib.modeling.language_model import load_encoder
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.prepare.vocab import VOCAB_FILE, Vocabulary
 
@@ -96,13 +97,16 @@ def validation_loss(model: nn.Module, batches: ShardBatches, loss_fn: nn.Module,
 
 def initialise(network: RNNClassifier, tensors_dir: Path, labels: list[str], model: ModelConfig,
                cfg: TrainConfig) -> dict[str, Any]:
-    """Pretrained vectors, then a warm start, as configured; what each did (coverage, rows)."""
-    if model.embeddings is None and cfg.init_from is None:
+    """Pretrained vectors, then a pretrained encoder, then a warm start, as configured; what each
+    did (coverage, rows)."""
+    if model.embeddings is None and model.encoder is None and cfg.init_from is None:
         return {}
     tokens = Vocabulary.load(tensors_dir / VOCAB_FILE).tokens
     initial = {}
     if model.embeddings is not None:
         initial["embeddings"] = load_embeddings(network.embedding, tokens, model.embeddings)
+    if model.encoder is not None:
+        initial["encoder"] = load_encoder(network, model.encoder)
     if cfg.init_from is not None:
         initial["init_from"] = warm_start(network, tokens, labels, cfg.init_from)
     return initial
