@@ -263,6 +263,9 @@ class PretrainConfig(_Strict):
         "direction predicts the next token in its reading order), then train the classifier from them")
     encoder_epochs: int = Field(1, ge=1, description="language-model passes over the text")
     encoder_lr: float = Field(1e-3, gt=0, description="the language model's Adam learning rate")
+    encoder_max_texts: int | None = Field(
+        None, gt=1, description="pretrain on a random sample (seeded) of at most this many texts: "
+        "bounds the stage's time on a CPU")
     heldout_every: int = Field(100, ge=2, description="about one text in N (drawn at random) is held "
                                "out to measure the language model's perplexity")
 

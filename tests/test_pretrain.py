@@ -138,6 +138,9 @@ def test_the_language_model_is_rebuilt_only_when_what_it_reads_changes(tmp_path)
     longer = train_model(TrainFlowConfig.model_validate(
         {**settings, "pretrain": {**settings["pretrain"], "encoder_epochs": 3}}))
     assert not longer.language_model.cached and not longer.fit.cached
+    sampled = train_model(TrainFlowConfig.model_validate(
+        {**settings, "pretrain": {**settings["pretrain"], "encoder_max_texts": 100}}))
+    assert sampled.language_model.manifest["texts"] + sampled.language_model.manifest["heldout_texts"] == 100
     with pytest.raises(ConfigError, match="bidirectional"):
         train_model(TrainFlowConfig.model_validate(
             {**settings, "model": {**settings["model"], "num_layers": 2}}))

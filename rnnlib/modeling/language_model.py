@@ -133,7 +133,10 @@ def pretrain_encoder(tokens_dir: str | Path, split_dir: str | Path, vocab_dir: s
     start = time.perf_counter()
     vocab = Vocabulary.load(Path(vocab_dir) / VOCAB_FILE)
     texts = read_texts(TokenLists(tokens_dir, split_dir, unlabelled_dirs), vocab, max_length)
-    held = np.random.default_rng(seed).random(len(texts)) < 1 / cfg.heldout_every
+    rng = np.random.default_rng(seed)
+    if cfg.encoder_max_texts is not None and len(texts) > cfg.encoder_max_texts:
+        texts = [texts[i] for i in np.sort(rng.choice(len(texts), cfg.encoder_max_texts, replace=False))]
+    held = rng.random(len(texts)) < 1 / cfg.heldout_every
     heldout, training = [t for t, h in zip(texts, held) if h], [t for t, h in zip(texts, held) if not h]
     if not training or not heldout:
         raise InputError("too few training or unlabelled texts to pretrain the encoder on", file=str(tokens_dir))

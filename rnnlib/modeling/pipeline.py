@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 BUNDLE = "bundle"
 # what the language model reads of the pretrain and model options: a change to another re-runs
 # only the stages that read it
-LANGUAGE_MODEL_OPTIONS = {"encoder_epochs", "encoder_lr", "heldout_every"}
+LANGUAGE_MODEL_OPTIONS = {"encoder_epochs", "encoder_lr", "encoder_max_texts", "heldout_every"}
 ENCODER_OPTIONS = {"cell", "embedding_dim", "hidden_size", "num_layers", "bidirectional", "dropout",
                    "embedding_dropout", "unk_dropout", "embeddings"}
 
