@@ -34,7 +34,8 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig()) -> TrainedModel:
     baseline = baseline_task(data, config.preprocess.level, config.work_dir) if config.evaluate.baseline else None
     evaluated = evaluate_task(data, fitted, baseline, config.preprocess, model,
                               config.tensorize.max_length, config.work_dir)
-    trained = TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted, baseline=baseline, evaluate=evaluated)
+    trained = TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted,
+                           baseline=baseline, evaluate=evaluated)
     if config.tracking.uri:
         trained = trained.model_copy(update={"tracking_run": track_task(trained, config)})
     result = trained.evaluation

@@ -86,6 +86,10 @@ def test_vectors_stage_feeds_the_embedding_and_is_rebuilt_only_when_its_text_cha
     assert not changed.vectors.cached and not changed.fit.cached
     assert changed.data.tensorize.cached  # the labelled data did not change
 
+    fit_options = {**settings["pretrain"], "freeze": True, "encoder": True}  # read by later stages only
+    later = train_model(TrainFlowConfig.model_validate({**settings, "pretrain": fit_options}))
+    assert later.vectors.cached and later.vectors.key == changed.vectors.key and not later.fit.cached
+
 
 @pytest.mark.usefixtures("prefect_server")
 def test_the_train_flow_runs_the_same_stages(tmp_path):
@@ -132,7 +136,8 @@ def test_the_language_model_is_rebuilt_only_when_what_it_reads_changes(tmp_path)
     again = train_model(TrainFlowConfig.model_validate(settings))
     assert again.language_model.cached and again.fit.cached
     head = train_model(TrainFlowConfig.model_validate(
-        {**settings, "model": {**settings["model"], "head_hidden": 4}, "train": {"epochs": 1, "batch_size": 8, "lr": 0.01}}))
+        {**settings, "model": {**settings["model"], "head_hidden": 4},
+         "train": {"epochs": 1, "batch_size": 8, "lr": 0.01}}))
     assert head.language_model.key == first.language_model.key and head.language_model.cached
     assert not head.fit.cached
     longer = train_model(TrainFlowConfig.model_validate(

@@ -23,8 +23,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils.rnn import pad_sequence
 
 from rnnlib.common.storage import durable_replace
 from rnnlib.config import ConfigError, ModelConfig, PretrainConfig
@@ -49,7 +50,7 @@ def read_texts(corpus: TokenLists, vocab: Vocabulary, max_length: int | None) ->
     for column in corpus.columns():
         ids, _ = encode_ids(column, vocab, max_length)
         offsets = ids.offsets.to_numpy()
-        flat = ids.values.to_numpy(zero_copy_only=False)
+        flat = ids.values.to_numpy(zero_copy_only=False).astype(np.int64)  # a writable copy
         texts.extend(flat[a:b] for a, b in zip(offsets[:-1], offsets[1:]) if b - a >= 2)
     return texts
 
@@ -66,11 +67,9 @@ def batches(texts: Sequence[np.ndarray], batch_size: int, pool: int, rng: np.ran
     if rng is not None:
         chunks = [chunks[i] for i in rng.permutation(len(chunks))]
     for chunk in chunks:
-        lengths = torch.tensor([len(texts[i]) for i in chunk])
-        ids = torch.full((len(chunk), int(lengths.max())), PAD_ID, dtype=torch.long)
-        for row, i in enumerate(chunk):
-            ids[row, :len(texts[i])] = torch.from_numpy(texts[i].astype(np.int64))
-        yield ids, lengths
+        rows = [torch.from_numpy(texts[i]) for i in chunk]
+        yield (pad_sequence(rows, batch_first=True, padding_value=PAD_ID),
+               torch.tensor([len(r) for r in rows]))
 
 
 class LanguageModel(nn.Module):
@@ -93,15 +92,14 @@ class LanguageModel(nn.Module):
         neighbour(s) in each direction."""
         outputs = self.classifier.dropout(self.classifier.encode(ids, lengths))
         real = torch.arange(ids.shape[1] - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)
-        total, count = outputs.new_zeros(()), 0
+        total = outputs.new_zeros(())
         for direction, decoder in enumerate(self.decoders):
             side = outputs[..., direction * self.hidden:(direction + 1) * self.hidden]
             # forward: the output at t predicts t + 1; backward: the output at t + 1 predicts t
             states, targets = (side[:, :-1], ids[:, 1:]) if direction == 0 else (side[:, 1:], ids[:, :-1])
-            result = decoder(states[real], targets[real])
-            total = total + result.loss * int(real.sum())
-            count += int(real.sum())
-        return total, count
+            # the decoder's output is each target's log-probability
+            total = total - decoder(states[real], targets[real]).output.sum()
+        return total, int(real.sum()) * len(self.decoders)
 
 
 def encoder_weights(network: RNNClassifier) -> dict[str, torch.Tensor]:
@@ -188,8 +186,6 @@ def pretrain_encoder(tokens_dir: str | Path, split_dir: str | Path, vocab_dir: s
 def load_encoder(network: RNNClassifier, path: str) -> dict[str, Any]:
     """Start a classifier's embedding and recurrent layers from an encoder file; the shapes must
     be the model's own (the same vocabulary and encoder configuration)."""
-    from safetensors.torch import load_file
-
     if not Path(path).is_file():
         raise InputError("encoder weights not found", file=path)
     weights, own = load_file(path), network.state_dict()

@@ -10,6 +10,7 @@ As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +40,9 @@ if TYPE_CHECKING:
     from distributed import Client
 
 BUNDLE = "bundle"
-# what the language model reads of the pretrain and model options: a change to another re-runs
+# what the pretraining stages read of the pretrain and model options: a change to another re-runs
 # only the stages that read it
+VECTORS_OPTIONS = {"epochs", "window", "min_count", "min_n", "max_n"}
 LANGUAGE_MODEL_OPTIONS = {"encoder_epochs", "encoder_lr", "encoder_max_texts", "heldout_every"}
 ENCODER_OPTIONS = {"cell", "embedding_dim", "hidden_size", "num_layers", "bidirectional", "dropout",
                    "embedding_dropout", "unk_dropout", "embeddings"}
@@ -50,25 +52,33 @@ def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, wor
     """Train. Checkpoints live in `<key>.partial/` until training ends, so a killed run that is
     started again resumes from its last epoch."""
 
+    params = {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir,
+              "initial": initial_identity(model.embeddings, cfg.init_from, model.encoder)}
+    return run_stage("fit", params, resumable(lambda partial: train(tensors.path, out_dir=partial, model=model,
+                                                                     cfg=cfg)), code=[train])
+
+
+def resumable(make: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:
+    """A build that checkpoints: `make` works in `<key>.partial/`, which is renamed into place
+    once it ends, so a killed run started again finds its checkpoints there and resumes."""
+
     def build(out: Path) -> dict[str, Any]:
         partial = out.with_name(out.name + ".partial")
-        summary = train(tensors.path, out_dir=partial, model=model, cfg=cfg)
-        write_json(partial / MANIFEST, summary)
+        manifest = make(partial)
+        write_json(partial / MANIFEST, manifest)
         if out.exists():  # an incomplete leftover
             shutil.rmtree(out)
         durable_replace(partial, out)
-        return summary
+        return manifest
 
-    params = {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir,
-              "initial": initial_identity(model.embeddings, cfg.init_from, model.encoder)}
-    return run_stage("fit", params, build, code=[train])
+    return build
 
 
 def vectors_stage(data: PreparedData, *, cfg: PretrainConfig, dim: int, seed: int, work_dir: str) -> StageOutput:
     """Word vectors from the training split and the unlabelled text (see `pretrain`)."""
     unlabelled = [data.unlabelled.preprocess] if data.unlabelled else []
     params = {"tokens": data.preprocess, "splits": data.split, "vocab": data.vocab, "unlabelled": unlabelled,
-              "cfg": cfg, "dim": dim, "seed": seed, "work_dir": work_dir}
+              "cfg": cfg.model_dump(include=VECTORS_OPTIONS), "dim": dim, "seed": seed, "work_dir": work_dir}
     return run_stage("vectors", params, lambda out: train_vectors(
         data.preprocess.path, data.split.path, data.vocab.path, [u.path for u in unlabelled], out_dir=out,
         cfg=cfg, dim=dim, seed=seed), code=[train_vectors])
@@ -88,23 +98,15 @@ def language_model_stage(data: PreparedData, *, model: ModelConfig, cfg: Pretrai
     (see `language_model`), starting from the learnt vectors if `model` has them. Checkpoints
     live in `<key>.partial/` until it ends, so a killed run resumes from its last epoch."""
     unlabelled = [data.unlabelled.preprocess] if data.unlabelled else []
-
-    def build(out: Path) -> dict[str, Any]:
-        partial = out.with_name(out.name + ".partial")
-        manifest = pretrain_encoder(data.preprocess.path, data.split.path, data.vocab.path,
-                                    [u.path for u in unlabelled], out_dir=partial, model=model, cfg=cfg,
-                                    max_length=max_length, batch_size=batch_size, seed=seed, device=device)
-        write_json(partial / MANIFEST, manifest)
-        if out.exists():  # an incomplete leftover
-            shutil.rmtree(out)
-        durable_replace(partial, out)
-        return manifest
-
     params = {"tokens": data.preprocess, "splits": data.split, "vocab": data.vocab, "unlabelled": unlabelled,
-              "model": model.model_dump(include=ENCODER_OPTIONS), "cfg": cfg.model_dump(include=LANGUAGE_MODEL_OPTIONS), "max_length": max_length,
+              "model": model.model_dump(include=ENCODER_OPTIONS),
+              "cfg": cfg.model_dump(include=LANGUAGE_MODEL_OPTIONS), "max_length": max_length,
               "batch_size": batch_size, "seed": seed, "work_dir": work_dir,
               "initial": initial_identity(model.embeddings, None)}
-    return run_stage("language_model", params, build, code=[pretrain_encoder])
+    return run_stage("language_model", params, resumable(lambda partial: pretrain_encoder(
+        data.preprocess.path, data.split.path, data.vocab.path, [u.path for u in unlabelled], out_dir=partial,
+        model=model, cfg=cfg, max_length=max_length, batch_size=batch_size, seed=seed, device=device)),
+        code=[pretrain_encoder])
 
 
 def with_encoder(model: ModelConfig, language_model: StageOutput | None) -> ModelConfig:
