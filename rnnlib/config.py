@@ -226,6 +226,13 @@ class TrainConfig(_Strict):
     init_from: str | None = Field(
         None, description="start from this bundle's weights (or a registry's current model): "
         "embedding rows mapped by token, other weights copied where they fit (a warm start)")
+    layer_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="discriminative learning rates (ULMFiT): the head trains at "
+        "`lr`, each layer below it at this times the rate of the one above (ULMFiT: 1/2.6)")
+    gradual_unfreezing: bool = Field(
+        False, description="epoch 1 trains the head only; each later epoch unfreezes the next "
+        "layer down, the embedding last: pretrained layers are not overwritten by a fresh head's "
+        "first, random gradients")
 
 
 class EvaluateConfig(_Strict):

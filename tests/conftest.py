@@ -74,6 +74,12 @@ def names_data(datasets, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def names_tensors(names_data) -> Path:
+    """The surnames' tensor shards (train/, val/, test/)."""
+    return Path(names_data.tensorize.path)
+
+
+@pytest.fixture(scope="session")
 def names_bundle(names_data, tmp_path_factory) -> Path:
     """A small character-level GRU trained for one epoch on the surnames."""
     from rnnlib.config import ModelConfig, PreprocessConfig, TrainConfig

@@ -163,11 +163,6 @@ def test_unk_dropout_trains_the_unknown_embedding_in_training_only():
     assert pad.abs().sum() == 0  # pads are never replaced
 
 
-@pytest.fixture(scope="module")
-def names_tensors(names_data) -> Path:
-    return Path(names_data.tensorize.path)
-
-
 @contextmanager
 def logged(name: str) -> Iterator[list[str]]:
     """The INFO messages of one logger while the block runs (whatever Prefect did to logging)."""

@@ -1,5 +1,6 @@
-"""Training loop: Adam, cross-entropy (optionally class-weighted), ReduceLROnPlateau, gradient
-clipping, early stopping on validation loss, the best weights kept, and a checkpoint every epoch
+"""Training loop: Adam (with ULMFiT's discriminative rates and gradual unfreezing when asked),
+cross-entropy (optionally class-weighted), ReduceLROnPlateau, gradient clipping, early stopping
+on validation loss, the best weights kept, and a checkpoint every epoch
 from which a killed run resumes exactly where it was (same weights, optimizer, scheduler, RNG).
 
 Runs on CUDA when present (bf16 autocast), else CPU; under `torchrun` it trains with
@@ -28,6 +29,7 @@ from rnnlib.common.storage import MANIFEST, durable_replace, read_json
 from rnnlib.config import ModelConfig, TrainConfig
 from rnnlib.modeling.batches import ShardBatches
 from rnnlib.modeling.device import pick_device, training_autocast
+from rnnlib.modeling.finetune import layer_groups, optimizer_groups, unfreeze
 from rnnlib.modeling.initial import load_embeddings, warm_start
 from rnnlib.modeling.language_model import load_encoder
 from rnnlib.modeling.model import RNNClassifier
@@ -128,10 +130,15 @@ def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
     network = RNNClassifier(manifest["vocab_size"], len(labels), model)
     initial = initialise(network, tensors_dir, labels, model, cfg)
     network = network.to(device)
-    ddp = DistributedDataParallel(network) if world > 1 else None
+    groups = layer_groups(network)
+    kept_frozen = {id(p) for p in network.parameters() if not p.requires_grad}
+    # a group gradual unfreezing holds back takes no gradient: each rank must know it is unused
+    ddp = (DistributedDataParallel(network, find_unused_parameters=cfg.gradual_unfreezing)
+           if world > 1 else None)
     # fused: one vectorised kernel for every parameter; the per-tensor loop costs more than the
     # forward and backward passes once a large embedding table (the bag of n-grams) is trained
-    optimizer = torch.optim.Adam(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    optimizer = torch.optim.Adam(optimizer_groups(groups, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                 fused=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
     weight = class_weights(manifest, labels).to(device) if cfg.class_weights else None
@@ -158,6 +165,7 @@ def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
     while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
         epoch = state["epoch"] + 1
         train_batches.set_epoch(epoch)
+        trained_groups = unfreeze(groups, epoch, cfg, kept_frozen)
         network.train()
         start = time.perf_counter()
         total = correct = count = tokens = 0.0
@@ -185,6 +193,7 @@ def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
         record = {"epoch": epoch, "rows": int(count),
                   "train_loss": total / max(count, 1), "train_acc": correct / max(count, 1),
                   "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
+                  "trained_groups": trained_groups,
                   "seconds": seconds, "tokens_per_s": tokens / seconds}
         improved = val_loss < state["best_val_loss"]
         state = {
