@@ -363,3 +363,15 @@ def test_torchrun_as_the_readme_writes_it(names_tensors, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "best epoch 1" in done.stderr and (tmp_path / "run" / BEST).is_file()
     assert len(re.findall(r"epoch 1: train loss", done.stderr)) == 2  # one line per rank
+
+
+def test_training_alone_refuses_a_pretraining_it_cannot_run(names_tensors, tmp_path, capsys):
+    """The torchrun entry point has no vectors stage: a config asking for one is refused with the
+    way to pass the train flow's vectors, not trained from scratch in silence."""
+    from rnnlib.modeling.train import main
+
+    with pytest.raises(SystemExit) as refused:
+        main([str(names_tensors), str(tmp_path / "run"), "--config",
+              str(Path(__file__).resolve().parents[1] / "configs" / "imdb.yaml")])
+    assert refused.value.code == 2 and "model.embeddings={path: .rnnlib/vectors/" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

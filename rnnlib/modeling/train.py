@@ -234,6 +234,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     config = load_config(TrainFlowConfig, args.config, args.overrides)
+    # pretraining is a stage of the train flow: without its output this would silently train from scratch
+    if config.pretrain.vectors and config.model.embeddings is None:
+        parser.error("pretrain.vectors is a stage of `rnnlib train`: run it there, then pass its vectors with "
+                     "--set 'model.embeddings={path: .rnnlib/vectors/<key>/vectors.txt, format: word2vec}'")
+    if config.pretrain.encoder and config.model.encoder is None:
+        parser.error("pretrain.encoder is a stage of `rnnlib train`: run it there, then pass its encoder with "
+                     "--set model.encoder=.rnnlib/language_model/<key>/encoder.safetensors")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     summary = train(args.tensors, out_dir=args.out, model=config.model, cfg=config.train)
     if summary["world_size"] == 1 or dist.get_rank() == 0:
