@@ -1,9 +1,10 @@
 """Benchmark: batch scoring of the 50,000 unlabelled IMDB reviews (`imdb/unsup.jsonl.gz`).
 
 Every method scores the same reviews with the same model bundle in fp32 (the preprocessing and
-model of configs/imdb.yaml: word level, HTML stripped, lower-cased, punctuation removed, a
-bidirectional GRU of 128 with max pooling; reviews truncated at 400 tokens; untrained unless
---bundle is given: speed does not depend on the weights), timed in this run:
+recurrent model of configs/imdb.yaml without its n-gram bag: word level, HTML stripped,
+lower-cased, punctuation removed, a bidirectional GRU of 128 with max pooling; reviews truncated
+at 400 tokens; untrained unless --bundle is given: speed does not depend on the weights), timed
+in this run:
 
   baseline    the plain recipe (plain_recipes.score_jsonl): read the gzip JSONL in a Python loop, clean and tokenize each
               review with Python regexes, map tokens to ids with a dict, pad mini-batches of 64

@@ -36,7 +36,7 @@ def test_shipped_recipes_are_valid_configs(recipe):
         for key, value in node.items():
             if isinstance(value, dict):
                 check(value, got[key], f"{where}{key}.")
-            elif key == "inputs":
+            elif key in ("inputs", "unlabelled"):  # lists of InputSpec: the keys written
                 assert [{k: i[k] for k in spec} for spec, i in zip(value, got[key])] == value, where + key
             else:
                 assert got[key] == value, where + key
