@@ -236,8 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(TrainFlowConfig, args.config, args.overrides)
     # pretraining is a stage of the train flow: without its output this would silently train from scratch
     if config.pretrain.vectors and config.model.embeddings is None:
+        freeze = str(config.pretrain.freeze).lower()  # as the train flow starts from them
         parser.error("pretrain.vectors is a stage of `rnnlib train`: run it there, then pass its vectors with "
-                     "--set 'model.embeddings={path: .rnnlib/vectors/<key>/vectors.txt, format: word2vec}'")
+                     "--set 'model.embeddings={path: .rnnlib/vectors/<key>/vectors.txt, format: word2vec, "
+                     f"freeze: {freeze}}}'")
     if config.pretrain.encoder and config.model.encoder is None:
         parser.error("pretrain.encoder is a stage of `rnnlib train`: run it there, then pass its encoder with "
                      "--set model.encoder=.rnnlib/language_model/<key>/encoder.safetensors")
