@@ -47,7 +47,7 @@ from rnnlib.modeling.device import cpu_has_native_bf16, for_inference  # noqa: E
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 from rnnlib.modeling.pipeline import train_model  # noqa: E402
 from rnnlib.prepare.text import tokenize  # noqa: E402
-from rnnlib.scoring.partition import predict_proba  # noqa: E402
+from rnnlib.modeling.inference import predict_proba  # noqa: E402
 
 IMDB_MODEL = ModelConfig(cell="gru", bidirectional=True, embedding_dim=128, hidden_size=128, pooling="max")
 PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove")

@@ -68,7 +68,7 @@ from rnnlib.prepare.vocab import (  # noqa: E402
     LabelEncoder,
     Vocabulary,
 )
-from rnnlib.scoring.partition import predict_proba  # noqa: E402
+from rnnlib.modeling.inference import predict_proba  # noqa: E402
 from rnnlib.scoring.run import ScoreReport, score  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -61,3 +61,25 @@ def test_int8_is_for_the_cpu_only():
         for_inference(nn.Linear(2, 2), "int8", GPU)
     quantised = for_inference(nn.Sequential(nn.Linear(4, 3)), "int8", CPU)
     assert "quantized" in type(quantised[0]).__module__
+
+
+@pytest.mark.parametrize("native_bf16,expected", [(True, torch.bfloat16), (False, torch.float32)])
+def test_auto_precision_on_either_kind_of_cpu(monkeypatch, native_bf16, expected):
+    """What `auto` loads a model in, and what the evaluation reports it picks, for both answers
+    of the hardware probe, whatever this machine's CPU has."""
+    import pyarrow as pa
+    from torch import nn
+
+    from rnnlib.modeling import device
+    from rnnlib.modeling.inference import precision_report
+    from rnnlib.modeling.model import RNNClassifier
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native_bf16)
+    assert next(device.for_inference(nn.Linear(2, 2), "auto", CPU).parameters()).dtype == expected
+    assert next(device.for_inference(nn.Linear(2, 2), "fp32", CPU).parameters()).dtype == torch.float32
+    from rnnlib.config import ModelConfig
+
+    model = RNNClassifier(10, 3, ModelConfig(embedding_dim=4, hidden_size=5))
+    report = precision_report(model, pa.array([[2, 3, 4], [5]], pa.list_(pa.int32())), 3)
+    assert report.auto == ("bf16" if native_bf16 else "fp32")
+    assert [a.precision for a in report.agreement] == ["bf16", "int8"]

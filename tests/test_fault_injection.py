@@ -1,5 +1,7 @@
-"""Fault injection: real `rnnlib` commands SIGKILLed at seeded random moments, then run again,
-must end with the outputs of an uninterrupted run, every row once, and no process left behind;
+"""Fault injection: real `rnnlib` commands SIGKILLed at points chosen by what the run has done
+(a stage's output appearing, a checkpoint or a scored partition written), never by a delay that a
+faster or slower CPU would move, then run again, must end with the outputs of an uninterrupted
+run, every row once, and no process left behind;
 a scoring run over a corpus holding every kind of bad input rejects each bad row with its
 reason, refuses each unreadable file with its reason, and scores the rest."""
 
@@ -169,20 +171,19 @@ def _appeared(pattern: str, root: Path, since: float) -> bool:
     return False
 
 
-def _kill_chain(command: list[str], env: dict[str, str], root: Path, targets: list[tuple[str, float]],
-                seed: int, describe, log: Path) -> list:
-    """Run `command` again and again, killing each run at the next target: a random moment
-    within `delay` seconds after `pattern` first appears under `root` in that run. Each killed
+def _kill_chain(command: list[str], env: dict[str, str], root: Path, targets: list[str], describe,
+                log: Path) -> list:
+    """Run `command` again and again, killing each run the moment it has written something
+    matching the next target (a glob under `root`, hidden scratch folders included). Each killed
     run is followed by the next (which resumes it); a last run finishes. Returns where each kill
     landed (by `describe()`), after checking no process any run started is left."""
-    rng = random.Random(seed)
     landed = []
-    for pattern, delay in targets:
+    for pattern in targets:
         since = time.time()
         run = Run(command, env, log)
         while run.watch(time.monotonic() - run.start + 0.02) and not _appeared(pattern, root, since):
             pass
-        if run.process.poll() is None and run.watch(time.monotonic() - run.start + rng.uniform(0, delay)):
+        if run.process.poll() is None:
             run.kill()
             landed.append((pattern, describe()))
         else:
@@ -195,7 +196,7 @@ def _kill_chain(command: list[str], env: dict[str, str], root: Path, targets: li
     return landed
 
 
-def test_train_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_path):
+def test_train_killed_in_every_stage_resumes_to_the_uninterrupted_result(tmp_path):
     rows = 1500
     data = tmp_path / "headlines.csv"
     _headlines(data, rows)
@@ -206,17 +207,21 @@ def test_train_killed_at_random_points_resumes_to_the_uninterrupted_result(tmp_p
     reference.assert_nothing_left()
 
     work = tmp_path / "killed"
-    targets = [("ingest/*", 0.3), ("preprocess/*", 0.3), ("split/*", 0.1), ("vocab/*", 0.1),
-               ("tensorize/*", 0.2), ("fit/*.partial/last.pt", 0.3), ("fit/*.partial/last.pt", 0.6),
-               ("baseline/*", 0.3), ("evaluate/*", 0.3)]
-    landed = _kill_chain(_train_command(data, work), env, work, targets, 16, lambda: _done_stages(work),
+    # each stage's scratch folder appearing (the stage has started), the first preprocessed
+    # partition, the checkpoints of epochs 1 and 2: each followed by more work, so each kill lands
+    targets = ["ingest/*", "preprocess/*", "preprocess/*/part-*", "split/*", "vocab/*", "tensorize/*",
+               "fit/*.partial/last.pt", "fit/*.partial/last.pt", "baseline/*", "evaluate/*"]
+    landed = _kill_chain(_train_command(data, work), env, work, targets, lambda: _done_stages(work),
                          tmp_path / "killed.log")
     _assert_same(_outputs(work), _outputs(tmp_path / "reference"), rows)
     print(f"train: {len(landed)} kill points (target, stages finished by then): {landed}")
-    assert len(landed) >= 7 and len({stages for _, stages in landed}) >= 5, landed
+    assert [target for target, _ in landed] == targets, landed
+    finished = [stages for _, stages in landed]
+    assert all(set(a) <= set(b) for a, b in zip(finished, finished[1:])), landed  # in pipeline order
+    assert "tensorize" not in finished[0] and "fit" in finished[-1], landed
 
 
-def test_score_killed_at_random_points_resumes_with_every_row_scored_once(names_bundle, datasets, tmp_path):
+def test_score_killed_between_partitions_resumes_with_every_row_scored_once(names_bundle, datasets, tmp_path):
     rows = 4000
     dump = tmp_path / "dump"
     dump.mkdir()
@@ -238,8 +243,9 @@ def test_score_killed_at_random_points_resumes_with_every_row_scored_once(names_
     expected = pq.read_table(tmp_path / "reference" / SCORES).sort_by("id")
 
     out = tmp_path / "killed"
-    targets = [("_staging/*", 0.5), ("scores/part-*", 0.5), ("scores/part-*", 1.5), ("scores/part-*", 3.0)]
-    landed = _kill_chain(command(out), env, out, targets, 3, lambda: len(list((out / SCORES).glob("part-*"))),
+    # inputs staged, then after each of three runs has scored a partition of its own
+    targets = ["_staging/*", "scores/part-*", "scores/part-*", "scores/part-*"]
+    landed = _kill_chain(command(out), env, out, targets, lambda: len(list((out / SCORES).glob("part-*"))),
                          tmp_path / "killed.log")
     got = pq.read_table(out / SCORES).sort_by("id")
     assert got.num_rows == rows and len(set(got["id"].to_pylist())) == rows
@@ -248,7 +254,9 @@ def test_score_killed_at_random_points_resumes_with_every_row_scored_once(names_
     manifest = json.loads((out / MANIFEST).read_text())
     assert manifest["complete"] and manifest["rows"] == manifest["scored"] == rows
     print(f"score: {len(landed)} kill points (target, partitions scored by then): {landed}")
-    assert len(landed) >= 3, landed
+    assert [target for target, _ in landed] == targets, landed
+    scored = [n for _, n in landed]
+    assert scored == sorted(scored) and scored[-1] < 40, landed  # killed before the 40 partitions were done
 
 
 def test_a_corpus_of_every_bad_input_class_is_accounted_row_by_row(names_bundle, tmp_path):

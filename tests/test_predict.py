@@ -15,7 +15,7 @@ import pytest
 
 from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.modeling.bundle import load_bundle
-from rnnlib.scoring.partition import predict_proba
+from rnnlib.modeling.inference import predict_proba
 from rnnlib.scoring.predictor import Predictor
 from rnnlib.scoring.registry import held_out_rows, promote
 from rnnlib.scoring.run import SCORES, score
@@ -29,7 +29,7 @@ def test_rows(names_data) -> pa.Table:
 
 
 def test_predictions_match_the_test_shards_and_a_scoring_run(names_bundle, names_data, test_rows, tmp_path):
-    predictor = Predictor.from_bundle(names_bundle)
+    predictor = Predictor.from_bundle(names_bundle, precision="fp32")  # the shards' own format
     predictions = predictor.predict(test_rows["text"].to_pylist(), top_k=3)
     by_id = dict(zip(test_rows["id"].to_pylist(), predictions))
     shards = pq.read_table(f"{names_data.tensorize.path}/test")
@@ -42,7 +42,7 @@ def test_predictions_match_the_test_shards_and_a_scoring_run(names_bundle, names
     assert all(len(p.top_k) == 3 and p.top_k[0] == (p.label, p.probability) for p in got)
 
     pq.write_table(test_rows.select(["id", "text"]), tmp_path / "test.parquet")
-    score(ScoreConfig(bundle=str(names_bundle), output=str(tmp_path / "out"),
+    score(ScoreConfig(bundle=str(names_bundle), output=str(tmp_path / "out"), precision="fp32",
                       inputs=[InputSpec(path=str(tmp_path / "test.parquet"), id_column="id")]))
     scored = pq.read_table(tmp_path / "out" / SCORES).to_pandas().set_index("id")
     assert [by_id[i].label for i in scored.index] == scored["label"].tolist()
@@ -87,13 +87,20 @@ def test_predict_command_reads_standard_input_and_prints_a_table(names_bundle):
     assert len(rows) == 2 and rows[0].endswith("Rossi") and rows[1].endswith("Nakamura")
 
 
-def test_int8_predictions_stay_close_to_fp32(names_bundle, test_rows):
+# The stated tolerance of the reduced formats, on the surnames test split (3,008 rows): the same
+# label for at least 99% of rows, every probability within 0.05 of fp32's. The same on any CPU:
+# without bf16 units bf16 is emulated, slower but no less exact.
+SAME_LABELS, PROBABILITY_CHANGE = 0.99, 0.05
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_reduced_precisions_agree_with_fp32_within_the_stated_tolerance(names_bundle, test_rows, precision):
     texts = test_rows["text"].to_pylist()
-    fp32 = Predictor.from_bundle(names_bundle, precision="fp32").predict(texts)
-    int8 = Predictor.from_bundle(names_bundle, precision="int8").predict(texts)
-    same = np.mean([a.label == b.label for a, b in zip(fp32, int8)])
-    assert same > 0.97
-    assert max(abs(a.probability - b.probability) for a, b in zip(fp32, int8) if a.label == b.label) < 0.05
+    fp32 = Predictor.from_bundle(names_bundle, precision="fp32").predict(texts, top_k=18)
+    reduced = Predictor.from_bundle(names_bundle, precision=precision).predict(texts, top_k=18)
+    assert np.mean([a.label == b.label for a, b in zip(fp32, reduced)]) >= SAME_LABELS
+    change = max(abs(dict(a.top_k)[label] - p) for a, b in zip(fp32, reduced) for label, p in b.top_k)
+    assert change <= PROBABILITY_CHANGE
 
 
 def test_onnx_export_matches_torch_on_the_test_split(names_bundle, names_data, tmp_path):

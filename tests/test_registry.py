@@ -60,7 +60,7 @@ def test_accuracy_through_the_scoring_path_matches_evaluation_on_shards(names_bu
     shards = pq.read_table(f"{names_data.tensorize.path}/test")
     assert rows.num_rows == shards.num_rows
     bundle = load_bundle(names_bundle)
-    from rnnlib.scoring.partition import predict_proba
+    from rnnlib.modeling.inference import predict_proba
 
     predicted = predict_proba(bundle.model, shards["ids"].combine_chunks(), len(bundle.labels.labels), 64)
     expected = float((predicted.argmax(1) == shards["label"].to_numpy()).mean())

@@ -24,7 +24,8 @@ from rnnlib.config import InputSpec, ScoreConfig, TrainFlowConfig
 from rnnlib.errors import InputError
 from rnnlib.modeling.bundle import load_bundle
 from rnnlib.modeling.pipeline import train_model
-from rnnlib.scoring.partition import predict_proba, score_partition, worker_bundle
+from rnnlib.modeling.inference import predict_proba
+from rnnlib.scoring.partition import score_partition, worker_bundle
 from rnnlib.scoring.registry import held_out_rows
 from rnnlib.scoring.run import (
     MANIFEST,
@@ -147,7 +148,7 @@ def _assert_scoring_matches_the_shards(bundle_dir: Path, data, tmp_path: Path) -
     input_file = tmp_path / "test-text.parquet"
     pq.write_table(raw.select(["id", "text"]), input_file)
     out = tmp_path / "parity"
-    score(_config(bundle_dir, out, InputSpec(path=str(input_file), id_column="id")))
+    score(_config(bundle_dir, out, InputSpec(path=str(input_file), id_column="id"), precision="fp32"))
     scored = _scores(out).to_pandas().set_index("id")
     shards = pq.read_table(f"{data.tensorize.path}/test")
     bundle = load_bundle(bundle_dir)

@@ -23,6 +23,24 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
             *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
 
 
+def _max_length(tokens: int | None) -> str:
+    return f"{tokens} tokens (longer texts are truncated)" if tokens else "none (texts are read whole)"
+
+
+def _precision(evaluation: Evaluation) -> list[str]:
+    """What scoring in a reduced number format changes, and what `auto` picks where evaluated."""
+    report = evaluation.precision
+    if report is None:
+        return []
+    return ["## Number formats", "",
+            f"The figures above are fp32's. Scoring's `precision: auto` runs in {report.auto} on the "
+            f"CPU this model was evaluated on ({report.cpu}): bf16 on a GPU or a CPU with bf16 units, "
+            "else fp32. Predictions of the reduced formats against fp32's, on the CPU:", "",
+            *_table(["precision", "test rows", "same label as fp32", "largest probability change"],
+                    [[a.precision, a.rows, f"{a.labels_same:.2%}", f"{a.max_probability_change:.4f}"]
+                     for a in report.agreement]), ""]
+
+
 def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
     config, report = read_json(Path(bundle_dir) / CONFIG), read_json(Path(bundle_dir) / METRICS)
     history, labels = report["history"], report["labels"]
@@ -34,7 +52,7 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
              *(f"- {stage} stage key `{key}`" for stage, key in config["data"].items()),
              f"- test split: {evaluation.rows} rows", "",
              "## Preprocessing", "", *_settings(config["preprocess"]),
-             f"- maximum length: {config['max_length'] or 'none'} tokens (longer texts are truncated)", "",
+             f"- maximum length: {_max_length(config['max_length'])}", "",
              "## Model", "", *_settings(config["model"]), "",
              "## Training", "",
              f"{len(history)} epochs ({sum(h['seconds'] for h in history):.0f} s of training); the weights "
@@ -56,6 +74,7 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
               *_table(["label", "precision", "recall", "F1", "test rows"],
                       [[label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1-score']:.3f}", int(c["support"])]
                        for label, c in report["per_class"].items()]), "",
+              *_precision(evaluation),
               "## Intended use and limits", "",
               "- For text like the training data: the same language, domain and kind of text. Its "
               "preprocessing and vocabulary are in this bundle and are applied by `rnnlib score`, "

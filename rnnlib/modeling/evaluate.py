@@ -22,6 +22,7 @@ from rnnlib.modeling.baseline import BaselineResult  # noqa: E402
 from rnnlib.modeling.batches import ShardBatches  # noqa: E402
 from rnnlib.modeling.bundle import METRICS, load_bundle  # noqa: E402
 from rnnlib.modeling.device import DeviceChoice, pick_device  # noqa: E402
+from rnnlib.modeling.inference import PrecisionReport, held_out_ids, precision_report  # noqa: E402
 from rnnlib.modeling.metrics import Averages, metrics  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 
@@ -38,6 +39,7 @@ class Evaluation(BaseModel):
     macro: Averages
     weighted: Averages
     baseline: BaselineResult | None = None  # TF-IDF + logistic regression on the same rows
+    precision: PrecisionReport | None = None  # what scoring in bf16 or int8 changes
 
     def comparison(self) -> list[tuple[str, float, float | None]]:
         """(metric, model, baseline or None) for the headline metrics."""
@@ -94,8 +96,8 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
 def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: list[dict[str, Any]],
                     baseline: BaselineResult | None = None, device: DeviceChoice = "auto") -> Evaluation:
     """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
-    `history` and the `baseline` fitted on the same rows), the confusion matrix and the learning
-    curves into the bundle."""
+    `history`, the `baseline` fitted on the same rows and what scoring in bf16 or int8 would
+    change), the confusion matrix and the learning curves into the bundle."""
     bundle_dir = Path(bundle_dir)
     target = pick_device(device)
     bundle = load_bundle(bundle_dir, target)
@@ -103,10 +105,11 @@ def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: li
     result = metrics(truth, predicted, list(bundle.labels.labels))
     if baseline is not None and baseline.rows != result["rows"]:
         raise AccountingError(f"the baseline scored {baseline.rows} test rows, the model {result['rows']}")
-    report = {**result, "history": history,
+    precision = precision_report(bundle.model, held_out_ids(test_dir), len(bundle.labels.labels))
+    report = {**result, "history": history, "precision": precision.model_dump(mode="json"),
               "baseline": baseline.model_dump(mode="json", by_alias=True) if baseline else None}
     write_json(bundle_dir / METRICS, report)
     plot_confusion(result, bundle_dir / CONFUSION_PNG)
     plot_curves(history, bundle_dir / CURVES_PNG)
-    return Evaluation(bundle=str(bundle_dir), version=bundle.version, baseline=baseline,
+    return Evaluation(bundle=str(bundle_dir), version=bundle.version, baseline=baseline, precision=precision,
                       **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")})

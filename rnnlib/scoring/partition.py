@@ -16,10 +16,9 @@ import pyarrow.parquet as pq
 import torch
 
 from rnnlib.common.storage import write_parquet
-from rnnlib.modeling.batches import collate
 from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
 from rnnlib.modeling.device import default_batch_rows, for_inference, pick_device
-from rnnlib.modeling.model import RNNClassifier
+from rnnlib.modeling.inference import predict_proba
 from rnnlib.prepare.preprocess import preprocess_table
 from rnnlib.prepare.tensorize import REJECTS_SCHEMA, encode_ids
 
@@ -75,30 +74,6 @@ def load_for_inference(path: str | Path, device: str = "auto", precision: str = 
     """A bundle on its device, in the number format scoring runs in (see `for_inference`)."""
     bundle = load_bundle(path, pick_device(device))
     return replace(bundle, model=for_inference(bundle.model, precision, pick_device(device)))
-
-
-@torch.inference_mode()
-def predict_proba(model: RNNClassifier, ids: pa.ListArray, num_classes: int, batch_size: int) -> np.ndarray:
-    """(rows, classes) probabilities, computed in the model's own precision. Rows are scored in
-    length order, so a batch pads little; on GPU the next batch is built while the current one
-    runs (its results are fetched only after the next is launched)."""
-    device = next(model.parameters()).device
-    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
-    order = np.argsort(lengths, kind="stable")
-    ordered = ids.take(pa.array(order))
-    out = np.empty((len(ids), num_classes), dtype=np.float32)
-    pending: tuple[slice, torch.Tensor] | None = None
-    for start in range(0, len(ids), batch_size):
-        rows = slice(start, min(start + batch_size, len(ids)))
-        batch = collate(ordered.slice(start, rows.stop - start), np.zeros(rows.stop - start, np.int64))
-        batch = batch.to(device)
-        probabilities = model(batch.ids, batch.lengths).float().softmax(1)
-        if pending is not None:
-            out[order[pending[0]]] = pending[1].cpu().numpy()
-        pending = (rows, probabilities)
-    if pending is not None:
-        out[order[pending[0]]] = pending[1].cpu().numpy()
-    return out
 
 
 def _top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:
