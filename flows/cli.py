@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--format", help="input format (default: from each file's suffix)")
     score.add_argument("--text-column", action="append", help="text column/field (repeat to join several)")
     score.add_argument("--id-column", help="column/field holding each row's id (default: file:row)")
+    score.add_argument("--encoding", help="text encoding of the inputs: a Python codec name, or auto (default utf-8)")
     score.add_argument("--top-k", type=int, help="labels with probabilities kept per row")
     score.add_argument("--overwrite", action="store_true", default=None, help="redo a finished run")
     score.add_argument("--dask-address", help="scheduler address of an existing Dask cluster")
@@ -153,6 +154,8 @@ def _score_overrides(args: argparse.Namespace) -> list[str]:
         spec["text_columns"] = args.text_column
     if args.id_column:
         spec["id_column"] = args.id_column
+    if args.encoding:
+        spec["encoding"] = args.encoding
     fields = {"bundle": args.bundle, "output": args.output, "top_k": args.top_k,
               "overwrite": args.overwrite, "dask.address": args.dask_address,
               "inputs": [{"path": path, **spec} for path in args.inputs] or None}

@@ -3,13 +3,14 @@ reproducible from one file. The defaults are the surnames-by-language recipe."""
 
 from __future__ import annotations
 
+import codecs
 import os
 import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Format = Literal[
     "auto", "csv", "tsv", "jsonl", "parquet", "text", "folder_per_class", "file_per_class"
@@ -45,6 +46,20 @@ class InputSpec(_Strict):
     max_record_bytes: int = Field(
         16 << 20, gt=0, description="longest line (JSON Lines, text) or one-document file: a longer one "
         "is rejected, its bytes skipped as they stream past, never held; also the CSV field size limit")
+    encoding: str = Field(
+        "utf-8", description="text encoding of the files: any Python codec name (cp1252, latin-1, "
+        "utf-16, ...); auto: UTF-8 if the file's start decodes as UTF-8, else what charset-normalizer "
+        "detects there (recorded in the manifest). Bytes that still cannot be decoded reject their row")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_codec(cls, value: str) -> str:
+        if value == "auto":
+            return value
+        try:
+            return codecs.lookup(value).name
+        except LookupError:
+            raise ValueError(f"unknown encoding {value!r} (a Python codec name, or auto)") from None
 
 
 class SourceConfig(_Strict):

@@ -365,3 +365,12 @@ def test_a_huge_document_is_cut_before_tokenising_and_flagged(names_bundle):
     first = table.slice(0, 1)
     alone, _ = score_table(first.set_column(1, "text", pa.array([huge[:20 * MAX_CHARS_PER_TOKEN]])), bundle, settings)
     assert scores["probability"][0].as_py() == pytest.approx(alone["probability"][0].as_py())
+
+
+def test_scoring_reads_an_input_in_its_own_encoding(names_bundle, tmp_path):
+    (tmp_path / "win.txt").write_bytes("M\xfcller\nGarc\xeda\nbad \x81\n".encode("latin-1"))
+    as_utf8 = score(_config(names_bundle, tmp_path / "utf8", tmp_path / "win.txt"))
+    assert as_utf8.rejected == {"undecodable bytes (not UTF-8)": 3}
+    manifest = score(_config(names_bundle, tmp_path / "out", InputSpec(path=str(tmp_path / "win.txt"), encoding="cp1252")))
+    assert manifest.scored == 2 and manifest.rejected == {"undecodable bytes (not cp1252)": 1}
+    assert sorted(_scores(tmp_path / "out")["id"].to_pylist()) == ["win.txt:1", "win.txt:2"]

@@ -40,11 +40,15 @@ CANONICAL_SCHEMA = pa.schema(
         ("reject", pa.string()),
     ]
 )
-UNDECODABLE = "undecodable bytes (not UTF-8)"
 NOT_SELECTED = "label not selected (source.keep_labels)"
 T = TypeVar("T")
 _END = object()  # what read_ahead's reader returns when the chunks are exhausted
 SURROGATE = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of undecodable bytes
+
+
+def undecodable(encoding: str = "utf-8") -> str:
+    """The reject reason of a row whose bytes `encoding` cannot decode (`auto`: per document)."""
+    return f"undecodable bytes (not {'UTF-8' if encoding == 'utf-8' else encoding})"
 
 
 def _objects(column: pd.Series) -> np.ndarray:
@@ -66,7 +70,7 @@ def _strings(values: np.ndarray) -> tuple[pa.Array, np.ndarray]:
 
 def canonicalize(
     frame: pd.DataFrame, split: str | None, label_names: dict[str, str], labelled: bool,
-    keep_labels: tuple[str, ...] = (),
+    keep_labels: tuple[str, ...] = (), encoding: str = "utf-8",
 ) -> pa.Table:
     """Validate a reader chunk and give it the canonical schema, flagging rejects with reasons.
 
@@ -82,12 +86,12 @@ def canonicalize(
         renamed = pa.array(list(label_names.values()), pa.string()).take(pc.index_in(label, keys))
         label = pc.coalesce(renamed, label)
     checks = [
-        (bad_text, UNDECODABLE),
+        (bad_text, undecodable(encoding)),
         (pa.array(raw_text == None), "null text"),  # noqa: E711
         (pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), "empty text"),
     ]
     if labelled:
-        checks += [(bad_label, UNDECODABLE),
+        checks += [(bad_label, undecodable(encoding)),
                    (pc.or_kleene(pc.is_null(label), pc.equal(label, "")), "missing label")]
         if keep_labels:
             checks.append((pc.invert(pc.is_in(label, pa.array(keep_labels, pa.string()))), NOT_SELECTED))
@@ -181,7 +185,7 @@ def ingest_unit(
     # one-document-per-file layouts are accounted per input folder, not per file
     per_folder = unit.source(unit.root) if unit.spec.format == "folder_per_class" else None
     for frame in read_ahead(read_unit(unit, partition_rows)):
-        table = canonicalize(frame, unit.spec.split, label_names, labelled, keep_labels)
+        table = canonicalize(frame, unit.spec.split, label_names, labelled, keep_labels, unit.spec.encoding)
         _count_outcomes(per_file, table, per_folder)
         writer.add(table)
     writer.close()
@@ -193,8 +197,12 @@ def ingest(source: SourceConfig, *, out_dir: str | Path, client: Client | None =
     cluster (or in this process without a client); return the stage manifest."""
     inputs, label_names = resolve_inputs(source)
     labelled = is_labelled(inputs)
-    units = [unit for item in inputs
-             for unit in plan_units(item.fs, item.path, item.spec, source.partition_rows)]
+    planned = [(item, plan_units(item.fs, item.path, item.spec, source.partition_rows)) for item in inputs]
+    units = [unit for _, item_units in planned for unit in item_units]
+    # what each file was read as, where an input asked for other than UTF-8 (auto: what was found)
+    encodings = {unit.source(unit.root if unit.spec.format == "folder_per_class" else unit.paths[0]):
+                 unit.spec.encoding for item, item_units in planned if item.spec.encoding != "utf-8"
+                 for unit in item_units}
     with building(out_dir) as scratch:
         results = map_partitions(client, ingest_unit, units, range(len(units)), out_dir=scratch,
                                  partition_rows=source.partition_rows,
@@ -206,6 +214,8 @@ def ingest(source: SourceConfig, *, out_dir: str | Path, client: Client | None =
             for src, counts in result["per_file"].items():
                 per_file[src].update(counts)
         manifest = _summarise(per_file, [p for r in results for p in r["parts"]], labelled)
+        if encodings:
+            manifest["encodings"] = encodings
         write_json(scratch / MANIFEST, manifest)
     return manifest
 

@@ -2,11 +2,14 @@
 `source` (file name relative to the input root) and `row` (1-based record number in that file).
 
 Text is decoded with `surrogateescape`, so undecodable bytes survive to be rejected per row
-instead of sinking the whole file; ingest validates and flags them.
+instead of sinking the whole file; ingest validates and flags them. A file in another encoding
+(`InputSpec.encoding`) is recoded to UTF-8 as it streams, so every reader, Arrow's included,
+reads UTF-8; its undecodable bytes pass through unchanged, to be rejected the same way.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import fnmatch
 import glob
@@ -23,6 +26,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
+import charset_normalizer
 import fsspec
 import numpy as np
 import pandas as pd
@@ -47,6 +51,10 @@ DEEP_JSON = "JSON nested too deeply"  # Python's parser recurses: a line of 100,
 MALFORMED_ROW = "malformed row (more fields than the header)"
 
 
+def corrupt(exc: BaseException, source: str) -> InputError:
+    return InputError(f"corrupt or truncated compressed file ({type(exc).__name__}: {exc})", file=source)
+
+
 def too_long(spec: InputSpec) -> str:
     return f"record longer than {spec.max_record_bytes} bytes (source's max_record_bytes)"
 
@@ -64,9 +72,43 @@ def infer_format(fs: fsspec.AbstractFileSystem, path: str) -> str:
     return SUFFIX_FORMATS[suffix]
 
 
-def open_binary(fs: fsspec.AbstractFileSystem, path: str) -> Any:
-    """Open a file for reading, decompressing by suffix. A .zip must hold exactly one file (its
-    text): reading only the first of several would lose the others' rows silently."""
+UTF8 = "utf-8"
+DETECT_BYTES = 1 << 20  # what `encoding: auto` looks at: the file's start
+
+
+def detect_encoding(sample: bytes) -> str:
+    """UTF-8 if `sample` decodes as UTF-8 (a character cut at its end allowed), else the codec
+    charset-normalizer finds most likely (UTF-8 if it finds none)."""
+    try:
+        codecs.getincrementaldecoder(UTF8)().decode(sample, final=False)
+        return UTF8
+    except UnicodeDecodeError:
+        best = charset_normalizer.from_bytes(sample).best()
+        return codecs.lookup(best.encoding).name if best is not None else UTF8
+
+
+def file_encoding(fs: fsspec.AbstractFileSystem, path: str, spec: InputSpec) -> str:
+    """The encoding to read `path` in: the spec's, or for `auto` the one its start shows."""
+    if spec.encoding != "auto":
+        return spec.encoding
+    with open_binary(fs, path) as fh:
+        try:
+            return detect_encoding(fh.read(DETECT_BYTES))
+        except CORRUPT_STREAM as exc:
+            raise corrupt(exc, path) from exc
+
+
+def decode(content: bytes, encoding: str) -> str:
+    """Bytes as text, undecodable ones kept as surrogates (flagged by ingest); `auto` per document."""
+    if encoding == "auto":
+        encoding = detect_encoding(content)
+    return content.decode(encoding, errors="surrogateescape")
+
+
+def open_binary(fs: fsspec.AbstractFileSystem, path: str, encoding: str = UTF8) -> Any:
+    """Open a file for reading, decompressing by suffix and, from another `encoding`, recoding to
+    UTF-8 (undecodable bytes pass through). A .zip must hold exactly one file (its text): reading
+    only the first of several would lose the others' rows silently."""
     suffix = posixpath.splitext(path.lower())[1]
     if suffix == ".zip":
         with fs.open(path, "rb") as raw, zipfile.ZipFile(raw) as archive:
@@ -75,7 +117,11 @@ def open_binary(fs: fsspec.AbstractFileSystem, path: str) -> Any:
             raise InputError(f"a .zip input must hold exactly one file, this one holds {len(members)} "
                              f"({', '.join(members[:3])}{', ...' if len(members) > 3 else ''}): unzip it "
                              "into a folder and give the folder", file=path)
-    return fs.open(path, "rb", compression=COMPRESSIONS.get(suffix))
+    raw = fs.open(path, "rb", compression=COMPRESSIONS.get(suffix))
+    if encoding == UTF8:
+        return raw
+    return codecs.StreamRecoder(raw, codecs.getencoder(UTF8), codecs.getdecoder(UTF8),
+                                codecs.getreader(encoding), codecs.getwriter(encoding), "surrogateescape")
 
 
 def _frame(text: Any, label: Any, ids: Any, source: Any, rows: Any) -> pd.DataFrame:
@@ -144,7 +190,7 @@ def _separator(spec: InputSpec) -> str:
 def _pandas_chunks(
     fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
 ) -> Iterator[pd.DataFrame]:
-    with open_binary(fs, path) as fh:
+    with open_binary(fs, path, spec.encoding) as fh:
         try:
             chunks = pd.read_csv(
                 fh,
@@ -171,7 +217,7 @@ def _row_by_row_chunks(
 ) -> Iterator[pd.DataFrame]:
     """The standard library's CSV reader (strict: a truncated file is an error, never a silent
     loss), numbering rows as pandas does (blank lines skipped); over-wide rows are flagged."""
-    with open_binary(fs, path) as raw:
+    with open_binary(fs, path, spec.encoding) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
         csv.field_size_limit(max(csv.field_size_limit(), spec.max_record_bytes))
         reader = csv.reader(text, delimiter=_separator(spec), strict=True)
@@ -216,7 +262,7 @@ def read_jsonl(
     wanted = list(dict.fromkeys(c for c in [*spec.text_columns, spec.label_column, spec.id_column]
                                 if c is not None))
     first = 1
-    with open_binary(fs, path) as fh:
+    with open_binary(fs, path, spec.encoding) as fh:
         for block in bounded_lines(fh, JSON_BLOCK_BYTES, spec.max_record_bytes):
             if block is None:
                 yield _too_long_row(spec, source, first)
@@ -355,7 +401,7 @@ def read_text_lines(
     label: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Plain text, one document per line (a trailing newline does not make an empty document)."""
-    with open_binary(fs, path) as fh:
+    with open_binary(fs, path, spec.encoding) as fh:
         first = 1
         for block in bounded_lines(fh, chunk_rows * 256, spec.max_record_bytes):
             if block is None:
@@ -419,10 +465,20 @@ def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int, base: str | None
             raise InputError(f"no files match {pattern[len(path):].lstrip('/')!r}", file=path)
         # file per class: a file per unit; one document per file: units of at most chunk_rows
         # files, as equal as can be, so that the workers finish together
-        units = len(files) if spec.format == "file_per_class" else -(-len(files) // chunk_rows)
+        if spec.format == "file_per_class":
+            return [ReadUnit(fs, (f,), _resolved(fs, f, spec), path, base) for f in files]
+        units = -(-len(files) // chunk_rows)
         bounds = [len(files) * i // units for i in range(units + 1)]
         return [ReadUnit(fs, tuple(files[a:b]), spec, path, base) for a, b in zip(bounds, bounds[1:])]
-    return [ReadUnit(fs, (path,), spec, path, base)]
+    return [ReadUnit(fs, (path,), _resolved(fs, path, spec), path, base)]
+
+
+def _resolved(fs: fsspec.AbstractFileSystem, path: str, spec: InputSpec) -> InputSpec:
+    """The spec with `encoding: auto` replaced by the file's own (one-document-per-file layouts
+    detect each document's as they read it)."""
+    if spec.encoding != "auto" or spec.format == "parquet":
+        return spec
+    return spec.model_copy(update={"encoding": file_encoding(fs, path, spec)})
 
 
 def _read_local(path: str, limit: int) -> bytes | None:
@@ -442,7 +498,7 @@ def _read_documents(unit: ReadUnit) -> pd.DataFrame:
         small = [p for p, size in zip(unit.paths, sizes) if size <= limit]
         cat = unit.fs.cat(small) if small else {}
         contents = [cat.get(p) for p in unit.paths]
-    text = [None if c is None else c.decode("utf-8", errors="surrogateescape") for c in contents]
+    text = [None if c is None else decode(c, unit.spec.encoding) for c in contents]
     labels = [p.rsplit("/", 2)[-2] for p in unit.paths]  # the parent folder's name
     sources = [unit.source(p) for p in unit.paths]
     out = _frame(np.array(text, dtype=object), labels, sources, sources, 1)
@@ -474,7 +530,6 @@ def read_unit(unit: ReadUnit, chunk_rows: int) -> Iterator[pd.DataFrame]:
             produced = produced or len(frame) > 0
             yield frame
     except CORRUPT_STREAM as exc:  # bad bytes, never transient: no retry can mend them
-        raise InputError(f"corrupt or truncated compressed file ({type(exc).__name__}: {exc})",
-                         file=source) from exc
+        raise corrupt(exc, source) from exc
     if not produced:
         raise InputError("file is empty (no rows)", file=source)
