@@ -235,6 +235,13 @@ class TrainConfig(_Strict):
     lr_patience: int = Field(1, ge=0, description="ReduceLROnPlateau patience (epochs)")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau: multiply the rate by this")
     patience: int = Field(3, ge=1, description="early stopping patience (epochs)")
+    monitor: Literal["loss", "accuracy", "macro_f1"] = Field(
+        "accuracy", description="the validation figure that picks the best epoch, stops early and "
+        "lowers the rate: accuracy, macro_f1 (every class counts alike) or loss. Loss often bottoms "
+        "out epochs before accuracy peaks")
+    min_steps: int = Field(
+        0, ge=0, description="train at least this many optimizer steps, however many epochs that "
+        "takes (early stopping waits for them too): a small set otherwise ends after few updates")
     seed: int = Field(0, description="weights, dropout and batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
     mixed_precision: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")

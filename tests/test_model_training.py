@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -375,3 +376,56 @@ def test_training_alone_refuses_a_pretraining_it_cannot_run(names_tensors, tmp_p
               str(Path(__file__).resolve().parents[1] / "configs" / "imdb.yaml")])
     assert refused.value.code == 2 and "model.embeddings={path: .rnnlib/vectors/" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_macro_f1_from_the_confusion_matrix_is_scikit_learns():
+    from sklearn.metrics import f1_score
+
+    from rnnlib.modeling.train import macro_f1
+
+    rng = np.random.default_rng(0)
+    truth, predicted = rng.integers(0, 5, 300), rng.integers(0, 4, 300)  # class 4 never predicted
+    confusion = torch.zeros(5, 5, dtype=torch.float64)
+    np.add.at(confusion.numpy(), (truth, predicted), 1)
+    expected = f1_score(truth, predicted, average="macro", labels=range(5), zero_division=0)
+    assert macro_f1(confusion) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("monitor,column,pick", [("loss", "val_loss", min), ("accuracy", "val_acc", max),
+                                                  ("macro_f1", "val_macro_f1", max)])
+def test_the_best_epoch_is_chosen_by_the_monitored_figure(names_tensors, tmp_path, monitor, column, pick):
+    cfg = TrainConfig(epochs=4, batch_size=256, lr=3e-3, patience=10, monitor=monitor, label_smoothing=0.3)
+    summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=cfg)
+    history = summary["history"]
+    best = pick(history, key=lambda h: h[column])
+    assert summary["best_epoch"] == best["epoch"] and summary["best_value"] == best[column]
+    assert summary["monitor"] == monitor
+    best_weights = torch.load(tmp_path / BEST, weights_only=True)
+    last_weights = torch.load(tmp_path / LAST, weights_only=True)["model"]
+    same = all(torch.equal(best_weights[k], last_weights[k]) for k in best_weights)
+    assert same == (best["epoch"] == 4)
+
+
+def test_min_steps_train_past_the_epochs(names_tensors, tmp_path):
+    per_epoch = -(-14052 // 1024)  # batches of 1,024 rows
+    cfg = TrainConfig(epochs=1, batch_size=1024, min_steps=3 * per_epoch + 1)
+    summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=cfg)
+    assert [h["steps"] for h in summary["history"]] == [per_epoch] * 4 and summary["steps"] == 4 * per_epoch
+    plain = train(names_tensors, out_dir=tmp_path / "plain", model=SMALL, cfg=cfg.model_copy(update={"min_steps": 0}))
+    assert len(plain["history"]) == 1
+
+
+@pytest.mark.parametrize("steps,bad_epochs,epoch,going_on", [
+    (99, 5, 20, True),  # short of min_steps: neither patience nor the epochs end it
+    (100, 5, 3, False),  # min_steps done: patience ends it
+    (100, 0, 10, False),  # min_steps done: the epochs end it
+    (100, 0, 3, True),
+])
+def test_early_stopping_waits_for_min_steps(steps, bad_epochs, epoch, going_on):
+    from types import SimpleNamespace
+
+    from rnnlib.modeling.train import Run
+
+    cfg = TrainConfig(epochs=10, patience=2, min_steps=100)
+    run = SimpleNamespace(cfg=cfg, state={"steps": steps, "bad_epochs": bad_epochs, "epoch": epoch})
+    assert Run.going_on(run) is going_on

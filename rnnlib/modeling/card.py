@@ -44,7 +44,7 @@ def _precision(evaluation: Evaluation) -> list[str]:
 def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
     config, report = read_json(Path(bundle_dir) / CONFIG), read_json(Path(bundle_dir) / METRICS)
     history, labels = report["history"], report["labels"]
-    best = min(history, key=lambda h: h["val_loss"])
+    chosen = report["selection"]
     lines = [f"# Model card: {len(labels)}-class text classifier", "",
              f"Bundle version `{config['version']}`, made by rnnlib (code `{config['rnnlib_code']}`).", "",
              "## Data", "", f"- labels ({len(labels)}): {', '.join(labels)}",
@@ -56,10 +56,13 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
              "## Model", "", *_settings(config["model"]), "",
              "## Training", "",
              f"{len(history)} epochs ({sum(h['seconds'] for h in history):.0f} s of training); the weights "
-             f"are those of epoch {best['epoch']}, of the lowest validation loss ({best['val_loss']:.4f}).", "",
-             *_table(["epoch", "train loss", "train accuracy", "validation loss", "validation accuracy"],
-                     [[h["epoch"], f"{h['train_loss']:.4f}", f"{h['train_acc']:.4f}", f"{h['val_loss']:.4f}",
-                       f"{h['val_acc']:.4f}"] for h in history]), "",
+             f"are those of epoch {chosen['epoch']} (marked), of the best validation {chosen['monitor']} "
+             f"({chosen['value']:.4f}).", "",
+             *_table(["epoch", "train loss", "train accuracy", "validation loss", "validation accuracy",
+                      "validation macro F1"],
+                     [[f"**{h['epoch']}**" if h["epoch"] == chosen["epoch"] else h["epoch"],
+                       f"{h['train_loss']:.4f}", f"{h['train_acc']:.4f}", f"{h['val_loss']:.4f}",
+                       f"{h['val_acc']:.4f}", f"{h['val_macro_f1']:.4f}"] for h in history]), "",
              "## Evaluation on the test split", ""]
     base = evaluation.baseline
     if base is not None:

@@ -93,10 +93,19 @@ def plot_curves(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+class Selection(BaseModel):
+    """Which epoch's weights the bundle holds: the best by the monitored validation figure."""
+
+    monitor: str
+    epoch: int
+    value: float
+
+
 def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: list[dict[str, Any]],
-                    baseline: BaselineResult | None = None, device: DeviceChoice = "auto") -> Evaluation:
+                    selection: Selection, baseline: BaselineResult | None = None,
+                    device: DeviceChoice = "auto") -> Evaluation:
     """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
-    `history`, the `baseline` fitted on the same rows and what scoring in bf16 or int8 would
+    `history` and the epoch `selection`, the `baseline` fitted on the same rows and what scoring in bf16 or int8 would
     change), the confusion matrix and the learning curves into the bundle."""
     bundle_dir = Path(bundle_dir)
     target = pick_device(device)
@@ -106,7 +115,8 @@ def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: li
     if baseline is not None and baseline.rows != result["rows"]:
         raise AccountingError(f"the baseline scored {baseline.rows} test rows, the model {result['rows']}")
     precision = precision_report(bundle.model, held_out_ids(test_dir), len(bundle.labels.labels))
-    report = {**result, "history": history, "precision": precision.model_dump(mode="json"),
+    report = {**result, "history": history, "selection": selection.model_dump(),
+              "precision": precision.model_dump(mode="json"),
               "baseline": baseline.model_dump(mode="json", by_alias=True) if baseline else None}
     write_json(bundle_dir / METRICS, report)
     plot_confusion(result, bundle_dir / CONFUSION_PNG)

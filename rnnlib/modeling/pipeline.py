@@ -28,7 +28,7 @@ from rnnlib.config import (
 from rnnlib.modeling.baseline import BaselineResult, fit_baseline
 from rnnlib.modeling.bundle import save_bundle
 from rnnlib.modeling.card import CARD, model_card
-from rnnlib.modeling.evaluate import Evaluation, evaluate_bundle
+from rnnlib.modeling.evaluate import Evaluation, Selection, evaluate_bundle
 from rnnlib.modeling.initial import initial_identity
 from rnnlib.modeling.language_model import ENCODER_FILE, pretrain_encoder
 from rnnlib.modeling.pretrain import VECTORS_FILE, train_vectors
@@ -147,8 +147,10 @@ def evaluate_stage(data: PreparedData, fitted: StageOutput, baseline: StageOutpu
             lineage = {"tensors": tensors.key, "vocab": vocab.key, "fit": fitted.key}
             save_bundle(scratch / BUNDLE, Path(fitted.path) / BEST, Path(vocab.path), preprocess, model,
                         max_length, lineage)
+            fit = fitted.manifest
+            selection = Selection(monitor=fit["monitor"], epoch=fit["best_epoch"], value=fit["best_value"])
             evaluation = evaluate_bundle(scratch / BUNDLE, Path(tensors.path) / "test",
-                                         history=fitted.manifest["history"],
+                                         history=fit["history"], selection=selection,
                                          baseline=BaselineResult.model_validate(baseline.manifest) if baseline else None)
             (scratch / BUNDLE / CARD).write_text(model_card(scratch / BUNDLE, evaluation), encoding="utf-8")
             manifest = evaluation.model_copy(update={"bundle": str(out / BUNDLE)}).model_dump(

@@ -1,6 +1,7 @@
 """Training loop: Adam (with ULMFiT's discriminative rates and gradual unfreezing when asked),
 cross-entropy (optionally class-weighted), ReduceLROnPlateau, gradient clipping, early stopping
-on validation loss, the best weights kept, and a checkpoint every epoch
+and the best weights kept by the monitored validation figure (`train.monitor`), at least
+`train.min_steps` optimizer steps whatever the epochs, and a checkpoint every epoch
 from which a killed run resumes exactly where it was (same weights, optimizer, scheduler, RNG).
 
 Runs on CUDA when present (bf16 autocast), else CPU; under `torchrun` it trains with
@@ -81,20 +82,37 @@ def _autocast(device: torch.device, cfg: TrainConfig):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+# what `train.monitor` selects and stops on: the history's column, and whether higher is better
+MONITORED = {"loss": ("val_loss", False), "accuracy": ("val_acc", True), "macro_f1": ("val_macro_f1", True)}
+
+
+def macro_f1(confusion: torch.Tensor) -> float:
+    """Macro-averaged F1 from a (truth, predicted) confusion matrix, 0 for a class never seen
+    nor predicted (scikit-learn's zero_division=0)."""
+    hits = confusion.diag()
+    denominator = confusion.sum(0) + confusion.sum(1)
+    return float(torch.where(denominator > 0, 2 * hits / denominator.clamp(min=1), 0.0).mean())
+
+
 @torch.no_grad()
-def validation_loss(model: nn.Module, batches: ShardBatches, loss_fn: nn.Module,
-                    device: torch.device, cfg: TrainConfig) -> tuple[float, float]:
+def validate(model: nn.Module, batches: ShardBatches, loss_fn: nn.Module, num_classes: int,
+             device: torch.device, cfg: TrainConfig) -> dict[str, float]:
+    """Validation loss, accuracy and macro F1, over every rank's shards."""
     model.eval()
-    total = correct = count = 0.0
+    total = count = 0.0
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.float64)
     for batch in batches:
         batch = batch.to(device)
         with _autocast(device, cfg):
             logits = model(batch.ids, batch.lengths)
         total += float(loss_fn(logits.float(), batch.labels)) * len(batch.labels)
-        correct += float((logits.argmax(1) == batch.labels).sum())
         count += len(batch.labels)
-    total, correct, count = _sum_across_ranks(total, correct, count)
-    return total / max(count, 1), correct / max(count, 1)
+        pairs = (batch.labels * num_classes + logits.argmax(1)).cpu()
+        confusion += torch.bincount(pairs, minlength=num_classes * num_classes).double()
+    total, count, *cells = _sum_across_ranks(total, count, *confusion.tolist())
+    confusion = torch.tensor(cells, dtype=torch.float64).view(num_classes, num_classes)
+    return {"val_loss": total / max(count, 1), "val_acc": float(confusion.diag().sum()) / max(count, 1),
+            "val_macro_f1": macro_f1(confusion)}
 
 
 def initialise(network: RNNClassifier, tensors_dir: Path, labels: list[str], model: ModelConfig,
@@ -114,110 +132,156 @@ def initialise(network: RNNClassifier, tensors_dir: Path, labels: list[str], mod
     return initial
 
 
-def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
-          cfg: TrainConfig) -> dict[str, Any]:
-    """Train on `tensors_dir/train`, validate on `tensors_dir/val`; checkpoints in `out_dir`.
-    Returns the history and the best epoch; `out_dir/best.pt` holds the best weights."""
-    tensors_dir, out_dir = Path(tensors_dir), Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rank, world = _distributed()
-    device = pick_device(cfg.device)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-    manifest = read_json(tensors_dir / "train" / MANIFEST)
-    labels = manifest["labels"]
-    torch.manual_seed(cfg.seed)
-    network = RNNClassifier(manifest["vocab_size"], len(labels), model)
-    initial = initialise(network, tensors_dir, labels, model, cfg)
-    network = network.to(device)
-    groups = layer_groups(network)
-    kept_frozen = {id(p) for p in network.parameters() if not p.requires_grad}
-    # a group gradual unfreezing holds back takes no gradient: each rank must know it is unused
-    ddp = (DistributedDataParallel(network, find_unused_parameters=cfg.gradual_unfreezing)
-           if world > 1 else None)
-    # fused: one vectorised kernel for every parameter; the per-tensor loop costs more than the
-    # forward and backward passes once a large embedding table (the bag of n-grams) is trained
-    optimizer = torch.optim.Adam(optimizer_groups(groups, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                 fused=True)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=cfg.lr_factor, patience=cfg.lr_patience)
-    weight = class_weights(manifest, labels).to(device) if cfg.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-    state: dict[str, Any] = {"epoch": 0, "history": [], "best_val_loss": float("inf"),
-                             "best_epoch": 0, "bad_epochs": 0}
-    if (out_dir / LAST).is_file():
+class Run:
+    """What one training run works with: the model (wrapped by DDP under torchrun), its optimizer,
+    scheduler and loss, the batches, and `state` (epochs done, history, the best so far), which
+    with the weights, optimizer, scheduler and RNG is all a checkpoint holds."""
+
+    def __init__(self, tensors_dir: Path, out_dir: Path, model: ModelConfig, cfg: TrainConfig) -> None:
+        self.out_dir, self.cfg = out_dir, cfg
+        self.rank, self.world = _distributed()
+        device = pick_device(cfg.device)
+        if device.type == "cuda" and self.world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+        self.device = device
+        manifest = read_json(tensors_dir / "train" / MANIFEST)
+        self.labels = manifest["labels"]
+        torch.manual_seed(cfg.seed)
+        network = RNNClassifier(manifest["vocab_size"], len(self.labels), model)
+        self.initial = initialise(network, tensors_dir, self.labels, model, cfg)
+        self.network = network.to(device)
+        self.groups = layer_groups(network)
+        self.kept_frozen = {id(p) for p in network.parameters() if not p.requires_grad}
+        # a group gradual unfreezing holds back takes no gradient: each rank must know it is unused
+        self.ddp = (DistributedDataParallel(network, find_unused_parameters=cfg.gradual_unfreezing)
+                    if self.world > 1 else None)
+        # fused: one vectorised kernel for every parameter; the per-tensor loop costs more than the
+        # forward and backward passes once a large embedding table (the bag of n-grams) is trained
+        self.optimizer = torch.optim.Adam(optimizer_groups(self.groups, cfg), lr=cfg.lr,
+                                          weight_decay=cfg.weight_decay, fused=True)
+        self.column, higher = MONITORED[cfg.monitor]
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="max" if higher else "min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+        self.sign = 1.0 if higher else -1.0  # compare as "higher is better"
+        weight = class_weights(manifest, self.labels).to(device) if cfg.class_weights else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
+        self.train_batches = ShardBatches(tensors_dir / "train", cfg.batch_size, cfg.pool_batches, shuffle=True,
+                                          seed=cfg.seed, rank=self.rank, world_size=self.world)
+        self.val_batches = ShardBatches(tensors_dir / "val", cfg.batch_size * 4, cfg.pool_batches,
+                                        shuffle=False, rank=self.rank, world_size=self.world)
+        self.state: dict[str, Any] = {"epoch": 0, "steps": 0, "history": [], "best": -float("inf"),
+                                      "best_epoch": 0, "bad_epochs": 0}
+
+    def resume(self) -> None:
+        """Carry on from the last checkpoint in `out_dir`, if there is one."""
+        if not (self.out_dir / LAST).is_file():
+            return
         # on the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are
         # copied to the model's device as they are loaded
-        checkpoint = torch.load(out_dir / LAST, map_location="cpu", weights_only=True)
-        network.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
+        checkpoint = torch.load(self.out_dir / LAST, map_location="cpu", weights_only=True)
+        self.network.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"])
-        if device.type == "cuda" and "cuda_rng" in checkpoint:  # dropout on GPU draws from here
-            torch.cuda.set_rng_state(checkpoint["cuda_rng"], device)
-        state = checkpoint["state"]
-        log.info("resuming after epoch %d from %s", state["epoch"], out_dir / LAST)
-    train_batches = ShardBatches(tensors_dir / "train", cfg.batch_size, cfg.pool_batches,
-                                 shuffle=True, seed=cfg.seed, rank=rank, world_size=world)
-    val_batches = ShardBatches(tensors_dir / "val", cfg.batch_size * 4, cfg.pool_batches,
-                               shuffle=False, rank=rank, world_size=world)
-    runner = ddp or network
-    while state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience:
-        epoch = state["epoch"] + 1
-        train_batches.set_epoch(epoch)
-        trained_groups = unfreeze(groups, epoch, cfg, kept_frozen)
-        network.train()
+        if self.device.type == "cuda" and "cuda_rng" in checkpoint:  # dropout on GPU draws from here
+            torch.cuda.set_rng_state(checkpoint["cuda_rng"], self.device)
+        self.state = checkpoint["state"]
+        log.info("resuming after epoch %d from %s", self.state["epoch"], self.out_dir / LAST)
+
+    def going_on(self) -> bool:
+        """Fewer optimizer steps than `min_steps` so far, or else epochs left and no early stop."""
+        state, cfg = self.state, self.cfg
+        if state["steps"] < cfg.min_steps:
+            return True
+        return state["epoch"] < cfg.epochs and state["bad_epochs"] < cfg.patience
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        """One pass over the training split: the epoch's record, validation figures included."""
+        cfg, device = self.cfg, self.device
+        self.train_batches.set_epoch(epoch)
+        trained_groups = unfreeze(self.groups, epoch, cfg, self.kept_frozen)
+        self.network.train()
+        runner = self.ddp or self.network
         start = time.perf_counter()
-        total = correct = count = tokens = 0.0
-        bar = tqdm(train_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-                   disable=rank != 0 or not sys.stderr.isatty())
-        with Join([ddp]) if ddp else nullcontext():
+        total = correct = count = tokens = steps = 0.0
+        bar = tqdm(self.train_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
+                   disable=self.rank != 0 or not sys.stderr.isatty())
+        with Join([self.ddp]) if self.ddp else nullcontext():
             for batch in bar:
                 batch = batch.to(device)
                 with _autocast(device, cfg):
                     logits = runner(batch.ids, batch.lengths)
-                loss = loss_fn(logits.float(), batch.labels)
-                optimizer.zero_grad(set_to_none=True)
+                loss = self.loss_fn(logits.float(), batch.labels)
+                self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.clip_norm:
-                    nn.utils.clip_grad_norm_(network.parameters(), cfg.clip_norm)
-                optimizer.step()
+                    nn.utils.clip_grad_norm_(self.network.parameters(), cfg.clip_norm)
+                self.optimizer.step()
                 total += loss.item() * len(batch.labels)
                 correct += float((logits.argmax(1) == batch.labels).sum())
                 count += len(batch.labels)
                 tokens += float(batch.lengths.sum())
+                steps += 1
+        # every rank steps together (Join), so rank 0's steps are the run's
         total, correct, count, tokens = _sum_across_ranks(total, correct, count, tokens)
         seconds = time.perf_counter() - start
-        val_loss, val_acc = validation_loss(network, val_batches, loss_fn, device, cfg)
-        scheduler.step(val_loss)
-        record = {"epoch": epoch, "rows": int(count),
-                  "train_loss": total / max(count, 1), "train_acc": correct / max(count, 1),
-                  "val_loss": val_loss, "val_acc": val_acc, "lr": optimizer.param_groups[0]["lr"],
-                  "trained_groups": trained_groups,
-                  "seconds": seconds, "tokens_per_s": tokens / seconds}
-        improved = val_loss < state["best_val_loss"]
-        state = {
-            "epoch": epoch, "history": [*state["history"], record],
-            "best_val_loss": val_loss if improved else state["best_val_loss"],
-            "best_epoch": epoch if improved else state["best_epoch"],
+        validation = validate(self.network, self.val_batches, self.loss_fn, len(self.labels), device, cfg)
+        self.scheduler.step(validation[self.column])
+        return {"epoch": epoch, "rows": int(count), "steps": int(steps),
+                "train_loss": total / max(count, 1), "train_acc": correct / max(count, 1), **validation,
+                "lr": self.optimizer.param_groups[0]["lr"], "trained_groups": trained_groups,
+                "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+    def record(self, record: dict[str, Any]) -> bool:
+        """Add an epoch to the state; whether it is the best so far by the monitored figure."""
+        state, value = self.state, self.sign * record[self.column]
+        improved = value > state["best"]
+        self.state = {
+            "epoch": record["epoch"], "steps": state["steps"] + record["steps"],
+            "history": [*state["history"], record],
+            "best": value if improved else state["best"],
+            "best_epoch": record["epoch"] if improved else state["best_epoch"],
             "bad_epochs": 0 if improved else state["bad_epochs"] + 1,
         }
-        if rank == 0:
+        return improved
+
+    def checkpoint(self, improved: bool) -> None:
+        """The best weights (when `improved`) and everything a resume needs, each atomically."""
+        if self.rank == 0:
             if improved:
-                _save(network.state_dict(), out_dir / BEST)
-            checkpoint = {"model": network.state_dict(), "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(),
-                          "state": state}
-            if device.type == "cuda":
-                checkpoint["cuda_rng"] = torch.cuda.get_rng_state(device)
-            _save(checkpoint, out_dir / LAST)
+                _save(self.network.state_dict(), self.out_dir / BEST)
+            checkpoint = {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
+                          "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(),
+                          "state": self.state}
+            if self.device.type == "cuda":
+                checkpoint["cuda_rng"] = torch.cuda.get_rng_state(self.device)
+            _save(checkpoint, self.out_dir / LAST)
         if dist.is_initialized():
             dist.barrier()
-        log.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.2g | %.0f tokens/s",
-                 epoch, record["train_loss"], record["train_acc"], val_loss, val_acc, record["lr"],
-                 record["tokens_per_s"])
-    return {**state, "initial": initial, "stopped_early": state["bad_epochs"] >= cfg.patience, "device": str(device),
-            "world_size": world, "weights_digest": weights_digest(network)}
+
+    def summary(self) -> dict[str, Any]:
+        state = self.state
+        return {**state, "monitor": self.cfg.monitor, "best_value": self.sign * state["best"],
+                "initial": self.initial, "stopped_early": state["bad_epochs"] >= self.cfg.patience,
+                "device": str(self.device), "world_size": self.world, "weights_digest": weights_digest(self.network)}
+
+
+def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
+          cfg: TrainConfig) -> dict[str, Any]:
+    """Train on `tensors_dir/train`, validate on `tensors_dir/val`; checkpoints in `out_dir`.
+    Returns the history and the best epoch by `cfg.monitor`; `out_dir/best.pt` holds its weights."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(Path(tensors_dir), out_dir, model, cfg)
+    run.resume()
+    while run.going_on():
+        record = run.run_epoch(run.state["epoch"] + 1)
+        run.checkpoint(run.record(record))
+        log.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f macro F1 %.4f | lr %.2g | "
+                 "%d steps | %.0f tokens/s", record["epoch"], record["train_loss"], record["train_acc"],
+                 record["val_loss"], record["val_acc"], record["val_macro_f1"], record["lr"],
+                 run.state["steps"], record["tokens_per_s"])
+    return run.summary()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     summary = train(args.tensors, out_dir=args.out, model=config.model, cfg=config.train)
     if summary["world_size"] == 1 or dist.get_rank() == 0:
-        log.info("best epoch %d, validation loss %.4f; weights in %s", summary["best_epoch"],
-                 summary["best_val_loss"], Path(args.out) / BEST)
+        log.info("best epoch %d, validation %s %.4f; weights in %s", summary["best_epoch"],
+                 summary["monitor"], summary["best_value"], Path(args.out) / BEST)
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0
