@@ -79,7 +79,8 @@ def test_auto_precision_on_either_kind_of_cpu(monkeypatch, native_bf16, expected
     assert next(device.for_inference(nn.Linear(2, 2), "fp32", CPU).parameters()).dtype == torch.float32
     from rnnlib.config import ModelConfig
 
-    model = RNNClassifier(10, 3, ModelConfig(embedding_dim=4, hidden_size=5))
+    # the bag of n-grams too: its average must come out in the model's own format
+    model = RNNClassifier(10, 3, ModelConfig(embedding_dim=4, hidden_size=5, ngrams=2, ngram_buckets=16, ngram_dim=3))
     report = precision_report(model, pa.array([[2, 3, 4], [5]], pa.list_(pa.int32())), 3)
     assert report.auto == ("bf16" if native_bf16 else "fp32")
     assert [a.precision for a in report.agreement] == ["bf16", "int8"]

@@ -53,9 +53,11 @@ class NgramBag(nn.Module):
             hashed = (hashed[:, :-1] * HASH_MULTIPLIER + ids[:, order - 1:] + order) % self.buckets
             rows.append(hashed + self.vocab_size)
             masks.append(real[:, order - 1:])
+        embedded = self.embedding(torch.cat(rows, 1))
         weights = torch.cat(masks, 1).float()
         weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
-        return (self.embedding(torch.cat(rows, 1)) * weights[..., None]).sum(1)
+        # averaged in fp32, returned in the model's own format (bf16 when it scores in bf16)
+        return (embedded.float() * weights[..., None]).sum(1).to(embedded.dtype)
 
 
 class RNNClassifier(nn.Module):
