@@ -79,6 +79,20 @@ def _parser() -> argparse.ArgumentParser:
         _flow_flag(command)
         for flag, (_, flag_help) in SHORTCUTS.items():
             command.add_argument(f"--{flag.replace('_', '-')}", help=flag_help)
+    tune = sub.add_parser(
+        "tune", help="search a recipe's settings on the validation split, then train and evaluate the best",
+        epilog=_settings_help(TrainFlowConfig), formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the tune flow: Optuna's TPE sampler proposes the settings of tune.space, each "
+        "trial trains on the prepared data (built once) and is judged on the validation split, bad "
+        "trials are pruned by their per-epoch figure. The study is kept in work_dir/tune.db, so the "
+        "same command started again resumes it. The best configuration is trained, evaluated on the "
+        "test split beside the baseline, and written as YAML for `rnnlib train --config`.",
+    )
+    _common(tune)
+    tune.add_argument("--trials", type=int, help="trials to run (default 20)")
+    tune.add_argument("--minutes", type=float, help="start no trial after this many minutes")
+    for flag, (_, flag_help) in SHORTCUTS.items():
+        tune.add_argument(f"--{flag.replace('_', '-')}", help=flag_help)
     score = sub.add_parser(
         "score", help="apply a model bundle to files of new text, writing partitioned Parquet",
         epilog=_settings_help(ScoreConfig), formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -194,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     if args.command == "score":
         return _score(args)
+    if args.command == "tune":
+        return _tune(args)
     if args.command == "predict":
         return _predict(args)
     if args.command == "models":
@@ -237,6 +253,32 @@ def _run(args: argparse.Namespace) -> int:
                   + ", ".join(f"{name} {base:.4f} (model {model - base:+.4f})"
                               for name, model, base in result.comparison() if name != "weighted F1"))
         print(f"model bundle, model card, metrics.json and plots: {result.bundle}")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    budget = {"tune.trials": args.trials, "tune.minutes": args.minutes}
+    flags = [f"{key}={json.dumps(value)}" for key, value in budget.items() if value is not None]
+    config = load_config(TrainFlowConfig, args.config, flags + _overrides(args))
+    if args.print_config:
+        return _print_config(config)
+    start_reaper()
+    from rnnlib_flows.tune import tune_flow
+
+    search, trained, path = tune_flow(config)
+    print(f"\n{'trial':>5} {'state':<9} {'validation ' + search.monitor:>20} {'epochs':>6}  settings")
+    for t in search.trials:
+        value = "" if t.value is None else f"{t.value:.4f}"
+        print(f"{t.number:>5} {t.state:<9} {value:>20} {t.epochs or '':>6}  "
+              + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
+    result = trained.evaluation
+    print(f"\nbest: trial {search.best.number}, validation {search.monitor} {search.best.value:.4f}; test split "
+          f"({result.rows} rows): accuracy {result.accuracy:.4f}, macro F1 {result.macro.f1:.4f}")
+    if result.baseline is not None:
+        print(f"baseline on the same rows ({result.baseline.features}): accuracy {result.baseline.accuracy:.4f} "
+              f"(model {result.accuracy - result.baseline.accuracy:+.4f})")
+    print(f"best configuration: {path} (rnnlib train --config {path} reproduces it)\n"
+          f"model bundle: {result.bundle}")
     return 0
 
 

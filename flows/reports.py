@@ -8,6 +8,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's stack
     from rnnlib.modeling.evaluate import Evaluation
+    from rnnlib.modeling.tune import Search
     from rnnlib.prepare.pipeline import PreparedData
     from rnnlib.scoring.registry import Decision
     from rnnlib.scoring.run import ScoreReport
@@ -73,3 +74,24 @@ def publish_scoring(report: ScoreReport) -> None:
         lines += [f"| {name} | {error} |" for name, error in report.failed.items()]
     create_markdown_artifact(key="scoring-summary", markdown="\n".join(lines),
                              description="rows scored and rejected by the score flow")
+
+
+def publish_search(search: Search, best: Evaluation, config_path: str) -> None:
+    """The trial table, and the best trial's configuration on the test split beside the baseline."""
+    create_table_artifact(
+        key="tune-trials", description=f"study {search.study}: every trial, its settings and how it ended",
+        table=[{"trial": t.number, "state": t.state,
+                f"validation {search.monitor}": None if t.value is None else round(t.value, 4),
+                "epochs": t.epochs, "best epoch": t.best_epoch,
+                **{k: round(v, 6) if isinstance(v, float) else v for k, v in t.params.items()}}
+               for t in search.trials])
+    lines = [f"# tune: study {search.study}", "",
+             f"{len(search.trials)} trials; the best, trial {search.best.number}, reached validation "
+             f"{search.monitor} {search.best.value:.4f} with:", "",
+             "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in search.best.params.items()), "",
+             f"On the test split ({best.rows} rows):", "", "| metric | model | baseline |", "|---|---|---|",
+             *(f"| {name} | {model:.4f} | {'' if base is None else f'{base:.4f}'} |"
+               for name, model, base in best.comparison()), "",
+             f"`rnnlib train --config {config_path}` reproduces it (bundle `{best.bundle}`)."]
+    create_markdown_artifact(key="tune-summary", markdown="\n".join(lines),
+                             description="the best configuration of the search beside the baseline")

@@ -299,6 +299,58 @@ class PretrainConfig(_Strict):
                                "out to measure the language model's perplexity")
 
 
+class SearchRange(_Strict):
+    """The values one setting may take in a search: `choices`, or numbers from `low` to `high`
+    (on a log scale with `log`); integers when both bounds are integers."""
+
+    choices: list[Any] | None = Field(None, min_length=1, description="the values to choose from")
+    low: int | float | None = Field(None, description="smallest value")
+    high: int | float | None = Field(None, description="largest value")
+    log: bool = Field(False, description="sample on a log scale (rates, sizes)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> SearchRange:
+        if (self.choices is None) == (self.low is None or self.high is None):
+            raise ValueError("a search range has either choices or both low and high")
+        if self.low is not None and self.high is not None and self.low > self.high:
+            raise ValueError(f"low {self.low} is above high {self.high}")
+        return self
+
+
+def _default_space() -> dict[str, SearchRange]:
+    ranges = {
+        "model.embedding_dim": {"low": 32, "high": 256, "log": True},
+        "model.hidden_size": {"low": 32, "high": 256, "log": True},
+        "model.bidirectional": {"choices": [False, True]},
+        "model.pooling": {"choices": ["last", "max", "mean", "concat"]},
+        "model.dropout": {"low": 0.0, "high": 0.6},
+        "model.embedding_dropout": {"low": 0.0, "high": 0.5},
+        "model.ngrams": {"choices": [0, 2]},
+        "train.lr": {"low": 3e-4, "high": 5e-3, "log": True},
+        "train.batch_size": {"choices": [16, 32, 64]},
+        "train.weight_decay": {"choices": [0.0, 1e-6, 1e-5]},
+    }
+    return {key: SearchRange.model_validate(value) for key, value in ranges.items()}
+
+
+class TuneConfig(_Strict):
+    """`rnnlib tune`: a hyperparameter search (Optuna's TPE sampler) on the validation split,
+    over the prepared data built once; each trial is a fit stage, cached by content."""
+
+    trials: int = Field(20, ge=1, description="trials to run (a resumed study counts the ones it has)")
+    minutes: float | None = Field(None, gt=0, description="stop starting trials after this many minutes")
+    space: dict[str, SearchRange] = Field(
+        default_factory=_default_space, description="dotted setting -> the values it may take; the "
+        "settings not named keep the config's values")
+    storage: str | None = Field(
+        None, description="Optuna storage (any SQLAlchemy URL); default: SQLite in work_dir/tune.db, "
+        "so a killed search resumes where it was")
+    study: str | None = Field(None, description="study name; default: from the data and the search's settings")
+    prune: bool = Field(True, description="stop trials whose per-epoch validation figure falls behind (median rule)")
+    parallel: int = Field(1, ge=1, description="trials at once, each a task on the Dask cluster")
+    seed: int = Field(0, description="the sampler's seed")
+
+
 class TrainFlowConfig(PrepareConfig):
     """The `train` flow: prepare, then fit and evaluate a model."""
 
@@ -307,6 +359,7 @@ class TrainFlowConfig(PrepareConfig):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    tune: TuneConfig = Field(default_factory=TuneConfig)
 
 
 class ScoreConfig(_Strict):

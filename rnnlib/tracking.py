@@ -14,7 +14,7 @@ from typing import Any
 from rnnlib.config import TrackingConfig, TrainFlowConfig
 from rnnlib.modeling.pipeline import TrainedModel
 
-NOT_LOGGED = {"dask", "work_dir", "tracking"}  # where and how it ran, not what it is
+NOT_LOGGED = {"dask", "work_dir", "tracking", "tune"}  # where and how it ran, not what it is
 
 
 def _flatten(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:

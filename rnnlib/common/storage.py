@@ -48,6 +48,15 @@ def write_json(path: str | Path, value: Any, compact: bool = False) -> None:
     durable_replace(tmp, path)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    """Write a text file atomically (temporary name, then rename), its folder made if missing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    durable_replace(tmp, path)
+
+
 def write_parquet(table: pa.Table, path: str | Path) -> None:
     """Write a Parquet file atomically: readers see the whole file or none (a dot-name keeps the
     partial file out of `part-*` globs)."""

@@ -48,14 +48,15 @@ ENCODER_OPTIONS = {"cell", "embedding_dim", "hidden_size", "num_layers", "bidire
                    "embedding_dropout", "unk_dropout", "embeddings"}
 
 
-def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, work_dir: str) -> StageOutput:
+def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, work_dir: str,
+              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> StageOutput:
     """Train. Checkpoints live in `<key>.partial/` until training ends, so a killed run that is
-    started again resumes from its last epoch."""
+    started again resumes from its last epoch. `on_epoch` watches the epochs (not in the key)."""
 
     params = {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir,
               "initial": initial_identity(model.embeddings, cfg.init_from, model.encoder)}
-    return run_stage("fit", params, resumable(lambda partial: train(tensors.path, out_dir=partial, model=model,
-                                                                     cfg=cfg)), code=[train])
+    return run_stage("fit", params, resumable(lambda partial: train(
+        tensors.path, out_dir=partial, model=model, cfg=cfg, on_epoch=on_epoch)), code=[train])
 
 
 def resumable(make: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -266,10 +267,11 @@ class Run:
                 "device": str(self.device), "world_size": self.world, "weights_digest": weights_digest(self.network)}
 
 
-def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
-          cfg: TrainConfig) -> dict[str, Any]:
+def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig, cfg: TrainConfig,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Train on `tensors_dir/train`, validate on `tensors_dir/val`; checkpoints in `out_dir`.
-    Returns the history and the best epoch by `cfg.monitor`; `out_dir/best.pt` holds its weights."""
+    Returns the history and the best epoch by `cfg.monitor`; `out_dir/best.pt` holds its weights.
+    `on_epoch` sees each epoch's record once it is checkpointed (a search prunes a trial there)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = Run(Path(tensors_dir), out_dir, model, cfg)
@@ -281,6 +283,8 @@ def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig,
                  "%d steps | %.0f tokens/s", record["epoch"], record["train_loss"], record["train_acc"],
                  record["val_loss"], record["val_acc"], record["val_macro_f1"], record["lr"],
                  run.state["steps"], record["tokens_per_s"])
+        if on_epoch is not None:
+            on_epoch(record)
     return run.summary()
 
 
