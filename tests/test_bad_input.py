@@ -261,3 +261,21 @@ def test_a_csv_field_up_to_max_record_bytes_survives_a_bad_row(tmp_path):
     (tmp_path / "d.csv").write_text(f"text,label\n\"{big}\",a\nx,b,extra\ny,b\n")
     manifest = ingest_one(tmp_path, "d.csv")
     assert manifest["rows"] == 3 and manifest["rejected"] == {"malformed row (more fields than the header)": 1}
+
+
+def test_a_json_line_nested_too_deep_for_arrow_is_rejected_not_a_crash(tmp_path):
+    """A 40 KB line nested 20,000 deep, in a file Arrow would otherwise parse whole, crashed the
+    process inside Arrow's parser; run in a child process, so a crash fails only this test."""
+    import subprocess
+    import sys
+
+    deep = "[" * 20_000 + "]" * 20_000
+    (tmp_path / "rows.jsonl").write_text(
+        '{"text": "one", "label": "a"}\n{"text": "two", "label": "b", "deep": ' + deep + '}\n'
+        '{"text": "three", "label": "a"}\n')
+    script = ("import json, sys; from rnnlib.config import SourceConfig; from rnnlib.prepare.ingest import ingest; "
+              f"m = ingest(SourceConfig(inputs=[{{'path': {str(tmp_path / 'rows.jsonl')!r}}}]), "
+              f"out_dir={str(tmp_path / 'out')!r}); print(json.dumps(m['rejected']), m['kept'])")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
+    assert run.stdout.split() == ['{"JSON', 'nested', 'too', 'deeply":', '1}', '2']

@@ -48,6 +48,9 @@ SUFFIX_FORMATS = {
 
 MALFORMED_JSON = "malformed JSON"  # a line that is not one JSON object
 DEEP_JSON = "JSON nested too deeply"  # Python's parser recurses: a line of 100,000 "[" would fail the file
+# Arrow's JSON parser recurses too, and a line nested some 20,000 deep crashes the process: a block
+# nested deeper than this goes line by line, where such a line is rejected
+ARROW_JSON_DEPTH = 64
 MALFORMED_ROW = "malformed row (more fields than the header)"
 
 
@@ -340,6 +343,13 @@ def _json_record(raw: bytes) -> dict:
     return record if isinstance(record, dict) else {"__reject__": MALFORMED_JSON}
 
 
+def _nesting(data: np.ndarray) -> int:
+    """An upper bound of the block's JSON nesting depth (brackets inside strings count too)."""
+    step = (np.isin(data, (ord("{"), ord("["))).astype(np.int32)
+            - np.isin(data, (ord("}"), ord("]"))).astype(np.int32))
+    return int(np.cumsum(step).max(initial=0))
+
+
 def _parse_json_block(block: bytes, n_lines: int, columns: list[Any]) -> pa.Table | None:
     """The block's `columns` as strings, if Arrow parses it into exactly one object per line and
     every column holds strings or integers (as text, "1" as the line-by-line path makes it);
@@ -347,7 +357,7 @@ def _parse_json_block(block: bytes, n_lines: int, columns: list[Any]) -> pa.Tabl
     parse error, so the row count proves the alignment of rows and lines."""
     data = np.frombuffer(block, np.uint8)
     line_starts = np.concatenate([[0], np.flatnonzero(data == ord("\n"))[: n_lines - 1] + 1])
-    if not n_lines or (data[line_starts] != ord("{")).any():
+    if not n_lines or (data[line_starts] != ord("{")).any() or _nesting(data) > ARROW_JSON_DEPTH:
         return None
     try:
         table = pa_json.read_json(pa.BufferReader(block))
