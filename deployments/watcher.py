@@ -25,6 +25,7 @@ import argparse
 import fnmatch
 import logging
 import os
+import stat
 import signal
 import sys
 import time
@@ -74,6 +75,11 @@ class Watcher:
                 try:
                     st = path.stat()
                 except FileNotFoundError:  # removed since listed
+                    continue
+                if not stat.S_ISREG(st.st_mode):  # a FIFO or device would block its reader forever
+                    if path not in self.refused:
+                        log.warning("refused %s: not a regular file", path)
+                        self.refused.add(path)
                     continue
                 found[path] = (st.st_size, st.st_mtime_ns)
         return found

@@ -266,3 +266,24 @@ def test_an_unknown_encoding_is_refused_by_name():
     with pytest.raises(ValidationError, match="unknown encoding 'klingon'"):
         InputSpec(path="x.csv", encoding="klingon")
     assert InputSpec(path="x.csv", encoding="Windows-1252").encoding == "cp1252"
+
+
+def test_only_regular_files_are_read_and_paths_without_a_scheme_are_literal(tmp_path):
+    """A FIFO given as an input is refused by name (reading it would block), one inside a class
+    folder is passed over; `::` in a local file name is part of the name, not a URL chain."""
+    import os
+
+    from rnnlib.errors import InputError
+
+    os.mkfifo(tmp_path / "pipe.csv")
+    with pytest.raises(InputError, match="pipe.csv.*not a regular file"):
+        run(tmp_path, InputSpec(path=str(tmp_path / "pipe.csv")))
+    (tmp_path / "classes").mkdir()
+    (tmp_path / "classes" / "a.txt").write_text("one\ntwo\n")
+    os.mkfifo(tmp_path / "classes" / "b.txt")
+    manifest, _ = run(tmp_path, InputSpec(path=str(tmp_path / "classes"), format="file_per_class"))
+    assert manifest["kept"] == 2
+    (tmp_path / "x.csv").write_text("text,label\nwrong,file\n")
+    (tmp_path / "x.csv::y.csv").write_text("text,label\nright,file\n")
+    _, df = run(tmp_path, InputSpec(path=str(tmp_path / "x.csv::y.csv"), glob=False))
+    assert df["text"].tolist() == ["right"]

@@ -374,3 +374,12 @@ def test_scoring_reads_an_input_in_its_own_encoding(names_bundle, tmp_path):
     manifest = score(_config(names_bundle, tmp_path / "out", InputSpec(path=str(tmp_path / "win.txt"), encoding="cp1252")))
     assert manifest.scored == 2 and manifest.rejected == {"undecodable bytes (not cp1252)": 1}
     assert sorted(_scores(tmp_path / "out")["id"].to_pylist()) == ["win.txt:1", "win.txt:2"]
+
+
+def test_a_fifo_in_a_scored_folder_is_ignored_not_read(names_bundle, tmp_path):
+    dump = tmp_path / "dump"
+    dump.mkdir()
+    (dump / "a.txt").write_text("Smith\nRossi\n")
+    os.mkfifo(dump / "b.txt")
+    manifest = score(_config(names_bundle, tmp_path / "out", dump))
+    assert manifest.scored == 2 and manifest.ignored == [str(dump / "b.txt")]

@@ -71,3 +71,15 @@ def test_arrivals_are_announced_in_bounded_batches_in_order(tmp_path):
     announced = batches(arrivals, 10)
     assert [len(b) for b in announced] == [10, 10, 3]
     assert [a for b in announced for a in b] == arrivals
+
+
+def test_a_fifo_is_refused_not_announced(tmp_path):
+    """A named pipe's size never changes: announced, its reader would block forever."""
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    os.mkfifo(inbox / "pipe.txt")
+    (inbox / "real.txt").write_text("Smith\n")
+    watcher = Watcher(inbox, "*.txt", tmp_path / "state.json")
+    watcher.poll()
+    assert [a.path.name for a in watcher.poll()] == ["real.txt"]
+    assert watcher.refused == {(inbox / "pipe.txt").resolve()}

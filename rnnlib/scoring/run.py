@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import os
 import posixpath
 import shutil
 import time
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import fsspec
 import pyarrow.compute as pc
+from fsspec.implementations.local import LocalFileSystem
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
@@ -47,7 +48,7 @@ from rnnlib.scoring.partition import (
     ScoringSettings,
     score_partition,
 )
-from rnnlib.sources.inputs import fingerprint_inputs, resolve_inputs
+from rnnlib.sources.inputs import filesystem, fingerprint_inputs, resolve_inputs
 from rnnlib.sources.readers import COMPRESSIONS, SUFFIX_FORMATS, ReadUnit, plan_units
 
 if TYPE_CHECKING:
@@ -167,7 +168,7 @@ def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, st
     ignored: list[str] = []
     for spec in specs:
         spec = spec.model_copy(update={"label_column": None})
-        fs, path = fsspec.core.url_to_fs(spec.path)
+        fs, path = filesystem(spec.path)
         if spec.format != "auto" or not fs.isdir(path):
             expanded.append((spec, None))
             continue
@@ -178,7 +179,8 @@ def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, st
         for file in files:
             url = fs.unstrip_protocol(file) if "://" in spec.path else file
             hidden = any(part.startswith(".") for part in file[len(path):].split("/"))
-            if _known_format(file) and not hidden:
+            regular = not isinstance(fs, LocalFileSystem) or os.path.isfile(file)  # never a FIFO
+            if _known_format(file) and not hidden and regular:
                 expanded.append((spec.model_copy(update={"path": url, "glob": False}), base))
             else:
                 ignored.append(url)

@@ -7,11 +7,14 @@ import functools
 import json
 import os
 import posixpath
+import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem, make_path_posix
 from fsspec.implementations.zip import ZipFileSystem
 
 from rnnlib.common.fingerprint import url_digest
@@ -22,6 +25,23 @@ from rnnlib.sources.datasets import materialize
 from rnnlib.sources.readers import infer_format
 
 CLASS_LAYOUTS = ("folder_per_class", "file_per_class")
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """A URL (`https://`, `s3://`, `zip://...::...`) through fsspec; anything else is a local
+    path taken literally, so a file named `a.csv::b.csv` is that file, not a chain of URLs."""
+    if URL.match(url):
+        return fsspec.core.url_to_fs(url)
+    return LocalFileSystem(), make_path_posix(url)
+
+
+def check_regular(fs: fsspec.AbstractFileSystem, path: str, url: str) -> None:
+    """Refuse a local FIFO, socket or device: reading one would block, or never end."""
+    if isinstance(fs, LocalFileSystem):
+        mode = os.stat(path).st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise InputError("not a regular file (a FIFO, socket or device)", file=url)
 
 
 def exists(fs: fsspec.AbstractFileSystem, path: str) -> bool:
@@ -49,7 +69,7 @@ def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str,
     resolved: list[ResolvedInput] = []
     for spec in source.inputs:
         url = spec.path
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = filesystem(url)
         if path.lower().endswith(".zip") and spec.format in CLASS_LAYOUTS:
             if not fs.exists(path):
                 raise InputError("file not found", file=url)
@@ -58,6 +78,7 @@ def resolve_inputs(source: SourceConfig) -> tuple[list[ResolvedInput], dict[str,
         if not paths or (path and not exists(fs, paths[0])):
             raise InputError("file not found" if len(paths) <= 1 else "no file matches", file=url)
         for p in paths:
+            check_regular(fs, p, url)
             fmt = spec.format if spec.format != "auto" else infer_format(fs, p)
             resolved.append(ResolvedInput(fs, p, spec.model_copy(update={"format": fmt})))
     return resolved, source.label_names
@@ -75,7 +96,8 @@ def local_files(path: str) -> list[str]:
     """The files at or under a local path, sorted (os.walk: fsspec's `find` is slow on many files)."""
     if not os.path.isdir(path):
         return [path]
-    return sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names)
+    return sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
+                  if os.path.isfile(os.path.join(root, name)))  # never a FIFO: digesting it would block
 
 
 def fingerprint_inputs(source: SourceConfig, index_dir: str | Path | None = None) -> dict[str, Any]:

@@ -457,9 +457,15 @@ def _list_local(path: str, spec: InputSpec) -> list[str]:
     """A class layout's files on a local disk: glob's result, 2.7 times faster than glob on a
     folder of 25,000 files (and glob lists ten times faster than fsspec)."""
     if spec.format == "file_per_class":
-        return [posixpath.join(path, n) for n in _visible(os.listdir(path), spec.pattern)]
+        return [posixpath.join(path, n) for n in _visible(_regular_files(path), spec.pattern)]
     folders = [e.path for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
-    return [posixpath.join(f, n) for f in folders for n in _visible(os.listdir(f), spec.pattern)]
+    return [posixpath.join(f, n) for f in folders for n in _visible(_regular_files(f), spec.pattern)]
+
+
+def _regular_files(folder: str) -> list[str]:
+    """The names of a folder's regular files (links to them included), from the directory entries
+    themselves: a FIFO or device in a data folder would block its reader forever."""
+    return [e.name for e in os.scandir(folder) if e.is_file()]
 
 
 def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int, base: str | None = None) -> list[ReadUnit]:
