@@ -279,3 +279,15 @@ def test_a_json_line_nested_too_deep_for_arrow_is_rejected_not_a_crash(tmp_path)
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
     assert run.stdout.split() == ['{"JSON', 'nested', 'too', 'deeply":', '1}', '2']
+
+
+@pytest.mark.parametrize("name,content", [
+    ("cut.txt.bz2", __import__("bz2").compress(b"Smith\n" * 1000)[:40] + b"\x00" * 64),  # bz2: a bare OSError
+    ("bad.txt.zip", b"PK\x03\x04" + b"not a zip archive at all" * 4),  # zipfile.BadZipFile
+])
+def test_a_corrupt_bz2_or_zip_is_one_line_naming_the_file_never_retried(tmp_path, name, content):
+    from rnnlib.config import SourceConfig
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InputError, match=f"{name}.*corrupt or truncated compressed file"):
+        ingest(SourceConfig(inputs=[{"path": str(tmp_path / name), "label_column": None}]), out_dir=tmp_path / "out")

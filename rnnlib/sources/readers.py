@@ -38,7 +38,13 @@ from fsspec.implementations.local import LocalFileSystem
 from rnnlib.config import InputSpec
 from rnnlib.errors import InputError
 
-CORRUPT_STREAM = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError)  # raised while decompressing
+CORRUPT_STREAM = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, zipfile.BadZipFile)  # bad bytes
+
+
+def is_corrupt(exc: BaseException) -> bool:
+    """Whether reading failed on bad compressed bytes: a codec's own error, or an OSError with no
+    errno, which bz2 raises for a bad stream (a real I/O fault, worth a retry, carries one)."""
+    return isinstance(exc, CORRUPT_STREAM) or (type(exc) is OSError and exc.errno is None)
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip", ".zst": "zstd"}
 SUFFIX_FORMATS = {
     ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
@@ -97,7 +103,9 @@ def file_encoding(fs: fsspec.AbstractFileSystem, path: str, spec: InputSpec) -> 
     with open_binary(fs, path) as fh:
         try:
             return detect_encoding(fh.read(DETECT_BYTES))
-        except CORRUPT_STREAM as exc:
+        except (*CORRUPT_STREAM, OSError) as exc:
+            if not is_corrupt(exc):
+                raise
             raise corrupt(exc, path) from exc
 
 
@@ -545,7 +553,9 @@ def read_unit(unit: ReadUnit, chunk_rows: int) -> Iterator[pd.DataFrame]:
         for frame in frames:
             produced = produced or len(frame) > 0
             yield frame
-    except CORRUPT_STREAM as exc:  # bad bytes, never transient: no retry can mend them
+    except (*CORRUPT_STREAM, OSError) as exc:  # bad bytes, never transient: no retry can mend them
+        if not is_corrupt(exc):
+            raise
         raise corrupt(exc, source) from exc
     if not produced:
         raise InputError("file is empty (no rows)", file=source)
