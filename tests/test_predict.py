@@ -139,4 +139,18 @@ def test_a_model_that_cannot_be_exported_faithfully_is_refused(names_data, tmp_p
                 cfg, None, {})
     with pytest.raises(ExportError, match="does not run on other shapes"):
         export_onnx(tmp_path / "bundle", tmp_path / "model.onnx")
-    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))  # nothing left behind
+
+
+def test_two_exports_of_one_output_at_once_both_succeed(names_bundle, tmp_path):
+    """Each export works in a scratch folder of its own, so neither removes nor reads the other's files,
+    and nothing of either is left beside the output."""
+    import onnx
+
+    command = [sys.executable, "-m", "rnnlib_flows.cli", "export", str(names_bundle), "-o", str(tmp_path / "m.onnx")]
+    runs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+    for run in runs:
+        _, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err.decode()[-2000:]
+    onnx.checker.check_model(onnx.load(tmp_path / "m.onnx"))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

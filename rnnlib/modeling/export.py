@@ -13,6 +13,7 @@ shape and must match PyTorch within `tolerance`.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from torch import nn
 
 from rnnlib.common.storage import durable_replace
 from rnnlib.errors import InputError
-from rnnlib.modeling.bundle import load_bundle
+from rnnlib.modeling.bundle import Bundle, load_bundle
 from rnnlib.prepare.specials import PAD_ID, SPECIALS
 
 
@@ -50,39 +51,47 @@ def example_batch(rows: int, steps: int, vocab_size: int, seed: int) -> tuple[to
     return ids, lengths
 
 
+def _export(module: nn.Module, bundle: Bundle, vocab_size: int, path: Path) -> None:
+    """The traced graph, its metadata set, saved whole (weights inline) at `path`."""
+    import onnx
+
+    batch, steps = torch.export.Dim("batch"), torch.export.Dim("steps")
+    with torch.no_grad():
+        torch.onnx.export(module, example_batch(3, 9, vocab_size, seed=0), path, dynamo=True,
+                          input_names=["ids", "lengths"], output_names=["probabilities"],
+                          dynamic_shapes=({0: batch, 1: steps}, {0: batch}), verbose=False)
+    graph = onnx.load(path)
+    onnx.helper.set_model_props(graph, {
+        "labels": json.dumps(list(bundle.labels.labels)), "rnnlib_bundle_version": bundle.version,
+        "max_length": str(bundle.max_length or ""), "vocab_hash": bundle.vocab.hash})
+    onnx.save(graph, path)
+
+
 def export_onnx(bundle_dir: str | Path, out: str | Path, tolerance: float = 1e-4) -> Path:
     """Write the bundle's model as ONNX to `out` (atomically), checked against PyTorch."""
-    import onnx
     import onnxruntime
 
     bundle = load_bundle(bundle_dir)
     module = Probabilities(bundle.model).eval()
     vocab_size = len(bundle.vocab.tokens)
     out = Path(out)
-    tmp = out.with_name(f".{out.name}.tmp")
-    batch, steps = torch.export.Dim("batch"), torch.export.Dim("steps")
-    with torch.no_grad():
-        torch.onnx.export(module, example_batch(3, 9, vocab_size, seed=0), tmp, dynamo=True,
-                          input_names=["ids", "lengths"], output_names=["probabilities"],
-                          dynamic_shapes=({0: batch, 1: steps}, {0: batch}), verbose=False)
-    graph = onnx.load(tmp)
-    onnx.helper.set_model_props(graph, {
-        "labels": json.dumps(list(bundle.labels.labels)), "rnnlib_bundle_version": bundle.version,
-        "max_length": str(bundle.max_length or ""), "vocab_hash": bundle.vocab.hash})
-    onnx.save(graph, tmp)
-    ids, lengths = example_batch(7, 23, vocab_size, seed=1)  # another shape than the traced one
-    try:
-        got = onnxruntime.InferenceSession(str(tmp)).run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]
-    except Exception as exc:  # noqa: BLE001 - any failure means the graph is not usable
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"the exported graph does not run on other shapes ({bundle.model.cfg.cell} cells "
-                         f"export with a fixed length; gru and lstm export in full): {exc}",
-                         file=str(bundle_dir)) from exc
-    with torch.no_grad():
-        want = module(ids, lengths).numpy()
-    if not np.allclose(got, want, atol=tolerance):
-        tmp.unlink(missing_ok=True)
-        raise ExportError(f"the exported graph differs from PyTorch by {np.abs(got - want).max():.2e}",
-                         file=str(bundle_dir))
-    durable_replace(tmp, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # a scratch folder of its own beside `out`: two exports of one output never collide, and the
+    # exporter's side files (weights written as external data) go with the folder
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        tmp = Path(scratch) / out.name
+        _export(module, bundle, vocab_size, tmp)
+        ids, lengths = example_batch(7, 23, vocab_size, seed=1)  # another shape than the traced one
+        try:
+            got = onnxruntime.InferenceSession(str(tmp)).run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+        except Exception as exc:  # noqa: BLE001 - any failure means the graph is not usable
+            raise ExportError(f"the exported graph does not run on other shapes ({bundle.model.cfg.cell} cells "
+                              f"export with a fixed length; gru and lstm export in full): {exc}",
+                              file=str(bundle_dir)) from exc
+        with torch.no_grad():
+            want = module(ids, lengths).numpy()
+        if not np.allclose(got, want, atol=tolerance):
+            raise ExportError(f"the exported graph differs from PyTorch by {np.abs(got - want).max():.2e}",
+                              file=str(bundle_dir))
+        durable_replace(tmp, out)
     return out
