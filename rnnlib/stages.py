@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -139,12 +140,26 @@ class CachedOutput(BaseModel):
     complete: bool
 
 
+# what a stage writes under `<stage>/`: `<key>`, a training run's `<key>.partial`, a build's
+# scratch `.<key>.<id>.tmp`; each beside its lock `.<key>.lock`
+OUTPUT_NAME = re.compile(r"(?P<key>[0-9a-f]{32})(\.partial)?|\.(?P<scratch>[0-9a-f]{32})\.[0-9a-f]{32}\.tmp")
+
+
+def is_stage_output(folder: Path) -> bool:
+    """A folder a stage wrote: named as stages name their outputs, and finished (its manifest)
+    or begun by a stage (its lock beside it). Nothing else under a work dir is touched."""
+    name = OUTPUT_NAME.fullmatch(folder.name)
+    if name is None or not folder.is_dir() or folder.is_symlink():
+        return False
+    return is_complete(folder) or lock_file(folder.with_name(name["key"] or name["scratch"])).is_file()
+
+
 def cached_outputs(work_dir: str | Path) -> list[CachedOutput]:
     """Every stage output folder under `work_dir`, finished or not (a killed run's leftovers)."""
     found = []
     now = time.time()
     for folder in sorted(Path(work_dir).glob("*/*")):
-        if not folder.is_dir():
+        if not is_stage_output(folder):
             continue
         files = [f.stat() for f in folder.rglob("*") if f.is_file()]
         newest = max([folder.stat().st_mtime, *(f.st_mtime for f in files)])

@@ -70,3 +70,22 @@ def test_reused_builds_nothing_and_answers_only_for_a_fully_cached_run(tmp_path)
     changed = config.model_copy(update={"preprocess": config.preprocess.model_copy(update={"level": "char"})})
     assert reused(lambda: prepare(changed)) is None  # preprocess onwards would have to be built
     assert len(cached_outputs(tmp_path / "w")) == 5
+
+
+def test_prune_touches_only_stage_outputs_and_refuses_a_keep_for_that_is_not_a_bundle(tmp_path, capsys):
+    """A work dir shared with other things: a folder two levels down that no stage wrote (no
+    manifest, no lock, not a key's name) is never removed; a mistyped --keep-for is an error,
+    not a silent keep-nothing."""
+    _prepared(tmp_path)
+    mine = tmp_path / "w" / "notes" / "precious"
+    mine.mkdir(parents=True)
+    (mine / "keep.txt").write_text("mine")
+    looks_like_a_key = tmp_path / "w" / "fit" / ("0" * 32)
+    looks_like_a_key.mkdir(parents=True)  # a stage's name, but no stage wrote it
+    for folder in [mine, looks_like_a_key, *(tmp_path / "w").glob("*/*")]:
+        _age(folder, days=10)
+    removed = prune(tmp_path / "w", older_than_days=5)
+    assert len(removed) == 5 and (mine / "keep.txt").is_file() and looks_like_a_key.is_dir()
+    assert main(["cache", "prune", "--work-dir", str(tmp_path / "w"), "--older-than", "5",
+                 "--keep-for", str(tmp_path / "no-such-bundle")]) == 2
+    assert "no-such-bundle" in capsys.readouterr().err

@@ -115,6 +115,9 @@ def decisions(registry: str | Path) -> list[Decision]:
 def trained_on(paths: list[str | Path]) -> set[str]:
     """Stage keys of the data the given bundles, or the bundles of the given registries, were
     trained on (what `rnnlib cache prune --keep-for` keeps)."""
+    for path in map(Path, paths):  # a typo would keep nothing, and prune what it meant to keep
+        if not (path / CONFIG).is_file() and not (path / BUNDLES).is_dir():
+            raise InputError(f"not a bundle or registry folder (no {CONFIG}, no {BUNDLES}/)", file=str(path))
     configs = [c for p in map(Path, paths) for c in [p / CONFIG, *(p / BUNDLES).glob(f"*/{CONFIG}")]
                if c.is_file()]
     return {key for c in configs for key in read_json(c)["data"].values()}
