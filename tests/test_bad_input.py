@@ -291,3 +291,28 @@ def test_a_corrupt_bz2_or_zip_is_one_line_naming_the_file_never_retried(tmp_path
     (tmp_path / name).write_bytes(content)
     with pytest.raises(InputError, match=f"{name}.*corrupt or truncated compressed file"):
         ingest(SourceConfig(inputs=[{"path": str(tmp_path / name), "label_column": None}]), out_dir=tmp_path / "out")
+
+
+def test_the_row_by_row_csv_path_numbers_rows_as_pandas_does(tmp_path):
+    """An over-wide row after the first chunk sends the file to the row-by-row reader, which
+    resumes where pandas stopped: whitespace-only lines (skipped by pandas) must be skipped there
+    too, or one row is read twice and another lost. A quoted field keeps its blank lines, and a
+    file may start with a blank line."""
+    from rnnlib.config import SourceConfig
+
+    lines = ["", "id,text,label"]
+    for i in range(30):
+        lines.append(f"r{i},row {i},a")
+        if i % 7 == 3:
+            lines.append("   ")  # whitespace only: not a row
+    lines.insert(40, "r-wide,too,many,fields")  # in the third chunk of 10
+    lines.append('r-quoted,"two lines\n\n  \nwith blanks",b')
+    (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
+    manifest = ingest(SourceConfig(inputs=[{"path": str(tmp_path / "rows.csv"), "id_column": "id"}],
+                                   partition_rows=10), out_dir=tmp_path / "out")
+    table = pq.read_table(tmp_path / "out").to_pandas()
+    kept = table[table["reject"].isna()]
+    assert sorted(kept["id"]) == sorted([f"r{i}" for i in range(30)] + ["r-quoted"])
+    assert len(table) == manifest["rows"] == 32 and manifest["rejected"] == {
+        "malformed row (more fields than the header)": 1}
+    assert kept.set_index("id").loc["r-quoted", "text"] == "two lines\n\n  \nwith blanks"

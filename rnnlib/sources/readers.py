@@ -231,7 +231,7 @@ def _row_by_row_chunks(
     with open_binary(fs, path, spec.encoding) as raw:
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
         csv.field_size_limit(max(csv.field_size_limit(), spec.max_record_bytes))
-        reader = csv.reader(text, delimiter=_separator(spec), strict=True)
+        reader = csv.reader(_unblank(text), delimiter=_separator(spec), strict=True)
         names = next(reader, None) if spec.header else None
         width = len(names) if names else None
         rows: list[list[str | None]] = []
@@ -239,8 +239,6 @@ def _row_by_row_chunks(
         first = 1
         try:
             for fields in reader:
-                if not fields:
-                    continue
                 width = width or len(fields)
                 malformed.append(len(fields) > width)
                 rows.append([None] * width if malformed[-1] else fields + [None] * (width - len(fields)))
@@ -251,6 +249,17 @@ def _row_by_row_chunks(
             raise InputError(f"malformed CSV: {exc}", file=source, row=first + len(rows)) from exc
         if rows:
             yield _flagged(rows, malformed, names, spec, source, first)
+
+
+def _unblank(lines: Iterator[str]) -> Iterator[str]:
+    """The lines pandas' parser reads: blank and whitespace-only lines skipped, except inside a
+    quoted field (an odd number of quotes opens or closes one), so both paths number rows alike."""
+    quoted = False
+    for line in lines:
+        if not quoted and not line.strip():
+            continue
+        quoted ^= line.count('"') % 2 == 1
+        yield line
 
 
 def _flagged(rows: list[list[str | None]], malformed: list[bool], names: list[str] | None,
