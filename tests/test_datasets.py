@@ -109,3 +109,25 @@ def test_registry_checksums_match_the_mirror(datasets):
     for item in REGISTRY["semeval2016_tweets"].downloads:
         assert "sha256:" + file_digest(datasets / item.target, "sha256") == item.checksum
 
+
+
+def test_two_first_runs_at_once_download_once(http_root, tmp_path, monkeypatch):
+    """The second waits for the first's download and uses it: it never replaces the folder the
+    first is reading (each finished download would otherwise be swapped in under the other)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    root, base = http_root
+    archive = _names_zip()
+    (root / "data.zip").write_bytes(archive)
+    _register(monkeypatch, f"{base}/data.zip", f"md5:{hashlib.md5(archive).hexdigest()}")
+    source = SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache"), mirror=None)
+    folder = tmp_path / "cache" / "tiny_names"
+    inodes = []
+
+    def first_run(_: int) -> None:
+        materialize(source)
+        inodes.append(folder.stat().st_ino)
+
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(first_run, range(4)))
+    assert len(set(inodes)) == 1  # one folder, never replaced

@@ -15,6 +15,7 @@ from pathlib import Path
 import fsspec
 
 from rnnlib.common.fingerprint import file_digest
+from rnnlib.common.locks import file_lock
 from rnnlib.common.storage import building
 from rnnlib.config import InputSpec, SourceConfig
 from rnnlib.errors import InputError
@@ -198,6 +199,15 @@ def download(dataset: Dataset, cache_dir: str | Path) -> Path:
     done = root / ".complete"
     if done.is_file():
         return root
+    # one download at a time: a second first run waits, then finds the first one's copy (it
+    # would otherwise replace the finished folder while the first run reads it)
+    with file_lock(root.with_name(f".{dataset.name}.lock")):
+        if not done.is_file():
+            _fetch(dataset, root)
+    return root
+
+
+def _fetch(dataset: Dataset, root: Path) -> None:
     with building(root) as scratch:
         for item in dataset.downloads:
             local = scratch / ".download" / posixpath.basename(item.url)
@@ -217,7 +227,6 @@ def download(dataset: Dataset, cache_dir: str | Path) -> Path:
             _verify(scratch / rel, f"sha256:{sha}", rel)
         shutil.rmtree(scratch / ".download", ignore_errors=True)
         (scratch / ".complete").touch()
-    return root
 
 
 def materialize(source: SourceConfig) -> SourceConfig:
