@@ -287,3 +287,20 @@ def test_only_regular_files_are_read_and_paths_without_a_scheme_are_literal(tmp_
     (tmp_path / "x.csv::y.csv").write_text("text,label\nright,file\n")
     _, df = run(tmp_path, InputSpec(path=str(tmp_path / "x.csv::y.csv"), glob=False))
     assert df["text"].tolist() == ["right"]
+
+
+def test_a_linked_class_folder_is_fingerprinted_as_it_is_read(tmp_path):
+    """A class folder that is a link is read: its files must be in the input's fingerprint too,
+    or an edit to them would be served from a stale cache. A link cycle ends."""
+    (tmp_path / "elsewhere" / "neg").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "neg" / "1.txt").write_text("dull")
+    (tmp_path / "data" / "pos").mkdir(parents=True)
+    (tmp_path / "data" / "pos" / "1.txt").write_text("fine")
+    (tmp_path / "data" / "neg").symlink_to(tmp_path / "elsewhere" / "neg")
+    (tmp_path / "elsewhere" / "neg" / "loop").symlink_to(tmp_path / "data")
+    spec = InputSpec(path=str(tmp_path / "data"), format="folder_per_class")
+    manifest, _ = run(tmp_path, spec)
+    assert manifest["kept"] == 2
+    before = fingerprint_inputs(SourceConfig(inputs=[spec]))
+    (tmp_path / "elsewhere" / "neg" / "1.txt").write_text("dull, and long")
+    assert fingerprint_inputs(SourceConfig(inputs=[spec])) != before

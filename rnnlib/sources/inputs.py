@@ -93,11 +93,20 @@ def is_labelled(inputs: list[ResolvedInput]) -> bool:
 
 
 def local_files(path: str) -> list[str]:
-    """The files at or under a local path, sorted (os.walk: fsspec's `find` is slow on many files)."""
+    """The files at or under a local path, sorted (os.walk: fsspec's `find` is slow on many files),
+    through linked folders as the readers go (a class folder may be a link), each real folder once
+    (a link cycle ends), regular files only (digesting a FIFO would block)."""
     if not os.path.isdir(path):
         return [path]
-    return sorted(os.path.join(root, name) for root, _, names in os.walk(path) for name in names
-                  if os.path.isfile(os.path.join(root, name)))  # never a FIFO: digesting it would block
+    files, seen = [], set()
+    for root, folders, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            folders[:] = []
+            continue
+        seen.add(real)
+        files += [os.path.join(root, n) for n in names if os.path.isfile(os.path.join(root, n))]
+    return sorted(files)
 
 
 def fingerprint_inputs(source: SourceConfig, index_dir: str | Path | None = None) -> dict[str, Any]:
