@@ -304,3 +304,22 @@ def test_a_linked_class_folder_is_fingerprinted_as_it_is_read(tmp_path):
     before = fingerprint_inputs(SourceConfig(inputs=[spec]))
     (tmp_path / "elsewhere" / "neg" / "1.txt").write_text("dull, and long")
     assert fingerprint_inputs(SourceConfig(inputs=[spec])) != before
+
+
+def test_one_document_files_are_read_in_frames_bounded_by_bytes(tmp_path):
+    """200 documents of 3 MiB made one 600 MiB frame; frames now close at about partition_bytes."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    from rnnlib.sources.readers import plan_units, read_unit
+
+    for label in ("pos", "neg"):
+        (tmp_path / "docs" / label).mkdir(parents=True)
+        for i in range(20):
+            (tmp_path / "docs" / label / f"{i}.txt").write_text(f"{label} " * 25_000)  # 100 KB
+    spec = InputSpec(path=str(tmp_path / "docs"), format="folder_per_class")
+    (unit,) = plan_units(LocalFileSystem(), str(tmp_path / "docs"), spec, chunk_rows=5000)
+    frames = list(read_unit(unit, 5000, chunk_bytes=300_000))
+    assert sum(map(len, frames)) == 40 and len(frames) == 14
+    assert max(frame["text"].str.len().sum() for frame in frames) <= 300_000
+    manifest, _ = run(tmp_path, spec, partition_bytes=300_000)
+    assert manifest["kept"] == 40 and len(manifest["parts"]) >= 13

@@ -184,7 +184,7 @@ def ingest_unit(
     per_file: dict[str, Counter] = defaultdict(Counter)
     # one-document-per-file layouts are accounted per input folder, not per file
     per_folder = unit.source(unit.root) if unit.spec.format == "folder_per_class" else None
-    for frame in read_ahead(read_unit(unit, partition_rows)):
+    for frame in read_ahead(read_unit(unit, partition_rows, partition_bytes)):
         table = canonicalize(frame, unit.spec.split, label_names, labelled, keep_labels, unit.spec.encoding)
         _count_outcomes(per_file, table, per_folder)
         writer.add(table)

@@ -35,7 +35,7 @@ import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
 
-from rnnlib.config import InputSpec
+from rnnlib.config import PARTITION_BYTES, InputSpec
 from rnnlib.errors import InputError
 
 CORRUPT_STREAM = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, zipfile.BadZipFile)  # bad bytes
@@ -521,19 +521,31 @@ def _read_local(path: str, limit: int) -> bytes | None:
     return content if len(content) <= limit else None
 
 
-def _read_documents(unit: ReadUnit) -> pd.DataFrame:
-    """One document per file, labelled by its folder's name (`split/label/*.txt`, as aclImdb)."""
+def _read_documents(unit: ReadUnit, chunk_bytes: int) -> Iterator[pd.DataFrame]:
+    """One document per file, labelled by its folder's name (`split/label/*.txt`, as aclImdb), in
+    frames of at most about `chunk_bytes` of text (a frame holds at least one document)."""
+    limit = unit.spec.max_record_bytes
+    local = isinstance(unit.fs, LocalFileSystem)
+    sizes = [os.path.getsize(p) if local else unit.fs.size(p) for p in unit.paths]
+    start = total = 0
+    for end, size in enumerate(sizes, 1):
+        total += min(size, limit + 1)
+        if total >= chunk_bytes or end == len(sizes):
+            yield _documents(unit, unit.paths[start:end], sizes[start:end])
+            start, total = end, 0
+
+
+def _documents(unit: ReadUnit, paths: tuple[str, ...], sizes: list[int]) -> pd.DataFrame:
     limit = unit.spec.max_record_bytes
     if isinstance(unit.fs, LocalFileSystem):  # skip fsspec's (and pathlib's) per-file overhead
-        contents = [_read_local(p, limit) for p in unit.paths]
+        contents = [_read_local(p, limit) for p in paths]
     else:
-        sizes = [unit.fs.size(p) for p in unit.paths]
-        small = [p for p, size in zip(unit.paths, sizes) if size <= limit]
+        small = [p for p, size in zip(paths, sizes) if size <= limit]
         cat = unit.fs.cat(small) if small else {}
-        contents = [cat.get(p) for p in unit.paths]
+        contents = [cat.get(p) for p in paths]
     text = [None if c is None else decode(c, unit.spec.encoding) for c in contents]
-    labels = [p.rsplit("/", 2)[-2] for p in unit.paths]  # the parent folder's name
-    sources = [unit.source(p) for p in unit.paths]
+    labels = [p.rsplit("/", 2)[-2] for p in paths]  # the parent folder's name
+    sources = [unit.source(p) for p in paths]
     out = _frame(np.array(text, dtype=object), labels, sources, sources, 1)
     out["reject"] = np.where(np.array([c is None for c in contents]), too_long(unit.spec), None)
     return out
@@ -545,10 +557,11 @@ READERS = {
 }
 
 
-def read_unit(unit: ReadUnit, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Raw chunks of one read unit; a file that yields no row at all is an error."""
+def read_unit(unit: ReadUnit, chunk_rows: int, chunk_bytes: int = PARTITION_BYTES) -> Iterator[pd.DataFrame]:
+    """Raw chunks of one read unit (documents of a folder also bounded by `chunk_bytes`); a file
+    that yields no row at all is an error."""
     if unit.spec.format == "folder_per_class":
-        yield _read_documents(unit)
+        yield from _read_documents(unit, chunk_bytes)
         return
     (path,) = unit.paths
     source = unit.source(path)
