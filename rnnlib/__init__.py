@@ -9,3 +9,41 @@
 beside `config` (every setting, typed), `errors`, `stages` (content-addressed stage outputs) and
 `common/` (storage, fingerprints, Dask, accounting).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The public surface, imported on first use: `import rnnlib.config` stays light (the prepare flow
+# never loads torch), while `from rnnlib import Predictor` works as users expect.
+PUBLIC: dict[str, str | tuple[str, str]] = {
+    "load_config": "rnnlib.config", "PrepareConfig": "rnnlib.config", "TrainFlowConfig": "rnnlib.config",
+    "ScoreConfig": "rnnlib.config", "InputSpec": "rnnlib.config",
+    # `prepare` is the subpackage's name: the function is `prepare_data`
+    "prepare_data": ("rnnlib.prepare.pipeline", "prepare"), "PreparedData": "rnnlib.prepare.pipeline",
+    "train_model": "rnnlib.modeling.pipeline", "TrainedModel": "rnnlib.modeling.pipeline",
+    "tune": "rnnlib.modeling.tune",
+    "score": "rnnlib.scoring.run", "ScoreReport": "rnnlib.scoring.run",
+    "Predictor": "rnnlib.scoring.predictor", "Prediction": "rnnlib.scoring.predictor",
+    "InputError": "rnnlib.errors",
+}
+__all__ = sorted(PUBLIC)
+
+if TYPE_CHECKING:
+    from rnnlib.config import InputSpec, PrepareConfig, ScoreConfig, TrainFlowConfig, load_config
+    from rnnlib.errors import InputError
+    from rnnlib.modeling.pipeline import TrainedModel, train_model
+    from rnnlib.modeling.tune import tune
+    from rnnlib.prepare.pipeline import PreparedData
+    from rnnlib.prepare.pipeline import prepare as prepare_data
+    from rnnlib.scoring.predictor import Prediction, Predictor
+    from rnnlib.scoring.run import ScoreReport, score
+
+
+def __getattr__(name: str) -> Any:
+    if name not in PUBLIC:
+        raise AttributeError(f"module 'rnnlib' has no attribute {name!r}")
+    where = PUBLIC[name]
+    module, attribute = where if isinstance(where, tuple) else (where, name)
+    return getattr(importlib.import_module(module), attribute)

@@ -25,3 +25,16 @@ def test_prefect_side_is_installed_under_its_own_names():
                          ("rnnlib_deployments", "deployments")):
         spec = importlib.util.find_spec(name)
         assert spec is not None and Path(spec.origin).parent == REPO / folder
+
+
+def test_the_public_surface_is_importable_from_the_top_without_loading_torch():
+    import subprocess
+    import sys
+
+    script = ("import sys, rnnlib; assert 'torch' not in sys.modules; "
+              "from rnnlib import (Predictor, prepare_data, train_model, tune, score, load_config, TrainFlowConfig, "
+              "ScoreConfig, InputSpec, InputError); import rnnlib.prepare.pipeline as p; "
+              "assert prepare_data is p.prepare and callable(train_model) and Predictor.__name__ == 'Predictor'; "
+              "assert sorted(rnnlib.__all__) == rnnlib.__all__ and all(getattr(rnnlib, n) for n in rnnlib.__all__)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
