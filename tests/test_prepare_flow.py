@@ -257,3 +257,31 @@ def test_a_local_cluster_listens_on_this_machine_only(client):
     assert all(address.startswith("tcp://127.0.0.1:") for address in info["workers"])
     dashboard = client.run_on_scheduler(lambda dask_scheduler: dask_scheduler.http_server.address)
     assert dashboard in ("127.0.0.1", "localhost"), dashboard
+
+
+def test_keys_follow_the_libraries_and_the_stop_words_the_code_uses(tmp_path, monkeypatch):
+    """An upgrade of a library a stage imports, or another stop-word list, rebuilds what it can
+    change: neither is in rnnlib's source, so neither was in the key."""
+    import pyarrow as pa
+
+    from rnnlib.common import fingerprint
+    from rnnlib.config import PrepareConfig
+    from rnnlib.prepare import pipeline
+
+    versions = fingerprint.library_versions({fingerprint.module_file("rnnlib.prepare.text")})
+    assert {"pyarrow", "nltk"} <= set(versions) and "rnnlib" not in versions
+    (tmp_path / "d.csv").write_text("text,label\nthe cat sat,a\na dog ran,b\n" * 5)
+    config = PrepareConfig.model_validate({"source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
+                                           "preprocess": {"level": "word", "stopwords": True},
+                                           "work_dir": str(tmp_path / "w")})
+    first = pipeline.prepare(config)
+    monkeypatch.setattr(pipeline, "stopword_set", lambda language: pa.array(["the"]))
+    fewer_stop_words = pipeline.prepare(config)
+    assert fewer_stop_words.preprocess.key != first.preprocess.key and fewer_stop_words.ingest.cached
+    monkeypatch.setattr(fingerprint, "library_versions", lambda files: {**versions, "pyarrow": "0.0.1"})
+    fingerprint.code_version.cache_clear()
+    try:
+        upgraded = pipeline.prepare(config)
+    finally:
+        fingerprint.code_version.cache_clear()
+    assert not upgraded.ingest.cached and upgraded.ingest.key != first.ingest.key

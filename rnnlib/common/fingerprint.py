@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.metadata
 import json
+import sys
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -50,11 +53,23 @@ def module_file(name: str) -> Path | None:
     return None
 
 
-def _imports(name: str, path: Path) -> set[str]:
-    """The rnnlib modules `name` imports anywhere in its source (function-level imports too),
-    and the packages that importing them runs."""
+def _executed(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of `tree` but those under `if TYPE_CHECKING:`, which never run."""
+    for node in ast.iter_child_nodes(tree):
+        test = node.test if isinstance(node, ast.If) else None
+        if test is not None and "TYPE_CHECKING" in ast.unparse(test):
+            yield from (n for child in node.orelse for n in (child, *_executed(child)))
+            continue
+        yield node
+        yield from _executed(node)
+
+
+@lru_cache(maxsize=None)
+def _imported_names(path: Path) -> frozenset[str]:
+    """Every module name a source file imports anywhere (function-level imports too), with the
+    packages that importing them runs."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in _executed(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -64,7 +79,31 @@ def _imports(name: str, path: Path) -> set[str]:
         for candidate in candidates:
             parts = candidate.split(".")
             found.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
-    return {m for m in found if module_file(m) is not None and m != name}
+    return frozenset(found)
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """The rnnlib modules `name` imports."""
+    return {m for m in _imported_names(path) if module_file(m) is not None and m != name}
+
+
+@lru_cache(maxsize=1)
+def _distributions() -> dict[str, list[str]]:
+    return importlib.metadata.packages_distributions()
+
+
+def library_versions(files: set[Path]) -> dict[str, str]:
+    """The installed version of every third-party package these files import (numpy, pyarrow,
+    nltk, torch, ...): an upgrade can change what the code computes, so it is part of a key."""
+    names = {m.split(".")[0] for f in files for m in _imported_names(f)}
+    names -= {"rnnlib", "__future__", *sys.stdlib_module_names}
+    versions = {}
+    for name in sorted(names):
+        try:  # most packages are named as they are imported
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:  # yaml is PyYAML's, sklearn scikit-learn's
+            versions.update({dist: importlib.metadata.version(dist) for dist in _distributions().get(name, [])})
+    return versions
 
 
 @lru_cache(maxsize=None)
@@ -91,4 +130,5 @@ def code_version(*roots: str, own: str | None = None) -> str:
         files |= {module_file(own)} - {None} if own else set()
     else:
         files = set(PACKAGE_DIR.rglob("*.py"))
-    return digest_json({str(p.relative_to(PACKAGE_DIR)): file_digest(p) for p in sorted(files)})
+    return digest_json({"source": {str(p.relative_to(PACKAGE_DIR)): file_digest(p) for p in sorted(files)},
+                        "libraries": library_versions(files)})

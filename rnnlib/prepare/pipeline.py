@@ -32,6 +32,7 @@ from rnnlib.prepare.ingest import ingest
 from rnnlib.prepare.preprocess import preprocess
 from rnnlib.prepare.split import UNLABELLED_SPLIT, split
 from rnnlib.prepare.tensorize import tensorize
+from rnnlib.prepare.text import stopword_set
 from rnnlib.prepare.vocab import fit
 from rnnlib.sources.datasets import materialize
 from rnnlib.stages import StageOutput, run_stage
@@ -54,7 +55,9 @@ def ingest_stage(source: SourceConfig, *, work_dir: str, connect: Connect = in_p
 
 def preprocess_stage(ingested: StageOutput, *, cfg: PreprocessConfig, work_dir: str,
                      connect: Connect = in_process) -> StageOutput:
-    return run_stage("preprocess", {"ingested": ingested, "cfg": cfg, "work_dir": work_dir},
+    # NLTK's data is read, not imported: the stop words themselves are part of the key
+    words = stopword_set(cfg.stopwords_language).to_pylist() if cfg.stopwords else None
+    return run_stage("preprocess", {"ingested": ingested, "cfg": cfg, "work_dir": work_dir, "stopwords": words},
                      lambda out: preprocess(ingested.path, out_dir=out, cfg=cfg, client=connect()),
                      code=[preprocess])
 
