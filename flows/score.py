@@ -4,6 +4,8 @@ reported while the rest is scored."""
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 import time
 
@@ -33,6 +35,16 @@ class ArrivedFile(BaseModel):
     size: int | None = None
     mtime_ns: int | None = None
 
+    def unchanged(self) -> bool:
+        """Whether the file is still the version announced (no stat announced: any version)."""
+        if self.size is None:
+            return True
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (self.size, self.mtime_ns)
+
 
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=64))  # threads only wait on Dask
 def score_flow(config: ScoreConfig) -> ScoreReport:
@@ -57,6 +69,9 @@ def score_new_files_flow(files: list[ArrivedFile], registry: str = "models", out
     reports, failed = [], {}
     try:
         for file in files:
+            if not file.unchanged():  # its new version is announced by the watcher on its own
+                log.warning("%s: replaced since it was announced; that version is gone, not scored", file.path)
+                continue
             version = f"{file.size}:{file.mtime_ns}" if file.size is not None else None
             config = ScoreConfig(
                 bundle=registry, output=str(output_dir_for(file.path, output_root, version)),
@@ -64,7 +79,12 @@ def score_new_files_flow(files: list[ArrivedFile], registry: str = "models", out
                                   id_column=id_column, glob=False)],
             )
             try:
-                reports.append(_score_output(config))
+                report = _score_output(config)
+                if not file.unchanged():  # what was read may mix two versions: never kept under this one
+                    shutil.rmtree(config.output, ignore_errors=True)
+                    raise InputError("replaced while it was scored; its new version is scored on its own",
+                                     file=file.path)
+                reports.append(report)
             except Exception as exc:  # noqa: BLE001 - a bad file is reported, the others go on
                 failed[file.path] = _reason(exc)
                 log.error("%s: %s", file.path, failed[file.path])

@@ -383,3 +383,24 @@ def test_a_fifo_in_a_scored_folder_is_ignored_not_read(names_bundle, tmp_path):
     os.mkfifo(dump / "b.txt")
     manifest = score(_config(names_bundle, tmp_path / "out", dump))
     assert manifest.scored == 2 and manifest.ignored == [str(dump / "b.txt")]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_file_replaced_after_it_was_announced_is_not_scored_as_that_version(names_bundle, names_data, tmp_path):
+    """The arrival flow scores the version the watcher announced or nothing: a file replaced
+    while its run waited is skipped (its new version has an event of its own), never scored
+    into the old version's folder."""
+    from rnnlib_flows.score import ArrivedFile, score_new_files_flow
+
+    from rnnlib.scoring.registry import promote
+
+    promote(tmp_path / "models", names_bundle, names_data.ingest.path, names_data.split.path)
+    (tmp_path / "kept.txt").write_text("Smith\n")
+    (tmp_path / "replaced.txt").write_text("Rossi\n")
+    announced = [ArrivedFile(path=str(tmp_path / name), size=(st := (tmp_path / name).stat()).st_size,
+                             mtime_ns=st.st_mtime_ns) for name in ("kept.txt", "replaced.txt")]
+    (tmp_path / "replaced.txt").write_text("Rossi\nBianchi\n")  # replaced while the run waited
+    reports = score_new_files_flow(announced, registry=str(tmp_path / "models"), output_root=str(tmp_path / "out"),
+                                   format="text")
+    assert [r.scored for r in reports] == [1]
+    assert [p.name.split("-")[0] for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == ["kept.txt"]
