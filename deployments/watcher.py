@@ -3,9 +3,12 @@ for the files found complete (at most `--batch` per event; each file's path, siz
 time in its payload). The `score-new-files/on-arrival` deployment's trigger turns each event into
 one scoring run for its files, so a burst of many small files is a few runs, not one per file.
 
-- A file is announced once its size has stayed the same between two polls, so a file still being
-  copied in is not scored half-written; names starting with "." are ignored (write to a
-  dot-name, then rename).
+- A file is announced once its size and modification time have stayed the same between two polls
+  and it has not been written for `--quiet` seconds, so a file still being copied in, or whose
+  writer pauses, is not scored half-written. A writer that pauses longer than that still gets
+  its partial file scored (into an output of its own): names starting with "." are ignored, so
+  the sure way is to write to a dot-name, then rename.
+- A FIFO, socket or device is refused (logged, never announced): its reader would block.
 - A file is known by its path, size and modification time: a file replaced under the same name is
   announced again (and scored into an output of its own).
 - Symbolic links are refused (logged, never announced): a link could lead the scoring run out of
@@ -14,8 +17,8 @@ one scoring run for its files, so a burst of many small files is a few runs, not
   announced files are remembered in a state file, so a restarted watcher announces no file twice
   and retries every file whose event was not confirmed.
 
-Usage: python -m rnnlib_deployments.watcher DIR [--pattern '*.jsonl'] [--interval 2] [--batch 100]
-           [--state FILE]
+Usage: python -m rnnlib_deployments.watcher DIR [--pattern '*.jsonl'] [--interval 2] [--quiet 10]
+           [--batch 100] [--state FILE]
 (PREFECT_API_URL must point at the Prefect server.)
 """
 
@@ -52,8 +55,9 @@ class Watcher:
     """Finds files under a folder that are new, complete (size stable), not links, and not yet
     announced."""
 
-    def __init__(self, folder: Path, pattern: str, state_file: Path) -> None:
+    def __init__(self, folder: Path, pattern: str, state_file: Path, quiet_seconds: float = 0.0) -> None:
         self.folder, self.pattern, self.state_file = folder.resolve(), pattern, state_file
+        self.quiet_ns = int(quiet_seconds * 1e9)
         saved = read_json(state_file) if state_file.is_file() else []
         self.announced = {Arrival(Path(p), s, m) for p, s, m in (entry for entry in saved if isinstance(entry, list))}
         self.last_poll: dict[Path, tuple[int, int]] = {}
@@ -87,8 +91,10 @@ class Watcher:
     def poll(self) -> list[Arrival]:
         """Files unchanged since the previous poll and not yet announced as they are now."""
         seen = self._files()
-        ready = [Arrival(p, *stat) for p, stat in sorted(seen.items())
-                 if self.last_poll.get(p) == stat and Arrival(p, *stat) not in self.announced]
+        settled = time.time_ns() - self.quiet_ns
+        ready = [Arrival(p, size, mtime) for p, (size, mtime) in sorted(seen.items())
+                 if self.last_poll.get(p) == (size, mtime) and mtime <= settled
+                 and Arrival(p, size, mtime) not in self.announced]
         self.last_poll = seen
         return ready
 
@@ -138,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--pattern", default="*", help="file name glob, at any depth under the folder")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
+    parser.add_argument("--quiet", type=float, default=10.0, help="seconds a file must have gone unwritten "
+                        "before it is announced")
     parser.add_argument("--batch", type=int, default=100, help="most files announced in one event (one "
                         "scoring run)")
     parser.add_argument("--state", type=Path, help="announced files (default: FOLDER/.rnnlib-watcher.json)")
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     from prefect.events.worker import EventsWorker
 
-    watcher = Watcher(args.folder, args.pattern, args.state or args.folder / ".rnnlib-watcher.json")
+    watcher = Watcher(args.folder, args.pattern, args.state or args.folder / ".rnnlib-watcher.json", args.quiet)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     log.info("watching %s for %s", watcher.folder, args.pattern)
     try:

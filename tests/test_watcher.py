@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 from rnnlib_deployments.watcher import Arrival, Watcher, batches
 
@@ -83,3 +84,18 @@ def test_a_fifo_is_refused_not_announced(tmp_path):
     watcher.poll()
     assert [a.path.name for a in watcher.poll()] == ["real.txt"]
     assert watcher.refused == {(inbox / "pipe.txt").resolve()}
+
+
+def test_a_file_written_within_the_quiet_period_waits(tmp_path):
+    """A writer that pauses for longer than a poll: its file is stable between two polls, yet
+    was written a moment ago, so it is not announced until it has been quiet long enough."""
+    drop = tmp_path / "in"
+    drop.mkdir()
+    watcher = Watcher(drop, "*", tmp_path / "state.json", quiet_seconds=3600)
+    (drop / "a.txt").write_text("first half")
+    watcher.poll()
+    assert watcher.poll() == []  # unchanged, but written within the last hour
+    old = time.time() - 7200
+    os.utime(drop / "a.txt", (old, old))
+    watcher.poll()
+    assert _paths(watcher.poll()) == [drop / "a.txt"]
