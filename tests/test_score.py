@@ -404,3 +404,19 @@ def test_a_file_replaced_after_it_was_announced_is_not_scored_as_that_version(na
                                    format="text")
     assert [r.scored for r in reports] == [1]
     assert [p.name.split("-")[0] for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == ["kept.txt"]
+
+
+def test_a_rerun_scores_only_the_partitions_missing(names_bundle, tmp_path):
+    """The resume mechanism alone, fast: of a run left incomplete, a rerun rewrites only the
+    partitions whose scores are not on disk; the finished ones are not touched."""
+    (tmp_path / "names.txt").write_text("".join(f"Name{i}\n" for i in range(120)))
+    config = _config(names_bundle, tmp_path / "out", tmp_path / "names.txt", partition_rows=10)
+    assert score(config).scored == 120
+    parts = sorted((tmp_path / "out" / SCORES).glob("part-*"))
+    before = {p.name: p.stat().st_mtime_ns for p in parts}
+    (tmp_path / "out" / MANIFEST).unlink()  # as a run killed before its end leaves it
+    parts[3].unlink()
+    report = score(config)
+    after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / SCORES).glob("part-*")}
+    assert report.complete and report.scored == 120 and report.rows_scored_now == 10
+    assert after.keys() == before.keys() and [n for n in after if after[n] != before[n]] == [parts[3].name]
