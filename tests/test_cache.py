@@ -89,3 +89,29 @@ def test_prune_touches_only_stage_outputs_and_refuses_a_keep_for_that_is_not_a_b
     assert main(["cache", "prune", "--work-dir", str(tmp_path / "w"), "--older-than", "5",
                  "--keep-for", str(tmp_path / "no-such-bundle")]) == 2
     assert "no-such-bundle" in capsys.readouterr().err
+
+
+def test_one_stage_started_twice_at_once_is_built_once(tmp_path):
+    """Two processes prepare the same data at the same moment: each stage's lock makes the second
+    wait for the first and reuse its output, so every stage is built once (without the lock both
+    build it, and the second's rename replaces the output the first may be reading)."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"doc {i} words here,{i % 2}\n" for i in range(20000)))
+    go = tmp_path / "go"
+    script = (
+        "import json, sys, time; from pathlib import Path; from rnnlib.config import PrepareConfig; "
+        "from rnnlib.prepare.pipeline import prepare\n"
+        f"config = PrepareConfig.model_validate({{'source': {{'inputs': [{{'path': {str(tmp_path / 'd.csv')!r}}}]}}, "
+        f"'preprocess': {{'level': 'word'}}, 'work_dir': {str(tmp_path / 'w')!r}}})\n"
+        f"while not Path({str(go)!r}).exists(): time.sleep(0.005)\n"
+        "print(json.dumps({s.stage: s.cached for s in prepare(config).stages}))")
+    runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(3)  # both started and waiting
+    go.touch()
+    results = [json.loads(run.communicate(timeout=300)[0]) for run in runs]
+    assert all(run.returncode == 0 for run in runs)
+    for stage in results[0]:
+        assert sorted(r[stage] for r in results) == [False, True], (stage, results)  # built once, reused once
