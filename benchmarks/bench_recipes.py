@@ -46,8 +46,8 @@ def main() -> int:
     baseline: dict[str, list[float]] = {m: [] for m in METRICS}
     minutes = []
     for seed in args.seeds:
-        config = load_config(TrainFlowConfig, args.config, [
-            f"source.mirror={args.mirror}", f"work_dir={args.work_dir}", f"train.seed={seed}", *args.overrides])
+        config = load_config(TrainFlowConfig, args.config, [  # the seed last: a --set train={...} keeps it
+            f"source.mirror={args.mirror}", f"work_dir={args.work_dir}", *args.overrides, f"train.seed={seed}"])
         start = time.perf_counter()
         trained = train_model(config)
         minutes.append(sum(r["seconds"] for r in trained.history) / 60)
