@@ -181,7 +181,7 @@ def tune(cfg: TrainFlowConfig, data: PreparedData, vectors: StageOutput | None =
         client.gather(futures)
     elif remaining > 0:
         run_trials(cfg, data, vectors, name, remaining, seconds)
-    return summarise(cfg, _study(cfg, name), name)
+    return summarise(cfg, study, name)  # its trials are read from the database, the workers' included
 
 
 def summarise(cfg: TrainFlowConfig, study: optuna.Study, name: str) -> Search:
