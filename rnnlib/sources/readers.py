@@ -39,17 +39,17 @@ from rnnlib.config import PARTITION_BYTES, InputSpec
 from rnnlib.errors import InputError
 
 CORRUPT_STREAM = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, zipfile.BadZipFile)  # bad bytes
+COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip", ".zst": "zstd"}
+SUFFIX_FORMATS = {
+    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
+    ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".txt": "text",
+}
 
 
 def is_corrupt(exc: BaseException) -> bool:
     """Whether reading failed on bad compressed bytes: a codec's own error, or an OSError with no
     errno, which bz2 raises for a bad stream (a real I/O fault, worth a retry, carries one)."""
     return isinstance(exc, CORRUPT_STREAM) or (type(exc) is OSError and exc.errno is None)
-COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip", ".zst": "zstd"}
-SUFFIX_FORMATS = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-    ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".txt": "text",
-}
 
 
 MALFORMED_JSON = "malformed JSON"  # a line that is not one JSON object
@@ -100,13 +100,13 @@ def file_encoding(fs: fsspec.AbstractFileSystem, path: str, spec: InputSpec) -> 
     """The encoding to read `path` in: the spec's, or for `auto` the one its start shows."""
     if spec.encoding != "auto":
         return spec.encoding
-    with open_binary(fs, path) as fh:
-        try:
+    try:
+        with open_binary(fs, path) as fh:
             return detect_encoding(fh.read(DETECT_BYTES))
-        except (*CORRUPT_STREAM, OSError) as exc:
-            if not is_corrupt(exc):
-                raise
-            raise corrupt(exc, path) from exc
+    except (*CORRUPT_STREAM, OSError) as exc:
+        if not is_corrupt(exc):
+            raise
+        raise corrupt(exc, path) from exc
 
 
 def decode(content: bytes, encoding: str) -> str:
