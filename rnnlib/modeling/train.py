@@ -110,8 +110,11 @@ def validate(model: nn.Module, batches: ShardBatches, loss_fn: nn.Module, num_cl
         count += len(batch.labels)
         pairs = (batch.labels * num_classes + logits.argmax(1)).cpu()
         confusion += torch.bincount(pairs, minlength=num_classes * num_classes).double()
-    total, count, *cells = _sum_across_ranks(total, count, *confusion.tolist())
-    confusion = torch.tensor(cells, dtype=torch.float64).view(num_classes, num_classes)
+    sums = torch.cat([torch.tensor([total, count], dtype=torch.float64), confusion])
+    if dist.is_initialized():  # one reduction of the whole matrix, never a Python list of its cells
+        dist.all_reduce(sums)
+    total, count = sums[:2].tolist()
+    confusion = sums[2:].view(num_classes, num_classes)
     return {"val_loss": total / max(count, 1), "val_acc": float(confusion.diag().sum()) / max(count, 1),
             "val_macro_f1": macro_f1(confusion)}
 

@@ -525,24 +525,38 @@ def _read_documents(unit: ReadUnit, chunk_bytes: int) -> Iterator[pd.DataFrame]:
     """One document per file, labelled by its folder's name (`split/label/*.txt`, as aclImdb), in
     frames of at most about `chunk_bytes` of text (a frame holds at least one document)."""
     limit = unit.spec.max_record_bytes
-    local = isinstance(unit.fs, LocalFileSystem)
-    sizes = [os.path.getsize(p) if local else unit.fs.size(p) for p in unit.paths]
+    if isinstance(unit.fs, LocalFileSystem):  # skip fsspec's (and pathlib's) per-file overhead
+        contents = (_read_local(p, limit) for p in unit.paths)
+    else:
+        contents = _remote_documents(unit.fs, unit.paths, limit, chunk_bytes)
+    paths, texts, total = [], [], 0
+    for path, content in zip(unit.paths, contents):
+        paths.append(path)
+        texts.append(content)
+        total += limit + 1 if content is None else len(content)
+        if total >= chunk_bytes:
+            yield _documents(unit, paths, texts)
+            paths, texts, total = [], [], 0
+    if paths:
+        yield _documents(unit, paths, texts)
+
+
+def _remote_documents(fs: fsspec.AbstractFileSystem, paths: tuple[str, ...], limit: int,
+                      chunk_bytes: int) -> Iterator[bytes | None]:
+    """Each document's bytes (None: longer than `limit`), fetched in groups of about `chunk_bytes`."""
+    sizes = [fs.size(p) for p in paths]
     start = total = 0
     for end, size in enumerate(sizes, 1):
         total += min(size, limit + 1)
         if total >= chunk_bytes or end == len(sizes):
-            yield _documents(unit, unit.paths[start:end], sizes[start:end])
+            group = paths[start:end]
+            small = [p for p, n in zip(group, sizes[start:end]) if n <= limit]
+            fetched = fs.cat(small) if small else {}
+            yield from (fetched.get(p) for p in group)
             start, total = end, 0
 
 
-def _documents(unit: ReadUnit, paths: tuple[str, ...], sizes: list[int]) -> pd.DataFrame:
-    limit = unit.spec.max_record_bytes
-    if isinstance(unit.fs, LocalFileSystem):  # skip fsspec's (and pathlib's) per-file overhead
-        contents = [_read_local(p, limit) for p in paths]
-    else:
-        small = [p for p, size in zip(paths, sizes) if size <= limit]
-        cat = unit.fs.cat(small) if small else {}
-        contents = [cat.get(p) for p in paths]
+def _documents(unit: ReadUnit, paths: list[str], contents: list[bytes | None]) -> pd.DataFrame:
     text = [None if c is None else decode(c, unit.spec.encoding) for c in contents]
     labels = [p.rsplit("/", 2)[-2] for p in paths]  # the parent folder's name
     sources = [unit.source(p) for p in paths]
