@@ -443,18 +443,23 @@ def _yaml(text: str, where: str) -> Any:
         raise ConfigError(f"{where}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
 
 
-def apply_override(data: dict[str, Any], assignment: str) -> None:
-    """Apply one `dotted.key=value` override in place; the value is parsed as YAML."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"override {assignment!r} is not of the form key=value")
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set `section.sub.field` in a config's nested mapping, in place (sections made as needed)."""
     *parents, leaf = key.strip().split(".")
     node = data
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {assignment!r}: {part!r} is not a section")
-    node[leaf] = _yaml(raw, f"override {assignment!r}")
+            raise ConfigError(f"setting {key!r}: {part!r} is not a section")
+    node[leaf] = value
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `dotted.key=value` override in place; the value is parsed as YAML."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {assignment!r} is not of the form key=value")
+    set_dotted(data, key, _yaml(raw, f"override {assignment!r}"))
 
 
 def load_config(

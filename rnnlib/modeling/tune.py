@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from rnnlib.common.fingerprint import digest_json
-from rnnlib.config import ConfigError, SearchRange, TrainFlowConfig
+from rnnlib.config import ConfigError, SearchRange, TrainFlowConfig, set_dotted
 from rnnlib.modeling.pipeline import fit_stage, with_vectors
 from rnnlib.modeling.train import MONITORED
 from rnnlib.prepare.pipeline import PreparedData
@@ -61,11 +61,7 @@ def with_settings(cfg: TrainFlowConfig, settings: dict[str, Any]) -> TrainFlowCo
     """`cfg` with dotted settings (`model.hidden_size`: 128, ...) put in."""
     data = cfg.model_dump(mode="json")
     for key, value in settings.items():
-        *parents, leaf = key.split(".")
-        node = data
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
+        set_dotted(data, key, value)
     return TrainFlowConfig.model_validate(data)
 
 
