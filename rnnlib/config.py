@@ -44,8 +44,8 @@ class InputSpec(_Strict):
     glob: bool = Field(True, description="expand *, ? and [...] in `path`; false: the path is literal "
                        "(a file named report[2024].jsonl)")
     max_record_bytes: int = Field(
-        16 << 20, gt=0, description="longest line (JSON Lines, text) or one-document file: a longer one "
-        "is rejected, its bytes skipped as they stream past, never held; also the CSV field size limit")
+        16 << 20, gt=0, description="longest record (a JSON or text line, a CSV record) or one-document "
+        "file: a longer one is rejected, its bytes skipped as they stream past, never held")
     encoding: str = Field(
         "utf-8", description="text encoding of the files: any Python codec name (cp1252, latin-1, "
         "utf-16, ...); auto: UTF-8 if the file's start decodes as UTF-8, else what charset-normalizer "

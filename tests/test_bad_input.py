@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -226,6 +229,89 @@ def test_bounded_lines_skip_an_over_long_line_without_holding_it():
         if lines[-1] == b"":
             lines.pop()  # after the last line end: no line
         assert got == [line if len(line) <= limit else None for line in lines], (stream, size)
+
+
+def test_csv_record_ends_match_pandas_in_chunks_of_any_size():
+    """Record ends found chunk by chunk are where the records end, quoting read as pandas reads it:
+    a quote opens a field only at its start, "" inside a quoted field is a literal quote, a stray
+    quote mid-field is text, and a newline in a quoted field is not a record end, whichever
+    chunk boundary splits a run of quotes."""
+    import io
+    import random
+
+    from rnnlib.sources.readers import CsvRecordEnds
+
+    rng = random.Random(0)
+    fields = ['a', '', '"q"', '"with\nnewline"', '"x""y"', '""', '""""', 'mid"quote', '"a""\n"""',
+              '"ends"late', '"a,b"', 'x""y']
+    for _ in range(300):
+        records = [",".join(rng.choice(fields) for _ in range(2)).encode() + b"\n"
+                   for _ in range(rng.randint(1, 8))]
+        stream = b"".join(records)
+        expected = (np.cumsum([len(r) for r in records]) - 1).tolist()
+        scanner, got, offset = CsvRecordEnds(","), [], 0
+        while offset < len(stream):
+            size = rng.randint(1, 12)
+            got += (scanner(stream[offset:offset + size]) + offset).tolist()
+            offset += size
+        assert got == expected, stream
+        parsed = pd.read_csv(io.BytesIO(stream), header=None, dtype=object, keep_default_na=False,
+                             skip_blank_lines=False)
+        assert len(parsed) == len(records), stream
+
+
+@pytest.mark.parametrize("name", ["d.csv", "d.csv.gz", "wide.csv"])
+def test_an_over_long_csv_record_is_rejected_and_the_rest_read(tmp_path, name):
+    """A CSV field longer than max_record_bytes (quoted, spanning lines) is one rejected row; the
+    rows around it are read and numbered as they stand, on the pandas path and on the row-by-row
+    path a wider-than-header row sends a block to."""
+    import gzip
+
+    long = "word\n" * 300  # 1,500 bytes over 300 lines: over the 1,000-byte limit
+    rows = ["text,label", "ok,a", f'"{long}",a', "fine,b"] + (["too,many,fields"] if name == "wide.csv" else [])
+    content = ("\n".join(rows) + f'\n"{long}",b\nlast,b\n').encode()
+    (tmp_path / name).write_bytes(gzip.compress(content) if name.endswith(".gz") else content)
+    manifest = ingest_one(tmp_path, name, max_record_bytes=1000)
+    reason = "record longer than 1000 bytes (source's max_record_bytes)"
+    wide = {"malformed row (more fields than the header)": 1} if name == "wide.csv" else {}
+    assert manifest["rejected"] == {reason: 2, **wide}
+    df = pq.read_table(tmp_path / "out").to_pandas().sort_values("row")
+    assert df.loc[df["reject"].isna(), "text"].tolist() == ["ok", "fine", "last"]
+    assert df.loc[df["reject"] == reason, "row"].tolist() == ([2, 5] if name == "wide.csv" else [2, 4])
+
+
+def test_a_csv_bomb_is_read_in_bounded_memory(tmp_path):
+    """A 200 MB field compressed into a small .csv.gz (a row of 300 M characters took 724 MiB):
+    the field is rejected as it streams past, memory bounded by the block and record sizes."""
+    import gzip
+    import subprocess
+    import sys
+
+    with gzip.open(tmp_path / "bomb.csv.gz", "wb", compresslevel=9) as fh:
+        fh.write(b'text,label\nfirst,a\n"')
+        for _ in range(200):
+            fh.write(b"a" * (1 << 20))
+        fh.write(b'",b\nlast,b\n')
+    assert (tmp_path / "bomb.csv.gz").stat().st_size < 1 << 20
+    script = ("import json, resource; from rnnlib.config import SourceConfig; "
+              "from rnnlib.prepare.ingest import ingest; import pandas, pyarrow.parquet; "
+              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+              f"m = ingest(SourceConfig(inputs=[{{'path': {str(tmp_path / 'bomb.csv.gz')!r}}}]), "
+              f"out_dir={str(tmp_path / 'out')!r}); "
+              "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10; "
+              "print(json.dumps([m['kept'], m['rejected'], grown]))")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    kept, rejected, grown_mib = json.loads(run.stdout)
+    assert kept == 2 and rejected == {"record longer than 16777216 bytes (source's max_record_bytes)": 1}
+    assert grown_mib < 160, grown_mib  # two 16 MiB blocks and their copies, not the 200 MB field
+
+
+def test_a_quoted_csv_field_that_never_closes_fails_the_file_by_name(tmp_path):
+    """Its field would swallow the rest of the file: an error naming file and row, never a loss."""
+    (tmp_path / "d.csv").write_text('text,label\nok,a\n"open,b\n' + "more,a\n" * 400)
+    with pytest.raises(InputError, match=r"d.csv.*row 2.*malformed CSV"):
+        ingest_one(tmp_path, "d.csv", max_record_bytes=1000)
 
 
 @pytest.mark.parametrize("name,layout", [("d.jsonl", "jsonl"), ("d.txt", "text"), ("docs", "folder")])

@@ -21,7 +21,7 @@ import os
 import posixpath
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -176,98 +176,114 @@ def _select(frame: pd.DataFrame, spec: InputSpec, source: str, first_row: int) -
     return _frame(to_obj(text), to_obj(label), to_obj(ids), source, _rows(first_row, len(frame)))
 
 
+CSV_BLOCK_BYTES = 16 << 20  # whole records read and parsed at a time
+
+
 def read_delimited(
     fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
 ) -> Iterator[pd.DataFrame]:
-    """CSV/TSV with pandas' fast C parser. A row with more fields than the header stops that
-    parser; the file is then read on row by row, each such row rejected on its own."""
-    done = 0
-    try:
-        for chunk in _pandas_chunks(fs, path, source, spec, chunk_rows):
-            done += len(chunk)
-            yield chunk
-    except pd.errors.ParserError:
-        seen = 0
-        for chunk in _row_by_row_chunks(fs, path, source, spec, chunk_rows):
-            if seen + len(chunk) > done:
-                yield chunk.iloc[max(done - seen, 0):]
-            seen += len(chunk)
+    """CSV/TSV in blocks of whole records, each parsed by pandas' fast C parser. A record longer
+    than `max_record_bytes` is rejected on its own, its bytes skipped as they stream past (a small
+    compressed file can hold a field of hundreds of MB); a block with a row wider than the header
+    is read row by row, each such row rejected."""
+    sep = _separator(spec)
+    header: bytes | None = b"" if not spec.header else None
+    names: list[Any] | None = None  # without a header: the first row's width, for every block
+    first = 1
+    record_ends = CsvRecordEnds(sep)
+    with open_binary(fs, path, spec.encoding) as fh:
+        for block in bounded_records(fh, CSV_BLOCK_BYTES, spec.max_record_bytes, record_ends):
+            if block is None:
+                if header is None:
+                    raise InputError(f"header {too_long(spec)}", file=source)
+                yield _too_long_row(spec, source, first)
+                first += 1
+                continue
+            if header is None:
+                header, block = _take_header(block, sep)
+            if header is None or not block:
+                continue
+            frame, width = _parse_block(header + block, spec, source, first, names)
+            if not spec.header and names is None:
+                names = list(range(width))
+            for start in range(0, len(frame), chunk_rows):
+                yield frame.iloc[start:start + chunk_rows]
+            first += len(frame)
+    if record_ends.quoted:  # the over-long last record: a quoted field that swallowed the rest
+        raise InputError("malformed CSV: a quoted field never closes", file=source, row=first - 1)
 
 
 def _separator(spec: InputSpec) -> str:
     return spec.delimiter or ("\t" if spec.format == "tsv" else ",")
 
 
-def _pandas_chunks(
-    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
-) -> Iterator[pd.DataFrame]:
-    with open_binary(fs, path, spec.encoding) as fh:
-        try:
-            chunks = pd.read_csv(
-                fh,
-                sep=_separator(spec),
-                header=0 if spec.header else None,
-                index_col=False,  # extra fields are a bad row, never an index
-                dtype=object,
-                keep_default_na=False,
-                na_values=[],
-                encoding="utf-8",
-                encoding_errors="surrogateescape",
-                chunksize=chunk_rows,
-            )
-            first = 1
-            for chunk in chunks:
-                yield _select(chunk, spec, source, first)
-                first += len(chunk)
-        except pd.errors.EmptyDataError:
-            return
+def _take_header(block: bytes, sep: str) -> tuple[bytes | None, bytes]:
+    """The first record that is not blank (pandas skips blank lines before the header), and the
+    rest of the block; no header yet if the block is all blank lines."""
+    taken = 0
+    for record in _records(block, sep):
+        taken += len(record)
+        if record.strip():
+            return record if record.endswith((b"\n", b"\r")) else record + b"\n", block[taken:]
+    return None, b""
 
 
-def _row_by_row_chunks(
-    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int
-) -> Iterator[pd.DataFrame]:
+def _parse_block(data: bytes, spec: InputSpec, source: str, first: int, names: list[Any] | None
+                 ) -> tuple[pd.DataFrame, int]:
+    """The rows of a block (led by the header, if any) and how many fields a row has."""
+    try:
+        frame = pd.read_csv(
+            io.BytesIO(data),
+            sep=_separator(spec),
+            header=0 if spec.header else None,
+            names=names,
+            index_col=False,  # extra fields are a bad row, never an index
+            dtype=object,
+            keep_default_na=False,
+            na_values=[],
+            encoding="utf-8",
+            encoding_errors="surrogateescape",
+        )
+    except pd.errors.EmptyDataError:
+        frame = pd.DataFrame(columns=names)
+    except pd.errors.ParserError:
+        return _row_by_row(data, spec, source, first, names)
+    return _select(frame, spec, source, first), frame.shape[1]
+
+
+def _row_by_row(data: bytes, spec: InputSpec, source: str, first: int, names: list[Any] | None
+                ) -> tuple[pd.DataFrame, int]:
     """The standard library's CSV reader (strict: a truncated file is an error, never a silent
     loss), numbering rows as pandas does (blank lines skipped); over-wide rows are flagged."""
-    with open_binary(fs, path, spec.encoding) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
-        csv.field_size_limit(max(csv.field_size_limit(), spec.max_record_bytes))
-        reader = csv.reader(_unblank(text), delimiter=_separator(spec), strict=True)
-        names = next(reader, None) if spec.header else None
-        width = len(names) if names else None
-        rows: list[list[str | None]] = []
-        malformed: list[bool] = []
-        first = 1
-        try:
-            for fields in reader:
-                width = width or len(fields)
-                malformed.append(len(fields) > width)
-                rows.append([None] * width if malformed[-1] else fields + [None] * (width - len(fields)))
-                if len(rows) == chunk_rows:
-                    yield _flagged(rows, malformed, names, spec, source, first)
-                    first, rows, malformed = first + len(rows), [], []
-        except csv.Error as exc:
-            raise InputError(f"malformed CSV: {exc}", file=source, row=first + len(rows)) from exc
-        if rows:
-            yield _flagged(rows, malformed, names, spec, source, first)
-
-
-def _unblank(lines: Iterator[str]) -> Iterator[str]:
-    """The lines pandas' parser reads: blank and whitespace-only lines skipped, except inside a
-    quoted field (an odd number of quotes opens or closes one), so both paths number rows alike."""
-    quoted = False
-    for line in lines:
-        if not quoted and not line.strip():
-            continue
-        quoted ^= line.count('"') % 2 == 1
-        yield line
-
-
-def _flagged(rows: list[list[str | None]], malformed: list[bool], names: list[str] | None,
-             spec: InputSpec, source: str, first: int) -> pd.DataFrame:
-    frame = pd.DataFrame(rows, columns=names, dtype=object)
-    out = _select(frame, spec, source, first)
+    csv.field_size_limit(max(csv.field_size_limit(), spec.max_record_bytes))
+    sep = _separator(spec)
+    lines = (record.decode("utf-8", "surrogateescape") for record in _records(data, sep)
+             if record.strip())  # pandas skips blank lines: both paths number rows alike
+    reader = csv.reader(lines, delimiter=sep, strict=True)
+    header = next(reader, None) if spec.header else None
+    width = len(header) if header else len(names) if names else None
+    rows: list[list[str | None]] = []
+    malformed: list[bool] = []
+    try:
+        for fields in reader:
+            width = width or len(fields)
+            malformed.append(len(fields) > width)
+            rows.append([None] * width if malformed[-1] else fields + [None] * (width - len(fields)))
+    except csv.Error as exc:
+        raise InputError(f"malformed CSV: {exc}", file=source, row=first + len(rows)) from exc
+    out = _select(pd.DataFrame(rows, columns=header, dtype=object), spec, source, first)
     out["reject"] = np.where(malformed, MALFORMED_ROW, None)
-    return out
+    return out, width or 0
+
+
+def _records(data: bytes, sep: str) -> Iterator[bytes]:
+    """The records of a block of whole records, each with its line end."""
+    start = 0
+    for end in CsvRecordEnds(sep)(data):
+        yield data[start:end + 1]
+        start = end + 1
+    if start < len(data):
+        yield data[start:]
 
 
 JSON_BLOCK_BYTES = 16 << 20  # whole lines read and parsed at a time
@@ -301,44 +317,111 @@ def read_jsonl(
             first += len(lines)
 
 
+NEWLINE, CARRIAGE_RETURN, QUOTE = ord("\n"), ord("\r"), ord('"')
+
+
+def line_ends(data: bytes) -> np.ndarray:
+    """Where the records of line-per-record text end: every newline."""
+    return np.flatnonzero(np.frombuffer(data, np.uint8) == NEWLINE)
+
+
+class CsvRecordEnds:
+    """Where CSV records end, chunk after chunk of one stream: the line ends outside quoted fields,
+    quoting read as pandas' parser and the csv module read it. A quote opens a field only at the
+    field's start (elsewhere it is a literal character), and within a quoted field a run of quotes
+    closes the field when it is odd (pairs are literal quotes); so an odd run toggles the state
+    wherever it counts. Quote runs are few (about two per quoted field); newlines are not walked."""
+
+    def __init__(self, sep: str) -> None:
+        self.field_starts = np.array([ord(sep), NEWLINE, CARRIAGE_RETURN], np.uint8)
+        self.quoted = False
+        self.previous = NEWLINE  # the byte before what is read next: a file starts a field
+        self.held = b""  # quotes the last chunk ended in: their run may go on in the next one
+        self.terminator: int | None = None
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        if self.terminator is None and data:  # old Mac files end lines with a bare carriage return
+            self.terminator = CARRIAGE_RETURN if b"\n" not in data and b"\r" in data else NEWLINE
+        held, work = len(self.held), self.held + data
+        tail = len(work) - len(work.rstrip(b'"'))
+        work, self.held = work[:len(work) - tail], work[len(work) - tail:]
+        if not work:
+            return np.empty(0, np.int64)
+        raw = np.frombuffer(work, np.uint8)
+        ends = np.flatnonzero(raw == self.terminator)
+        quotes = np.flatnonzero(raw == QUOTE)
+        state = np.full(len(ends), self.quoted)
+        if len(quotes):
+            breaks = np.flatnonzero(np.diff(quotes) != 1) + 1
+            starts = quotes[np.concatenate([[0], breaks])]
+            odd = np.diff(np.concatenate([[0], breaks, [len(quotes)]])) % 2 == 1
+            starts = starts[odd]  # a run of even length never toggles
+            before = raw[np.maximum(starts - 1, 0)]
+            before[starts == 0] = self.previous
+            after = self._states(np.isin(before, self.field_starts))
+            state = np.concatenate([[self.quoted], after])[np.searchsorted(starts, ends)]
+            self.quoted = bool(after[-1]) if len(after) else self.quoted
+        self.previous = raw[-1]
+        return ends[~state] - held
+
+    def _states(self, at_field_start: np.ndarray) -> np.ndarray:
+        """Quoted or not after each odd quote run. Where every run toggles (no stray quote
+        mid-field) the states simply alternate; a stray quote, a no-op, needs the walk."""
+        alternating = (np.arange(len(at_field_start)) % 2 == 0) ^ self.quoted
+        if at_field_start[alternating].all():  # each run that opens a field is at a field's start
+            return alternating
+        after, quoted = np.empty(len(at_field_start), bool), self.quoted
+        for i, at_start in enumerate(at_field_start.tolist()):
+            quoted = (not quoted) if quoted or at_start else quoted
+            after[i] = quoted
+        return after
+
+
 def bounded_lines(fh: Any, size: int, limit: int) -> Iterator[bytes | None]:
-    """The stream in blocks of about `size` bytes of whole lines (the last may lack its line end).
-    A line longer than `limit` bytes comes alone as None: its bytes are skipped as they stream
-    past, so memory stays bounded by `size + limit` however long a line runs."""
+    """Line-per-record text in blocks, as `bounded_records` gives them."""
+    return bounded_records(fh, size, limit, line_ends)
+
+
+def bounded_records(fh: Any, size: int, limit: int, record_ends: Callable[[bytes], np.ndarray]
+                    ) -> Iterator[bytes | None]:
+    """The stream in blocks of about `size` bytes of whole records (the last may lack its line
+    end); `record_ends` gives the positions of record-ending bytes in each chunk read, in order.
+    A record longer than `limit` bytes comes alone as None: its bytes are skipped as they stream
+    past, so memory stays bounded by `size + limit` however long a record runs."""
     rest, skipping = b"", False
-    while block := fh.read(size):
+    while data := fh.read(size):
+        ends = record_ends(data)
         if skipping:
-            end = block.find(b"\n")
-            if end < 0:
+            if not len(ends):
                 continue
             yield None
-            block, skipping = block[end + 1:], False
-        block = rest + block
-        cut = block.rfind(b"\n") + 1
+            data, ends, skipping = data[ends[0] + 1:], ends[1:] - (ends[0] + 1), False
+        ends = ends + len(rest)
+        block = rest + data
+        cut = int(ends[-1]) + 1 if len(ends) else 0
         rest = block[cut:]
         if len(rest) > limit:
             rest, skipping = b"", True
-        yield from _split_long(block[:cut], limit)
+        yield from _split_long(block[:cut], ends, limit)
     if skipping or len(rest) > limit:
         yield None
     elif rest:
         yield rest
 
 
-def _split_long(block: bytes, limit: int) -> Iterator[bytes | None]:
-    """A block of whole lines, with each line over `limit` bytes cut out as a None."""
+def _split_long(block: bytes, ends: np.ndarray, limit: int) -> Iterator[bytes | None]:
+    """A block of whole records (ending at `ends`), with each over `limit` bytes cut out as a None."""
     if len(block) <= limit:
         if block:
             yield block
         return
-    ends = np.flatnonzero(np.frombuffer(block, np.uint8) == ord("\n"))
     starts = np.concatenate([[0], ends[:-1] + 1])
     start = 0
-    for line in np.flatnonzero(ends - starts > limit):
-        if starts[line] > start:
-            yield block[start:starts[line]]
+    for record in np.flatnonzero(ends - starts > limit):
+        if starts[record] > start:
+            yield block[start:starts[record]]
         yield None
-        start = ends[line] + 1
+        start = ends[record] + 1
     if start < len(block):
         yield block[start:]
 
