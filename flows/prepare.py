@@ -17,6 +17,7 @@ from rnnlib_tasks.prepare import (
 
 from rnnlib.config import PrepareConfig
 from rnnlib.prepare.pipeline import PreparedData, UnlabelledText, unlabelled_source
+from rnnlib.stages import holding_outputs
 
 
 def prepare_stages(config: PrepareConfig) -> PreparedData:
@@ -44,8 +45,9 @@ def prepare_stages(config: PrepareConfig) -> PreparedData:
 @flow(name="prepare")
 def prepare_flow(config: PrepareConfig = PrepareConfig()) -> PreparedData:
     """Turn labelled text into tensor shards; returns where everything is and what was kept."""
-    data = prepare_stages(config)
-    get_run_logger().info("prepared %s rows: kept %s %s, rejected %s; shards in %s", data.rows, data.kept,
-                          data.splits, data.rejected or "none", data.tensorize.path)
-    publish_prepared(data)
-    return data
+    with holding_outputs():  # until the run ends, `prune` leaves what it made or reused
+        data = prepare_stages(config)
+        get_run_logger().info("prepared %s rows: kept %s %s, rejected %s; shards in %s", data.rows, data.kept,
+                              data.splits, data.rejected or "none", data.tensorize.path)
+        publish_prepared(data)
+        return data

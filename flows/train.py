@@ -17,29 +17,31 @@ from rnnlib_tasks.train import (
 
 from rnnlib.config import TrainFlowConfig
 from rnnlib.modeling.pipeline import TrainedModel, with_encoder, with_vectors
+from rnnlib.stages import holding_outputs
 
 
 @flow(name="train")
 def train_flow(config: TrainFlowConfig = TrainFlowConfig()) -> TrainedModel:
     """Prepare the data, train a model, evaluate it on the test split and write its bundle."""
-    data = prepare_stages(config)
-    vectors = (vectors_task(data, config.pretrain, config.model.embedding_dim, config.train.seed, config.work_dir)
-               if config.pretrain.vectors else None)
-    model = with_vectors(config.model, vectors, config.pretrain)
-    language_model = (language_model_task(data, model, config.pretrain, config.tensorize.max_length,
-                                           config.train.batch_size, config.train.seed, config.train.device,
-                                           config.work_dir) if config.pretrain.encoder else None)
-    model = with_encoder(model, language_model)
-    fitted = fit_task(data.tensorize, model, config.train, config.work_dir)
-    baseline = baseline_task(data, config.preprocess.level, config.work_dir) if config.evaluate.baseline else None
-    evaluated = evaluate_task(data, fitted, baseline, config.preprocess, model,
-                              config.tensorize.max_length, config.work_dir)
-    trained = TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted,
-                           baseline=baseline, evaluate=evaluated)
-    if config.tracking.uri:
-        trained = trained.model_copy(update={"tracking_run": track_task(trained, config)})
-    result = trained.evaluation
-    get_run_logger().info("test accuracy %.4f, macro F1 %.4f; bundle in %s", result.accuracy,
-                          result.macro.f1, result.bundle)
-    publish_evaluation(result)
-    return trained
+    with holding_outputs():  # until the run ends, `prune` leaves what it made or reused
+        data = prepare_stages(config)
+        vectors = (vectors_task(data, config.pretrain, config.model.embedding_dim, config.train.seed, config.work_dir)
+                   if config.pretrain.vectors else None)
+        model = with_vectors(config.model, vectors, config.pretrain)
+        language_model = (language_model_task(data, model, config.pretrain, config.tensorize.max_length,
+                                               config.train.batch_size, config.train.seed, config.train.device,
+                                               config.work_dir) if config.pretrain.encoder else None)
+        model = with_encoder(model, language_model)
+        fitted = fit_task(data.tensorize, model, config.train, config.work_dir)
+        baseline = baseline_task(data, config.preprocess.level, config.work_dir) if config.evaluate.baseline else None
+        evaluated = evaluate_task(data, fitted, baseline, config.preprocess, model,
+                                  config.tensorize.max_length, config.work_dir)
+        trained = TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted,
+                               baseline=baseline, evaluate=evaluated)
+        if config.tracking.uri:
+            trained = trained.model_copy(update={"tracking_run": track_task(trained, config)})
+        result = trained.evaluation
+        get_run_logger().info("test accuracy %.4f, macro F1 %.4f; bundle in %s", result.accuracy,
+                              result.macro.f1, result.bundle)
+        publish_evaluation(result)
+        return trained

@@ -13,9 +13,10 @@ import contextvars
 import os
 import re
 import shutil
+import threading
 import time
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -107,8 +108,9 @@ def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[s
     `params` must hold `work_dir`; every other value goes into the key, and so does the source
     of the module `build` is written in and of everything the `code` functions' modules import.
 
-    While it runs, the stage holds its own output's lock (a second run of the same stage waits,
-    then reuses the output) and shares its inputs' locks (so `prune` cannot remove them)."""
+    While it runs, the stage shares its inputs' locks (so `prune` cannot remove them) and holds
+    its own output's: exclusively to build it (a second run of the same stage waits, then reuses
+    the output), shared to reuse it. Inside `holding_outputs()` the output stays held after."""
     start = time.perf_counter()
     digest = code_version(*sorted({fn.__module__ for fn in code}), own=build.__module__)
     key = stage_key(stage, {k: v for k, v in params.items() if k != "work_dir"}, params["work_dir"], digest)
@@ -118,15 +120,69 @@ def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[s
                      if isinstance(u, StageOutput)]
         for upstream in upstreams:
             locks.enter_context(file_lock(lock_file(upstream.path), shared=True))
-        locks.enter_context(file_lock(lock_file(out)))
-        cached = is_complete(out)
-        if not cached and _REUSE_ONLY.get():
-            raise NotCached(f"{stage}/{key}")
-        if cached:
-            os.utime(out / MANIFEST)  # last used now: what `prune` goes by
-        manifest = read_json(out / MANIFEST) if cached else build(out)
+        manifest, cached = _reuse_or_build(out, stage, key, build)
+    if (held := _HELD.get()) is not None:
+        held.hold(out)
     return StageOutput(stage=stage, key=key, path=str(out), manifest=manifest, cached=cached,
                        seconds=round(time.perf_counter() - start, 3))
+
+
+def _reuse_or_build(out: Path, stage: str, key: str, build: Callable[[Path], dict[str, Any]]
+                    ) -> tuple[dict[str, Any], bool]:
+    """A complete output is reused under a shared lock (readers never wait on each other, nor on
+    a pipeline run holding it); building takes the exclusive one, then looks again."""
+    with file_lock(lock_file(out), shared=True):
+        if is_complete(out):
+            os.utime(out / MANIFEST)  # last used now: what `prune` goes by
+            return read_json(out / MANIFEST), True
+    with file_lock(lock_file(out)):
+        if is_complete(out):  # built meanwhile
+            os.utime(out / MANIFEST)
+            return read_json(out / MANIFEST), True
+        if _REUSE_ONLY.get():
+            raise NotCached(f"{stage}/{key}")
+        return build(out), False
+
+
+class HeldOutputs:
+    """Shared locks on every output a pipeline run has made or reused, kept until the run ends: a
+    later stage reads them again (evaluation reads the vocabulary after a long fit), so `prune`
+    must not remove them in between. Stages of one run may finish in several threads."""
+
+    def __init__(self) -> None:
+        self._locks = ExitStack()
+        self._held: set[Path] = set()
+        self._guard = threading.Lock()
+
+    def hold(self, out: Path) -> None:
+        with self._guard:
+            if out not in self._held:
+                self._locks.enter_context(file_lock(lock_file(out), shared=True))
+                self._held.add(out)
+
+    def release(self) -> None:
+        with self._guard:
+            self._locks.close()
+            self._held.clear()
+
+
+_HELD: contextvars.ContextVar[HeldOutputs | None] = contextvars.ContextVar("held_outputs", default=None)
+
+
+@contextmanager
+def holding_outputs() -> Iterator[None]:
+    """For the block, hold every stage output made or reused in it (see `HeldOutputs`); inside
+    another such block, the outer one holds them."""
+    if _HELD.get() is not None:
+        yield
+        return
+    held = HeldOutputs()
+    token = _HELD.set(held)
+    try:
+        yield
+    finally:
+        _HELD.reset(token)
+        held.release()
 
 
 class CachedOutput(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,43 @@ def test_train_flow_end_to_end_then_cached(datasets, tmp_path):
     second = train_flow(config)
     assert all(stage.cached for stage in second.stages)
     assert second.evaluation == result
+
+
+def test_prune_during_a_run_removes_nothing_the_run_still_needs(datasets, tmp_path):
+    """`rnnlib cache prune --older-than 0` while the train flow fits: every output the run has
+    made or reused stays held until the run ends (evaluation reads the vocabulary and the split
+    after the fit), so the run finishes; once it has ended they can be pruned."""
+    import threading
+
+    from rnnlib_flows.cli import main
+
+    from rnnlib.stages import cached_outputs
+
+    config = TrainFlowConfig.model_validate({
+        "source": {"dataset": "names", "mirror": str(datasets)}, "work_dir": str(tmp_path / "w"),
+        "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 32},
+        "train": {"epochs": 3, "batch_size": 32}, "evaluate": {"baseline": False},
+    })
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["trained"] = train_flow(config)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test below
+            outcome["error"] = exc
+
+    flow_run = threading.Thread(target=run)
+    flow_run.start()
+    deadline = time.monotonic() + 300
+    fitting = lambda: list((tmp_path / "w").glob("fit/*.partial/last.pt"))  # noqa: E731
+    while not fitting() and flow_run.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert flow_run.is_alive(), outcome  # the run is still fitting
+    assert main(["cache", "prune", "--work-dir", str(tmp_path / "w"), "--older-than", "0"]) == 0
+    flow_run.join()
+    assert "error" not in outcome, outcome.get("error")
+    trained = outcome["trained"]
+    kept = {o.key for o in cached_outputs(tmp_path / "w")}
+    assert {s.key for s in trained.data.stages} <= kept and trained.evaluate.key in kept
+    assert main(["cache", "prune", "--work-dir", str(tmp_path / "w"), "--older-than", "0"]) == 0
+    assert cached_outputs(tmp_path / "w") == []  # the run over, nothing holds them

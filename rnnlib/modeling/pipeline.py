@@ -34,7 +34,7 @@ from rnnlib.modeling.language_model import ENCODER_FILE, pretrain_encoder
 from rnnlib.modeling.pretrain import VECTORS_FILE, train_vectors
 from rnnlib.modeling.train import BEST, train
 from rnnlib.prepare.pipeline import PreparedData, prepare
-from rnnlib.stages import StageOutput, run_stage
+from rnnlib.stages import StageOutput, holding_outputs, run_stage
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -192,6 +192,7 @@ class TrainedModel(BaseModel):
         return self.fit.manifest["best_epoch"]
 
 
+@holding_outputs()  # every stage's output stays until the run ends: never pruned meanwhile
 def train_model(cfg: TrainFlowConfig, client: Client | None = None) -> TrainedModel:
     """Prepare the data (on `client`, or in this process), train, evaluate and write the bundle;
     every stage is reused from `cfg.work_dir` when its inputs are unchanged."""

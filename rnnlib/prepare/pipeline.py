@@ -35,7 +35,7 @@ from rnnlib.prepare.tensorize import tensorize
 from rnnlib.prepare.text import stopword_set
 from rnnlib.prepare.vocab import fit
 from rnnlib.sources.datasets import materialize
-from rnnlib.stages import StageOutput, run_stage
+from rnnlib.stages import StageOutput, holding_outputs, run_stage
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -154,6 +154,7 @@ class PreparedData(BaseModel):
         return self.tensorize.manifest["vocab_size"]
 
 
+@holding_outputs()  # evaluation reads them after a long fit: never pruned meanwhile
 def prepare(cfg: PrepareConfig, client: Client | None = None) -> PreparedData:
     """Run the prepare stages in order on `client` (None: in this process), each reused from
     `cfg.work_dir` when a complete output with the same key is there."""
