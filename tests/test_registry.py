@@ -111,3 +111,52 @@ def test_models_list_promote_by_hand_and_rollback(names_bundle, names_data, untr
     assert "no bundle 'no-such-version'" in capsys.readouterr().err
     reasons = [json.loads(line)["reason"] for line in open(registry / DECISIONS)]
     assert reasons[2].startswith("rolled back from") and reasons[3] == "promoted by hand (rnnlib models promote)"
+
+
+def test_two_promotions_at_once_compare_one_after_the_other(names_bundle, names_data, untrained_bundle, tmp_path):
+    """Two retrains finish together: under the registry's lock the second compares against the
+    model the first installed, not the incumbent both started from (without the lock both see
+    the untrained incumbent and both decisions say so)."""
+    import subprocess
+    import sys
+    import time
+
+    registry = tmp_path / "models"
+    promote(registry, untrained_bundle, names_data.ingest.path, names_data.split.path)
+    go = tmp_path / "go"
+    script = ("import sys, time; from pathlib import Path; from rnnlib.scoring.registry import promote\n"
+              f"while not Path({str(go)!r}).exists(): time.sleep(0.005)\n"
+              f"promote({str(registry)!r}, {str(names_bundle)!r}, {names_data.ingest.path!r}, "
+              f"{names_data.split.path!r})")
+    runs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    time.sleep(3)  # both started and waiting
+    go.touch()
+    errors = [run.communicate(timeout=300)[1] for run in runs]
+    assert all(run.returncode == 0 for run in runs), errors
+    untrained, trained = (read_json(b / CONFIG)["version"] for b in (untrained_bundle, names_bundle))
+    together = [json.loads(line) for line in open(registry / DECISIONS)][1:]
+    assert sorted(d["current"] for d in together) == sorted([untrained, trained]), together
+    assert read_json(registry / CURRENT)["version"] == trained
+
+
+def test_a_second_scoring_run_into_the_same_output_is_refused_while_the_first_writes(datasets, names_bundle, tmp_path):
+    """`score()` holds its output's lock for the whole run: a second run into the same output
+    while the first is scoring is refused by name, never a second writer mixing partitions."""
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "scored"
+    config = ScoreConfig(bundle=str(names_bundle), output=str(out), partition_rows=500,
+                         inputs=[InputSpec(path=str(datasets / "names"), label_column=None)])
+    script = ("import sys; from rnnlib.config import ScoreConfig; from rnnlib.scoring.run import score\n"
+              f"score(ScoreConfig.model_validate_json({config.model_dump_json()!r}))")
+    first = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(out.glob("**/*.parquet")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the first run has begun writing
+    assert first.poll() is None, first.communicate()[1]
+    with pytest.raises(InputError, match="another scoring run is writing this output"):
+        score(config)
+    assert first.wait(timeout=300) == 0, first.communicate()[1]
+    assert score(config).already_complete  # the first run's output, whole

@@ -99,3 +99,17 @@ def test_a_file_written_within_the_quiet_period_waits(tmp_path):
     os.utime(drop / "a.txt", (old, old))
     watcher.poll()
     assert _paths(watcher.poll()) == [drop / "a.txt"]
+
+
+def test_an_event_the_server_never_stores_is_not_taken_as_delivered(tmp_path, http_root):
+    """`announce()` reads its event back before it reports delivery: where the API is not a
+    Prefect server (a plain web server here, as a wrong URL or a proxy would be) the event is
+    lost, so it reports False and the files are offered again on the next poll."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from rnnlib_deployments.watcher import announce
+
+    root, url = http_root
+    (root / "a.txt").write_text("x\n")
+    st = (root / "a.txt").stat()
+    with temporary_settings({PREFECT_API_URL: f"{url}/api"}):
+        assert announce([Arrival(root / "a.txt", st.st_size, st.st_mtime_ns)], confirm_seconds=2) is False
