@@ -4,11 +4,12 @@ process work pool (run `prefect worker start --pool POOL` from this repository t
   retrain/nightly             the `retrain` flow on a cron schedule; at most one run at a time
   score-new-files/on-arrival  the `score-new-files` flow, triggered by each `rnnlib.files.arrived`
                               event (see deployments/watcher.py) with the files it announces
-  score/ad-hoc                the `score` flow, run on demand with a full ScoreConfig
+  score/ad-hoc                the `score` flow, run on demand with a full ScoreConfig, confined to
+                              the --score-root folders (default: the current one)
 
 Usage: python -m rnnlib_deployments.deploy --pool rnnlib [--cron "0 2 * * *"] [--dataset names]
            [--config-file configs/names.yaml] [--registry models] [--output-root scored]
-           [--set key=value ...]
+           [--set key=value ...] [--score-root DIR ...]
 """
 
 from __future__ import annotations
@@ -36,10 +37,13 @@ def file_arrival_trigger() -> DeploymentEventTrigger:
 
 
 def deploy(pool: str, cron: str, dataset: str | None, config_file: str | None, registry: str,
-           output_root: str, overrides: list[str], scoring_concurrency: int = 1) -> dict[str, UUID]:
+           output_root: str, overrides: list[str], scoring_concurrency: int = 1,
+           score_roots: list[str] | None = None) -> dict[str, UUID]:
     """Create (or update) the three deployments; folders are made absolute, so every worker
-    agrees on them whatever its working directory."""
+    agrees on them whatever its working directory. `score_roots`: the folders an ad-hoc scoring
+    run may read and write (default: the current folder)."""
     registry, output_root = str(Path(registry).resolve()), str(Path(output_root).resolve())
+    score_roots = [str(Path(root).resolve()) for root in score_roots or ["."]]
     source = str(REPO)
     ids = {}
     ids["retrain/nightly"] = flow.from_source(source, "flows/retrain.py:retrain_flow").deploy(
@@ -55,8 +59,8 @@ def deploy(pool: str, cron: str, dataset: str | None, config_file: str | None, r
         description="Score newly arrived files with the registry's current model.",
     )
     ids["score/ad-hoc"] = flow.from_source(source, "flows/score.py:score_flow").deploy(
-        name="ad-hoc", work_pool_name=pool, print_next_steps=False,
-        description="Score any inputs with any bundle (or registry) on demand.",
+        name="ad-hoc", work_pool_name=pool, print_next_steps=False, parameters={"roots": score_roots},
+        description=f"Score inputs with a bundle (or registry) on demand, within {', '.join(score_roots)}.",
     )
     return ids
 
@@ -74,9 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scoring-concurrency", type=int, default=1,
                         help="most file-triggered scoring runs at once (the rest queue); each starts "
                         "one Dask worker per core")
+    parser.add_argument("--score-root", dest="score_roots", action="append", metavar="DIR",
+                        help="a folder ad-hoc scoring runs may read from and write to (repeat for "
+                        "more; default: the current folder); inputs, bundle and output elsewhere "
+                        "are refused")
     args = parser.parse_args(argv)
     for name, deployment_id in deploy(args.pool, args.cron, args.dataset, args.config_file, args.registry,
-                                      args.output_root, args.overrides, args.scoring_concurrency).items():
+                                      args.output_root, args.overrides, args.scoring_concurrency,
+                                      args.score_roots).items():
         print(f"deployment {name}: {deployment_id}")
     return 0
 

@@ -47,9 +47,12 @@ class ArrivedFile(BaseModel):
 
 
 @flow(name="score", task_runner=ThreadPoolTaskRunner(max_workers=64))  # threads only wait on Dask
-def score_flow(config: ScoreConfig) -> ScoreReport:
+def score_flow(config: ScoreConfig, roots: list[str] | None = None) -> ScoreReport:
     """Score every row of the inputs (or reject it with a reason); resumable and idempotent.
-    `config.bundle` may be a model registry folder: its current model is used."""
+    `config.bundle` may be a model registry folder: its current model is used. `roots`, when
+    given (the ad-hoc deployment's), replace `config.roots`: the folders the run may use."""
+    if roots is not None:
+        config = config.model_copy(update={"roots": roots})
     try:
         return _score_output(config)
     finally:

@@ -388,6 +388,10 @@ class ScoreConfig(_Strict):
         "on a CPU without them runs much slower, with a warning. int8: recurrent and linear "
         "weights quantised to 8 bits, CPU only")
     dask: DaskConfig = Field(default_factory=DaskConfig)
+    roots: list[str] = Field(
+        default_factory=list, description="folders (or URL prefixes) that every input, the bundle "
+        "and the output must lie in, links resolved; empty: anywhere. What confines the ad-hoc "
+        "scoring deployment")
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)

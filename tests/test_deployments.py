@@ -4,8 +4,10 @@ Every process the test starts is stopped at the end."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -74,14 +76,27 @@ class Processes:
                 process.wait()
 
 
+AUTH = "rnnlib:correct-horse-battery"
+
+
 @pytest.fixture
 def server(tmp_path, datasets) -> Iterator[tuple[Processes, str]]:
+    yield from _server(tmp_path, datasets, {})
+
+
+@pytest.fixture
+def authenticated_server(tmp_path, datasets) -> Iterator[tuple[Processes, str]]:
+    """A server that requires the auth string; every process the test starts presents it."""
+    yield from _server(tmp_path, datasets, {"PREFECT_SERVER_API_AUTH_STRING": AUTH, "PREFECT_API_AUTH_STRING": AUTH})
+
+
+def _server(tmp_path: Path, datasets: Path, extra: dict[str, str]) -> Iterator[tuple[Processes, str]]:
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
            "PREFECT_LOGGING_LEVEL": "INFO", "RNNLIB_DATASETS_MIRROR": str(datasets),
-           "NLTK_DATA": os.environ.get("NLTK_DATA", "")}
+           "NLTK_DATA": os.environ.get("NLTK_DATA", ""), **extra}
     env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
     (tmp_path / "logs").mkdir()
     processes = Processes(env, tmp_path / "logs")
@@ -102,18 +117,24 @@ def server(tmp_path, datasets) -> Iterator[tuple[Processes, str]]:
             print(f"----- {log.name}\n{log.read_text()[-3000:]}")
 
 
-def _flow_runs(api: str, deployment: str) -> list[dict]:
+def _flow_runs(api: str, deployment: str, auth: str | None = None) -> list[dict]:
     """Flow runs of a deployment (`flow/deployment`), through the REST API."""
     def post(path: str, body: dict) -> object:
-        request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        return json.loads(urllib.request.urlopen(request, timeout=10).read())
+        return _post(api, path, body, auth)
 
     flow_name, name = deployment.split("/")
     try:
         return _query(post, flow_name, name)
     except OSError:  # a server busy creating many runs at once may answer late: ask again later
         return []
+
+
+def _post(api: str, path: str, body: dict, auth: str | None = None) -> object:
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(auth.encode()).decode()
+    request = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), headers=headers)
+    return json.loads(urllib.request.urlopen(request, timeout=10).read())
 
 
 def _query(post, flow_name: str, name: str) -> list[dict]:
@@ -237,3 +258,55 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     spans = sorted((datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs)
     assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
     shutil.rmtree(tmp_path / "work", ignore_errors=True)
+
+
+def test_an_authenticated_server_and_the_ad_hoc_deployment_confined_to_its_roots(
+        authenticated_server, names_bundle, tmp_path):
+    """With PREFECT_SERVER_API_AUTH_STRING the API refuses whoever does not present it (a bare
+    request, a CLI without PREFECT_API_AUTH_STRING), and works for the worker, the CLI and the
+    watcher's event that do. The ad-hoc scoring deployment scores inside its --score-root and
+    refuses an input outside it, by name."""
+    import urllib.error
+
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+    from rnnlib_deployments.watcher import Arrival, announce
+
+    processes, api = authenticated_server
+    with pytest.raises(urllib.error.HTTPError, match="401"):
+        _post(api, "/flows/filter", {})
+    anonymous = {k: v for k, v in processes.env.items() if k != "PREFECT_API_AUTH_STRING"}
+    refused = subprocess.run([PREFECT, "work-pool", "ls"], cwd=REPO, env=anonymous, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr
+
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    (root / "in").mkdir(parents=True)
+    outside.mkdir()
+    (root / "in" / "names.txt").write_text("Rossi\nWagner\n")
+    (outside / "names.txt").write_text("Smith\n")
+    shutil.copytree(names_bundle, root / "bundle")
+    processes.run(PREFECT, "work-pool", "create", POOL, "--type", "process")
+    processes.run(sys.executable, "-m", "rnnlib_deployments.deploy", "--pool", POOL, "--registry",
+                  str(tmp_path / "models"), "--output-root", str(root / "scored"), "--score-root", str(root))
+    processes.start("worker", PREFECT, "worker", "start", "--pool", POOL)
+
+    def ad_hoc(inputs: Path, output: Path) -> dict:
+        config = {"bundle": str(root / "bundle"), "inputs": [{"path": str(inputs)}], "output": str(output),
+                  "dask": {"processes": False}}
+        out = processes.run(PREFECT, "deployment", "run", "score/ad-hoc", "--param", f"config={json.dumps(config)}")
+        run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
+        return _wait(lambda: _final([r for r in _flow_runs(api, "score/ad-hoc", AUTH) if r["id"] == run_id]),
+                     300, "the ad-hoc scoring run")
+
+    run = ad_hoc(root / "in" / "names.txt", root / "out")
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert json.loads((root / "out" / MANIFEST).read_text())["scored"] == 2
+    run = ad_hoc(outside / "names.txt", root / "out-2")
+    assert run["state"]["type"] == "FAILED"
+    assert f"{outside / 'names.txt'}: outside the folders this run may use" in run["state"]["message"]
+    assert not (root / "out-2").exists()
+
+    (root / "in" / "more.txt").write_text("Bianchi\n")
+    st = (root / "in" / "more.txt").stat()
+    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH}):
+        assert announce([Arrival(root / "in" / "more.txt", st.st_size, st.st_mtime_ns)], confirm_seconds=30)

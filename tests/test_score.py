@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -420,3 +421,39 @@ def test_a_rerun_scores_only_the_partitions_missing(names_bundle, tmp_path):
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out" / SCORES).glob("part-*")}
     assert report.complete and report.scored == 120 and report.rows_scored_now == 10
     assert after.keys() == before.keys() and [n for n in after if after[n] != before[n]] == [parts[3].name]
+
+
+def test_a_run_confined_to_roots_refuses_what_lies_outside_them(names_bundle, tmp_path):
+    """With `roots`, an input, bundle or output outside them is refused by name before anything
+    is read or written, a link inside pointing out included; inside them the run scores."""
+    inside, outside = tmp_path / "inside", tmp_path / "outside"
+    inside.mkdir()
+    outside.mkdir()
+    (inside / "a.txt").write_text("Smith\n")
+    (outside / "secret.txt").write_text("Rossi\n")
+    os.symlink(outside / "secret.txt", inside / "link.txt")
+    bundle = inside / "bundle"
+    shutil.copytree(names_bundle, bundle)
+    roots = {"roots": [str(inside)]}
+    for bundle_dir, output, path, refused in [
+        (bundle, inside / "out-1", outside / "secret.txt", outside / "secret.txt"),
+        (bundle, inside / "out-2", inside / "link.txt", inside / "link.txt"),
+        (bundle, outside / "out", inside / "a.txt", outside / "out"),
+        (names_bundle, inside / "out-3", inside / "a.txt", names_bundle),
+    ]:
+        with pytest.raises(InputError, match=f"{refused}: outside the folders this run may use"):
+            score(_config(bundle_dir, output, path, **roots))
+        assert not output.exists()
+    assert score(_config(bundle, inside / "out", inside / "a.txt", **roots)).scored == 1
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_score_flow_takes_its_roots_over_the_configs(names_bundle, tmp_path):
+    """The ad-hoc deployment passes `roots` beside the caller's config: a config that names
+    wider roots of its own is still confined to the deployment's."""
+    from rnnlib_flows.score import score_flow
+
+    (tmp_path / "a.txt").write_text("Smith\n")
+    config = _config(names_bundle, tmp_path / "out", tmp_path / "a.txt", roots=["/"])
+    state = score_flow(config, roots=[str(tmp_path / "elsewhere")], return_state=True)
+    assert state.is_failed() and "outside the folders this run may use" in state.message

@@ -48,7 +48,7 @@ from rnnlib.scoring.partition import (
     ScoringSettings,
     score_partition,
 )
-from rnnlib.sources.inputs import filesystem, fingerprint_inputs, resolve_inputs
+from rnnlib.sources.inputs import URL, filesystem, fingerprint_inputs, resolve_inputs
 from rnnlib.sources.readers import COMPRESSIONS, SUFFIX_FORMATS, ReadUnit, plan_units
 
 if TYPE_CHECKING:
@@ -192,7 +192,9 @@ def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, st
 def plan_run(config: ScoreConfig) -> ScoreRun:
     """Resolve the inputs and the bundle into a run whose key names everything its result
     depends on (the bundle's version, every input file's content, the options)."""
+    confine(config.roots, [config.bundle, config.output, *(spec.path for spec in config.inputs)])
     bundle_dir = locate_bundle(config.bundle)
+    confine(config.roots, [str(bundle_dir)])
     if not (bundle_dir / CONFIG).is_file():
         raise InputError(f"not a model bundle or registry: {CONFIG} is missing", file=config.bundle)
     bundle = read_json(bundle_dir / CONFIG)
@@ -201,6 +203,7 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
     for spec, base in specs:
         for item in resolve_inputs(SourceConfig(inputs=[spec]))[0]:
             units += plan_units(item.fs, item.path, item.spec, config.partition_rows, base)
+    confine(config.roots, [path for unit in units for path in unit.paths])  # links followed
     max_length = config.max_length or bundle["max_length"] or DEFAULT_MAX_LENGTH
     settings = ScoringSettings(
         bundle=str(bundle_dir.resolve()), version=bundle["version"], top_k=config.top_k,
@@ -216,6 +219,23 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
                 "code": code_version(score_partition.__module__, ingest_unit.__module__, own=__name__)}
     return ScoreRun(Path(config.output).resolve(), digest_json(identity), tuple(units), settings,
                     tuple(ignored), config.partition_rows, config.partition_bytes)
+
+
+def confine(roots: list[str], paths: list[str]) -> None:
+    """Refuse a path outside `roots` (none: anywhere): a local path once its links are resolved,
+    a URL by its prefix."""
+    if not roots:
+        return
+    local = [os.path.realpath(r) for r in roots if not URL.match(r)]
+    prefixes = [r.rstrip("/") + "/" for r in roots if URL.match(r)]
+    for path in paths:
+        if URL.match(path):
+            inside = any(path.startswith(prefix) for prefix in prefixes)
+        else:
+            real = os.path.realpath(path)
+            inside = any(os.path.commonpath([real, root]) == root for root in local)
+        if not inside:
+            raise InputError(f"outside the folders this run may use (roots: {', '.join(roots)})", file=path)
 
 
 def output_dir_for(path: str, root: str | Path, version: str | None = None) -> Path:
