@@ -1,4 +1,4 @@
-"""The `train` flow: prepare -> [word vectors] -> [language model] -> fit, baseline -> evaluate,
+"""The `train` flow: prepare -> [word vectors] -> [language model] -> fit, [wide], baseline -> evaluate,
 every stage a task cached by content."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from rnnlib_tasks.train import (
     language_model_task,
     track_task,
     vectors_task,
+    wide_task,
 )
 
 from rnnlib.config import TrainFlowConfig
@@ -33,11 +34,13 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig()) -> TrainedModel:
                                                config.work_dir) if config.pretrain.encoder else None)
         model = with_encoder(model, language_model)
         fitted = fit_task(data.tensorize, model, config.train, config.work_dir)
+        wide = (wide_task(data, config.model.ngram_buckets, config.train.seed, config.work_dir)
+                if config.model.wide else None)
         baseline = baseline_task(data, config.preprocess.level, config.work_dir) if config.evaluate.baseline else None
         evaluated = evaluate_task(data, fitted, baseline, config.preprocess, model,
-                                  config.tensorize.max_length, config.work_dir)
+                                  config.tensorize.max_length, config.work_dir, wide, config.train.batch_size)
         trained = TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted,
-                               baseline=baseline, evaluate=evaluated)
+                               wide=wide, baseline=baseline, evaluate=evaluated)
         if config.tracking.uri:
             trained = trained.model_copy(update={"tracking_run": track_task(trained, config)})
         result = trained.evaluation

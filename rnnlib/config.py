@@ -213,6 +213,10 @@ class ModelConfig(_Strict):
         "texts and small data with exactly these features")
     ngram_buckets: int = Field(2**18, gt=0, description="hash buckets of the n-grams (2..N)")
     ngram_dim: int = Field(32, gt=0, description="embedding size of the bag of n-grams")
+    wide: bool = Field(
+        False, description="wide and deep: blend the recurrent model's probabilities with a linear "
+        "TF-IDF model's over the words and hashed word bigrams (fitted apart, its regularisation "
+        "and the blend's weight chosen on the validation split). Wins on small sets")
     embeddings: EmbeddingsConfig | None = Field(
         None, description="start the embedding rows of the tokens found in a vectors file from "
         "those vectors (the rest keep their random start); coverage goes to the fit manifest")

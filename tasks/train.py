@@ -51,9 +51,14 @@ def baseline_task(data: PreparedData, level: str, work_dir: str) -> StageOutput:
     return pipeline.baseline_stage(data, level=level, work_dir=work_dir)
 
 
+@task(name="wide", **TASK_OPTIONS)
+def wide_task(data: PreparedData, buckets: int, seed: int, work_dir: str) -> StageOutput:
+    return pipeline.wide_stage(data, buckets=buckets, seed=seed, work_dir=work_dir)
+
+
 @task(name="evaluate", **TASK_OPTIONS)
 def evaluate_task(data: PreparedData, fitted: StageOutput, baseline: StageOutput | None,
                   preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
-                  work_dir: str) -> StageOutput:
+                  work_dir: str, wide: StageOutput | None = None, batch_size: int = 64) -> StageOutput:
     return pipeline.evaluate_stage(data, fitted, baseline, preprocess=preprocess, model=model,
-                                   max_length=max_length, work_dir=work_dir)
+                                   max_length=max_length, work_dir=work_dir, wide=wide, batch_size=batch_size)

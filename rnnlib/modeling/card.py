@@ -41,6 +41,21 @@ def _precision(evaluation: Evaluation) -> list[str]:
                      for a in report.agreement]), ""]
 
 
+def _blend(evaluation: Evaluation) -> list[str]:
+    """How a wide-and-deep model's two halves are blended, and what each does alone."""
+    blend = evaluation.blend
+    if blend is None:
+        return []
+    return ["## Wide and deep", "",
+            f"Its probabilities are {blend.weight:.2f} x the recurrent model's + {1 - blend.weight:.2f} x "
+            f"a linear TF-IDF model's over the words and hashed word bigrams (C={blend.wide.C:g}, "
+            f"{blend.wide.features} features seen in training), the weight chosen on the validation split:", "",
+            *_table(["model", "validation accuracy", "test accuracy"],
+                    [["blend", f"{blend.val_accuracy:.4f}", f"{evaluation.accuracy:.4f}"],
+                     ["recurrent alone", f"{blend.deep_val_accuracy:.4f}", f"{blend.deep_test_accuracy:.4f}"],
+                     ["linear alone", f"{blend.wide_val_accuracy:.4f}", f"{blend.wide_test_accuracy:.4f}"]]), ""]
+
+
 def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
     config, report = read_json(Path(bundle_dir) / CONFIG), read_json(Path(bundle_dir) / METRICS)
     history, labels = report["history"], report["labels"]
@@ -77,6 +92,7 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
               *_table(["label", "precision", "recall", "F1", "test rows"],
                       [[label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1-score']:.3f}", int(c["support"])]
                        for label, c in report["per_class"].items()]), "",
+              *_blend(evaluation),
               *_precision(evaluation),
               "## Intended use and limits", "",
               "- For text like the training data: the same language, domain and kind of text. Its "

@@ -25,6 +25,7 @@ from rnnlib.modeling.device import DeviceChoice, pick_device  # noqa: E402
 from rnnlib.modeling.inference import PrecisionReport, held_out_ids, precision_report  # noqa: E402
 from rnnlib.modeling.metrics import Averages, metrics  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
+from rnnlib.modeling.wide import Blend  # noqa: E402
 
 CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
 
@@ -40,6 +41,7 @@ class Evaluation(BaseModel):
     weighted: Averages
     baseline: BaselineResult | None = None  # TF-IDF + logistic regression on the same rows
     precision: PrecisionReport | None = None  # what scoring in bf16 or int8 changes
+    blend: Blend | None = None  # wide and deep: the weight, and each half alone
 
     def comparison(self) -> list[tuple[str, float, float | None]]:
         """(metric, model, baseline or None) for the headline metrics."""
@@ -103,10 +105,11 @@ class Selection(BaseModel):
 
 def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: list[dict[str, Any]],
                     selection: Selection, baseline: BaselineResult | None = None,
-                    device: DeviceChoice = "auto") -> Evaluation:
+                    blend: Blend | None = None, device: DeviceChoice = "auto") -> Evaluation:
     """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
     `history` and the epoch `selection`, the `baseline` fitted on the same rows and what scoring in bf16 or int8 would
-    change), the confusion matrix and the learning curves into the bundle."""
+    change; for a wide-and-deep model the `blend` and each half's test accuracy alone), the
+    confusion matrix and the learning curves into the bundle."""
     bundle_dir = Path(bundle_dir)
     target = pick_device(device)
     bundle = load_bundle(bundle_dir, target)
@@ -115,11 +118,26 @@ def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: li
     if baseline is not None and baseline.rows != result["rows"]:
         raise AccountingError(f"the baseline scored {baseline.rows} test rows, the model {result['rows']}")
     precision = precision_report(bundle.model, held_out_ids(test_dir), len(bundle.labels.labels))
+    if blend is not None:
+        blend = blend.model_copy(update=halves_alone(bundle.model, test_dir, target))
     report = {**result, "history": history, "selection": selection.model_dump(),
+              "blend": blend.model_dump(mode="json") if blend else None,
               "precision": precision.model_dump(mode="json"),
               "baseline": baseline.model_dump(mode="json", by_alias=True) if baseline else None}
     write_json(bundle_dir / METRICS, report)
     plot_confusion(result, bundle_dir / CONFUSION_PNG)
     plot_curves(history, bundle_dir / CURVES_PNG)
     return Evaluation(bundle=str(bundle_dir), version=bundle.version, baseline=baseline, precision=precision,
-                      **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")})
+                      blend=blend, **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")})
+
+
+def halves_alone(model: RNNClassifier, test_dir: str | Path, device: torch.device) -> dict[str, float]:
+    """The test accuracy of the deep and of the wide half of a blended model, each alone."""
+    share = float(model.blend)
+    accuracy = {}
+    for half, weight in (("deep_test_accuracy", 1.0), ("wide_test_accuracy", 0.0)):
+        model.blend.fill_(weight)
+        truth, predicted = predict(model, ShardBatches(test_dir, 512, shuffle=False), device)
+        accuracy[half] = round(float((truth == predicted).mean()), 4)
+    model.blend.fill_(share)
+    return accuracy

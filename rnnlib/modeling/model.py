@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from rnnlib.config import ModelConfig
+from rnnlib.modeling.wide import HASH_MULTIPLIER, WideLinear
 from rnnlib.prepare.specials import PAD_ID, UNK_ID
 
 CELLS = {"rnn_tanh": nn.RNN, "rnn_relu": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -32,7 +33,6 @@ def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.where(positions < lengths[:, None], reversed_positions, positions)
 
 
-HASH_MULTIPLIER = 1_000_003  # a prime; hashes stay below 2**63 for any bucket count up to 2**40
 
 
 class NgramBag(nn.Module):
@@ -80,6 +80,9 @@ class RNNClassifier(nn.Module):
         features += cfg.ngram_dim if cfg.ngrams else 0
         self.dropout = nn.Dropout(cfg.dropout)
         self.embedding_dropout = nn.Dropout(cfg.embedding_dropout)
+        self.wide = WideLinear(vocab_size, num_classes, cfg.ngram_buckets) if cfg.wide else None
+        if cfg.wide:  # the deep model's share of the blended probabilities, set at evaluation
+            self.register_buffer("blend", torch.ones(()))
         if cfg.head_hidden:
             self.head = nn.Sequential(
                 nn.Linear(features, cfg.head_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
@@ -117,7 +120,13 @@ class RNNClassifier(nn.Module):
         pooled = [self._pool(kind, outputs, lengths) for kind in POOLED[self.cfg.pooling]]
         if self.ngrams is not None:
             pooled.append(self.ngrams(ids, lengths))
-        return self.head(self.dropout(torch.cat(pooled, -1)))
+        logits = self.head(self.dropout(torch.cat(pooled, -1)))
+        if self.wide is None or self.training:
+            return logits
+        # wide and deep: log of the blended probabilities (what softmax turns back into them)
+        share = self.blend.float()
+        blended = share * logits.float().softmax(-1) + (1 - share) * self.wide(ids, lengths).softmax(-1)
+        return blended.clamp(min=1e-30).log().to(logits.dtype)
 
     def _pool(self, kind: str, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """One summary of each sequence's outputs over its real tokens only."""

@@ -1,8 +1,8 @@
 """The modelling stages, each cached by content, and `train_model()`, which runs them after the
 prepare stages.
 
-    (prepare) -> [vectors] -> [language model] -> fit, baseline -> evaluate (bundle, metrics beside
-    the baseline's, plots, card)
+    (prepare) -> [vectors] -> [language model] -> fit, [wide], baseline -> evaluate (bundle, metrics
+    beside the baseline's, plots, card)
 
 As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions one each.
 """
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from pydantic import BaseModel
 
 from rnnlib.common.storage import MANIFEST, building, durable_replace, write_json
@@ -31,8 +32,10 @@ from rnnlib.modeling.card import CARD, model_card
 from rnnlib.modeling.evaluate import Evaluation, Selection, evaluate_bundle
 from rnnlib.modeling.initial import initial_identity
 from rnnlib.modeling.language_model import ENCODER_FILE, pretrain_encoder
+from rnnlib.modeling.model import RNNClassifier
 from rnnlib.modeling.pretrain import VECTORS_FILE, train_vectors
 from rnnlib.modeling.train import BEST, train
+from rnnlib.modeling.wide import WIDE_FILE, Blend, WideFit, choose_blend, fit_wide, load_wide
 from rnnlib.prepare.pipeline import PreparedData, prepare
 from rnnlib.stages import StageOutput, holding_outputs, run_stage
 
@@ -53,6 +56,7 @@ def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, wor
     """Train. Checkpoints live in `<key>.partial/` until training ends, so a killed run that is
     started again resumes from its last epoch. `on_epoch` watches the epochs (not in the key)."""
 
+    model = model.model_copy(update={"wide": False})  # fitted on its own: toggling it reuses this
     params = {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir,
               "initial": initial_identity(model.embeddings, cfg.init_from, model.encoder)}
     return run_stage("fit", params, resumable(lambda partial: train(
@@ -133,25 +137,45 @@ def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOut
     return run_stage("baseline", params, build, code=[fit_baseline])
 
 
+def wide_stage(data: PreparedData, *, buckets: int, seed: int, work_dir: str) -> StageOutput:
+    """The linear half of a wide-and-deep model (see `wide`). A stage of its own: it depends on
+    the data only, so a change to the recurrent model or its training reuses it."""
+    params = {"tensors": data.tensorize, "buckets": buckets, "seed": seed, "work_dir": work_dir}
+
+    def build(out: Path) -> dict[str, Any]:
+        with building(out) as scratch:
+            fitted = fit_wide(data.tensorize.path, data.vocab_size, len(data.labels), buckets,
+                              out_dir=scratch, seed=seed)
+            write_json(scratch / MANIFEST, fitted.model_dump(mode="json"))
+        return fitted.model_dump(mode="json")
+
+    return run_stage("wide", params, build, code=[fit_wide])
+
+
 def evaluate_stage(data: PreparedData, fitted: StageOutput, baseline: StageOutput | None, *,
                    preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
-                   work_dir: str) -> StageOutput:
-    """Write the model bundle (best weights, vocabulary, labels, preprocessing) and evaluate it on
-    the test split, beside the `baseline` fitted on the same rows (if any); the manifest is the
-    `Evaluation`."""
+                   work_dir: str, wide: StageOutput | None = None, batch_size: int = 64) -> StageOutput:
+    """Write the model bundle (best weights, vocabulary, labels, preprocessing; with `wide`, the
+    linear model too, blended at the weight best on validation) and evaluate it on the test split,
+    beside the `baseline` fitted on the same rows (if any); the manifest is the `Evaluation`."""
     tensors, vocab = data.tensorize, data.vocab
-    params = {"tensors": tensors, "vocab": vocab, "fitted": fitted, "baseline": baseline,
+    params = {"tensors": tensors, "vocab": vocab, "fitted": fitted, "baseline": baseline, "wide": wide,
               "preprocess": preprocess, "model": model, "max_length": max_length, "work_dir": work_dir}
 
     def build(out: Path) -> dict[str, Any]:
         with building(out) as scratch:
-            lineage = {"tensors": tensors.key, "vocab": vocab.key, "fit": fitted.key}
-            save_bundle(scratch / BUNDLE, Path(fitted.path) / BEST, Path(vocab.path), preprocess, model,
-                        max_length, lineage)
+            lineage = {"tensors": tensors.key, "vocab": vocab.key, "fit": fitted.key,
+                       **({"wide": wide.key} if wide else {})}
+            weights, blend = Path(fitted.path) / BEST, None
+            if wide is not None:
+                weights, blend = blended_weights(fitted, wide, data, model, batch_size, scratch)
+            save_bundle(scratch / BUNDLE, weights, Path(vocab.path), preprocess, model, max_length, lineage)
+            if blend is not None:
+                weights.unlink()  # its tensors are in the bundle now
             fit = fitted.manifest
             selection = Selection(monitor=fit["monitor"], epoch=fit["best_epoch"], value=fit["best_value"])
             evaluation = evaluate_bundle(scratch / BUNDLE, Path(tensors.path) / "test",
-                                         history=fit["history"], selection=selection,
+                                         history=fit["history"], selection=selection, blend=blend,
                                          baseline=BaselineResult.model_validate(baseline.manifest) if baseline else None)
             (scratch / BUNDLE / CARD).write_text(model_card(scratch / BUNDLE, evaluation), encoding="utf-8")
             manifest = evaluation.model_copy(update={"bundle": str(out / BUNDLE)}).model_dump(
@@ -159,7 +183,22 @@ def evaluate_stage(data: PreparedData, fitted: StageOutput, baseline: StageOutpu
             write_json(scratch / MANIFEST, manifest)
         return manifest
 
-    return run_stage("evaluate", params, build, code=[save_bundle, evaluate_bundle, model_card])
+    return run_stage("evaluate", params, build, code=[save_bundle, evaluate_bundle, model_card, choose_blend])
+
+
+def blended_weights(fitted: StageOutput, wide: StageOutput, data: PreparedData, model: ModelConfig,
+                    batch_size: int, scratch: Path) -> tuple[Path, Blend]:
+    """The fitted recurrent weights with the wide model's beside them, blended at the weight best
+    on the validation split; written to a checkpoint in `scratch`."""
+    network = RNNClassifier(data.vocab_size, len(data.labels), model)
+    state = torch.load(Path(fitted.path) / BEST, map_location="cpu", weights_only=True)
+    network.load_state_dict({**state, **load_wide(Path(wide.path) / WIDE_FILE), "blend": torch.ones(())})
+    network.eval()
+    blend = choose_blend(network, Path(data.tensorize.path) / "val", len(data.labels), batch_size,
+                         WideFit.model_validate(wide.manifest))
+    path = scratch / "blended.pt"
+    torch.save(network.state_dict(), path)
+    return path, blend
 
 
 class TrainedModel(BaseModel):
@@ -169,6 +208,7 @@ class TrainedModel(BaseModel):
     vectors: StageOutput | None = None  # None: pretrain.vectors is off
     language_model: StageOutput | None = None  # None: pretrain.encoder is off
     fit: StageOutput
+    wide: StageOutput | None = None  # None: model.wide is off
     baseline: StageOutput | None  # None: evaluate.baseline is off
     evaluate: StageOutput
     tracking_run: str | None = None  # the MLflow run it was logged as, if tracked
@@ -177,7 +217,7 @@ class TrainedModel(BaseModel):
     def stages(self) -> list[StageOutput]:
         return [*self.data.stages, *([self.vectors] if self.vectors else []),
                 *([self.language_model] if self.language_model else []), self.fit,
-                *([self.baseline] if self.baseline else []), self.evaluate]
+                *([self.wide] if self.wide else []), *([self.baseline] if self.baseline else []), self.evaluate]
 
     @property
     def evaluation(self) -> Evaluation:
@@ -205,9 +245,12 @@ def train_model(cfg: TrainFlowConfig, client: Client | None = None) -> TrainedMo
         seed=cfg.train.seed, device=cfg.train.device, work_dir=cfg.work_dir) if cfg.pretrain.encoder else None)
     model = with_encoder(model, language_model)
     fitted = fit_stage(data.tensorize, model=model, cfg=cfg.train, work_dir=cfg.work_dir)
+    wide = (wide_stage(data, buckets=cfg.model.ngram_buckets, seed=cfg.train.seed, work_dir=cfg.work_dir)
+            if cfg.model.wide else None)
     baseline = (baseline_stage(data, level=cfg.preprocess.level, work_dir=cfg.work_dir)
                 if cfg.evaluate.baseline else None)
     evaluated = evaluate_stage(data, fitted, baseline, preprocess=cfg.preprocess, model=model,
-                               max_length=cfg.tensorize.max_length, work_dir=cfg.work_dir)
-    return TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted, baseline=baseline,
-                        evaluate=evaluated)
+                               max_length=cfg.tensorize.max_length, work_dir=cfg.work_dir, wide=wide,
+                               batch_size=cfg.train.batch_size)
+    return TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted, wide=wide,
+                        baseline=baseline, evaluate=evaluated)

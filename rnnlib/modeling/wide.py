@@ -1,0 +1,175 @@
+"""The wide half of a wide-and-deep model: a linear TF-IDF model over a text's words and hashed
+word bigrams, fitted apart from the recurrent model (convex, its regularisation chosen on the
+validation split), then blended with it: probabilities = w * deep + (1 - w) * wide, w chosen on
+validation. On small sets such a linear model is as good as the recurrent one and errs on other
+rows, so the blend beats both.
+
+Its features come from the token ids the recurrent model reads (the same n-gram hashing as
+`NgramBag`), and the fitted model is three tensors inside the bundle's weights: scoring, export
+and prediction need nothing new.
+
+    x_f = count_f * idf_f / sqrt(sum over the text's positions of idf^2)     (one f per position)
+    wide logits = x @ coef.T + intercept
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+import torch
+from pydantic import BaseModel
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rnnlib.prepare.specials import PAD_ID
+
+WIDE_FILE = "wide.safetensors"
+HASH_MULTIPLIER = 1_000_003  # a prime; hashes stay below 2**63 for any bucket count up to 2**40
+C_GRID = (1.0, 3.0, 10.0, 30.0)  # inverse regularisation strengths tried on validation
+BLEND_GRID = np.linspace(0.0, 1.0, 21)  # the deep model's share
+FEATURE_BATCH = 512
+
+
+def feature_ids(ids: torch.Tensor, lengths: torch.Tensor, vocab_size: int, buckets: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, real) of a padded batch: each position's token id, then each bigram's bucket
+    (offset by `vocab_size`); `real` masks out the padding."""
+    real = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
+    bigrams = (ids[:, :-1] * HASH_MULTIPLIER + ids[:, 1:] + 2) % buckets + vocab_size
+    return torch.cat([ids, bigrams], 1), torch.cat([real, real[:, 1:]], 1)
+
+
+class WideLinear(nn.Module):
+    """The fitted linear model, as buffers (never trained by the optimizer, never quantised)."""
+
+    def __init__(self, vocab_size: int, num_classes: int, buckets: int) -> None:
+        super().__init__()
+        self.vocab_size, self.buckets = vocab_size, buckets
+        self.register_buffer("scores", torch.zeros(vocab_size + buckets, num_classes))  # idf * coef
+        self.register_buffer("idf_squared", torch.ones(vocab_size + buckets))
+        self.register_buffer("intercept", torch.zeros(num_classes))
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        features, real = feature_ids(ids, lengths.to(ids.device), self.vocab_size, self.buckets)
+        weights = real.float()
+        summed = (self.scores[features].float() * weights[..., None]).sum(1)
+        norm = (self.idf_squared[features].float() * weights).sum(1, keepdim=True).clamp(min=1e-12).sqrt()
+        return summed / norm + self.intercept.float()
+
+
+class WideFit(BaseModel):
+    """What fitting the wide model chose and how it did on the validation split."""
+
+    C: float
+    val_accuracy: float
+    features: int  # distinct features seen in training
+
+
+def _rows(split_dir: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    table = pq.read_table(split_dir, columns=["ids", "label"])
+    return [np.asarray(r, np.int64) for r in table["ids"].to_pylist()], table["label"].to_numpy()
+
+
+def counts(rows: list[np.ndarray], vocab_size: int, buckets: int) -> sp.csr_matrix:
+    """Feature counts per row, through `feature_ids` itself, so fitting and scoring agree."""
+    row_index, columns = [], []
+    for start in range(0, len(rows), FEATURE_BATCH):
+        batch = rows[start:start + FEATURE_BATCH]
+        lengths = torch.tensor([len(r) for r in batch])
+        ids = torch.full((len(batch), max(int(lengths.max()), 2)), PAD_ID, dtype=torch.long)
+        for i, r in enumerate(batch):
+            ids[i, :len(r)] = torch.from_numpy(r)
+        features, real = feature_ids(ids, lengths, vocab_size, buckets)
+        which, _ = real.nonzero(as_tuple=True)
+        row_index.append(which.numpy() + start)
+        columns.append(features[real].numpy())
+    rows_, cols = np.concatenate(row_index), np.concatenate(columns)
+    matrix = sp.csr_matrix((np.ones(len(cols)), (rows_, cols)), shape=(len(rows), vocab_size + buckets))
+    matrix.sum_duplicates()
+    return matrix
+
+
+def _tfidf(matrix: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
+    scaled = matrix.multiply(idf).tocsr()
+    norm = np.sqrt(matrix.multiply(idf ** 2).sum(1)).A1  # sum over positions of idf^2
+    return sp.diags(1 / np.maximum(norm, 1e-12)) @ scaled
+
+
+def fit_wide(tensors_dir: str | Path, vocab_size: int, num_classes: int, buckets: int, *,
+             out_dir: Path, seed: int = 0) -> WideFit:
+    """Fit the wide model on the training split, C chosen by validation accuracy; its tensors go
+    to `out_dir/wide.safetensors`."""
+    from sklearn.linear_model import LogisticRegression
+
+    tensors_dir = Path(tensors_dir)
+    train_rows, train_labels = _rows(tensors_dir / "train")
+    val_rows, val_labels = _rows(tensors_dir / "val")
+    train_counts = counts(train_rows, vocab_size, buckets)
+    document_frequency = np.asarray((train_counts > 0).sum(0)).ravel()
+    idf = np.log((1 + len(train_rows)) / (1 + document_frequency)) + 1
+    train_x, val_x = _tfidf(train_counts, idf), _tfidf(counts(val_rows, vocab_size, buckets), idf)
+    best: tuple[float, float, Any] | None = None
+    for C in C_GRID:
+        model = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(train_x, train_labels)
+        accuracy = float((model.predict(val_x) == val_labels).mean())
+        if best is None or accuracy > best[0]:
+            best = (accuracy, C, model)
+    accuracy, C, model = best
+    coef = np.zeros((num_classes, vocab_size + buckets))
+    intercept = np.zeros(num_classes)
+    if model.coef_.shape[0] == 1:  # two classes: one row, the second class's log-odds
+        coef[model.classes_[1]], intercept[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+    else:
+        coef[model.classes_], intercept[model.classes_] = model.coef_, model.intercept_
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file({"scores": torch.from_numpy((coef * idf).T.astype(np.float32)).contiguous(),
+               "idf_squared": torch.from_numpy((idf ** 2).astype(np.float32)),
+               "intercept": torch.from_numpy(intercept.astype(np.float32))}, out_dir / WIDE_FILE)
+    return WideFit(C=C, val_accuracy=round(accuracy, 4), features=int((document_frequency > 0).sum()))
+
+
+def load_wide(path: str | Path) -> dict[str, torch.Tensor]:
+    """The wide model's tensors, named as in the model's state (`wide.*`)."""
+    return {f"wide.{name}": tensor for name, tensor in load_file(str(path)).items()}
+
+
+class Blend(BaseModel):
+    """The deep model's share of the blended probabilities, and validation accuracies."""
+
+    weight: float
+    val_accuracy: float
+    deep_val_accuracy: float
+    wide_val_accuracy: float
+    wide: WideFit
+    deep_test_accuracy: float | None = None  # set by the evaluation
+    wide_test_accuracy: float | None = None
+
+
+def choose_blend(model: nn.Module, val_dir: str | Path, num_classes: int, batch_size: int,
+                 wide: WideFit) -> Blend:
+    """Set `model.blend`: an even blend, unless another weight of `BLEND_GRID` beats it on the
+    validation split by more than that accuracy's standard error. Picking the best weight alone
+    follows the noise of a small validation split (each weight's test accuracy differs from its
+    validation one by about as much as the weights differ); an equal average of two models is
+    the robust ensemble, and a clearly worse half (too little data for the recurrent one, say)
+    still gets less weight."""
+    from rnnlib.modeling.inference import predict_proba
+
+    table = pq.read_table(val_dir, columns=["ids", "label"])
+    ids, labels = table["ids"].combine_chunks(), table["label"].to_numpy()
+    shares = []
+    for weight in (1.0, 0.0):  # the deep model alone, then the wide one alone
+        model.blend.fill_(weight)
+        shares.append(predict_proba(model, ids, num_classes, batch_size))
+    deep, linear = shares
+    accuracy = {float(w): float(((w * deep + (1 - w) * linear).argmax(1) == labels).mean()) for w in BLEND_GRID}
+    best = max(accuracy, key=lambda w: (accuracy[w], -abs(w - 0.5)))
+    even = accuracy[0.5]
+    weight = best if accuracy[best] - even > np.sqrt(even * (1 - even) / len(labels)) else 0.5
+    model.blend.fill_(weight)
+    return Blend(weight=round(weight, 2), val_accuracy=round(accuracy[weight], 4),
+                 deep_val_accuracy=round(accuracy[1.0], 4), wide_val_accuracy=round(accuracy[0.0], 4), wide=wide)

@@ -1,0 +1,131 @@
+"""Wide and deep: the linear TF-IDF half computes in the model what it was fitted on, the blend is
+chosen on validation and recorded, the bundle scores as it was evaluated, and toggling it reuses
+the recurrent fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from rnnlib.config import TrainFlowConfig
+from rnnlib.modeling.bundle import load_bundle
+from rnnlib.modeling.model import RNNClassifier
+from rnnlib.modeling.pipeline import train_model
+from rnnlib.modeling.train import BEST
+from rnnlib.modeling.wide import WIDE_FILE, WideLinear, _tfidf, counts, fit_wide, load_wide
+
+
+def _headlines(path: Path, rows: int = 600) -> None:
+    """Two classes told apart by word pairs more than by single words, as short texts are."""
+    rng = np.random.default_rng(0)
+    words = ["market", "team", "stock", "match", "price", "goal", "trade", "coach", "bank", "score"]
+    lines = ["text,label"]
+    for i in range(rows):
+        label = i % 2
+        filler = " ".join(rng.choice(words, 4))
+        cue = "shares fell" if label else "late goal"
+        lines.append(f"{filler} {cue} {' '.join(rng.choice(words, 2))},{'business' if label else 'sport'}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def wide_and_deep(tmp_path_factory):
+    work = tmp_path_factory.mktemp("wide")
+    _headlines(work / "d.csv")
+    config = TrainFlowConfig.model_validate({
+        "source": {"inputs": [{"path": str(work / "d.csv")}]}, "preprocess": {"level": "word"},
+        "work_dir": str(work / "w"), "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 16, "wide": True},
+        "train": {"epochs": 2, "batch_size": 32}})
+    return config, train_model(config)
+
+
+def test_the_wide_half_computes_what_it_was_fitted_on(wide_and_deep, tmp_path):
+    """The torch module's logits (features hashed and weighted in the model) equal the fitted
+    coefficients applied to the sparse TF-IDF rows the regression was fitted on."""
+    _, trained = wide_and_deep
+    data, buckets = trained.data, 2**10
+    tensors = Path(data.tensorize.path)
+    fitted = fit_wide(tensors, data.vocab_size, len(data.labels), buckets, out_dir=tmp_path)
+    assert fitted.val_accuracy > 0.9  # the cue bigrams separate the classes
+    module = WideLinear(data.vocab_size, len(data.labels), buckets)
+    module.load_state_dict({k.removeprefix("wide."): v for k, v in load_wide(tmp_path / WIDE_FILE).items()})
+    rows, train = ([np.asarray(r, np.int64) for r in pq.read_table(tensors / split)["ids"].to_pylist()]
+                   for split in ("test", "train"))
+    train_counts = counts(train, data.vocab_size, buckets)
+    idf = np.log((1 + len(train)) / (1 + np.asarray((train_counts > 0).sum(0)).ravel())) + 1
+    coef = module.scores.numpy().T / idf  # the regression's coefficients
+    expected = _tfidf(counts(rows, data.vocab_size, buckets), idf) @ coef.T + module.intercept.numpy()
+    lengths = torch.tensor([len(r) for r in rows])
+    ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, :len(r)] = torch.from_numpy(r)
+    np.testing.assert_allclose(module(ids, lengths).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_blend_is_chosen_on_validation_and_recorded(wide_and_deep):
+    _, trained = wide_and_deep
+    evaluation = trained.evaluation
+    blend = evaluation.blend
+    assert blend is not None and 0.0 <= blend.weight <= 1.0
+    n = trained.data.splits["val"]
+    error = (blend.val_accuracy * (1 - blend.val_accuracy) / n) ** 0.5
+    assert blend.val_accuracy >= max(blend.deep_val_accuracy, blend.wide_val_accuracy) - error - 1e-4
+    assert blend.deep_test_accuracy is not None and blend.wide_test_accuracy is not None
+    bundle = load_bundle(evaluation.bundle)
+    assert float(bundle.model.blend) == pytest.approx(blend.weight, abs=1e-6)
+    card = (Path(evaluation.bundle) / "README.md").read_text()
+    assert "## Wide and deep" in card and f"{blend.weight:.2f} x the recurrent model's" in card
+
+
+def test_a_wide_and_deep_bundle_scores_its_blend(wide_and_deep):
+    """What scoring and prediction compute (the model's forward) is the blend of the two halves'
+    probabilities at the recorded weight."""
+    from rnnlib.modeling.inference import predict_proba
+
+    _, trained = wide_and_deep
+    bundle = load_bundle(trained.evaluation.bundle)
+    model, k = bundle.model.eval(), len(bundle.labels.labels)
+    ids = pq.read_table(Path(trained.data.tensorize.path) / "test")["ids"].combine_chunks()
+    share = float(model.blend)
+    blended = predict_proba(model, ids, k, 64)
+    model.blend.fill_(1.0)
+    deep = predict_proba(model, ids, k, 64)
+    model.blend.fill_(0.0)
+    wide = predict_proba(model, ids, k, 64)
+    np.testing.assert_allclose(blended, share * deep + (1 - share) * wide, atol=1e-5)
+    recurrent = RNNClassifier(trained.data.vocab_size, k, bundle.model.cfg.model_copy(update={"wide": False}))
+    recurrent.load_state_dict(torch.load(Path(trained.fit.path) / BEST, weights_only=True))
+    np.testing.assert_allclose(deep, predict_proba(recurrent.eval(), ids, k, 64), atol=1e-5)  # share 1: the fit's
+    assert not np.allclose(deep, wide, atol=1e-3)  # two different models
+
+
+def test_toggling_wide_reuses_the_recurrent_fit(wide_and_deep):
+    config, trained = wide_and_deep
+    plain = train_model(config.model_copy(update={"model": config.model.model_copy(update={"wide": False})}))
+    assert plain.fit.cached and plain.fit.key == trained.fit.key and plain.wide is None
+    assert plain.evaluation.blend is None and plain.evaluate.key != trained.evaluate.key
+
+
+def test_an_even_blend_unless_validation_clearly_prefers_another(wide_and_deep):
+    """Two halves alike on validation are averaged; a recurrent half that is confidently wrong
+    (its head turned around) beside the fitted linear one gets clearly less weight."""
+    from rnnlib.modeling.wide import WideFit, choose_blend
+
+    _, trained = wide_and_deep
+    data = trained.data
+    val = Path(data.tensorize.path) / "val"
+    model = load_bundle(trained.evaluation.bundle).model.eval()
+    fitted = WideFit.model_validate(trained.wide.manifest)
+    alike = choose_blend(model, val, len(data.labels), 64, fitted)
+    if abs(alike.deep_val_accuracy - alike.wide_val_accuracy) < 0.01:
+        assert alike.weight == 0.5
+    with torch.no_grad():
+        model.head.weight.mul_(-5.0)
+        model.head.bias.mul_(-5.0)
+    wrong = choose_blend(model, val, len(data.labels), 64, fitted)
+    assert wrong.deep_val_accuracy < 0.5 < wrong.wide_val_accuracy and wrong.weight < 0.5
+    assert wrong.val_accuracy > 0.9
