@@ -268,9 +268,6 @@ def test_an_authenticated_server_and_the_ad_hoc_deployment_confined_to_its_roots
     refuses an input outside it, by name."""
     import urllib.error
 
-    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
-    from rnnlib_deployments.watcher import Arrival, announce
-
     processes, api = authenticated_server
     with pytest.raises(urllib.error.HTTPError, match="401"):
         _post(api, "/flows/filter", {})
@@ -306,7 +303,10 @@ def test_an_authenticated_server_and_the_ad_hoc_deployment_confined_to_its_roots
     assert f"{outside / 'names.txt'}: outside the folders this run may use" in run["state"]["message"]
     assert not (root / "out-2").exists()
 
-    (root / "in" / "more.txt").write_text("Bianchi\n")
-    st = (root / "in" / "more.txt").stat()
-    with temporary_settings({PREFECT_API_URL: api, PREFECT_API_AUTH_STRING: AUTH}):
-        assert announce([Arrival(root / "in" / "more.txt", st.st_size, st.st_mtime_ns)], confirm_seconds=30)
+    drop = tmp_path / "drop"  # the watcher, given the auth string, gets its event confirmed
+    drop.mkdir()
+    (drop / "more.txt").write_text("Bianchi\n")
+    processes.start("watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5",
+                    "--quiet", "0")
+    log = tmp_path / "logs" / "watcher.log"
+    _wait(lambda: "announced more.txt" in log.read_text(), 120, "the watcher's event to be confirmed")
