@@ -59,9 +59,8 @@ def main() -> int:
         print(f"seed {seed}: model " + ", ".join(f"{m} {model[m][-1]:.4f}" for m in METRICS)
               + f" | baseline accuracy {baseline['accuracy'][-1]:.4f} | best epoch {trained.best_epoch}"
               f" of {len(trained.history)}, {minutes[-1]:.1f} min training, {time.perf_counter() - start:.0f} s in all")
-        if (blend := result.blend) is not None:  # wide and deep: what each half scores alone
-            print(f"  blend {blend.weight:.2f} x recurrent: recurrent alone {blend.deep_test_accuracy:.4f}, "
-                  f"linear alone {blend.wide_test_accuracy:.4f}")
+        if (halves := result.blend_summary()) is not None:
+            print(f"  {halves}")
     print(f"{'metric':<14} {'rnnlib (mean ± sd)':>20} {'TF-IDF+LR baseline':>20}")
     for m in METRICS:
         print(f"{m:<14} {spread(model[m]):>20} {spread(baseline[m]):>20}")

@@ -252,6 +252,8 @@ def _run(args: argparse.Namespace) -> int:
             print(f"baseline on the same rows ({result.baseline.features}): "
                   + ", ".join(f"{name} {base:.4f} (model {model - base:+.4f})"
                               for name, model, base in result.comparison() if name != "weighted F1"))
+        if (halves := result.blend_summary()) is not None:
+            print(halves)
         print(f"model bundle, model card, metrics.json and plots: {result.bundle}")
     return 0
 

@@ -49,6 +49,8 @@ def publish_evaluation(result: Evaluation) -> None:
         better = result.accuracy >= result.baseline.accuracy
         verdict = (f"\n\nBaseline ({result.baseline.features}) on the same rows: accuracy "
                    f"{result.baseline.accuracy:.4f}: the model is **{'above' if better else 'below'}** it.")
+    if (halves := result.blend_summary()) is not None:
+        verdict += f"\n\nThe model is {halves}."
     create_markdown_artifact(
         key="evaluation-summary",
         markdown=(f"# evaluation\n\n{result.rows} test rows: accuracy **{result.accuracy:.4f}**, "

@@ -43,6 +43,14 @@ class Evaluation(BaseModel):
     precision: PrecisionReport | None = None  # what scoring in bf16 or int8 changes
     blend: Blend | None = None  # wide and deep: the weight, and each half alone
 
+    def blend_summary(self) -> str | None:
+        """One line on a wide-and-deep model's halves, or None for a recurrent model alone."""
+        blend = self.blend
+        if blend is None:
+            return None
+        return (f"wide and deep, {blend.weight:.2f} x the recurrent half: recurrent alone {blend.deep_test_accuracy:.4f}, "
+                f"linear TF-IDF alone {blend.wide_test_accuracy:.4f} (test accuracy)")
+
     def comparison(self) -> list[tuple[str, float, float | None]]:
         """(metric, model, baseline or None) for the headline metrics."""
         base = self.baseline
