@@ -323,3 +323,22 @@ def test_one_document_files_are_read_in_frames_bounded_by_bytes(tmp_path):
     assert max(frame["text"].str.len().sum() for frame in frames) <= 300_000
     manifest, _ = run(tmp_path, spec, partition_bytes=300_000)
     assert manifest["kept"] == 40 and len(manifest["parts"]) >= 13
+
+
+def test_a_glob_of_class_files_reads_each_as_its_class_and_a_file_is_no_class_folder(tmp_path):
+    """`format: file_per_class` with a glob (`*.txt`) reads each matched file as one class's
+    lines, as the folder holding them would; folder_per_class given a file says what it takes."""
+    from rnnlib.config import SourceConfig
+    from rnnlib.errors import InputError
+
+    (tmp_path / "pos.txt").write_text("good\nfine\n")
+    (tmp_path / "neg.txt").write_text("bad\n")
+    (tmp_path / "notes.md").write_text("not a class\n")
+    manifest = ingest(SourceConfig(inputs=[{"path": str(tmp_path / "*.txt"), "format": "file_per_class"}]),
+                      out_dir=tmp_path / "out")
+    rows = pq.read_table(tmp_path / "out").to_pandas()
+    assert manifest["kept"] == 3 and sorted(zip(rows["text"], rows["label"])) == [
+        ("bad", "neg"), ("fine", "pos"), ("good", "pos")]
+    with pytest.raises(InputError, match="pos.txt: format folder_per_class takes a folder"):
+        ingest(SourceConfig(inputs=[{"path": str(tmp_path / "pos.txt"), "format": "folder_per_class"}]),
+               out_dir=tmp_path / "out-2")

@@ -571,6 +571,10 @@ def _regular_files(folder: str) -> list[str]:
 def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int, base: str | None = None) -> list[ReadUnit]:
     """Split an input into read units (the spec's format must be resolved); sources are named
     relative to `base` (default: the input's parent folder)."""
+    if spec.format in ("folder_per_class", "file_per_class") and not fs.isdir(path):
+        if spec.format == "folder_per_class":
+            raise InputError("format folder_per_class takes a folder holding one folder per class", file=path)
+        return [ReadUnit(fs, (path,), _resolved(fs, path, spec), path, base)]  # one class's file: a glob's match
     if spec.format in ("folder_per_class", "file_per_class"):
         pattern = posixpath.join(path, "*", spec.pattern) if spec.format == "folder_per_class" \
             else posixpath.join(path, spec.pattern)
