@@ -53,16 +53,15 @@ def test_the_wide_half_computes_what_it_was_fitted_on(wide_and_deep, tmp_path):
     assert fitted.val_accuracy > 0.9  # the cue bigrams separate the classes
     module = WideLinear(data.vocab_size, len(data.labels), buckets)
     module.load_state_dict({k.removeprefix("wide."): v for k, v in load_wide(tmp_path / WIDE_FILE).items()})
-    rows, train = ([np.asarray(r, np.int64) for r in pq.read_table(tensors / split)["ids"].to_pylist()]
-                   for split in ("test", "train"))
+    rows, train = (pq.read_table(tensors / split)["ids"].combine_chunks() for split in ("test", "train"))
     train_counts = counts(train, data.vocab_size, buckets)
     idf = np.log((1 + len(train)) / (1 + np.asarray((train_counts > 0).sum(0)).ravel())) + 1
     coef = module.scores.numpy().T / idf  # the regression's coefficients
     expected = _tfidf(counts(rows, data.vocab_size, buckets), idf) @ coef.T + module.intercept.numpy()
-    lengths = torch.tensor([len(r) for r in rows])
-    ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, :len(r)] = torch.from_numpy(r)
+    lengths = torch.tensor([len(r) for r in rows.to_pylist()])
+    ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)  # padded, as scoring batches are
+    for i, r in enumerate(rows.to_pylist()):
+        ids[i, :len(r)] = torch.tensor(r)
     np.testing.assert_allclose(module(ids, lengths).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 

@@ -1,7 +1,7 @@
 """The wide half of a wide-and-deep model: a linear TF-IDF model over a text's words and hashed
 word bigrams, fitted apart from the recurrent model (convex, its regularisation chosen on the
-validation split), then blended with it: probabilities = w * deep + (1 - w) * wide, w chosen on
-validation. On small sets such a linear model is as good as the recurrent one and errs on other
+validation split), then blended with it: probabilities = w * deep + (1 - w) * wide, w = 0.5
+unless validation clearly prefers another (`choose_blend`). On small sets such a linear model is as good as the recurrent one and errs on other
 rows, so the blend beats both.
 
 Its features come from the token ids the recurrent model reads (the same n-gram hashing as
@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 import torch
@@ -25,13 +27,10 @@ from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from rnnlib.prepare.specials import PAD_ID
-
 WIDE_FILE = "wide.safetensors"
 HASH_MULTIPLIER = 1_000_003  # a prime; hashes stay below 2**63 for any bucket count up to 2**40
 C_GRID = (1.0, 3.0, 10.0, 30.0)  # inverse regularisation strengths tried on validation
 BLEND_GRID = np.linspace(0.0, 1.0, 21)  # the deep model's share
-FEATURE_BATCH = 512
 
 
 def feature_ids(ids: torch.Tensor, lengths: torch.Tensor, vocab_size: int, buckets: int
@@ -69,26 +68,22 @@ class WideFit(BaseModel):
     features: int  # distinct features seen in training
 
 
-def _rows(split_dir: Path) -> tuple[list[np.ndarray], np.ndarray]:
+def _rows(split_dir: Path) -> tuple[pa.ListArray, np.ndarray]:
     table = pq.read_table(split_dir, columns=["ids", "label"])
-    return [np.asarray(r, np.int64) for r in table["ids"].to_pylist()], table["label"].to_numpy()
+    return table["ids"].combine_chunks(), table["label"].to_numpy()
 
 
-def counts(rows: list[np.ndarray], vocab_size: int, buckets: int) -> sp.csr_matrix:
-    """Feature counts per row, through `feature_ids` itself, so fitting and scoring agree."""
-    row_index, columns = [], []
-    for start in range(0, len(rows), FEATURE_BATCH):
-        batch = rows[start:start + FEATURE_BATCH]
-        lengths = torch.tensor([len(r) for r in batch])
-        ids = torch.full((len(batch), max(int(lengths.max()), 2)), PAD_ID, dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, :len(r)] = torch.from_numpy(r)
-        features, real = feature_ids(ids, lengths, vocab_size, buckets)
-        which, _ = real.nonzero(as_tuple=True)
-        row_index.append(which.numpy() + start)
-        columns.append(features[real].numpy())
-    rows_, cols = np.concatenate(row_index), np.concatenate(columns)
-    matrix = sp.csr_matrix((np.ones(len(cols)), (rows_, cols)), shape=(len(rows), vocab_size + buckets))
+def counts(rows: pa.ListArray, vocab_size: int, buckets: int) -> sp.csr_matrix:
+    """Feature counts per row, through `feature_ids` itself (so fitting and scoring agree): all
+    rows' ids run end to end as one sequence, the bigrams that span two rows left out."""
+    flat = rows.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    row_of = np.repeat(np.arange(len(rows)), pc.list_value_length(rows).to_numpy(zero_copy_only=False))
+    features, _ = feature_ids(torch.from_numpy(flat)[None], torch.tensor([len(flat)]), vocab_size, buckets)
+    within = row_of[:-1] == row_of[1:]  # a bigram's two tokens in one row
+    matrix = sp.csr_matrix((np.ones(len(flat) + int(within.sum())),
+                            (np.concatenate([row_of, row_of[:-1][within]]),
+                             np.concatenate([features[0, :len(flat)].numpy(), features[0, len(flat):].numpy()[within]]))),
+                           shape=(len(rows), vocab_size + buckets))
     matrix.sum_duplicates()
     return matrix
 
