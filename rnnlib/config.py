@@ -216,7 +216,7 @@ class ModelConfig(_Strict):
     wide: bool = Field(
         False, description="wide and deep: blend the recurrent model's probabilities with a linear "
         "TF-IDF model's over the words and hashed word bigrams (fitted apart, its regularisation "
-        "and the blend's weight chosen on the validation split). Wins on small sets")
+        "and the blend's weight: even, unless the validation split clearly prefers another)")
     embeddings: EmbeddingsConfig | None = Field(
         None, description="start the embedding rows of the tokens found in a vectors file from "
         "those vectors (the rest keep their random start); coverage goes to the fit manifest")

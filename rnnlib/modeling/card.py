@@ -49,7 +49,8 @@ def _blend(evaluation: Evaluation) -> list[str]:
     return ["## Wide and deep", "",
             f"Its probabilities are {blend.weight:.2f} x the recurrent model's + {1 - blend.weight:.2f} x "
             f"a linear TF-IDF model's over the words and hashed word bigrams (C={blend.wide.C:g}, "
-            f"{blend.wide.features} features seen in training), the weight chosen on the validation split:", "",
+            f"{blend.wide.features} features seen in training), the weight even unless the validation "
+            "split clearly prefers another:", "",
             *_table(["model", "validation accuracy", "test accuracy"],
                     [["blend", f"{blend.val_accuracy:.4f}", f"{evaluation.accuracy:.4f}"],
                      ["recurrent alone", f"{blend.deep_val_accuracy:.4f}", f"{blend.deep_test_accuracy:.4f}"],
