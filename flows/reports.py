@@ -1,13 +1,18 @@
-"""What the flows publish to Prefect: markdown and table artifacts summarising a run."""
+"""What the flows publish to Prefect: markdown and table artifacts summarising a run, so the
+Prefect UI is the run's dashboard (data, per-epoch history, per-class figures, plots)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import base64
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's stack
     from rnnlib.modeling.evaluate import Evaluation
+    from rnnlib.modeling.pipeline import TrainedModel
     from rnnlib.modeling.tune import Search
     from rnnlib.prepare.pipeline import PreparedData
     from rnnlib.scoring.registry import Decision
@@ -16,8 +21,8 @@ if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's sta
 
 
 def stage_table(stages: list[StageOutput]) -> list[str]:
-    lines = ["| stage | cached | seconds |", "|---|---|---|"]
-    return lines + [f"| {s.stage} | {s.cached} | {s.seconds} |" for s in stages]
+    lines = ["| stage | this run | seconds |", "|---|---|---|"]
+    return lines + [f"| {s.stage} | {'reused' if s.cached else 'built'} | {s.seconds} |" for s in stages]
 
 
 def count_table(heading: str, counts: dict[str, int]) -> list[str]:
@@ -27,12 +32,62 @@ def count_table(heading: str, counts: dict[str, int]) -> list[str]:
     return ["", f"| {heading} | rows |", "|---|---|", *(f"| {k} | {n} |" for k, n in counts.items())]
 
 
+def data_summary(data: PreparedData) -> list[str]:
+    """Rows read, kept and rejected (with reasons), the splits and the vocabulary."""
+    return [f"**rows** {data.rows}: **kept** {data.kept}, **rejected** {sum(data.rejected.values())}; "
+            f"vocabulary {data.vocab_size} entries, {len(data.labels)} labels",
+            *count_table("split", data.splits), *count_table("rejected because", data.rejected)]
+
+
 def publish_prepared(data: PreparedData) -> None:
-    lines = ["# prepare", "", *stage_table(data.stages), "",
-             f"**rows** {data.rows}, **kept** {data.kept}",
-             *count_table("split", data.splits), *count_table("rejected because", data.rejected)]
+    lines = ["# prepare", "", *data_summary(data), "", *stage_table(data.stages)]
     create_markdown_artifact(key="prepare-summary", markdown="\n".join(lines),
                              description="rows kept and rejected by the prepare flow")
+
+
+def publish_training(trained: TrainedModel) -> None:
+    """Every train run's dashboard: the data and stages, the per-epoch history with the chosen
+    epoch marked, the model beside the baseline, per-class figures and the plots."""
+    result = trained.evaluation
+    lines = ["# train: data and stages", "", *data_summary(trained.data), "", *stage_table(trained.stages)]
+    create_markdown_artifact(key="train-data", markdown="\n".join(lines),
+                             description="rows kept and rejected, splits, and which stages this run reused")
+    create_table_artifact(key="training-history", table=history_table(trained.history, trained.best_epoch),
+                          description=f"per-epoch figures; the model kept is epoch {trained.best_epoch} "
+                                      f"(best validation {trained.fit.manifest['monitor']})")
+    publish_evaluation(result)
+    report = json.loads((Path(result.bundle) / "metrics.json").read_text(encoding="utf-8"))
+    create_table_artifact(key="per-class", table=per_class_table(report),
+                          description="test-split precision, recall and F1 of each class")
+    create_markdown_artifact(key="evaluation-plots", markdown=plots_markdown(Path(result.bundle)),
+                             description="training curves and the test-split confusion matrix")
+
+
+def history_table(history: list[dict[str, Any]], best_epoch: int) -> list[dict[str, Any]]:
+    """One row per epoch, rounded; `kept` marks the epoch whose weights the bundle holds."""
+    columns = ("epoch", "steps", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "seconds")
+    return [{"kept": "<- kept" if row["epoch"] == best_epoch else "",
+             **{name: round(row[name], 4) if isinstance(row[name], float) else row[name]
+                for name in columns if name in row}} for row in history]
+
+
+def per_class_table(report: dict[str, Any]) -> list[dict[str, Any]]:
+    return [{"class": label, "precision": round(figures["precision"], 4), "recall": round(figures["recall"], 4),
+             "F1": round(figures["f1-score"], 4), "test rows": int(figures["support"])}
+            for label, figures in report["per_class"].items()]
+
+
+def plots_markdown(bundle: Path) -> str:
+    """The bundle's PNG plots embedded in the markdown itself (data URIs), so the UI shows them
+    wherever the training machine's disk is."""
+    from rnnlib.modeling.evaluate import CONFUSION_PNG, CURVES_PNG
+
+    lines = ["# plots", ""]
+    for title, name in (("Training curves", CURVES_PNG), ("Confusion matrix (test split)", CONFUSION_PNG)):
+        if (bundle / name).exists():
+            encoded = base64.b64encode((bundle / name).read_bytes()).decode("ascii")
+            lines += [f"## {title}", "", f"![{title}](data:image/png;base64,{encoded})", ""]
+    return "\n".join(lines + [f"Files: `{bundle}`"])
 
 
 def publish_evaluation(result: Evaluation) -> None:

@@ -4,8 +4,9 @@ every stage a task cached by content."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+from prefect.futures import PrefectFuture
 from rnnlib_flows.prepare import prepare_stages
-from rnnlib_flows.reports import publish_evaluation
+from rnnlib_flows.reports import publish_training
 from rnnlib_tasks.train import (
     baseline_task,
     evaluate_task,
@@ -18,7 +19,11 @@ from rnnlib_tasks.train import (
 
 from rnnlib.config import TrainFlowConfig
 from rnnlib.modeling.pipeline import TrainedModel, with_encoder, with_vectors
-from rnnlib.stages import holding_outputs
+from rnnlib.stages import StageOutput, holding_outputs
+
+
+def _result(future: PrefectFuture[StageOutput] | None) -> StageOutput | None:
+    return None if future is None else future.result()
 
 
 @flow(name="train")
@@ -33,10 +38,13 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig()) -> TrainedModel:
                                                config.train.batch_size, config.train.seed, config.train.device,
                                                config.work_dir) if config.pretrain.encoder else None)
         model = with_encoder(model, language_model)
-        fitted = fit_task(data.tensorize, model, config.train, config.work_dir)
-        wide = (wide_task(data, config.model.ngram_buckets, config.train.seed, config.work_dir)
+        # the baseline and the wide half need only the data: submitted, they run beside the fit
+        wide = (wide_task.submit(data, config.model.ngram_buckets, config.train.seed, config.work_dir)
                 if config.model.wide else None)
-        baseline = baseline_task(data, config.preprocess.level, config.work_dir) if config.evaluate.baseline else None
+        baseline = (baseline_task.submit(data, config.preprocess.level, config.work_dir)
+                    if config.evaluate.baseline else None)
+        fitted = fit_task(data.tensorize, model, config.train, config.work_dir)
+        wide, baseline = _result(wide), _result(baseline)
         evaluated = evaluate_task(data, fitted, baseline, config.preprocess, model,
                                   config.tensorize.max_length, config.work_dir, wide, config.train.batch_size)
         trained = TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted,
@@ -46,5 +54,5 @@ def train_flow(config: TrainFlowConfig = TrainFlowConfig()) -> TrainedModel:
         result = trained.evaluation
         get_run_logger().info("test accuracy %.4f, macro F1 %.4f; bundle in %s", result.accuracy,
                               result.macro.f1, result.bundle)
-        publish_evaluation(result)
+        publish_training(trained)
         return trained

@@ -31,7 +31,7 @@ def ingest_task(source: SourceConfig, dask: DaskConfig, work_dir: str) -> StageO
     return pipeline.ingest_stage(source, work_dir=work_dir, connect=connector(dask))
 
 
-@task(name="preprocess", **TASK_OPTIONS)
+@task(name="preprocess", task_run_name="preprocess {cfg.level}s", **TASK_OPTIONS)
 def preprocess_task(ingested: StageOutput, cfg: PreprocessConfig, dask: DaskConfig,
                     work_dir: str) -> StageOutput:
     return pipeline.preprocess_stage(ingested, cfg=cfg, work_dir=work_dir, connect=connector(dask))
@@ -44,7 +44,7 @@ def split_task(tokens: StageOutput, labelled: bool, cfg: SplitConfig, dask: Dask
                                 connect=connector(dask))
 
 
-@task(name="vocab", **TASK_OPTIONS)
+@task(name="vocab", task_run_name="vocab min count {cfg.min_freq}", **TASK_OPTIONS)
 def vocab_task(tokens: StageOutput, splits: StageOutput, labelled: bool, cfg: VocabConfig,
                dask: DaskConfig, work_dir: str) -> StageOutput:
     return pipeline.vocab_stage(tokens, splits, labelled=labelled, cfg=cfg, work_dir=work_dir,

@@ -23,17 +23,18 @@ from rnnlib.stages import StageOutput
 logging.getLogger("rnnlib").setLevel(logging.INFO)  # per-epoch progress into the Prefect logs
 
 
-@task(name="fit", **TASK_OPTIONS)
+@task(name="fit", task_run_name="fit {model.cell} {model.num_layers}x{model.hidden_size}", **TASK_OPTIONS)
 def fit_task(tensors: StageOutput, model: ModelConfig, cfg: TrainConfig, work_dir: str) -> StageOutput:
     return pipeline.fit_stage(tensors, model=model, cfg=cfg, work_dir=work_dir)
 
 
-@task(name="vectors", **TASK_OPTIONS)
+@task(name="vectors", task_run_name="vectors {dim}d", **TASK_OPTIONS)
 def vectors_task(data: PreparedData, cfg: PretrainConfig, dim: int, seed: int, work_dir: str) -> StageOutput:
     return pipeline.vectors_stage(data, cfg=cfg, dim=dim, seed=seed, work_dir=work_dir)
 
 
-@task(name="language_model", **TASK_OPTIONS)
+@task(name="language_model", task_run_name="language model {model.cell} {model.num_layers}x{model.hidden_size}",
+      **TASK_OPTIONS)
 def language_model_task(data: PreparedData, model: ModelConfig, cfg: PretrainConfig, max_length: int | None,
                         batch_size: int, seed: int, device: str, work_dir: str) -> StageOutput:
     return pipeline.language_model_stage(data, model=model, cfg=cfg, max_length=max_length, batch_size=batch_size,
@@ -46,12 +47,12 @@ def track_task(trained: TrainedModel, config: TrainFlowConfig) -> str:
     return tracking.log_training(trained, config)
 
 
-@task(name="baseline", **TASK_OPTIONS)
+@task(name="baseline", task_run_name="baseline tf-idf {level}", **TASK_OPTIONS)
 def baseline_task(data: PreparedData, level: str, work_dir: str) -> StageOutput:
     return pipeline.baseline_stage(data, level=level, work_dir=work_dir)
 
 
-@task(name="wide", **TASK_OPTIONS)
+@task(name="wide", task_run_name="wide tf-idf", **TASK_OPTIONS)
 def wide_task(data: PreparedData, buckets: int, seed: int, work_dir: str) -> StageOutput:
     return pipeline.wide_stage(data, buckets=buckets, seed=seed, work_dir=work_dir)
 

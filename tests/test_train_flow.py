@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import re
 import time
 from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from rnnlib_flows.train import train_flow
 
 from rnnlib.config import TrainFlowConfig
@@ -23,7 +25,8 @@ def test_train_flow_end_to_end_then_cached(datasets, tmp_path):
         "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 32},
         "train": {"epochs": 2, "batch_size": 64, "lr": 0.003},
     })
-    first = train_flow(config)
+    state = train_flow(config, return_state=True)
+    first = state.result()
     assert not first.fit.cached and not first.evaluate.cached
     result = first.evaluation
     assert result.rows == 3008 and 0.5 < result.accuracy <= 1
@@ -43,14 +46,35 @@ def test_train_flow_end_to_end_then_cached(datasets, tmp_path):
     assert "## Number formats" in card and f"runs in {precision['auto']}" in card
     assert "maximum length: none (texts are read whole)" in card
     assert load_bundle(bundle_dir).version == result.version
-    with get_client(sync_client=True) as client:
-        keys = {a.key for a in client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["evaluation-metrics", "evaluation-summary"])))}
-    assert keys == {"evaluation-metrics", "evaluation-summary"}
+    _assert_dashboard(state.state_details.flow_run_id, first, metrics)
 
     second = train_flow(config)
     assert all(stage.cached for stage in second.stages)
     assert second.evaluation == result
+
+
+def _assert_dashboard(flow_run_id, trained, metrics: dict) -> None:
+    """What the run published, read back from the server's API: the data, the per-epoch history
+    with the kept epoch marked, the model beside the baseline, per-class figures, the plots
+    embedded, and task runs named by what they do."""
+    with get_client(sync_client=True) as client:
+        artifacts = {a.key: a.data for a in client.read_artifacts(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
+        task_runs = {t.name for t in client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
+    assert set(artifacts) == {"train-data", "training-history", "evaluation-metrics", "evaluation-summary",
+                              "per-class", "evaluation-plots"}
+    assert f"**kept** 20074, **rejected** 0; vocabulary {trained.data.vocab_size} entries" in artifacts["train-data"]
+    assert "| fit | built |" in artifacts["train-data"]
+    history = json.loads(artifacts["training-history"])
+    assert [row["epoch"] for row in history] == [1, 2]
+    assert [row["epoch"] for row in history if row["kept"]] == [trained.best_epoch]
+    per_class = {row["class"]: row for row in json.loads(artifacts["per-class"])}
+    assert set(per_class) == set(metrics["per_class"])
+    assert sum(row["test rows"] for row in per_class.values()) == 3008
+    images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", artifacts["evaluation-plots"])
+    assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
+    assert {"fit gru 1x32", "baseline tf-idf char", "preprocess chars"} <= task_runs, task_runs
 
 
 def test_prune_during_a_run_removes_nothing_the_run_still_needs(datasets, tmp_path):

@@ -7,6 +7,7 @@ import hashlib
 import importlib.metadata
 import json
 import sys
+import threading
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -64,12 +65,20 @@ def _executed(tree: ast.AST) -> Iterator[ast.AST]:
         yield from _executed(node)
 
 
+# CPython 3.11's `ast` conversion keeps its recursion depth in shared state: two threads parsing
+# at once (stages keyed side by side in a flow's task threads) fail with "AST constructor recursion
+# depth mismatch" (python/cpython#106905), so parsing is one thread at a time.
+_PARSING = threading.Lock()
+
+
 @lru_cache(maxsize=None)
 def _imported_names(path: Path) -> frozenset[str]:
     """Every module name a source file imports anywhere (function-level imports too), with the
     packages that importing them runs."""
     found = set()
-    for node in _executed(ast.parse(path.read_text(encoding="utf-8"))):
+    with _PARSING:
+        nodes = list(_executed(ast.parse(path.read_text(encoding="utf-8"))))
+    for node in nodes:
         if isinstance(node, ast.Import):
             candidates = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
