@@ -183,9 +183,9 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _print_summary(data: PreparedData, stages: list[StageOutput]) -> None:
-    print("\nstage        cached   seconds")
+    print("\nstage           this run  seconds")
     for stage in stages:
-        print(f"{stage.stage:<12} {str(stage.cached):<8} {stage.seconds:>7.2f}")
+        print(f"{stage.stage:<15} {'reused' if stage.cached else 'built':<8} {stage.seconds:>8.2f}")
     print(f"\nrows {data.rows}: kept {data.kept} {data.splits}; rejected {data.rejected or 'none'}")
     print(f"vocabulary: {data.vocab_size} tokens, {len(data.labels)} labels in {data.vocab.path}")
     print(f"tensor shards: {data.tensorize.path}")

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -117,6 +118,37 @@ def _server(tmp_path: Path, datasets: Path, extra: dict[str, str]) -> Iterator[t
             print(f"----- {log.name}\n{log.read_text()[-3000:]}")
 
 
+@pytest.fixture
+def postgres() -> Iterator[str]:
+    """A real PostgreSQL server (the system's: Debian's `postgresql`, which `.ci/run` installs where
+    it is missing) in a fresh cluster on a free port; yields the SQLAlchemy URL Prefect takes."""
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    assert binaries, "PostgreSQL is not installed: `apt-get install postgresql` (as .ci/run does)"
+    bin_dir = binaries[-1]
+    root = Path(tempfile.mkdtemp(prefix="rnnlib-postgres-"))  # the server's own user must reach it
+    as_server_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # it refuses root
+    if as_server_user:
+        shutil.chown(root, "postgres")
+    port = _free_port()
+    server = None
+    try:
+        subprocess.run([*as_server_user, str(bin_dir / "initdb"), "-D", str(root / "db"), "-U", "prefect",
+                        "--auth=trust"], check=True, capture_output=True, timeout=120)
+        log = open(root / "server.log", "w")
+        server = subprocess.Popen([*as_server_user, str(bin_dir / "postgres"), "-D", str(root / "db"), "-p", str(port),
+                                   "-h", "127.0.0.1", "-k", str(root)], stdout=log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        _wait(lambda: subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect"],
+                                     capture_output=True).returncode == 0, 60, "PostgreSQL")
+        yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/postgres"
+    finally:
+        if server is not None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+            print(f"----- postgres\n{(root / 'server.log').read_text()[-2000:]}")
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _flow_runs(api: str, deployment: str, auth: str | None = None) -> list[dict]:
     """Flow runs of a deployment (`flow/deployment`), through the REST API."""
     def post(path: str, body: dict) -> object:
@@ -174,6 +206,36 @@ def _final(runs: list[dict]) -> dict | None:
     return done[0] if done else None
 
 
+def _drop_burst(processes: Processes, api: str, drop: Path, scored: Path, worker: subprocess.Popen,
+                done_before: int) -> float:
+    """50 files dropped at once into the watched folder: announced in events of at most 10 (the
+    watcher's --batch), so a few runs, never more than 2 at a time; each file scored once, every
+    row once. Returns the seconds from the first run's start to the last one's end."""
+    import psutil
+
+    burst = {f"drop-{i:02d}.txt": [f"Name{i}x{j}" for j in range(i % 5 + 1)] for i in range(50)}
+    for name, rows in burst.items():
+        (drop / name).write_text("".join(f"{row}\n" for row in rows))
+    runs = _wait(lambda: _files_done(_flow_runs(api, SCORING), done_before + len(burst)), 900,
+                 "every dropped file scored")
+    burst_runs = [r for r in runs if any(Path(p).name in burst for p in _scored_paths([r]))]
+    paths = [p for p in _scored_paths(burst_runs) if Path(p).name in burst]
+    assert sorted(paths) == sorted(str(drop / name) for name in burst)  # each file once
+    assert all(len(r["parameters"]["files"]) <= 10 for r in runs)
+    for name, rows in burst.items():
+        manifest = json.loads((_output(drop / name, scored) / MANIFEST).read_text())
+        assert manifest["complete"] and manifest["rows"] == manifest["scored"] == len(rows)
+    spans = {r["id"]: (datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs}
+    most = max(sum(start <= moment < end for start, end in spans.values()) for moment, _ in spans.values())
+    drained = max(spans[r["id"]][1] for r in burst_runs) - min(spans[r["id"]][0] for r in burst_runs)
+    print(f"{len(burst)} files, {sum(map(len, burst.values()))} rows: {len(burst_runs)} runs, at most {most} "
+          f"at a time, {drained.total_seconds():.0f} s from the first run's start to the last one's end")
+    assert most <= 2
+    _wait(lambda: not psutil.Process(worker.pid).children(recursive=True), 60,
+          "the flow runs' processes (their Dask clusters included) to end")
+    return drained.total_seconds()
+
+
 def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     processes, api = server
     registry, scored, drop = tmp_path / "models", tmp_path / "scored", tmp_path / "incoming"
@@ -227,29 +289,8 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     assert json.loads((_output(drop / "batch-1.txt", scored) / MANIFEST).read_text())["scored"] == 1
     os.unlink(drop / "link.txt")
 
-    # 50 files dropped at once: announced in events of at most 10 (the watcher's --batch), so a few
-    # runs, never more than 2 at a time; each file scored once, every row once
-    burst = {f"drop-{i:02d}.txt": [f"Name{i}x{j}" for j in range(i % 5 + 1)] for i in range(50)}
-    for name, rows in burst.items():
-        (drop / name).write_text("".join(f"{row}\n" for row in rows))
-    runs = _wait(lambda: _files_done(_flow_runs(api, SCORING), 3 + len(burst)), 900, "every dropped file scored")
-    burst_runs = [r for r in runs if any(Path(p).name in burst for p in _scored_paths([r]))]
-    paths = [p for p in _scored_paths(burst_runs) if Path(p).name in burst]
-    assert sorted(paths) == sorted(str(drop / name) for name in burst)  # each file once
-    assert all(len(r["parameters"]["files"]) <= 10 for r in runs)
-    for name, rows in burst.items():
-        manifest = json.loads((_output(drop / name, scored) / MANIFEST).read_text())
-        assert manifest["complete"] and manifest["rows"] == manifest["scored"] == len(rows)
-    spans = {r["id"]: (datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs}
-    most = max(sum(start <= moment < end for start, end in spans.values()) for moment, _ in spans.values())
-    drained = max(spans[r["id"]][1] for r in burst_runs) - min(spans[r["id"]][0] for r in burst_runs)
-    print(f"{len(burst)} files, {sum(map(len, burst.values()))} rows: {len(burst_runs)} runs, at most {most} "
-          f"at a time, {drained.total_seconds():.0f} s from the first run's start to the last one's end")
-    assert most <= 2
-    import psutil
-
-    _wait(lambda: not psutil.Process(worker.pid).children(recursive=True), 60,
-          "the flow runs' processes (their Dask clusters included) to end")
+    drained = _drop_burst(processes, api, drop, scored, worker, done_before=3)
+    print(f"the burst drained in {drained:.0f} s on the SQLite-backed server")
 
     # at most one retraining at a time: two asked for at once run one after the other
     processes.run(PREFECT, "deployment", "run", "retrain/nightly")
@@ -258,6 +299,38 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     spans = sorted((datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs)
     assert all(earlier[1] <= later[0] for earlier, later in zip(spans, spans[1:])), spans
     shutil.rmtree(tmp_path / "work", ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_backed_server(postgres, tmp_path, datasets) -> Iterator[tuple[Processes, str]]:
+    yield from _server(tmp_path, datasets, {"PREFECT_API_DATABASE_CONNECTION_URL": postgres})
+
+
+def test_the_file_burst_on_a_postgres_backed_server(postgres_backed_server, postgres, tmp_path, names_data,
+                                                    names_bundle):
+    """The deployments on a Prefect server whose database is PostgreSQL (as production runs it):
+    the 50-file burst is scored, every row once, with no "database is locked", and the runs are
+    rows of the Postgres database."""
+    from rnnlib.scoring.registry import promote
+
+    registry, scored, drop = tmp_path / "models", tmp_path / "scored", tmp_path / "incoming"
+    drop.mkdir()
+    assert promote(registry, names_bundle, names_data.ingest.path, names_data.split.path).promoted
+    processes, api = postgres_backed_server
+    processes.run(PREFECT, "work-pool", "create", POOL, "--type", "process")
+    processes.run(sys.executable, "-m", "rnnlib_deployments.deploy", "--pool", POOL, "--dataset", "names",
+                  "--registry", str(registry), "--output-root", str(scored), "--scoring-concurrency", "2")
+    worker = processes.start("worker", PREFECT, "worker", "start", "--pool", POOL)
+    processes.start("watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5",
+                    "--batch", "10")
+    drained = _drop_burst(processes, api, drop, scored, worker, done_before=0)
+    print(f"the burst drained in {drained:.0f} s on the PostgreSQL-backed server")
+    server_log = (tmp_path / "logs" / "server.log").read_text()
+    assert "database is locked" not in server_log
+    runs = subprocess.run(["psql", postgres.replace("+asyncpg", ""), "-tAc",
+                           "select count(*) from flow_run where state_type = 'COMPLETED'"],
+                          capture_output=True, text=True, check=True).stdout
+    assert int(runs) >= 5  # the burst's runs, in Postgres
 
 
 def test_an_authenticated_server_and_the_ad_hoc_deployment_confined_to_its_roots(
