@@ -20,13 +20,13 @@ from rnnlib.sources import datasets
 from rnnlib.stages import StageOutput
 
 
-@task(name="fetch", **TASK_OPTIONS)
+@task(name="fetch", task_run_name="fetch", **TASK_OPTIONS)
 def fetch_task(source: SourceConfig) -> SourceConfig:
     """Resolve a registered dataset to local files (mirror, cache or download)."""
     return datasets.materialize(source)
 
 
-@task(name="ingest", **TASK_OPTIONS)
+@task(name="ingest", task_run_name="ingest", **TASK_OPTIONS)
 def ingest_task(source: SourceConfig, dask: DaskConfig, work_dir: str) -> StageOutput:
     return pipeline.ingest_stage(source, work_dir=work_dir, connect=connector(dask))
 
@@ -37,7 +37,7 @@ def preprocess_task(ingested: StageOutput, cfg: PreprocessConfig, dask: DaskConf
     return pipeline.preprocess_stage(ingested, cfg=cfg, work_dir=work_dir, connect=connector(dask))
 
 
-@task(name="split", **TASK_OPTIONS)
+@task(name="split", task_run_name="split", **TASK_OPTIONS)
 def split_task(tokens: StageOutput, labelled: bool, cfg: SplitConfig, dask: DaskConfig,
                work_dir: str) -> StageOutput:
     return pipeline.split_stage(tokens, labelled=labelled, cfg=cfg, work_dir=work_dir,
@@ -51,7 +51,7 @@ def vocab_task(tokens: StageOutput, splits: StageOutput, labelled: bool, cfg: Vo
                                 connect=connector(dask))
 
 
-@task(name="tensorize", **TASK_OPTIONS)
+@task(name="tensorize", task_run_name="tensorize", **TASK_OPTIONS)
 def tensorize_task(tokens: StageOutput, splits: StageOutput, vocab: StageOutput, labelled: bool,
                    cfg: TensorizeConfig, dask: DaskConfig, work_dir: str) -> StageOutput:
     return pipeline.tensorize_stage(tokens, splits, vocab, labelled=labelled, cfg=cfg,

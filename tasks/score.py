@@ -18,7 +18,7 @@ from rnnlib.config import DaskConfig, ScoreConfig
 from rnnlib.scoring import partition, run
 
 
-@task(name="plan-scoring", **TASK_OPTIONS)
+@task(name="plan-scoring", task_run_name="plan scoring", **TASK_OPTIONS)
 def plan_task(config: ScoreConfig) -> run.ScoreRun:
     """Resolve the inputs (fingerprinting every file) and the bundle."""
     return run.plan_run(config)

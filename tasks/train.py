@@ -41,7 +41,7 @@ def language_model_task(data: PreparedData, model: ModelConfig, cfg: PretrainCon
                                          seed=seed, device=device, work_dir=work_dir)
 
 
-@task(name="track", **TASK_OPTIONS)
+@task(name="track", task_run_name="track in MLflow", **TASK_OPTIONS)
 def track_task(trained: TrainedModel, config: TrainFlowConfig) -> str:
     """Log the run to MLflow; returns its run id."""
     return tracking.log_training(trained, config)
@@ -57,7 +57,7 @@ def wide_task(data: PreparedData, buckets: int, seed: int, work_dir: str) -> Sta
     return pipeline.wide_stage(data, buckets=buckets, seed=seed, work_dir=work_dir)
 
 
-@task(name="evaluate", **TASK_OPTIONS)
+@task(name="evaluate", task_run_name="evaluate", **TASK_OPTIONS)
 def evaluate_task(data: PreparedData, fitted: StageOutput, baseline: StageOutput | None,
                   preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
                   work_dir: str, wide: StageOutput | None = None, batch_size: int = 64) -> StageOutput:

@@ -13,7 +13,7 @@ from rnnlib.prepare.pipeline import PreparedData
 from rnnlib.stages import StageOutput
 
 
-@task(name="search", **TASK_OPTIONS)
+@task(name="search", task_run_name="search", **TASK_OPTIONS)
 def search_task(config: TrainFlowConfig, data: PreparedData, vectors: StageOutput | None) -> tune.Search:
     try:
         return tune.tune(config, data, vectors, get_client(config.dask) if config.tune.parallel > 1 else None)

@@ -74,7 +74,8 @@ def _assert_dashboard(flow_run_id, trained, metrics: dict) -> None:
     assert sum(row["test rows"] for row in per_class.values()) == 3008
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", artifacts["evaluation-plots"])
     assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
-    assert {"fit gru 1x32", "baseline tf-idf char", "preprocess chars"} <= task_runs, task_runs
+    assert {"ingest", "preprocess chars", "fit gru 1x32", "baseline tf-idf char", "evaluate"} <= task_runs, task_runs
+    assert not [name for name in task_runs if re.fullmatch(r".+-[0-9a-f]{3}", name)], task_runs  # none left to Prefect
 
 
 def test_prune_during_a_run_removes_nothing_the_run_still_needs(datasets, tmp_path):
