@@ -37,21 +37,27 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="fastText seeds")
     args = parser.parse_args()
-    recipe = load_config(TrainFlowConfig, args.config, [f"source.mirror={args.datasets}",
-                                                         f"work_dir={args.work_dir}", *args.overrides])
+    recipe = load_config(
+        TrainFlowConfig, args.config, [f"source.mirror={args.datasets}", f"work_dir={args.work_dir}", *args.overrides]
+    )
     cfg = PrepareConfig.model_validate(recipe.model_dump(include=set(PrepareConfig.model_fields)))
     data = prepare(cfg)
     start = time.perf_counter()
     result = fit_baseline(data.preprocess.path, data.split.path, level=cfg.preprocess.level, labels=data.labels)
-    print(f"{args.config.name}: {result.features} (C={result.c}), {result.train_rows} training rows, "
-          f"{result.rows} test rows: accuracy {result.accuracy:.4f}, macro recall {result.macro.recall:.4f}, "
-          f"macro F1 {result.macro.f1:.4f} ({time.perf_counter() - start:.0f} s)")
+    print(
+        f"{args.config.name}: {result.features} (C={result.c}), {result.train_rows} training rows, "
+        f"{result.rows} test rows: accuracy {result.accuracy:.4f}, macro recall {result.macro.recall:.4f}, "
+        f"macro F1 {result.macro.f1:.4f} ({time.perf_counter() - start:.0f} s)"
+    )
     for seed in args.seeds:
         start = time.perf_counter()
-        peer = fit_fasttext(data.preprocess.path, data.split.path, level=cfg.preprocess.level,
-                            labels=data.labels, seed=seed)
-        print(f"{args.config.name}: {peer.features}, seed {seed}: accuracy {peer.accuracy:.4f}, macro recall "
-              f"{peer.macro.recall:.4f}, macro F1 {peer.macro.f1:.4f} ({time.perf_counter() - start:.0f} s)")
+        peer = fit_fasttext(
+            data.preprocess.path, data.split.path, level=cfg.preprocess.level, labels=data.labels, seed=seed
+        )
+        print(
+            f"{args.config.name}: {peer.features}, seed {seed}: accuracy {peer.accuracy:.4f}, macro recall "
+            f"{peer.macro.recall:.4f}, macro F1 {peer.macro.f1:.4f} ({time.perf_counter() - start:.0f} s)"
+        )
     return 0
 
 

@@ -41,9 +41,14 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = Path(__file__).resolve().parent
 RNNLIB = str(Path(sys.executable).parent / "rnnlib")  # the command a user runs
-PREPARE_SETTINGS = ["source.dataset=imdb", "preprocess.level=word", "preprocess.strip_html=true",
-                    "preprocess.lowercase=true", "preprocess.punctuation=remove",
-                    "preprocess.stopwords=true"]  # bench_prepare.PREPROCESS, as a user sets it
+PREPARE_SETTINGS = [
+    "source.dataset=imdb",
+    "preprocess.level=word",
+    "preprocess.strip_html=true",
+    "preprocess.lowercase=true",
+    "preprocess.punctuation=remove",
+    "preprocess.stopwords=true",
+]  # bench_prepare.PREPROCESS, as a user sets it
 
 
 def run(command: list[str], env: dict[str, str]) -> tuple[float, str]:
@@ -79,7 +84,11 @@ class PrefectServer:
         start = time.perf_counter()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         while True:
             try:
                 urllib.request.urlopen(f"{self.url}/health", timeout=1)
@@ -98,10 +107,13 @@ class PrefectServer:
 
 def settings(prefect_home: Path, datasets: Path, api_url: str | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(PREFECT_HOME=str(prefect_home), RNNLIB_DATASETS_MIRROR=str(datasets),
-               NLTK_DATA=env.get("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data")),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false",
-               PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+    env.update(
+        PREFECT_HOME=str(prefect_home),
+        RNNLIB_DATASETS_MIRROR=str(datasets),
+        NLTK_DATA=env.get("NLTK_DATA", str(REPO.parent / "shared" / "nltk_data")),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+    )
     if api_url:
         env["PREFECT_API_URL"] = api_url
     return env
@@ -120,14 +132,30 @@ def row(name: str, seconds: float, plain: float) -> None:
 def bench_prepare(tmp: Path, envs: dict[str, dict[str, str]], datasets: Path) -> None:
     plain: dict[str, float] = {}
     for variant in ("regex", "set"):
-        plain[variant], _ = run([sys.executable, str(BENCHMARKS / "plain_recipes.py"), "prepare-imdb",
-                                 str(datasets), str(tmp), "--stopwords", variant], envs["no server"])
+        plain[variant], _ = run(
+            [
+                sys.executable,
+                str(BENCHMARKS / "plain_recipes.py"),
+                "prepare-imdb",
+                str(datasets),
+                str(tmp),
+                "--stopwords",
+                variant,
+            ],
+            envs["no server"],
+        )
     print("\nprepare, IMDB 50,000 reviews (x: the plain-regex script's time / this)")
     row("plain-regex (tutorial)", plain["regex"], plain["regex"])
     row("plain-set", plain["set"], plain["regex"])
     for label, env in envs.items():
         work = tmp / f"work-{label.replace(' ', '-')}"
-        command = [RNNLIB, "prepare", "--work-dir", str(work), *itertools.chain(*(("--set", s) for s in PREPARE_SETTINGS))]
+        command = [
+            RNNLIB,
+            "prepare",
+            "--work-dir",
+            str(work),
+            *itertools.chain(*(("--set", s) for s in PREPARE_SETTINGS)),
+        ]
         cold, output = run(command, env)
         cached, _ = run(command, env)
         flow, _ = run([*command, "--flow"], env)
@@ -138,8 +166,7 @@ def bench_prepare(tmp: Path, envs: dict[str, dict[str, str]], datasets: Path) ->
         shutil.rmtree(work)
 
 
-def bench_score(tmp: Path, envs: dict[str, dict[str, str]], datasets: Path, rows: int,
-                bundle: Path | None) -> None:
+def bench_score(tmp: Path, envs: dict[str, dict[str, str]], datasets: Path, rows: int, bundle: Path | None) -> None:
     import bench_score
 
     reviews = bench_score.read_reviews(datasets / "imdb" / "unsup.jsonl.gz", rows)
@@ -147,8 +174,18 @@ def bench_score(tmp: Path, envs: dict[str, dict[str, str]], datasets: Path, rows
     with gzip.open(dump, "wt", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in reviews)
     bundle = bundle or bench_score.make_bundle(reviews, tmp / "recipe", bench_score.MODEL)
-    plain, _ = run([sys.executable, str(BENCHMARKS / "plain_recipes.py"), "score-jsonl", str(dump),
-                    str(bundle), str(rows), str(tmp)], envs["no server"])
+    plain, _ = run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "plain_recipes.py"),
+            "score-jsonl",
+            str(dump),
+            str(bundle),
+            str(rows),
+            str(tmp),
+        ],
+        envs["no server"],
+    )
     print(f"\nscore, {len(reviews)} unlabelled IMDB reviews (x: the plain script's time / this)")
     row("plain", plain, plain)
     for label, env in envs.items():
@@ -171,8 +208,10 @@ def main() -> int:
     sys.path.insert(0, str(BENCHMARKS))
     import torch
 
-    print(f"{os.cpu_count()} cores, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          "every figure one whole command (wall clock)")
+    print(
+        f"{os.cpu_count()} cores, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        "every figure one whole command (wall clock)"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         home = tmp / "prefect-home"

@@ -44,10 +44,10 @@ from rnnlib.config import ModelConfig, PreprocessConfig, TrainFlowConfig, load_c
 from rnnlib.modeling.batches import collate  # noqa: E402
 from rnnlib.modeling.bundle import load_bundle  # noqa: E402
 from rnnlib.modeling.device import cpu_has_native_bf16, for_inference  # noqa: E402
+from rnnlib.modeling.inference import predict_proba  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 from rnnlib.modeling.pipeline import train_model  # noqa: E402
 from rnnlib.prepare.text import tokenize  # noqa: E402
-from rnnlib.modeling.inference import predict_proba  # noqa: E402
 
 IMDB_MODEL = ModelConfig(cell="gru", bidirectional=True, embedding_dim=128, hidden_size=128, pooling="max")
 PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove")
@@ -80,8 +80,10 @@ def forward_rate(lengths: np.ndarray, batch_size: int, precision: str) -> float:
     rng = np.random.default_rng(0)
     ordered = np.sort(lengths)
     ids = pa.array([rng.integers(2, VOCAB, n, dtype=np.int32) for n in ordered], pa.list_(pa.int32()))
-    batches = [collate(ids.slice(s, batch_size), np.zeros(min(batch_size, len(ids) - s), np.int64))
-               for s in range(0, len(ids), batch_size)]
+    batches = [
+        collate(ids.slice(s, batch_size), np.zeros(min(batch_size, len(ids) - s), np.int64))
+        for s in range(0, len(ids), batch_size)
+    ]
     with torch.inference_mode():
         model(batches[0].ids, batches[0].lengths)  # warm-up
         start = time.perf_counter()
@@ -112,8 +114,11 @@ def packing_step_seconds() -> tuple[float, float]:
 def agreement(datasets: Path, epochs: int) -> dict[str, float]:
     """bf16 against fp32 on a trained surnames model's test split."""
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(TrainFlowConfig, REPO / "configs" / "names.yaml",
-                          [f"source.mirror={datasets}", f"work_dir={tmp}", f"train.epochs={epochs}"])
+        cfg = load_config(
+            TrainFlowConfig,
+            REPO / "configs" / "names.yaml",
+            [f"source.mirror={datasets}", f"work_dir={tmp}", f"train.epochs={epochs}"],
+        )
         trained = train_model(cfg)
         bundle = load_bundle(trained.evaluation.bundle)
         shards = pq.read_table(f"{trained.data.tensorize.path}/test")
@@ -124,9 +129,11 @@ def agreement(datasets: Path, epochs: int) -> dict[str, float]:
         result = {"rows": len(fp32), "fp32": float((fp32.argmax(1) == truth).mean())}
         for precision in ("int8", "bf16"):
             other = predict_proba(for_inference(copy.deepcopy(bundle.model), precision, cpu), ids, n, 64)
-            result[precision] = {"accuracy": float((other.argmax(1) == truth).mean()),
-                                 "unchanged": float((fp32.argmax(1) == other.argmax(1)).mean()),
-                                 "max_probability_change": float(np.abs(fp32 - other).max())}
+            result[precision] = {
+                "accuracy": float((other.argmax(1) == truth).mean()),
+                "unchanged": float((fp32.argmax(1) == other.argmax(1)).mean()),
+                "max_probability_change": float(np.abs(fp32 - other).max()),
+            }
     return result
 
 
@@ -139,13 +146,17 @@ def main() -> int:
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     torch.set_num_threads(1)
-    print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}; "
-          f"torch {torch.__version__}, 1 thread")
+    print(
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}; "
+        f"torch {torch.__version__}, 1 thread"
+    )
     if "forward" not in skip:
         lengths = review_lengths(args.datasets, args.rows)
         flops = gru_flops_per_token(IMDB_MODEL)
-        print(f"\nforward: {len(lengths)} reviews, {int(lengths.sum()):,} tokens (mean {lengths.mean():.0f}); "
-              f"{flops / 1e6:.2f} MFLOP per token in the GRU")
+        print(
+            f"\nforward: {len(lengths)} reviews, {int(lengths.sum()):,} tokens (mean {lengths.mean():.0f}); "
+            f"{flops / 1e6:.2f} MFLOP per token in the GRU"
+        )
         print(f"{'precision':<10} {'batch':>6} {'tokens/s':>10} {'GFLOP/s':>8}")
         for name, sizes in (("fp32", (64, 256, 1024)), ("int8", (64,)), ("bf16", (64,))):
             for batch_size in sizes:
@@ -153,16 +164,22 @@ def main() -> int:
                 print(f"{name:<10} {batch_size:>6} {rate:>10,.0f} {rate * flops / 1e9:>8.1f}")
     if "packing" not in skip:
         padded, packed = packing_step_seconds()
-        print(f"\npacking: one training step, 2-layer BiLSTM 256, 64 x {MAX_LENGTH}: padded {padded:.2f} s, "
-              f"packed {packed:.2f} s ({packed / padded:.1f}x)")
+        print(
+            f"\npacking: one training step, 2-layer BiLSTM 256, 64 x {MAX_LENGTH}: padded {padded:.2f} s, "
+            f"packed {packed:.2f} s ({packed / padded:.1f}x)"
+        )
     if "agreement" not in skip:
         result = agreement(args.datasets, args.epochs)
-        print(f"\nagreement: surnames model ({args.epochs} epochs), {result['rows']} test rows, "
-              f"fp32 test accuracy {result['fp32']:.4f}")
+        print(
+            f"\nagreement: surnames model ({args.epochs} epochs), {result['rows']} test rows, "
+            f"fp32 test accuracy {result['fp32']:.4f}"
+        )
         for precision in ("int8", "bf16"):
             r = result[precision]
-            print(f"  {precision}: test accuracy {r['accuracy']:.4f}, {r['unchanged']:.1%} of predictions "
-                  f"unchanged, probabilities within {r['max_probability_change']:.3f}")
+            print(
+                f"  {precision}: test accuracy {r['accuracy']:.4f}, {r['unchanged']:.1%} of predictions "
+                f"unchanged, probabilities within {r['max_probability_change']:.3f}"
+            )
     return 0
 
 

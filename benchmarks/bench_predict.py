@@ -39,18 +39,29 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         bundle = args.bundle
         if bundle is None:
-            cfg = load_config(TrainFlowConfig, REPO / "configs" / "names.yaml",
-                              [f"source.mirror={args.datasets}", f"work_dir={tmp}", "train.epochs=1",
-                               "evaluate.baseline=false"])
+            cfg = load_config(
+                TrainFlowConfig,
+                REPO / "configs" / "names.yaml",
+                [f"source.mirror={args.datasets}", f"work_dir={tmp}", "train.epochs=1", "evaluate.baseline=false"],
+            )
             bundle = Path(train_model(cfg).evaluation.bundle)
-        names = [line.strip() for f in sorted((args.datasets / "names").glob("*.txt"))
-                 for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = [
+            line.strip()
+            for f in sorted((args.datasets / "names").glob("*.txt"))
+            for line in f.read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         texts = (names * (10_000 // len(names) + 1))[:10_000]
         startups = []
         for _ in range(args.repeat):
             start = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "rnnlib_flows.cli", "predict", str(bundle), "Rossi"],
-                                 capture_output=True, text=True, cwd=REPO, check=True)
+            run = subprocess.run(
+                [sys.executable, "-m", "rnnlib_flows.cli", "predict", str(bundle), "Rossi"],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+                check=True,
+            )
             startups.append(time.perf_counter() - start)
         predictor = Predictor.from_bundle(bundle)
         predictor.predict(texts[:100])
@@ -58,8 +69,10 @@ def main() -> int:
         predictions = predictor.predict(texts)
         seconds = time.perf_counter() - start
     print(f"CPU capability {torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} torch threads")
-    print(f"rnnlib predict, launch to answer: median {statistics.median(startups):.2f} s "
-          f"(runs: {', '.join(f'{s:.2f}' for s in startups)}); answer: {run.stdout.strip()[:80]}")
+    print(
+        f"rnnlib predict, launch to answer: median {statistics.median(startups):.2f} s "
+        f"(runs: {', '.join(f'{s:.2f}' for s in startups)}); answer: {run.stdout.strip()[:80]}"
+    )
     print(f"Predictor.predict: {len(predictions)} texts in {seconds:.2f} s, {len(predictions) / seconds:,.0f} texts/s")
     return 0
 

@@ -48,8 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_recipes import prepare as plain_prepare  # noqa: E402
 from plain_recipes import read_imdb_loop, read_jsonl_loop  # noqa: E402
 
-PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove",
-                              stopwords=True)
+PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove", stopwords=True)
 
 
 # ---------------------------------------------------------------- rnnlib
@@ -82,21 +81,27 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="rounds of all three methods, interleaved; medians are reported")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds of all three methods, interleaved; medians are reported"
+    )
     args = parser.parse_args()
     imdb_root = args.datasets / "imdb" / "aclImdb"
     dump = args.datasets / "imdb" / "unsup.jsonl.gz"
     corpora = {
         "IMDB aclImdb folders (50,000 files)": (
-            SourceConfig(inputs=[InputSpec(path=str(imdb_root / s), format="folder_per_class", split=s)
-                                 for s in ("train", "test")]),
-            lambda: read_imdb_loop(imdb_root), True,
+            SourceConfig(
+                inputs=[
+                    InputSpec(path=str(imdb_root / s), format="folder_per_class", split=s) for s in ("train", "test")
+                ]
+            ),
+            lambda: read_imdb_loop(imdb_root),
+            True,
             sum(f.stat().st_size for f in imdb_root.rglob("*.txt")),
         ),
         "IMDB unlabelled JSONL dump (50,000 reviews)": (
             SourceConfig(inputs=[InputSpec(path=str(dump), label_column=None, id_column="id")]),
-            lambda: read_jsonl_loop(dump), False,
+            lambda: read_jsonl_loop(dump),
+            False,
             sum(len(json.loads(line)["text"].encode()) for line in gzip.open(dump, "rt", encoding="utf-8")),
         ),
     }
@@ -104,11 +109,13 @@ def main() -> int:
     import torch
 
     print(f"{os.cpu_count()} cores, CPU capability {torch.backends.cpu.get_cpu_capability()}")
-    print(f"{'corpus':<46} {'method':<12} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'vs baseline':>11}"
-          f"  (each round's ratio)")
+    print(
+        f"{'corpus':<46} {'method':<12} {'seconds':>8} {'rows/s':>9} {'MB/s':>6} {'vs baseline':>11}"
+        f"  (each round's ratio)"
+    )
     with dask_client(DaskConfig(n_workers=args.workers, processes=True)) as client:
         client.run(warm_up)
-        for name, (source, reader, labelled, text_bytes) in corpora.items():
+        for name, (source, reader, _labelled, text_bytes) in corpora.items():
             one = source.model_copy(update={"partition_rows": 10**9})
             methods = {
                 "baseline": lambda tmp: plain_prepare(reader, tmp),
@@ -126,8 +133,10 @@ def main() -> int:
             for method, runs in results.items():
                 seconds, rows = median[method], runs[0][1]
                 rounds = ", ".join(f"{b / s:.2f}" for (b, _), (s, _) in zip(results["baseline"], runs))
-                print(f"{name:<46} {method:<12} {seconds:>8.2f} {rows / seconds:>9.0f} "
-                      f"{text_bytes / 1e6 / seconds:>6.1f} {median['baseline'] / seconds:>10.2f}x  ({rounds})")
+                print(
+                    f"{name:<46} {method:<12} {seconds:>8.2f} {rows / seconds:>9.0f} "
+                    f"{text_bytes / 1e6 / seconds:>6.1f} {median['baseline'] / seconds:>10.2f}x  ({rounds})"
+                )
             print(f"{'':<46} dask vs one partition: {median['rnnlib-1p'] / median['rnnlib']:.2f}x")
     return 0
 

@@ -40,14 +40,24 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    print(f"{args.config} {' '.join(args.overrides)}; {os.cpu_count()} cores, CPU capability "
-          f"{torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"{args.config} {' '.join(args.overrides)}; {os.cpu_count()} cores, CPU capability "
+        f"{torch.backends.cpu.get_cpu_capability()}"
+    )
     model: dict[str, list[float]] = {m: [] for m in METRICS}
     baseline: dict[str, list[float]] = {m: [] for m in METRICS}
     minutes = []
     for seed in args.seeds:
-        config = load_config(TrainFlowConfig, args.config, [  # the seed last: a --set train={...} keeps it
-            f"source.mirror={args.mirror}", f"work_dir={args.work_dir}", *args.overrides, f"train.seed={seed}"])
+        config = load_config(
+            TrainFlowConfig,
+            args.config,
+            [  # the seed last: a --set train={...} keeps it
+                f"source.mirror={args.mirror}",
+                f"work_dir={args.work_dir}",
+                *args.overrides,
+                f"train.seed={seed}",
+            ],
+        )
         start = time.perf_counter()
         trained = train_model(config)
         minutes.append(sum(r["seconds"] for r in trained.history) / 60)
@@ -56,9 +66,12 @@ def main() -> int:
             if name in model:
                 model[name].append(value)
                 baseline[name].append(base)
-        print(f"seed {seed}: model " + ", ".join(f"{m} {model[m][-1]:.4f}" for m in METRICS)
-              + f" | baseline accuracy {baseline['accuracy'][-1]:.4f} | best epoch {trained.best_epoch}"
-              f" of {len(trained.history)}, {minutes[-1]:.1f} min training, {time.perf_counter() - start:.0f} s in all")
+        print(
+            f"seed {seed}: model "
+            + ", ".join(f"{m} {model[m][-1]:.4f}" for m in METRICS)
+            + f" | baseline accuracy {baseline['accuracy'][-1]:.4f} | best epoch {trained.best_epoch}"
+            f" of {len(trained.history)}, {minutes[-1]:.1f} min training, {time.perf_counter() - start:.0f} s in all"
+        )
         if (halves := result.blend_summary()) is not None:
             print(f"  {halves}")
     print(f"{'metric':<14} {'rnnlib (mean ± sd)':>20} {'TF-IDF+LR baseline':>20}")

@@ -6,8 +6,8 @@ lower-cased, punctuation removed, a bidirectional GRU of 128 with max pooling; r
 at 400 tokens; untrained unless --bundle is given: speed does not depend on the weights), timed
 in this run:
 
-  baseline    the plain recipe (plain_recipes.score_jsonl): read the gzip JSONL in a Python loop, clean and tokenize each
-              review with Python regexes, map tokens to ids with a dict, pad mini-batches of 64
+  baseline    the plain recipe (plain_recipes.score_jsonl): read the gzip JSONL in a Python loop, clean and
+              tokenize each review with Python regexes, map tokens to ids with a dict, pad mini-batches of 64
               in file order and score them under torch.no_grad, in one process (torch's default
               threads), results to one Parquet file;
   kernel      the limit: the model alone over the same reviews, tokenised beforehand, in
@@ -58,6 +58,7 @@ from rnnlib.config import (  # noqa: E402
 )
 from rnnlib.modeling.bundle import load_bundle, save_bundle  # noqa: E402
 from rnnlib.modeling.device import cpu_has_native_bf16, for_inference  # noqa: E402
+from rnnlib.modeling.inference import predict_proba  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 from rnnlib.prepare.tensorize import encode_ids  # noqa: E402
 from rnnlib.prepare.text import tokenize  # noqa: E402
@@ -68,16 +69,13 @@ from rnnlib.prepare.vocab import (  # noqa: E402
     LabelEncoder,
     Vocabulary,
 )
-from rnnlib.modeling.inference import predict_proba  # noqa: E402
 from rnnlib.scoring.run import ScoreReport, score  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_recipes import score_jsonl  # noqa: E402
 
-PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, keep_emoticons=True,
-                              punctuation="remove")
-MODEL = ModelConfig(cell="gru", bidirectional=True, embedding_dim=128, hidden_size=128, dropout=0.5,
-                    pooling="max")
+PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, keep_emoticons=True, punctuation="remove")
+MODEL = ModelConfig(cell="gru", bidirectional=True, embedding_dim=128, hidden_size=128, dropout=0.5, pooling="max")
 SMALL = ModelConfig(cell="gru", embedding_dim=32, hidden_size=32)
 MAX_LENGTH = 400
 
@@ -129,8 +127,9 @@ def kernel_seconds(ids: pa.ListArray, bundle_dir: Path, precision: str) -> float
 
 # ---------------------------------------------------------------- rnnlib
 def rnnlib_score(dump: Path, bundle_dir: Path, out: Path, client, precision: str = "auto") -> ScoreReport:
-    config = ScoreConfig(bundle=str(bundle_dir), inputs=[InputSpec(path=str(dump), id_column="id")],
-                         output=str(out), precision=precision)
+    config = ScoreConfig(
+        bundle=str(bundle_dir), inputs=[InputSpec(path=str(dump), id_column="id")], output=str(out), precision=precision
+    )
     manifest = score(config, client)
     assert manifest.complete and manifest.rows == manifest.scored + sum(manifest.rejected.values())
     return manifest
@@ -179,8 +178,10 @@ def memory_profile(dump: Path, reviews: list[dict], gigabytes: float, tmp: Path)
             copy += 1
     print(f"\npeak resident memory (driver + {os.cpu_count()} workers), small model {SMALL.cell} {SMALL.hidden_size}:")
     with dask_client(DaskConfig(processes=True)) as client:
-        for name, path in ((f"1 copy ({one.stat().st_size / 1e6:.0f} MB)", one),
-                           (f"{copy} copies ({big.stat().st_size / 1e9:.2f} GB)", big)):
+        for name, path in (
+            (f"1 copy ({one.stat().st_size / 1e6:.0f} MB)", one),
+            (f"{copy} copies ({big.stat().st_size / 1e9:.2f} GB)", big),
+        ):
             with PeakMemory() as peak:
                 start = time.perf_counter()
                 manifest = rnnlib_score(path, bundle_dir, tmp / f"out-{path.stem}", client)
@@ -204,9 +205,11 @@ def main() -> int:
             fh.writelines(json.dumps(r) + "\n" for r in reviews)
         text_mb = sum(len(r["text"].encode()) for r in reviews) / 1e6
         bundle_dir = args.bundle or make_bundle(reviews, tmp / "recipe", MODEL)
-        print(f"{len(reviews)} reviews ({text_mb:.0f} MB of text), model {MODEL.cell} bidirectional "
-              f"{MODEL.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}, "
-              f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}")
+        print(
+            f"{len(reviews)} reviews ({text_mb:.0f} MB of text), model {MODEL.cell} bidirectional "
+            f"{MODEL.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}"
+        )
         start = time.perf_counter()
         rows = score_jsonl(dump, args.rows, bundle_dir, tmp, MAX_LENGTH)
         results = {"baseline": (time.perf_counter() - start, rows)}
@@ -226,14 +229,20 @@ def main() -> int:
                 results[method] = (time.perf_counter() - start, manifest.rows)
             assert threads == {1}, threads
         base = results["baseline"][0]
-        print(f"{'method':<16} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11} {'of the kernel limit':>19}")
+        print(
+            f"{'method':<16} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11} {'of the kernel limit':>19}"
+        )
         for precision, seconds in limits.items():
-            print(f"{'kernel-1t-' + precision:<16} {seconds:>8.2f} {len(reviews) / seconds:>8.0f} {'':>6} {'':>11} "
-                  f"{'(the limit)':>19}")
+            print(
+                f"{'kernel-1t-' + precision:<16} {seconds:>8.2f} {len(reviews) / seconds:>8.0f} {'':>6} {'':>11} "
+                f"{'(the limit)':>19}"
+            )
         for (method, (seconds, n)), (workers, precision) in zip(results.items(), [(2, "fp32"), *runs]):
             share = "" if method == "baseline" else f"{limits[precision] / workers / seconds:>18.0%}"
-            print(f"{method:<16} {seconds:>8.2f} {n / seconds:>8.0f} {text_mb / seconds:>6.2f} "
-                  f"{base / seconds:>10.2f}x {share:>19}")
+            print(
+                f"{method:<16} {seconds:>8.2f} {n / seconds:>8.0f} {text_mb / seconds:>6.2f} "
+                f"{base / seconds:>10.2f}x {share:>19}"
+            )
         print(f"scaling 1 -> 2 workers: {results['rnnlib-1w'][0] / results['rnnlib-2w'][0]:.2f}x")
         if args.memory:
             memory_profile(dump, reviews, args.memory, tmp)

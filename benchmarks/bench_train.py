@@ -44,13 +44,19 @@ REPO = Path(__file__).resolve().parents[1]
 def prepare_imdb(datasets: Path, rows: int | None, work: Path) -> Path:
     """IMDB training reviews (val carved off as usual) as shards, truncated at 400 tokens."""
     root = datasets / "imdb" / "aclImdb"
-    source = SourceConfig(inputs=[InputSpec(path=str(root / s), format="folder_per_class", split=s)
-                                  for s in ("train", "test")])
-    data = prepare(PrepareConfig(
-        source=source, work_dir=str(work),
-        preprocess=PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove"),
-        split=SplitConfig(train=0.85, val=0.15, test=0.0), vocab=VocabConfig(min_freq=2, max_size=50000),
-        tensorize=TensorizeConfig(max_length=400, shard_rows=rows or 50000)))
+    source = SourceConfig(
+        inputs=[InputSpec(path=str(root / s), format="folder_per_class", split=s) for s in ("train", "test")]
+    )
+    data = prepare(
+        PrepareConfig(
+            source=source,
+            work_dir=str(work),
+            preprocess=PreprocessConfig(level="word", strip_html=True, lowercase=True, punctuation="remove"),
+            split=SplitConfig(train=0.85, val=0.15, test=0.0),
+            vocab=VocabConfig(min_freq=2, max_size=50000),
+            tensorize=TensorizeConfig(max_length=400, shard_rows=rows or 50000),
+        )
+    )
     return Path(data.tensorize.path)
 
 
@@ -63,7 +69,11 @@ def run(model: nn.Module, batches, device: torch.device, amp: bool) -> tuple[flo
         torch.cuda.synchronize()
     start = time.perf_counter()
     for ids, lengths, labels in batches:
-        ids, lengths, labels = ids.to(device, non_blocking=True), lengths.to(device), labels.to(device, non_blocking=True)
+        ids, lengths, labels = (
+            ids.to(device, non_blocking=True),
+            lengths.to(device),
+            labels.to(device, non_blocking=True),
+        )
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             logits = model(ids, lengths)
         loss = nn.functional.cross_entropy(logits.float(), labels)
@@ -98,8 +108,11 @@ def main() -> int:
             order = torch.randperm(len(sequences), generator=torch.Generator().manual_seed(0))
             for chunk in order.split(args.batch_size):
                 seqs = [sequences[i] for i in chunk]
-                yield (nn.utils.rnn.pad_sequence(seqs, batch_first=True),
-                       torch.tensor([len(s) for s in seqs]), labels[chunk])
+                yield (
+                    nn.utils.rnn.pad_sequence(seqs, batch_first=True),
+                    torch.tensor([len(s) for s in seqs]),
+                    labels[chunk],
+                )
 
         subset = Path(tmp) / "subset" / "train"
         subset.mkdir(parents=True)
@@ -111,18 +124,24 @@ def main() -> int:
                 yield batch.ids.pin_memory() if device.type == "cuda" else batch.ids, batch.lengths, batch.labels
 
         results = {}
-        for name, batches, amp in (("baseline", plain_batches, False),
-                                   ("rnnlib", rnnlib_batches, device.type == "cuda")):
+        for name, batches, amp in (
+            ("baseline", plain_batches, False),
+            ("rnnlib", rnnlib_batches, device.type == "cuda"),
+        ):
             torch.manual_seed(0)
             model = RNNClassifier(vocab_size, 2, cfg).to(device)
             results[name] = run(model, batches(), device, amp)
-    print(f"device {device}, {len(sequences)} training reviews (truncated at 400 tokens), "
-          f"2-layer BiLSTM hidden {args.hidden}, batch {args.batch_size}; "
-          f"CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"device {device}, {len(sequences)} training reviews (truncated at 400 tokens), "
+        f"2-layer BiLSTM hidden {args.hidden}, batch {args.batch_size}; "
+        f"CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     base = results["baseline"][1] / results["baseline"][0]
     for name, (seconds, tokens, positions) in results.items():
-        print(f"{name:<9} {seconds:8.2f} s  {tokens / seconds:10.0f} tokens/s  {tokens / seconds / base:5.2f}x"
-              f"  ({positions / tokens:.2f} positions computed per real token)")
+        print(
+            f"{name:<9} {seconds:8.2f} s  {tokens / seconds:10.0f} tokens/s  {tokens / seconds / base:5.2f}x"
+            f"  ({positions / tokens:.2f} positions computed per real token)"
+        )
     return 0
 
 

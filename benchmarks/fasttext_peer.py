@@ -49,23 +49,28 @@ def _predict(model, documents: list[str], level: str) -> list[str]:
     return [p[0].removeprefix("__label__") for p in predicted]
 
 
-def fit_fasttext(tokens_dir: str | Path, split_dir: str | Path, *, level: str, labels: list[str],
-                 seed: int = 0) -> PeerResult:
+def fit_fasttext(
+    tokens_dir: str | Path, split_dir: str | Path, *, level: str, labels: list[str], seed: int = 0
+) -> PeerResult:
     """Train on `train` for every setting of the grid, keep the best on `val`, score `test`. One
     thread, so a seed gives one result."""
     import fasttext
 
     documents = split_documents(tokens_dir, split_dir, level)
     (train_docs, train_labels), (val_docs, val_labels), (test_docs, test_labels) = (
-        documents["train"], documents["val"], documents["test"])
+        documents["train"],
+        documents["val"],
+        documents["test"],
+    )
     original = {label.replace(" ", "_"): label for label in labels}
     grid = WORD_GRID if level == "word" else CHAR_GRID
     order = list(range(len(train_docs)))
     random.Random(seed).shuffle(order)  # fastText reads its file in order: rows grouped by class would skew it
     with tempfile.TemporaryDirectory() as folder:
         train_file = Path(folder) / "train.txt"
-        train_file.write_text(_lines([train_docs[i] for i in order], [train_labels[i] for i in order], level),
-                              encoding="utf-8")
+        train_file.write_text(
+            _lines([train_docs[i] for i in order], [train_labels[i] for i in order], level), encoding="utf-8"
+        )
         best, best_score, best_settings = None, -1.0, {}
         for values in itertools.product(*grid.values()):
             settings = dict(zip(grid, values))
@@ -79,9 +84,15 @@ def fit_fasttext(tokens_dir: str | Path, split_dir: str | Path, *, level: str, l
     index = {label: i for i, label in enumerate(labels)}
     known = [i for i, label in enumerate(test_labels) if label in index]  # as the test shards hold
     predicted = _predict(best, [test_docs[i] for i in known], level)
-    result = metrics(np.array([index[test_labels[i]] for i in known]),
-                     np.array([index[original[p]] for p in predicted]), labels)
+    result = metrics(
+        np.array([index[test_labels[i]] for i in known]), np.array([index[original[p]] for p in predicted]), labels
+    )
     described = ", ".join(f"{k} {v}" for k, v in best_settings.items())
-    return PeerResult(features=f"fastText ({described})", train_rows=len(train_docs),
-                          rows=result["rows"], accuracy=result["accuracy"], macro=result["macro"],
-                          weighted=result["weighted"])
+    return PeerResult(
+        features=f"fastText ({described})",
+        train_rows=len(train_docs),
+        rows=result["rows"],
+        accuracy=result["accuracy"],
+        macro=result["macro"],
+        weighted=result["weighted"],
+    )

@@ -95,8 +95,10 @@ def score_jsonl(dump: Path, rows: int, bundle_dir: Path, out: Path, max_length: 
             lengths = torch.tensor([len(i) for i in ids])
             probabilities = model(pad_sequence(ids, batch_first=True), lengths).softmax(1)
             best = probabilities.max(1)
-            results += [{"id": r["id"], "label": labels[int(i)], "probability": float(p)}
-                        for r, i, p in zip(records, best.indices, best.values)]
+            results += [
+                {"id": r["id"], "label": labels[int(i)], "probability": float(p)}
+                for r, i, p in zip(records, best.indices, best.values)
+            ]
             if len(results) >= rows:
                 break
     pd.DataFrame(results[:rows]).to_parquet(out / "baseline.parquet")

@@ -28,8 +28,8 @@ import argparse
 import fnmatch
 import logging
 import os
-import stat
 import signal
+import stat
 import sys
 import time
 from pathlib import Path
@@ -92,9 +92,13 @@ class Watcher:
         """Files unchanged since the previous poll and not yet announced as they are now."""
         seen = self._files()
         settled = time.time_ns() - self.quiet_ns
-        ready = [Arrival(p, size, mtime) for p, (size, mtime) in sorted(seen.items())
-                 if self.last_poll.get(p) == (size, mtime) and mtime <= settled
-                 and Arrival(p, size, mtime) not in self.announced]
+        ready = [
+            Arrival(p, size, mtime)
+            for p, (size, mtime) in sorted(seen.items())
+            if self.last_poll.get(p) == (size, mtime)
+            and mtime <= settled
+            and Arrival(p, size, mtime) not in self.announced
+        ]
         self.last_poll = seen
         return ready
 
@@ -105,7 +109,7 @@ class Watcher:
 
 def batches(arrivals: list[Arrival], size: int) -> list[list[Arrival]]:
     """The arrivals in announcement order, at most `size` to an event (and so to a scoring run)."""
-    return [arrivals[i:i + size] for i in range(0, len(arrivals), size)]
+    return [arrivals[i : i + size] for i in range(0, len(arrivals), size)]
 
 
 def announce(arrivals: list[Arrival], confirm_seconds: float = 30.0) -> bool:
@@ -119,8 +123,10 @@ def announce(arrivals: list[Arrival], confirm_seconds: float = 30.0) -> bool:
     files = [{"path": str(a.path), "size": a.size, "mtime_ns": a.mtime_ns} for a in arrivals]
     event = emit_event(
         event=FILES_ARRIVED,
-        resource={"prefect.resource.id": f"{RESOURCE_PREFIX}{digest_json(files)[:16]}",
-                  "prefect.resource.name": f"{len(files)} file(s), first {arrivals[0].path.name}"},
+        resource={
+            "prefect.resource.id": f"{RESOURCE_PREFIX}{digest_json(files)[:16]}",
+            "prefect.resource.name": f"{len(files)} file(s), first {arrivals[0].path.name}",
+        },
         payload={"files": files},
     )
     if event is None:
@@ -144,10 +150,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path)
     parser.add_argument("--pattern", default="*", help="file name glob, at any depth under the folder")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between polls")
-    parser.add_argument("--quiet", type=float, default=10.0, help="seconds a file must have gone unwritten "
-                        "before it is announced")
-    parser.add_argument("--batch", type=int, default=100, help="most files announced in one event (one "
-                        "scoring run)")
+    parser.add_argument(
+        "--quiet", type=float, default=10.0, help="seconds a file must have gone unwritten before it is announced"
+    )
+    parser.add_argument("--batch", type=int, default=100, help="most files announced in one event (one scoring run)")
     parser.add_argument("--state", type=Path, help="announced files (default: FOLDER/.rnnlib-watcher.json)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

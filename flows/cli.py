@@ -16,7 +16,6 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rnnlib")  # per-epoch training logs
 
 from pydantic import ValidationError  # noqa: E402
-from rnnlib_flows.reaper import start_reaper  # noqa: E402
 
 from rnnlib.config import (  # noqa: E402
     ConfigError,
@@ -28,6 +27,7 @@ from rnnlib.config import (  # noqa: E402
     load_config,
 )
 from rnnlib.errors import InputError  # noqa: E402
+from rnnlib_flows.reaper import start_reaper  # noqa: E402
 
 if TYPE_CHECKING:
     from rnnlib.modeling.pipeline import TrainedModel
@@ -43,25 +43,33 @@ SHORTCUTS = {  # friendly flags for the most used fields; everything else via --
 
 
 COMMANDS = {
-    "prepare": ("ingest, preprocess, split, fit the vocabulary and write tensor shards",
-                PrepareConfig),
-    "train": ("prepare, then train a model, evaluate it on the test split and write its bundle",
-              TrainFlowConfig),
+    "prepare": ("ingest, preprocess, split, fit the vocabulary and write tensor shards", PrepareConfig),
+    "train": ("prepare, then train a model, evaluate it on the test split and write its bundle", TrainFlowConfig),
 }
 
 
 def _common(command: argparse.ArgumentParser) -> None:
     command.add_argument("--config", metavar="FILE.yaml", help="YAML file with the configuration")
-    command.add_argument("--set", dest="overrides", action="append", default=[],
-                         metavar="KEY=VALUE", help="override one field (dotted key, YAML value)")
-    command.add_argument("--print-config", action="store_true",
-                         help="print the resolved configuration as YAML and exit")
+    command.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field (dotted key, YAML value)",
+    )
+    command.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration as YAML and exit"
+    )
 
 
 def _flow_flag(command: argparse.ArgumentParser) -> None:
-    command.add_argument("--flow", action="store_true",
-                         help="run the Prefect flow even when every stage's output is cached (by "
-                         "default such a rerun prints the cached result without starting Prefect)")
+    command.add_argument(
+        "--flow",
+        action="store_true",
+        help="run the Prefect flow even when every stage's output is cached (by "
+        "default such a rerun prints the cached result without starting Prefect)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -69,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (text, config_class) in COMMANDS.items():
         command = sub.add_parser(
-            name, help=text, epilog=_settings_help(config_class),
+            name,
+            help=text,
+            epilog=_settings_help(config_class),
             formatter_class=argparse.RawDescriptionHelpFormatter,
             description=f"Run the {name} flow: {text}. Configuration: defaults (surnames recipe) < "
             f"--config file < shortcut flags < --set overrides. Every field of "
@@ -80,8 +90,10 @@ def _parser() -> argparse.ArgumentParser:
         for flag, (_, flag_help) in SHORTCUTS.items():
             command.add_argument(f"--{flag.replace('_', '-')}", help=flag_help)
     tune = sub.add_parser(
-        "tune", help="search a recipe's settings on the validation split, then train and evaluate the best",
-        epilog=_settings_help(TrainFlowConfig), formatter_class=argparse.RawDescriptionHelpFormatter,
+        "tune",
+        help="search a recipe's settings on the validation split, then train and evaluate the best",
+        epilog=_settings_help(TrainFlowConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the tune flow: Optuna's TPE sampler proposes the settings of tune.space, each "
         "trial trains on the prepared data (built once) and is judged on the validation split, bad "
         "trials are pruned by their per-epoch figure. The study is kept in work_dir/tune.db, so the "
@@ -94,15 +106,21 @@ def _parser() -> argparse.ArgumentParser:
     for flag, (_, flag_help) in SHORTCUTS.items():
         tune.add_argument(f"--{flag.replace('_', '-')}", help=flag_help)
     score = sub.add_parser(
-        "score", help="apply a model bundle to files of new text, writing partitioned Parquet",
-        epilog=_settings_help(ScoreConfig), formatter_class=argparse.RawDescriptionHelpFormatter,
+        "score",
+        help="apply a model bundle to files of new text, writing partitioned Parquet",
+        epilog=_settings_help(ScoreConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run the score flow: every row of the inputs is scored (label, probability, "
         "top-k) or rejected with its reason. A killed run started again resumes; a finished one is "
         "a no-op. Every field of rnnlib.config.ScoreConfig can be set with --set.",
     )
     score.add_argument("bundle", nargs="?", help="model bundle directory (from `rnnlib train`)")
-    score.add_argument("inputs", nargs="*", metavar="INPUT",
-                       help="files, directories or globs (CSV/TSV/JSONL/Parquet/text, gz; local or URLs)")
+    score.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="files, directories or globs (CSV/TSV/JSONL/Parquet/text, gz; local or URLs)",
+    )
     score.add_argument("-o", "--output", help="output directory")
     score.add_argument("--format", help="input format (default: from each file's suffix)")
     score.add_argument("--text-column", action="append", help="text column/field (repeat to join several)")
@@ -113,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("--dask-address", help="scheduler address of an existing Dask cluster")
     _common(score)
     predict = sub.add_parser(
-        "predict", help="label texts with a model bundle, in this process",
+        "predict",
+        help="label texts with a model bundle, in this process",
         description="Label texts with a bundle's model in this process: no Prefect server and no "
         "Dask cluster are started. Texts are the arguments, or one per line on standard input. "
         "The bundle's own preprocessing, vocabulary and maximum length are applied, as in `score`.",
@@ -121,14 +140,20 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("bundle", help="model bundle, or a model registry folder (its current model)")
     predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts (default: standard input, one per line)")
     predict.add_argument("--top-k", type=int, default=1, help="labels with probabilities per text")
-    predict.add_argument("--output", choices=["jsonl", "table"], default="jsonl",
-                         help="JSON lines (default) or an aligned table")
-    predict.add_argument("--precision", choices=["auto", "fp32", "bf16", "int8"], default="auto",
-                         help="number format (auto: bf16 only where the hardware has it; int8: CPU)")
+    predict.add_argument(
+        "--output", choices=["jsonl", "table"], default="jsonl", help="JSON lines (default) or an aligned table"
+    )
+    predict.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "int8"],
+        default="auto",
+        help="number format (auto: bf16 only where the hardware has it; int8: CPU)",
+    )
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     predict.add_argument("--batch-size", type=int, help="texts per model batch (default by device)")
     export = sub.add_parser(
-        "export", help="export a bundle's model for serving (ONNX)",
+        "export",
+        help="export a bundle's model for serving (ONNX)",
         description="Export a bundle's model as ONNX: (ids, lengths) -> probabilities, batch and "
         "length dynamic, the labels in the file's metadata. The export is run in ONNX Runtime and "
         "checked against PyTorch before it is kept. The text -> ids step is the consumer's: see "
@@ -137,25 +162,36 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("bundle", help="model bundle, or a model registry folder (its current model)")
     export.add_argument("--format", choices=["onnx"], default="onnx")
     export.add_argument("-o", "--output", default="model.onnx", help="file to write (default: model.onnx)")
-    models = sub.add_parser("models", help="list a model registry, promote a model by hand, roll back",
-                            description="Every change is recorded in the registry's decisions.jsonl.")
+    models = sub.add_parser(
+        "models",
+        help="list a model registry, promote a model by hand, roll back",
+        description="Every change is recorded in the registry's decisions.jsonl.",
+    )
     models_sub = models.add_subparsers(dest="action", required=True)
     models_sub.add_parser("list", help="the registry's bundles, the current one marked").add_argument("registry")
     promote = models_sub.add_parser("promote", help="make a bundle of the registry current")
     promote.add_argument("registry")
     promote.add_argument("version", help="a version that `rnnlib models list` shows")
     models_sub.add_parser("rollback", help="make the previous current model current again").add_argument("registry")
-    cache = sub.add_parser("cache", help="list or prune the stage outputs of a work dir",
-                           description="Stage outputs are kept by content key; prune removes the ones "
-                           "not used for a while, never one a running flow holds.")
+    cache = sub.add_parser(
+        "cache",
+        help="list or prune the stage outputs of a work dir",
+        description="Stage outputs are kept by content key; prune removes the ones "
+        "not used for a while, never one a running flow holds.",
+    )
     cache_sub = cache.add_subparsers(dest="action", required=True)
     cache_list = cache_sub.add_parser("list", help="every stage output: size, age, complete")
     prune = cache_sub.add_parser("prune", help="remove stage outputs older than --older-than days")
     for command in (cache_list, prune):
         command.add_argument("--work-dir", default=".rnnlib")
     prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
-    prune.add_argument("--keep-for", action="append", default=[], metavar="BUNDLE_OR_REGISTRY",
-                       help="keep the data these bundles (or a registry's bundles) were trained on")
+    prune.add_argument(
+        "--keep-for",
+        action="append",
+        default=[],
+        metavar="BUNDLE_OR_REGISTRY",
+        help="keep the data these bundles (or a registry's bundles) were trained on",
+    )
     prune.add_argument("--dry-run", action="store_true", help="say what would be removed")
     return parser
 
@@ -170,15 +206,23 @@ def _score_overrides(args: argparse.Namespace) -> list[str]:
         spec["id_column"] = args.id_column
     if args.encoding:
         spec["encoding"] = args.encoding
-    fields = {"bundle": args.bundle, "output": args.output, "top_k": args.top_k,
-              "overwrite": args.overwrite, "dask.address": args.dask_address,
-              "inputs": [{"path": path, **spec} for path in args.inputs] or None}
+    fields = {
+        "bundle": args.bundle,
+        "output": args.output,
+        "top_k": args.top_k,
+        "overwrite": args.overwrite,
+        "dask.address": args.dask_address,
+        "inputs": [{"path": path, **spec} for path in args.inputs] or None,
+    }
     return [f"{key}={json.dumps(value)}" for key, value in fields.items() if value is not None] + args.overrides
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    shortcut = [f"{field}={json.dumps(getattr(args, name))}"
-                for name, (field, _) in SHORTCUTS.items() if getattr(args, name) is not None]
+    shortcut = [
+        f"{field}={json.dumps(getattr(args, name))}"
+        for name, (field, _) in SHORTCUTS.items()
+        if getattr(args, name) is not None
+    ]
     return shortcut + args.overrides
 
 
@@ -245,13 +289,20 @@ def _run(args: argparse.Namespace) -> int:
             trained = train_flow(config)
         _print_summary(trained.data, trained.stages)
         result = trained.evaluation
-        print(f"\ntrained {len(trained.history)} epochs (best: {trained.best_epoch}); test split "
-              f"({result.rows} rows): accuracy {result.accuracy:.4f}, "
-              f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}")
+        print(
+            f"\ntrained {len(trained.history)} epochs (best: {trained.best_epoch}); test split "
+            f"({result.rows} rows): accuracy {result.accuracy:.4f}, "
+            f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}"
+        )
         if result.baseline is not None:
-            print(f"baseline on the same rows ({result.baseline.features}): "
-                  + ", ".join(f"{name} {base:.4f} (model {model - base:+.4f})"
-                              for name, model, base in result.comparison() if name != "weighted F1"))
+            print(
+                f"baseline on the same rows ({result.baseline.features}): "
+                + ", ".join(
+                    f"{name} {base:.4f} (model {model - base:+.4f})"
+                    for name, model, base in result.comparison()
+                    if name != "weighted F1"
+                )
+            )
         if (halves := result.blend_summary()) is not None:
             print(halves)
         print(f"model bundle, model card, metrics.json and plots: {result.bundle}")
@@ -271,16 +322,21 @@ def _tune(args: argparse.Namespace) -> int:
     print(f"\n{'trial':>5} {'state':<9} {'validation ' + search.monitor:>20} {'epochs':>6}  settings")
     for t in search.trials:
         value = "" if t.value is None else f"{t.value:.4f}"
-        print(f"{t.number:>5} {t.state:<9} {value:>20} {t.epochs or '':>6}  "
-              + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items()))
+        print(
+            f"{t.number:>5} {t.state:<9} {value:>20} {t.epochs or '':>6}  "
+            + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
+        )
     result = trained.evaluation
-    print(f"\nbest: trial {search.best.number}, validation {search.monitor} {search.best.value:.4f}; test split "
-          f"({result.rows} rows): accuracy {result.accuracy:.4f}, macro F1 {result.macro.f1:.4f}")
+    print(
+        f"\nbest: trial {search.best.number}, validation {search.monitor} {search.best.value:.4f}; test split "
+        f"({result.rows} rows): accuracy {result.accuracy:.4f}, macro F1 {result.macro.f1:.4f}"
+    )
     if result.baseline is not None:
-        print(f"baseline on the same rows ({result.baseline.features}): accuracy {result.baseline.accuracy:.4f} "
-              f"(model {result.accuracy - result.baseline.accuracy:+.4f})")
-    print(f"best configuration: {path} (rnnlib train --config {path} reproduces it)\n"
-          f"model bundle: {result.bundle}")
+        print(
+            f"baseline on the same rows ({result.baseline.features}): accuracy {result.baseline.accuracy:.4f} "
+            f"(model {result.accuracy - result.baseline.accuracy:+.4f})"
+        )
+    print(f"best configuration: {path} (rnnlib train --config {path} reproduces it)\nmodel bundle: {result.bundle}")
     return 0
 
 
@@ -302,8 +358,10 @@ def _reused_training(config: TrainFlowConfig) -> TrainedModel | None:
 
 def _announce_reuse(result: Any, work_dir: str) -> Any:
     if result is not None:
-        print(f"every stage is reused from {work_dir}: nothing to run, so no flow run was started "
-              "(--flow starts one anyway)")
+        print(
+            f"every stage is reused from {work_dir}: nothing to run, so no flow run was started "
+            "(--flow starts one anyway)"
+        )
     return result
 
 
@@ -314,7 +372,9 @@ def _print_config(config: Any) -> int:
 
 def _settings_help(config_class: type) -> str:
     lines = [f"settings (--set KEY=VALUE, or in the --config file), of {config_class.__name__}:"]
-    lines += [f"  {key:<34} {description} (default: {default})" for key, description, default in field_docs(config_class)]
+    lines += [
+        f"  {key:<34} {description} (default: {default})" for key, description, default in field_docs(config_class)
+    ]
     return "\n".join(lines)
 
 
@@ -328,28 +388,36 @@ def _score(args: argparse.Namespace) -> int:
     try:
         result = score_flow(config)
     except ScoringFailed as exc:
-        print(f"rnnlib: scoring incomplete: {exc}\nrun the same command again to retry what failed",
-              file=sys.stderr)
+        print(f"rnnlib: scoring incomplete: {exc}\nrun the same command again to retry what failed", file=sys.stderr)
         return 1
     if result.already_complete:
-        print(f"already complete: {result.rows} rows were scored into {config.output} by this "
-              "bundle with these options; nothing to do (--overwrite redoes it)")
+        print(
+            f"already complete: {result.rows} rows were scored into {config.output} by this "
+            "bundle with these options; nothing to do (--overwrite redoes it)"
+        )
         return 0
-    print(f"\nrows {result.rows}: scored {result.scored}, rejected "
-          f"{result.rejected or 'none'}, truncated {result.truncated}")
+    print(
+        f"\nrows {result.rows}: scored {result.scored}, rejected "
+        f"{result.rejected or 'none'}, truncated {result.truncated}"
+    )
     print(f"labels: {result.labels}")
-    print(f"this run: {result.rows_scored_now} rows in {result.seconds:.1f} s "
-          f"({result.rows_per_second:.0f} rows/s, {result.mb_per_second} MB/s)")
-    print(f"scores in {config.output}/scores, rejects in {config.output}/rejects, "
-          f"accounting in {config.output}/_manifest.json")
+    print(
+        f"this run: {result.rows_scored_now} rows in {result.seconds:.1f} s "
+        f"({result.rows_per_second:.0f} rows/s, {result.mb_per_second} MB/s)"
+    )
+    print(
+        f"scores in {config.output}/scores, rejects in {config.output}/rejects, "
+        f"accounting in {config.output}/_manifest.json"
+    )
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
     from rnnlib.scoring.predictor import Predictor
 
-    predictor = Predictor.from_bundle(args.bundle, device=args.device, precision=args.precision,
-                                      batch_size=args.batch_size)
+    predictor = Predictor.from_bundle(
+        args.bundle, device=args.device, precision=args.precision, batch_size=args.batch_size
+    )
     texts = args.texts or [line.rstrip("\r\n") for line in sys.stdin]
     predictions = predictor.predict(texts, top_k=args.top_k)
     for text, p in zip(texts, predictions):
@@ -358,9 +426,19 @@ def _predict(args: argparse.Namespace) -> int:
             result = f"{p.label:<16} {p.probability:.3f}" if p.rejected is None else f"{'-':<16} {'-':>5}"
             print(f"{result}  {shown}" + (f"  (rejected: {p.rejected})" if p.rejected else ""))
         else:
-            print(json.dumps({"text": text, "label": p.label, "probability": p.probability,
-                              "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k],
-                              "truncated": p.truncated, "rejected": p.rejected}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {
+                        "text": text,
+                        "label": p.label,
+                        "probability": p.probability,
+                        "top_k": [{"label": label, "probability": prob} for label, prob in p.top_k],
+                        "truncated": p.truncated,
+                        "rejected": p.rejected,
+                    },
+                    ensure_ascii=False,
+                )
+            )
     return 0
 
 
@@ -388,8 +466,10 @@ def _cache(args: argparse.Namespace) -> int:
 
     if args.action == "list":
         for o in stages.cached_outputs(args.work_dir):
-            print(f"{o.stage:<11} {o.key}  {o.bytes / 2**20:9.1f} MiB  {o.age_days:7.2f} days"
-                  f"{'' if o.complete else '  (incomplete)'}")
+            print(
+                f"{o.stage:<11} {o.key}  {o.bytes / 2**20:9.1f} MiB  {o.age_days:7.2f} days"
+                f"{'' if o.complete else '  (incomplete)'}"
+            )
         return 0
     from rnnlib.scoring.registry import trained_on
 
@@ -398,7 +478,9 @@ def _cache(args: argparse.Namespace) -> int:
     verb = "would remove" if args.dry_run else "removed"
     for o in removed:
         print(f"{verb} {o.stage}/{o.key} ({o.bytes / 2**20:.1f} MiB, {o.age_days:.1f} days)")
-    print(f"{verb} {len(removed)} outputs, {sum(o.bytes for o in removed) / 2**20:.1f} MiB; kept {len(keep)} keys in use")
+    print(
+        f"{verb} {len(removed)} outputs, {sum(o.bytes for o in removed) / 2**20:.1f} MiB; kept {len(keep)} keys in use"
+    )
     return 0
 
 

@@ -4,6 +4,10 @@ cached by content (see rnnlib.stages)."""
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+
+from rnnlib.config import PrepareConfig
+from rnnlib.prepare.pipeline import PreparedData, UnlabelledText, unlabelled_source
+from rnnlib.stages import holding_outputs
 from rnnlib_flows.reports import publish_prepared
 from rnnlib_tasks.dask_clients import close_clients
 from rnnlib_tasks.prepare import (
@@ -14,10 +18,6 @@ from rnnlib_tasks.prepare import (
     tensorize_task,
     vocab_task,
 )
-
-from rnnlib.config import PrepareConfig
-from rnnlib.prepare.pipeline import PreparedData, UnlabelledText, unlabelled_source
-from rnnlib.stages import holding_outputs
 
 
 def prepare_stages(config: PrepareConfig) -> PreparedData:
@@ -38,8 +38,9 @@ def prepare_stages(config: PrepareConfig) -> PreparedData:
             unlabelled = UnlabelledText(ingest=raw, preprocess=preprocess_task(raw, config.preprocess, dask, work))
     finally:
         close_clients()
-    return PreparedData(ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors,
-                        unlabelled=unlabelled)
+    return PreparedData(
+        ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors, unlabelled=unlabelled
+    )
 
 
 @flow(name="prepare")
@@ -47,7 +48,13 @@ def prepare_flow(config: PrepareConfig = PrepareConfig()) -> PreparedData:
     """Turn labelled text into tensor shards; returns where everything is and what was kept."""
     with holding_outputs():  # until the run ends, `prune` leaves what it made or reused
         data = prepare_stages(config)
-        get_run_logger().info("prepared %s rows: kept %s %s, rejected %s; shards in %s", data.rows, data.kept,
-                              data.splits, data.rejected or "none", data.tensorize.path)
+        get_run_logger().info(
+            "prepared %s rows: kept %s %s, rejected %s; shards in %s",
+            data.rows,
+            data.kept,
+            data.splits,
+            data.rejected or "none",
+            data.tensorize.path,
+        )
         publish_prepared(data)
         return data

@@ -34,15 +34,19 @@ def count_table(heading: str, counts: dict[str, int]) -> list[str]:
 
 def data_summary(data: PreparedData) -> list[str]:
     """Rows read, kept and rejected (with reasons), the splits and the vocabulary."""
-    return [f"**rows** {data.rows}: **kept** {data.kept}, **rejected** {sum(data.rejected.values())}; "
-            f"vocabulary {data.vocab_size} entries, {len(data.labels)} labels",
-            *count_table("split", data.splits), *count_table("rejected because", data.rejected)]
+    return [
+        f"**rows** {data.rows}: **kept** {data.kept}, **rejected** {sum(data.rejected.values())}; "
+        f"vocabulary {data.vocab_size} entries, {len(data.labels)} labels",
+        *count_table("split", data.splits),
+        *count_table("rejected because", data.rejected),
+    ]
 
 
 def publish_prepared(data: PreparedData) -> None:
     lines = ["# prepare", "", *data_summary(data), "", *stage_table(data.stages)]
-    create_markdown_artifact(key="prepare-summary", markdown="\n".join(lines),
-                             description="rows kept and rejected by the prepare flow")
+    create_markdown_artifact(
+        key="prepare-summary", markdown="\n".join(lines), description="rows kept and rejected by the prepare flow"
+    )
 
 
 def publish_training(trained: TrainedModel) -> None:
@@ -50,31 +54,56 @@ def publish_training(trained: TrainedModel) -> None:
     epoch marked, the model beside the baseline, per-class figures and the plots."""
     result = trained.evaluation
     lines = ["# train: data and stages", "", *data_summary(trained.data), "", *stage_table(trained.stages)]
-    create_markdown_artifact(key="train-data", markdown="\n".join(lines),
-                             description="rows kept and rejected, splits, and which stages this run reused")
-    create_table_artifact(key="training-history", table=history_table(trained.history, trained.best_epoch),
-                          description=f"per-epoch figures; the model kept is epoch {trained.best_epoch} "
-                                      f"(best validation {trained.fit.manifest['monitor']})")
+    create_markdown_artifact(
+        key="train-data",
+        markdown="\n".join(lines),
+        description="rows kept and rejected, splits, and which stages this run reused",
+    )
+    create_table_artifact(
+        key="training-history",
+        table=history_table(trained.history, trained.best_epoch),
+        description=f"per-epoch figures; the model kept is epoch {trained.best_epoch} "
+        f"(best validation {trained.fit.manifest['monitor']})",
+    )
     publish_evaluation(result)
     report = json.loads((Path(result.bundle) / "metrics.json").read_text(encoding="utf-8"))
-    create_table_artifact(key="per-class", table=per_class_table(report),
-                          description="test-split precision, recall and F1 of each class")
-    create_markdown_artifact(key="evaluation-plots", markdown=plots_markdown(Path(result.bundle)),
-                             description="training curves and the test-split confusion matrix")
+    create_table_artifact(
+        key="per-class", table=per_class_table(report), description="test-split precision, recall and F1 of each class"
+    )
+    create_markdown_artifact(
+        key="evaluation-plots",
+        markdown=plots_markdown(Path(result.bundle)),
+        description="training curves and the test-split confusion matrix",
+    )
 
 
 def history_table(history: list[dict[str, Any]], best_epoch: int) -> list[dict[str, Any]]:
     """One row per epoch, rounded; `kept` marks the epoch whose weights the bundle holds."""
     columns = ("epoch", "steps", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "seconds")
-    return [{"kept": "<- kept" if row["epoch"] == best_epoch else "",
-             **{name: round(row[name], 4) if isinstance(row[name], float) else row[name]
-                for name in columns if name in row}} for row in history]
+    return [
+        {
+            "kept": "<- kept" if row["epoch"] == best_epoch else "",
+            **{
+                name: round(row[name], 4) if isinstance(row[name], float) else row[name]
+                for name in columns
+                if name in row
+            },
+        }
+        for row in history
+    ]
 
 
 def per_class_table(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{"class": label, "precision": round(figures["precision"], 4), "recall": round(figures["recall"], 4),
-             "F1": round(figures["f1-score"], 4), "test rows": int(figures["support"])}
-            for label, figures in report["per_class"].items()]
+    return [
+        {
+            "class": label,
+            "precision": round(figures["precision"], 4),
+            "recall": round(figures["recall"], 4),
+            "F1": round(figures["f1-score"], 4),
+            "test rows": int(figures["support"]),
+        }
+        for label, figures in report["per_class"].items()
+    ]
 
 
 def plots_markdown(bundle: Path) -> str:
@@ -93,62 +122,104 @@ def plots_markdown(bundle: Path) -> str:
 def publish_evaluation(result: Evaluation) -> None:
     create_table_artifact(
         key="evaluation-metrics",
-        table=[{"metric": name, "model": round(model, 4),
+        table=[
+            {
+                "metric": name,
+                "model": round(model, 4),
                 "baseline": None if base is None else round(base, 4),
-                "model - baseline": None if base is None else round(model - base, 4)}
-               for name, model, base in result.comparison()],
+                "model - baseline": None if base is None else round(model - base, 4),
+            }
+            for name, model, base in result.comparison()
+        ],
         description="test-split metrics, the model beside its TF-IDF + logistic regression baseline",
     )
     verdict = ""
     if result.baseline is not None:
         better = result.accuracy >= result.baseline.accuracy
-        verdict = (f"\n\nBaseline ({result.baseline.features}) on the same rows: accuracy "
-                   f"{result.baseline.accuracy:.4f}: the model is **{'above' if better else 'below'}** it.")
+        verdict = (
+            f"\n\nBaseline ({result.baseline.features}) on the same rows: accuracy "
+            f"{result.baseline.accuracy:.4f}: the model is **{'above' if better else 'below'}** it."
+        )
     if (halves := result.blend_summary()) is not None:
         verdict += f"\n\nThe model is {halves}."
     create_markdown_artifact(
         key="evaluation-summary",
-        markdown=(f"# evaluation\n\n{result.rows} test rows: accuracy **{result.accuracy:.4f}**, "
-                  f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}.{verdict}"
-                  f"\n\nBundle `{result.bundle}` (version {result.version})."),
+        markdown=(
+            f"# evaluation\n\n{result.rows} test rows: accuracy **{result.accuracy:.4f}**, "
+            f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}.{verdict}"
+            f"\n\nBundle `{result.bundle}` (version {result.version})."
+        ),
         description="test-split summary",
     )
 
 
 def publish_decision(decision: Decision) -> None:
     verdict = "promoted" if decision.promoted else "not promoted"
-    create_markdown_artifact(key="retrain-decision", description="promotion decision", markdown=(
-        f"# retrain\n\nCandidate `{decision.candidate}`: **{verdict}** — {decision.reason}."))
+    create_markdown_artifact(
+        key="retrain-decision",
+        description="promotion decision",
+        markdown=(f"# retrain\n\nCandidate `{decision.candidate}`: **{verdict}** — {decision.reason}."),
+    )
 
 
 def publish_scoring(report: ScoreReport) -> None:
-    lines = ["# scoring", "", f"**rows** {report.rows}: **scored** {report.scored}, "
-             f"rejected {sum(report.rejected.values())}, truncated {report.truncated}; "
-             f"{report.rows_per_second:.0f} rows/s, {report.mb_per_second} MB/s",
-             *count_table("label", report.labels), *count_table("rejected because", report.rejected)]
+    lines = [
+        "# scoring",
+        "",
+        f"**rows** {report.rows}: **scored** {report.scored}, "
+        f"rejected {sum(report.rejected.values())}, truncated {report.truncated}; "
+        f"{report.rows_per_second:.0f} rows/s, {report.mb_per_second} MB/s",
+        *count_table("label", report.labels),
+        *count_table("rejected because", report.rejected),
+    ]
     if report.failed:
         lines += ["", "| failed | error |", "|---|---|"]
         lines += [f"| {name} | {error} |" for name, error in report.failed.items()]
-    create_markdown_artifact(key="scoring-summary", markdown="\n".join(lines),
-                             description="rows scored and rejected by the score flow")
+    create_markdown_artifact(
+        key="scoring-summary", markdown="\n".join(lines), description="rows scored and rejected by the score flow"
+    )
 
 
 def publish_search(search: Search, best: Evaluation, config_path: str) -> None:
     """The trial table, and the best trial's configuration on the test split beside the baseline."""
     create_table_artifact(
-        key="tune-trials", description=f"study {search.study}: every trial, its settings and how it ended",
-        table=[{"trial": t.number, "state": t.state,
+        key="tune-trials",
+        description=f"study {search.study}: every trial, its settings and how it ended",
+        table=[
+            {
+                "trial": t.number,
+                "state": t.state,
                 f"validation {search.monitor}": None if t.value is None else round(t.value, 4),
-                "epochs": t.epochs, "best epoch": t.best_epoch,
-                **{k: round(v, 6) if isinstance(v, float) else v for k, v in t.params.items()}}
-               for t in search.trials])
-    lines = [f"# tune: study {search.study}", "",
-             f"{len(search.trials)} trials; the best, trial {search.best.number}, reached validation "
-             f"{search.monitor} {search.best.value:.4f} with:", "",
-             "| setting | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in search.best.params.items()), "",
-             f"On the test split ({best.rows} rows):", "", "| metric | model | baseline |", "|---|---|---|",
-             *(f"| {name} | {model:.4f} | {'' if base is None else f'{base:.4f}'} |"
-               for name, model, base in best.comparison()), "",
-             f"`rnnlib train --config {config_path}` reproduces it (bundle `{best.bundle}`)."]
-    create_markdown_artifact(key="tune-summary", markdown="\n".join(lines),
-                             description="the best configuration of the search beside the baseline")
+                "epochs": t.epochs,
+                "best epoch": t.best_epoch,
+                **{k: round(v, 6) if isinstance(v, float) else v for k, v in t.params.items()},
+            }
+            for t in search.trials
+        ],
+    )
+    lines = [
+        f"# tune: study {search.study}",
+        "",
+        f"{len(search.trials)} trials; the best, trial {search.best.number}, reached validation "
+        f"{search.monitor} {search.best.value:.4f} with:",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in search.best.params.items()),
+        "",
+        f"On the test split ({best.rows} rows):",
+        "",
+        "| metric | model | baseline |",
+        "|---|---|---|",
+        *(
+            f"| {name} | {model:.4f} | {'' if base is None else f'{base:.4f}'} |"
+            for name, model, base in best.comparison()
+        ),
+        "",
+        f"`rnnlib train --config {config_path}` reproduces it (bundle `{best.bundle}`).",
+    ]
+    create_markdown_artifact(
+        key="tune-summary",
+        markdown="\n".join(lines),
+        description="the best configuration of the search beside the baseline",
+    )

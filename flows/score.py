@@ -14,14 +14,14 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
-from rnnlib_flows.reports import publish_scoring
-from rnnlib_tasks.dask_clients import close_clients
-from rnnlib_tasks.score import plan_task, score_partition_task, stage_task
 from tqdm import tqdm
 
 from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.errors import InputError
 from rnnlib.scoring.run import ScoreReport, ScoreRun, input_name, output_dir_for
+from rnnlib_flows.reports import publish_scoring
+from rnnlib_tasks.dask_clients import close_clients
+from rnnlib_tasks.score import plan_task, score_partition_task, stage_task
 
 
 class ScoringFailed(RuntimeError):
@@ -60,9 +60,14 @@ def score_flow(config: ScoreConfig, roots: list[str] | None = None) -> ScoreRepo
 
 
 @flow(name="score-new-files", task_runner=ThreadPoolTaskRunner(max_workers=64))
-def score_new_files_flow(files: list[ArrivedFile], registry: str = "models", output_root: str = "scored",
-                         text_column: str = "text", id_column: str | None = None,
-                         format: str = "auto") -> list[ScoreReport]:
+def score_new_files_flow(
+    files: list[ArrivedFile],
+    registry: str = "models",
+    output_root: str = "scored",
+    text_column: str = "text",
+    id_column: str | None = None,
+    format: str = "auto",
+) -> list[ScoreReport]:
     """Score newly arrived files with the registry's current model, each into its own folder under
     `output_root`, named after the file and a digest of its path, size and modification time: two
     files, or a file replaced under the same name, never share an output. Paths are taken
@@ -77,16 +82,21 @@ def score_new_files_flow(files: list[ArrivedFile], registry: str = "models", out
                 continue
             version = f"{file.size}:{file.mtime_ns}" if file.size is not None else None
             config = ScoreConfig(
-                bundle=registry, output=str(output_dir_for(file.path, output_root, version)),
-                inputs=[InputSpec(path=file.path, format=format, text_columns=[text_column],
-                                  id_column=id_column, glob=False)],
+                bundle=registry,
+                output=str(output_dir_for(file.path, output_root, version)),
+                inputs=[
+                    InputSpec(
+                        path=file.path, format=format, text_columns=[text_column], id_column=id_column, glob=False
+                    )
+                ],
             )
             try:
                 report = _score_output(config)
                 if not file.unchanged():  # what was read may mix two versions: never kept under this one
                     shutil.rmtree(config.output, ignore_errors=True)
-                    raise InputError("replaced while it was scored; its new version is scored on its own",
-                                     file=file.path)
+                    raise InputError(
+                        "replaced while it was scored; its new version is scored on its own", file=file.path
+                    )
                 reports.append(report)
             except Exception as exc:  # noqa: BLE001 - a bad file is reported, the others go on
                 failed[file.path] = _reason(exc)
@@ -94,8 +104,10 @@ def score_new_files_flow(files: list[ArrivedFile], registry: str = "models", out
     finally:
         close_clients()
     if failed:
-        raise ScoringFailed(f"{len(failed)} of {len(files)} files failed: "
-                            + "; ".join(f"{path}: {why}" for path, why in failed.items()))
+        raise ScoringFailed(
+            f"{len(failed)} of {len(files)} files failed: "
+            + "; ".join(f"{path}: {why}" for path, why in failed.items())
+        )
     return reports
 
 
@@ -106,17 +118,28 @@ def _score_output(config: ScoreConfig) -> ScoreReport:
     run = plan_task(config)
     with run.lock():  # one run at a time per output directory
         if (finished := run.open(config.overwrite)) is not None:
-            log.info("already complete: %s rows in %s were scored by this bundle with these options; "
-                     "nothing to do (overwrite to redo)", finished.rows, run.out)
+            log.info(
+                "already complete: %s rows in %s were scored by this bundle with these options; "
+                "nothing to do (overwrite to redo)",
+                finished.rows,
+                run.out,
+            )
             return finished
         report = _score(run, config)
     publish_scoring(report)
     if report.failed:
-        raise ScoringFailed(f"{len(report.failed)} failed (the rest is written to {run.out}): "
-                            + "; ".join(v if v.startswith(k) else f"{k}: {v}"
-                                        for k, v in report.failed.items()))
-    log.info("scored %s rows, rejected %s, in %.1f s (%.0f rows/s); output in %s", report.scored,
-             report.rejected or "none", report.seconds, report.rows_per_second, run.out)
+        raise ScoringFailed(
+            f"{len(report.failed)} failed (the rest is written to {run.out}): "
+            + "; ".join(v if v.startswith(k) else f"{k}: {v}" for k, v in report.failed.items())
+        )
+    log.info(
+        "scored %s rows, rejected %s, in %.1f s (%.0f rows/s); output in %s",
+        report.scored,
+        report.rejected or "none",
+        report.seconds,
+        report.rows_per_second,
+        run.out,
+    )
     return report
 
 
@@ -126,8 +149,9 @@ def _score(run: ScoreRun, config: ScoreConfig) -> ScoreReport:
     start = time.perf_counter()
     failed: dict[str, str] = {}
     staged, stats, done = [], [], 0
-    reading = {stage_task.submit(input_name(unit), i, run, config.dask): input_name(unit)
-               for i, unit in enumerate(run.units)}
+    reading = {
+        stage_task.submit(input_name(unit), i, run, config.dask): input_name(unit) for i, unit in enumerate(run.units)
+    }
     scoring = {}
     bar = tqdm(total=0, unit="partition", desc="scoring", disable=not sys.stderr.isatty())
     progress = create_progress_artifact(0.0, key="scoring-progress", description="partitions scored")

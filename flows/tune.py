@@ -8,17 +8,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from prefect import flow, get_run_logger
-from rnnlib_flows.prepare import prepare_stages
-from rnnlib_flows.reports import publish_search
-from rnnlib_flows.train import train_flow
-from rnnlib_tasks.train import vectors_task
-from rnnlib_tasks.tune import search_task
 
 from rnnlib.common.storage import write_text
 from rnnlib.config import TrainFlowConfig, commented_yaml
 from rnnlib.modeling.pipeline import TrainedModel
 from rnnlib.modeling.tune import BEST_CONFIG, Search
 from rnnlib.stages import holding_outputs
+from rnnlib_flows.prepare import prepare_stages
+from rnnlib_flows.reports import publish_search
+from rnnlib_flows.train import train_flow
+from rnnlib_tasks.train import vectors_task
+from rnnlib_tasks.tune import search_task
 
 
 @flow(name="tune")
@@ -27,15 +27,24 @@ def tune_flow(config: TrainFlowConfig = TrainFlowConfig()) -> tuple[Search, Trai
     Returns the search, the trained best model and where its YAML is."""
     with holding_outputs():  # until the run ends, `prune` leaves what it made or reused
         data = prepare_stages(config)
-        vectors = (vectors_task(data, config.pretrain, config.model.embedding_dim, config.train.seed, config.work_dir)
-                   if config.pretrain.vectors else None)
+        vectors = (
+            vectors_task(data, config.pretrain, config.model.embedding_dim, config.train.seed, config.work_dir)
+            if config.pretrain.vectors
+            else None
+        )
         search = search_task(config, data, vectors)
         best = search.config()
         trained = train_flow(best)
         path = Path(config.work_dir) / "tune" / search.study / BEST_CONFIG
         write_text(path, commented_yaml(best.model_copy(update={"tune": config.tune})))
-        get_run_logger().info("best of %d trials: trial %d, validation %s %.4f; test accuracy %.4f; config in %s",
-                              len(search.trials), search.best.number, search.monitor, search.best.value,
-                              trained.evaluation.accuracy, path)
+        get_run_logger().info(
+            "best of %d trials: trial %d, validation %s %.4f; test accuracy %.4f; config in %s",
+            len(search.trials),
+            search.best.number,
+            search.monitor,
+            search.best.value,
+            trained.evaluation.accuracy,
+            path,
+        )
         publish_search(search, trained.evaluation, str(path))
         return search, trained, str(path)

@@ -18,27 +18,51 @@ from typing import TYPE_CHECKING, Any
 # The public surface, imported on first use: `import rnnlib.config` stays light (the prepare flow
 # never loads torch), while `from rnnlib import Predictor` works as users expect.
 PUBLIC: dict[str, str | tuple[str, str]] = {
-    "load_config": "rnnlib.config", "PrepareConfig": "rnnlib.config", "TrainFlowConfig": "rnnlib.config",
-    "ScoreConfig": "rnnlib.config", "InputSpec": "rnnlib.config",
+    "load_config": "rnnlib.config",
+    "PrepareConfig": "rnnlib.config",
+    "TrainFlowConfig": "rnnlib.config",
+    "ScoreConfig": "rnnlib.config",
+    "InputSpec": "rnnlib.config",
     # `prepare` is the subpackage's name: the function is `prepare_data`
-    "prepare_data": ("rnnlib.prepare.pipeline", "prepare"), "PreparedData": "rnnlib.prepare.pipeline",
-    "train_model": "rnnlib.modeling.pipeline", "TrainedModel": "rnnlib.modeling.pipeline",
+    "prepare_data": ("rnnlib.prepare.pipeline", "prepare"),
+    "PreparedData": "rnnlib.prepare.pipeline",
+    "train_model": "rnnlib.modeling.pipeline",
+    "TrainedModel": "rnnlib.modeling.pipeline",
     "tune": "rnnlib.modeling.tune",
-    "score": "rnnlib.scoring.run", "ScoreReport": "rnnlib.scoring.run",
-    "Predictor": "rnnlib.scoring.predictor", "Prediction": "rnnlib.scoring.predictor",
+    "score": "rnnlib.scoring.run",
+    "ScoreReport": "rnnlib.scoring.run",
+    "Predictor": "rnnlib.scoring.predictor",
+    "Prediction": "rnnlib.scoring.predictor",
     "InputError": "rnnlib.errors",
 }
 __all__ = sorted(PUBLIC)
 
 if TYPE_CHECKING:
-    from rnnlib.config import InputSpec, PrepareConfig, ScoreConfig, TrainFlowConfig, load_config
-    from rnnlib.errors import InputError
-    from rnnlib.modeling.pipeline import TrainedModel, train_model
-    from rnnlib.modeling.tune import tune
-    from rnnlib.prepare.pipeline import PreparedData
-    from rnnlib.prepare.pipeline import prepare as prepare_data
-    from rnnlib.scoring.predictor import Prediction, Predictor
-    from rnnlib.scoring.run import ScoreReport, score
+    from rnnlib.config import (
+        InputSpec as InputSpec,
+    )
+    from rnnlib.config import (
+        PrepareConfig as PrepareConfig,
+    )
+    from rnnlib.config import (
+        ScoreConfig as ScoreConfig,
+    )
+    from rnnlib.config import (
+        TrainFlowConfig as TrainFlowConfig,
+    )
+    from rnnlib.config import (
+        load_config as load_config,
+    )
+    from rnnlib.errors import InputError as InputError
+    from rnnlib.modeling.pipeline import TrainedModel as TrainedModel
+    from rnnlib.modeling.pipeline import train_model as train_model
+    from rnnlib.modeling.tune import tune as tune
+    from rnnlib.prepare.pipeline import PreparedData as PreparedData
+    from rnnlib.prepare.pipeline import prepare as prepare_data  # noqa: F401 - the public name
+    from rnnlib.scoring.predictor import Prediction as Prediction
+    from rnnlib.scoring.predictor import Predictor as Predictor
+    from rnnlib.scoring.run import ScoreReport as ScoreReport
+    from rnnlib.scoring.run import score as score
 
 
 def __getattr__(name: str) -> Any:

@@ -12,9 +12,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-Format = Literal[
-    "auto", "csv", "tsv", "jsonl", "parquet", "text", "folder_per_class", "file_per_class"
-]
+Format = Literal["auto", "csv", "tsv", "jsonl", "parquet", "text", "folder_per_class", "file_per_class"]
 SplitName = Literal["train", "val", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
 Placeholder = Literal["url", "mention", "hashtag", "digit"]
@@ -41,15 +39,22 @@ class InputSpec(_Strict):
     label_column: str | int | None = Field("label", description="column holding the label; null: unlabelled")
     id_column: str | int | None = Field(None, description="default: a stable id from file and row")
     pattern: str = Field("*.txt", description="file glob inside folder/file-per-class layouts")
-    glob: bool = Field(True, description="expand *, ? and [...] in `path`; false: the path is literal "
-                       "(a file named report[2024].jsonl)")
+    glob: bool = Field(
+        True,
+        description="expand *, ? and [...] in `path`; false: the path is literal (a file named report[2024].jsonl)",
+    )
     max_record_bytes: int = Field(
-        16 << 20, gt=0, description="longest record (a JSON or text line, a CSV record) or one-document "
-        "file: a longer one is rejected, its bytes skipped as they stream past, never held")
+        16 << 20,
+        gt=0,
+        description="longest record (a JSON or text line, a CSV record) or one-document "
+        "file: a longer one is rejected, its bytes skipped as they stream past, never held",
+    )
     encoding: str = Field(
-        "utf-8", description="text encoding of the files: any Python codec name (cp1252, latin-1, "
+        "utf-8",
+        description="text encoding of the files: any Python codec name (cp1252, latin-1, "
         "utf-16, ...); auto: UTF-8 if the file's start decodes as UTF-8, else what charset-normalizer "
-        "detects there (recorded in the manifest). Bytes that still cannot be decoded reject their row")
+        "detects there (recorded in the manifest). Bytes that still cannot be decoded reject their row",
+    )
 
     @field_validator("encoding")
     @classmethod
@@ -67,30 +72,31 @@ class SourceConfig(_Strict):
 
     dataset: str | None = Field(None, description=f"registered dataset ({DEFAULT_DATASET!r} when no inputs are given)")
     inputs: list[InputSpec] = Field(default_factory=list, description="explicit inputs, instead of a dataset")
-    label_names: dict[str, str] = Field(
-        default_factory=dict, description="rename raw labels, e.g. {'0': 'neutral'}"
-    )
+    label_names: dict[str, str] = Field(default_factory=dict, description="rename raw labels, e.g. {'0': 'neutral'}")
     mirror: str | None = Field(
         default_factory=lambda: os.environ.get("RNNLIB_DATASETS_MIRROR"),
         description="local directory mirroring the public datasets (env RNNLIB_DATASETS_MIRROR)",
     )
     cache_dir: str = Field(
-        default_factory=lambda: os.environ.get(
-            "RNNLIB_CACHE_DIR", str(Path("~/.cache/rnnlib/datasets").expanduser())
-        ),
+        default_factory=lambda: os.environ.get("RNNLIB_CACHE_DIR", str(Path("~/.cache/rnnlib/datasets").expanduser())),
         description="where downloaded datasets are kept",
     )
     keep_labels: list[str] = Field(
-        default_factory=list, description="only these labels (after renaming); others are counted "
-        "as rejected. Empty: all"
+        default_factory=list,
+        description="only these labels (after renaming); others are counted as rejected. Empty: all",
     )
     partition_rows: int = Field(5_000, gt=0, description="most rows per canonical Parquet partition")
-    partition_bytes: int = Field(PARTITION_BYTES, gt=0, description="most text bytes per partition: "
-                                 "long documents close a partition before partition_rows")
+    partition_bytes: int = Field(
+        PARTITION_BYTES,
+        gt=0,
+        description="most text bytes per partition: long documents close a partition before partition_rows",
+    )
     unlabelled: list[InputSpec] = Field(
-        default_factory=list, description="unlabelled text to pretrain on (any format; labels, if "
+        default_factory=list,
+        description="unlabelled text to pretrain on (any format; labels, if "
         "any, ignored): ingested and preprocessed like the rest, never split, counted into the "
-        "vocabulary or evaluated. Relative paths of a registered dataset are under the mirror")
+        "vocabulary or evaluated. Relative paths of a registered dataset are under the mirror",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -112,7 +118,8 @@ class PreprocessConfig(_Strict):
 
     level: Literal["word", "char"] = Field("char", description="tokens are words or characters")
     unicode_form: Literal["NFC", "NFKC", "NFD", "NFKD"] | None = Field(
-        "NFC", description="Unicode normalisation (null: none)")
+        "NFC", description="Unicode normalisation (null: none)"
+    )
     strip_accents: bool = Field(False, description="drop combining marks (é -> e)")
     strip_html: bool = Field(False, description="drop HTML tags, decode entities")
     lowercase: bool = Field(False, description="lower-case the text")
@@ -137,9 +144,12 @@ class SplitConfig(_Strict):
     test: float = Field(0.15, ge=0, le=1, description="share held out for the test")
     seed: int = Field(0, description="same seed, same split")
     sample: int | None = Field(
-        None, gt=0, description="use only this many of the rows that would go to training and "
+        None,
+        gt=0,
+        description="use only this many of the rows that would go to training and "
         "validation (a stratified sample, fixed by the seed; test rows untouched), to see how a recipe "
-        "does with little labelled data; the others are kept under split `unused`")
+        "does with little labelled data; the others are kept under split `unused`",
+    )
 
     @model_validator(mode="after")
     def _sums_to_one(self) -> SplitConfig:
@@ -151,8 +161,12 @@ class SplitConfig(_Strict):
 class VocabConfig(_Strict):
     min_freq: int = Field(1, ge=1, description="rarer training tokens become <UNK>")
     max_size: int | None = Field(None, ge=2, description="including <PAD> and <UNK>")
-    max_labels: int = Field(1000, ge=2, description="refuse more distinct labels than this (a wrong "
-                            "label column, e.g. an id, would make one class per row)")
+    max_labels: int = Field(
+        1000,
+        ge=2,
+        description="refuse more distinct labels than this (a wrong "
+        "label column, e.g. an id, would make one class per row)",
+    )
 
 
 class TensorizeConfig(_Strict):
@@ -163,7 +177,8 @@ class TensorizeConfig(_Strict):
 class DaskConfig(_Strict):
     address: str | None = Field(
         default_factory=lambda: os.environ.get("RNNLIB_DASK_ADDRESS"),
-        description="existing scheduler (env RNNLIB_DASK_ADDRESS); default: a LocalCluster")
+        description="existing scheduler (env RNNLIB_DASK_ADDRESS); default: a LocalCluster",
+    )
     n_workers: int | None = Field(None, gt=0, description="LocalCluster workers (default: cores)")
     processes: bool = Field(True, description="LocalCluster: worker processes, not threads")
 
@@ -185,8 +200,10 @@ class EmbeddingsConfig(_Strict):
 
     path: str = Field(description="GloVe .txt, fastText .vec or word2vec text file (.gz too; local or URL)")
     format: Literal["auto", "word2vec", "glove", "fasttext"] = Field(
-        "auto", description="word2vec and fastText files start with a 'count dimensions' line, GloVe's "
-        "do not; auto: from the first line")
+        "auto",
+        description="word2vec and fastText files start with a 'count dimensions' line, GloVe's "
+        "do not; auto: from the first line",
+    )
     freeze: bool = Field(False, description="keep the loaded vectors fixed while training")
 
 
@@ -201,28 +218,43 @@ class ModelConfig(_Strict):
     dropout: float = Field(0.0, ge=0, lt=1, description="between layers and before the head")
     embedding_dropout: float = Field(0.0, ge=0, lt=1, description="on the embedded tokens")
     unk_dropout: float = Field(
-        0.0, ge=0, lt=1, description="in training, replace this fraction of tokens by <UNK>, so "
+        0.0,
+        ge=0,
+        lt=1,
+        description="in training, replace this fraction of tokens by <UNK>, so "
         "its embedding is learnt: with min_freq 1 no training token is <UNK>, yet ~10% of new "
-        "text's tokens can be")
+        "text's tokens can be",
+    )
     pooling: Literal["last", "mean", "max", "concat"] = Field(
-        "last", description="concat: last, max and mean side by side (ULMFiT's concat pooling)")
+        "last", description="concat: last, max and mean side by side (ULMFiT's concat pooling)"
+    )
     head_hidden: int | None = Field(None, gt=0, description="a hidden layer in the head")
     ngrams: int = Field(
-        0, ge=0, le=4, description="also feed the head fastText's bag of n-grams: the mean "
+        0,
+        ge=0,
+        le=4,
+        description="also feed the head fastText's bag of n-grams: the mean "
         "embedding of a text's tokens and hashed 2..N-grams (0: off). Linear models win on short "
-        "texts and small data with exactly these features")
+        "texts and small data with exactly these features",
+    )
     ngram_buckets: int = Field(2**18, gt=0, description="hash buckets of the n-grams (2..N)")
     ngram_dim: int = Field(32, gt=0, description="embedding size of the bag of n-grams")
     wide: bool = Field(
-        False, description="wide and deep: blend the recurrent model's probabilities with a linear "
+        False,
+        description="wide and deep: blend the recurrent model's probabilities with a linear "
         "TF-IDF model's over the words and hashed word bigrams (fitted apart, its regularisation "
-        "and the blend's weight: even, unless the validation split clearly prefers another)")
+        "and the blend's weight: even, unless the validation split clearly prefers another)",
+    )
     embeddings: EmbeddingsConfig | None = Field(
-        None, description="start the embedding rows of the tokens found in a vectors file from "
-        "those vectors (the rest keep their random start); coverage goes to the fit manifest")
+        None,
+        description="start the embedding rows of the tokens found in a vectors file from "
+        "those vectors (the rest keep their random start); coverage goes to the fit manifest",
+    )
     encoder: str | None = Field(
-        None, description="start the embedding and recurrent layers from this weights file (what "
-        "pretrain.encoder writes: the same vocabulary and encoder settings)")
+        None,
+        description="start the embedding and recurrent layers from this weights file (what "
+        "pretrain.encoder writes: the same vocabulary and encoder settings)",
+    )
 
 
 class TrainConfig(_Strict):
@@ -234,47 +266,68 @@ class TrainConfig(_Strict):
     clip_norm: float | None = Field(5.0, gt=0, description="clip the gradient norm to this (null: never)")
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
     label_smoothing: float = Field(
-        0.0, ge=0, lt=1, description="spread this much of each target over all classes: keeps the "
-        "model from growing overconfident, so validation loss follows accuracy for longer")
+        0.0,
+        ge=0,
+        lt=1,
+        description="spread this much of each target over all classes: keeps the "
+        "model from growing overconfident, so validation loss follows accuracy for longer",
+    )
     lr_patience: int = Field(1, ge=0, description="ReduceLROnPlateau patience (epochs)")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau: multiply the rate by this")
     patience: int = Field(3, ge=1, description="early stopping patience (epochs)")
     monitor: Literal["loss", "accuracy", "macro_f1"] = Field(
-        "accuracy", description="the validation figure that picks the best epoch, stops early and "
+        "accuracy",
+        description="the validation figure that picks the best epoch, stops early and "
         "lowers the rate: accuracy, macro_f1 (every class counts alike) or loss. Loss often bottoms "
-        "out epochs before accuracy peaks")
+        "out epochs before accuracy peaks",
+    )
     min_steps: int = Field(
-        0, ge=0, description="train at least this many optimizer steps, however many epochs that "
-        "takes (early stopping waits for them too): a small set otherwise ends after few updates")
+        0,
+        ge=0,
+        description="train at least this many optimizer steps, however many epochs that "
+        "takes (early stopping waits for them too): a small set otherwise ends after few updates",
+    )
     seed: int = Field(0, description="weights, dropout and batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
     mixed_precision: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")
     init_from: str | None = Field(
-        None, description="start from this bundle's weights (or a registry's current model): "
-        "embedding rows mapped by token, other weights copied where they fit (a warm start)")
+        None,
+        description="start from this bundle's weights (or a registry's current model): "
+        "embedding rows mapped by token, other weights copied where they fit (a warm start)",
+    )
     layer_lr_decay: float = Field(
-        1.0, gt=0, le=1, description="discriminative learning rates (ULMFiT): the head trains at "
-        "`lr`, each layer below it at this times the rate of the one above (ULMFiT: 1/2.6)")
+        1.0,
+        gt=0,
+        le=1,
+        description="discriminative learning rates (ULMFiT): the head trains at "
+        "`lr`, each layer below it at this times the rate of the one above (ULMFiT: 1/2.6)",
+    )
     gradual_unfreezing: bool = Field(
-        False, description="epoch 1 trains the head only; each later epoch unfreezes the next "
+        False,
+        description="epoch 1 trains the head only; each later epoch unfreezes the next "
         "layer down, the embedding last: pretrained layers are not overwritten by a fresh head's "
-        "first, random gradients")
+        "first, random gradients",
+    )
 
 
 class EvaluateConfig(_Strict):
     baseline: bool = Field(
-        True, description="also fit TF-IDF n-grams + logistic regression on the same training rows "
-        "and score the same test rows, reported beside the model")
+        True,
+        description="also fit TF-IDF n-grams + logistic regression on the same training rows "
+        "and score the same test rows, reported beside the model",
+    )
 
 
 class TrackingConfig(_Strict):
     uri: str | None = Field(
         default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI"),
         description="MLflow tracking URI (env MLFLOW_TRACKING_URI), e.g. sqlite:///mlflow.db; "
-        "unset: nothing is logged (needs `pip install rnnlib[tracking]`)")
+        "unset: nothing is logged (needs `pip install rnnlib[tracking]`)",
+    )
     experiment: str = Field("rnnlib", description="MLflow experiment the runs go to")
     artifacts: str | None = Field(
-        None, description="artifact location of a new experiment (default: beside a SQLite database)")
+        None, description="artifact location of a new experiment (default: beside a SQLite database)"
+    )
     model_name: str = Field("rnnlib", description="MLflow registered model that promoted bundles become versions of")
 
 
@@ -292,15 +345,22 @@ class PretrainConfig(_Strict):
     max_n: int = Field(6, ge=1, description="longest character n-gram of a word")
     freeze: bool = Field(False, description="keep the learnt vectors fixed while training")
     encoder: bool = Field(
-        False, description="pretrain the embedding and recurrent layers as a language model (each "
-        "direction predicts the next token in its reading order), then train the classifier from them")
+        False,
+        description="pretrain the embedding and recurrent layers as a language model (each "
+        "direction predicts the next token in its reading order), then train the classifier from them",
+    )
     encoder_epochs: int = Field(1, ge=1, description="language-model passes over the text")
     encoder_lr: float = Field(1e-3, gt=0, description="the language model's Adam learning rate")
     encoder_max_texts: int | None = Field(
-        None, gt=1, description="pretrain on a random sample (seeded) of at most this many texts: "
-        "bounds the stage's time on a CPU")
-    heldout_every: int = Field(100, ge=2, description="about one text in N (drawn at random) is held "
-                               "out to measure the language model's perplexity")
+        None,
+        gt=1,
+        description="pretrain on a random sample (seeded) of at most this many texts: bounds the stage's time on a CPU",
+    )
+    heldout_every: int = Field(
+        100,
+        ge=2,
+        description="about one text in N (drawn at random) is held out to measure the language model's perplexity",
+    )
 
 
 class SearchRange(_Strict):
@@ -344,11 +404,14 @@ class TuneConfig(_Strict):
     trials: int = Field(20, ge=1, description="trials to run (a resumed study counts the ones it has)")
     minutes: float | None = Field(None, gt=0, description="stop starting trials after this many minutes")
     space: dict[str, SearchRange] = Field(
-        default_factory=_default_space, description="dotted setting -> the values it may take; the "
-        "settings not named keep the config's values")
+        default_factory=_default_space,
+        description="dotted setting -> the values it may take; the settings not named keep the config's values",
+    )
     storage: str | None = Field(
-        None, description="Optuna storage (any SQLAlchemy URL); default: SQLite in work_dir/tune.db, "
-        "so a killed search resumes where it was")
+        None,
+        description="Optuna storage (any SQLAlchemy URL); default: SQLite in work_dir/tune.db, "
+        "so a killed search resumes where it was",
+    )
     study: str | None = Field(None, description="study name; default: from the data and the search's settings")
     prune: bool = Field(True, description="stop trials whose per-epoch validation figure falls behind (median rule)")
     parallel: int = Field(1, ge=1, description="trials at once, each a task on the Dask cluster")
@@ -371,31 +434,43 @@ class ScoreConfig(_Strict):
 
     bundle: str = Field(description="model bundle directory (written by the train flow)")
     inputs: list[InputSpec] = Field(
-        min_length=1, description="files, directories (every file under them) or globs; labels "
-        "are not read")
+        min_length=1, description="files, directories (every file under them) or globs; labels are not read"
+    )
     output: str = Field(description="output directory: scores/, rejects/ and _manifest.json")
     top_k: int = Field(3, ge=1, description="labels (with probabilities) kept per document")
     batch_size: int | None = Field(
-        None, ge=1, description="documents per model batch, length-sorted; default 64 on CPU "
-        "(the fastest there in bench_kernel.py), 1024 on GPU")
+        None,
+        ge=1,
+        description="documents per model batch, length-sorted; default 64 on CPU "
+        "(the fastest there in bench_kernel.py), 1024 on GPU",
+    )
     max_length: int | None = Field(
-        None, gt=0, description="truncate (and flag) longer documents; default: the bundle's "
-        "training max_length, else 1000")
+        None,
+        gt=0,
+        description="truncate (and flag) longer documents; default: the bundle's training max_length, else 1000",
+    )
     partition_rows: int = Field(5_000, gt=0, description="rows per scoring partition")
-    partition_bytes: int = Field(PARTITION_BYTES, gt=0, description="most text bytes per scoring "
-                                 "partition: long documents close a partition before partition_rows")
+    partition_bytes: int = Field(
+        PARTITION_BYTES,
+        gt=0,
+        description="most text bytes per scoring partition: long documents close a partition before partition_rows",
+    )
     overwrite: bool = Field(False, description="redo a finished run instead of skipping it")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
     precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
-        "auto", description="auto: bf16 on a GPU and on a CPU with bf16 units (AVX512-BF16 or "
+        "auto",
+        description="auto: bf16 on a GPU and on a CPU with bf16 units (AVX512-BF16 or "
         "AMX), where it is faster with probabilities close to fp32's; else fp32. bf16 asked for "
         "on a CPU without them runs much slower, with a warning. int8: recurrent and linear "
-        "weights quantised to 8 bits, CPU only")
+        "weights quantised to 8 bits, CPU only",
+    )
     dask: DaskConfig = Field(default_factory=DaskConfig)
     roots: list[str] = Field(
-        default_factory=list, description="folders (or URL prefixes) that every input, the bundle "
+        default_factory=list,
+        description="folders (or URL prefixes) that every input, the bundle "
         "and the output must lie in, links resolved; empty: anywhere. What confines the ad-hoc "
-        "scoring deployment")
+        "scoring deployment",
+    )
 
 
 ConfigT = TypeVar("ConfigT", bound=BaseModel)
@@ -470,9 +545,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     set_dotted(data, key, _yaml(raw, f"override {assignment!r}"))
 
 
-def load_config(
-    cls: type[ConfigT], path: str | os.PathLike[str] | None = None, overrides: list[str] = ()
-) -> ConfigT:
+def load_config(cls: type[ConfigT], path: str | os.PathLike[str] | None = None, overrides: list[str] = ()) -> ConfigT:
     """Build a config from an optional YAML file plus `key=value` overrides."""
     data: dict[str, Any] = {}
     if path is not None:

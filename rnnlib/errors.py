@@ -24,7 +24,6 @@ class InputError(ValueError):
         super().__init__(f"{where}{reason}")
 
 
-
 @cache
 def _transient() -> tuple[type[BaseException], ...]:
     """Faults a retry may cure: timeouts, dropped connections, and the HTTP client's errors that

@@ -77,16 +77,14 @@ def fingerprint(value: Any, work_dir: str | Path | None = None) -> Any:
     return value
 
 
-def stage_key(stage: str, params: dict[str, Any], work_dir: str | Path | None = None,
-              code: str | None = None) -> str:
+def stage_key(stage: str, params: dict[str, Any], work_dir: str | Path | None = None, code: str | None = None) -> str:
     """The key of a stage's output; `code`: the digest of the code it runs (default: all of
     rnnlib); `work_dir` only says where input digests may be remembered."""
     return digest_json(
         {
             "stage": stage,
             "code": code or code_version(),
-            "params": {k: fingerprint(v, work_dir) for k, v in sorted(params.items())
-                       if not isinstance(v, NOT_IN_KEY)},
+            "params": {k: fingerprint(v, work_dir) for k, v in sorted(params.items()) if not isinstance(v, NOT_IN_KEY)},
         }
     )
 
@@ -101,8 +99,9 @@ def lock_file(stage_folder: str | Path) -> Path:
     return folder.with_name(f".{folder.name}.lock")
 
 
-def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[str, Any]],
-              code: Sequence[Callable[..., Any]]) -> StageOutput:
+def run_stage(
+    stage: str, params: dict[str, Any], build: Callable[[Path], dict[str, Any]], code: Sequence[Callable[..., Any]]
+) -> StageOutput:
     """The stage's output for these parameters: reused when a complete one is on disk (a
     deleted or half-written folder is rebuilt), else `build(out_dir)`, which returns the manifest.
     `params` must hold `work_dir`; every other value goes into the key, and so does the source
@@ -116,19 +115,27 @@ def run_stage(stage: str, params: dict[str, Any], build: Callable[[Path], dict[s
     key = stage_key(stage, {k: v for k, v in params.items() if k != "work_dir"}, params["work_dir"], digest)
     out = stage_dir(params["work_dir"], stage, key)
     with ExitStack() as locks:
-        upstreams = [u for v in params.values() for u in (v if isinstance(v, list) else [v])
-                     if isinstance(u, StageOutput)]
+        upstreams = [
+            u for v in params.values() for u in (v if isinstance(v, list) else [v]) if isinstance(u, StageOutput)
+        ]
         for upstream in upstreams:
             locks.enter_context(file_lock(lock_file(upstream.path), shared=True))
         manifest, cached = _reuse_or_build(out, stage, key, build)
     if (held := _HELD.get()) is not None:
         held.hold(out)
-    return StageOutput(stage=stage, key=key, path=str(out), manifest=manifest, cached=cached,
-                       seconds=round(time.perf_counter() - start, 3))
+    return StageOutput(
+        stage=stage,
+        key=key,
+        path=str(out),
+        manifest=manifest,
+        cached=cached,
+        seconds=round(time.perf_counter() - start, 3),
+    )
 
 
-def _reuse_or_build(out: Path, stage: str, key: str, build: Callable[[Path], dict[str, Any]]
-                    ) -> tuple[dict[str, Any], bool]:
+def _reuse_or_build(
+    out: Path, stage: str, key: str, build: Callable[[Path], dict[str, Any]]
+) -> tuple[dict[str, Any], bool]:
     """A complete output is reused under a shared lock (readers never wait on each other, nor on
     a pipeline run holding it); building takes the exclusive one, then looks again."""
     with file_lock(lock_file(out), shared=True):
@@ -219,9 +226,16 @@ def cached_outputs(work_dir: str | Path) -> list[CachedOutput]:
             continue
         files = [f.stat() for f in folder.rglob("*") if f.is_file()]
         newest = max([folder.stat().st_mtime, *(f.st_mtime for f in files)])
-        found.append(CachedOutput(stage=folder.parent.name, key=folder.name, path=str(folder),
-                                  bytes=sum(f.st_size for f in files),
-                                  age_days=round((now - newest) / 86400, 2), complete=is_complete(folder)))
+        found.append(
+            CachedOutput(
+                stage=folder.parent.name,
+                key=folder.name,
+                path=str(folder),
+                bytes=sum(f.st_size for f in files),
+                age_days=round((now - newest) / 86400, 2),
+                complete=is_complete(folder),
+            )
+        )
     return found
 
 
@@ -233,8 +247,9 @@ def output_key(folder_name: str) -> str:
     return folder_name.removesuffix(".partial")
 
 
-def prune(work_dir: str | Path, *, older_than_days: float, keep: set[str] = frozenset(),
-          dry_run: bool = False) -> list[CachedOutput]:
+def prune(
+    work_dir: str | Path, *, older_than_days: float, keep: set[str] = frozenset(), dry_run: bool = False
+) -> list[CachedOutput]:
     """Remove stage outputs not written or reused for `older_than_days`, except those whose key is in
     `keep` and those a running stage holds (it would be waiting on their lock). Returns what was
     (or, with `dry_run`, would be) removed."""

@@ -48,14 +48,21 @@ def log_training(trained: TrainedModel, config: TrainFlowConfig) -> str:
     with mlflow.start_run(experiment_id=_experiment(mlflow, cfg), run_name=f"bundle {result.version[:12]}") as run:
         mlflow.log_params(_flatten(config.model_dump(mode="json", exclude=NOT_LOGGED)))
         for record in trained.history:
-            mlflow.log_metrics({k: float(v) for k, v in record.items() if k not in ("epoch", "seconds")},
-                               step=record["epoch"])
+            mlflow.log_metrics(
+                {k: float(v) for k, v in record.items() if k not in ("epoch", "seconds")}, step=record["epoch"]
+            )
         metrics = {f"test_{name.replace(' ', '_')}": model for name, model, _ in result.comparison()}
-        metrics.update({f"baseline_{name.replace(' ', '_')}": base
-                        for name, _, base in result.comparison() if base is not None})
+        metrics.update(
+            {f"baseline_{name.replace(' ', '_')}": base for name, _, base in result.comparison() if base is not None}
+        )
         mlflow.log_metrics({**metrics, "best_epoch": trained.best_epoch})
-        mlflow.set_tags({"bundle_version": result.version, "test_rows": result.rows,
-                         **{f"data.{s.stage}": s.key for s in trained.data.stages}})
+        mlflow.set_tags(
+            {
+                "bundle_version": result.version,
+                "test_rows": result.rows,
+                **{f"data.{s.stage}": s.key for s in trained.data.stages},
+            }
+        )
         mlflow.log_artifacts(result.bundle, artifact_path="bundle")
         return run.info.run_id
 
@@ -72,6 +79,7 @@ def register_model(cfg: TrackingConfig, run_id: str, bundle_version: str) -> str
     except MlflowException:  # already registered
         pass
     source = f"{client.get_run(run_id).info.artifact_uri}/bundle"
-    version = client.create_model_version(cfg.model_name, source=source, run_id=run_id,
-                                          tags={"bundle_version": bundle_version})
+    version = client.create_model_version(
+        cfg.model_name, source=source, run_id=run_id, tags={"bundle_version": bundle_version}
+    )
     return str(version.version)

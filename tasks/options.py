@@ -10,6 +10,7 @@ at once. Only transient faults are retried.
 from __future__ import annotations
 
 from prefect.cache_policies import NONE
+
 from rnnlib_tasks.retries import IO_RETRIES
 
 TASK_OPTIONS = {"cache_policy": NONE, "persist_result": False, **IO_RETRIES}

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from prefect import task
-from rnnlib_tasks.options import TASK_OPTIONS
 
 from rnnlib import tracking
 from rnnlib.config import TrackingConfig
 from rnnlib.scoring import registry
+from rnnlib_tasks.options import TASK_OPTIONS
 
 
 @task(name="register", task_run_name="register in MLflow", **TASK_OPTIONS)

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from prefect import task
-from rnnlib_tasks.dask_clients import get_client
-from rnnlib_tasks.options import TASK_OPTIONS
 
 from rnnlib.config import DaskConfig, ScoreConfig
 from rnnlib.scoring import partition, run
+from rnnlib_tasks.dask_clients import get_client
+from rnnlib_tasks.options import TASK_OPTIONS
 
 
 @task(name="plan-scoring", task_run_name="plan scoring", **TASK_OPTIONS)
@@ -27,14 +27,33 @@ def plan_task(config: ScoreConfig) -> run.ScoreRun:
 @task(name="read-input", task_run_name="read {name}", **TASK_OPTIONS)
 def stage_task(name: str, index: int, scoring: run.ScoreRun, dask: DaskConfig) -> run.StagedInput:
     """Read one input into canonical partitions, on a Dask worker."""
-    return get_client(dask).submit(run.stage_unit, scoring.units[index], index, scoring.staging,
-                                   scoring.partition_rows, scoring.partition_bytes, pure=False).result()
+    return (
+        get_client(dask)
+        .submit(
+            run.stage_unit,
+            scoring.units[index],
+            index,
+            scoring.staging,
+            scoring.partition_rows,
+            scoring.partition_bytes,
+            pure=False,
+        )
+        .result()
+    )
 
 
 @task(name="score-partition", task_run_name="score {staged.name}", **TASK_OPTIONS)
 def score_partition_task(staged: Path, scoring: run.ScoreRun, dask: DaskConfig) -> dict[str, Any]:
     """Score one partition on a Dask worker (which keeps the model loaded between partitions)."""
-    return get_client(dask).submit(
-        partition.score_partition, staged, scoring.scores_file(staged.name),
-        scoring.rejects_file(staged.name), scoring.settings, pure=False,
-    ).result()
+    return (
+        get_client(dask)
+        .submit(
+            partition.score_partition,
+            staged,
+            scoring.scores_file(staged.name),
+            scoring.rejects_file(staged.name),
+            scoring.settings,
+            pure=False,
+        )
+        .result()
+    )

@@ -4,13 +4,13 @@ cached by content; the study is kept in its own database, so a retried or rerun 
 from __future__ import annotations
 
 from prefect import task
-from rnnlib_tasks.dask_clients import close_clients, get_client
-from rnnlib_tasks.options import TASK_OPTIONS
 
 from rnnlib.config import TrainFlowConfig
 from rnnlib.modeling import tune
 from rnnlib.prepare.pipeline import PreparedData
 from rnnlib.stages import StageOutput
+from rnnlib_tasks.dask_clients import close_clients, get_client
+from rnnlib_tasks.options import TASK_OPTIONS
 
 
 @task(name="search", task_run_name="search", **TASK_OPTIONS)

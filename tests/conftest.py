@@ -68,9 +68,15 @@ def names_data(datasets, tmp_path_factory):
     from rnnlib.config import PrepareConfig
     from rnnlib.prepare.pipeline import prepare
 
-    return prepare(PrepareConfig.model_validate({
-        "source": {"dataset": "names", "mirror": str(datasets)},
-        "work_dir": str(tmp_path_factory.mktemp("names")), "tensorize": {"shard_rows": 2000}}))
+    return prepare(
+        PrepareConfig.model_validate(
+            {
+                "source": {"dataset": "names", "mirror": str(datasets)},
+                "work_dir": str(tmp_path_factory.mktemp("names")),
+                "tensorize": {"shard_rows": 2000},
+            }
+        )
+    )
 
 
 @pytest.fixture(scope="session")
@@ -89,6 +95,13 @@ def names_bundle(names_data, tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("names-bundle")
     model = ModelConfig(cell="gru", embedding_dim=16, hidden_size=32, bidirectional=True)
     train(names_data.tensorize.path, out_dir=work / "fit", model=model, cfg=TrainConfig(epochs=1, lr=3e-3))
-    save_bundle(work / "bundle", work / "fit" / BEST, Path(names_data.vocab.path), PreprocessConfig(level="char"),
-                model, None, {})
+    save_bundle(
+        work / "bundle",
+        work / "fit" / BEST,
+        Path(names_data.vocab.path),
+        PreprocessConfig(level="char"),
+        model,
+        None,
+        {},
+    )
     return work / "bundle"

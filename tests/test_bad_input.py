@@ -35,10 +35,13 @@ def test_empty_file(tmp_path, name, content):
         ingest_one(tmp_path, name, **({"label_column": None} if name.endswith(".txt") else {}))
 
 
-@pytest.mark.parametrize("name,content", [
-    ("u.csv", "body,label\nhi,1\n"),
-    ("u.jsonl", '{"body": "hi", "label": 1}\n'),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("u.csv", "body,label\nhi,1\n"),
+        ("u.jsonl", '{"body": "hi", "label": 1}\n'),
+    ],
+)
 def test_unknown_column(tmp_path, name, content):
     (tmp_path / name).write_text(content)
     with pytest.raises(InputError, match=rf"{name}: unknown (column|field) 'text'"):
@@ -84,21 +87,23 @@ def test_bad_rows_are_rejected_with_file_row_and_reason(tmp_path):
     manifest = ingest_one(tmp_path, "rows.csv")
     assert manifest["rows"] == 6 and manifest["kept"] == 2
     assert manifest["rejected"] == {
-        "empty text": 2, "missing label": 1, "undecodable bytes (not UTF-8)": 1,
+        "empty text": 2,
+        "missing label": 1,
+        "undecodable bytes (not UTF-8)": 1,
     }
     df = pq.read_table(tmp_path / "out").to_pandas()
     rejected = df[df["reject"].notna()]
     assert rejected[["source", "row", "reject"]].values.tolist() == [
-        ["rows.csv", 2, "empty text"], ["rows.csv", 3, "empty text"],
-        ["rows.csv", 4, "undecodable bytes (not UTF-8)"], ["rows.csv", 5, "missing label"],
+        ["rows.csv", 2, "empty text"],
+        ["rows.csv", 3, "empty text"],
+        ["rows.csv", 4, "undecodable bytes (not UTF-8)"],
+        ["rows.csv", 5, "missing label"],
     ]
     assert rejected["text"].isna().all()
 
 
 def test_malformed_and_null_json_lines_are_rejected(tmp_path):
-    (tmp_path / "d.jsonl").write_text(
-        '{"text": "ok", "label": "a"}\n{"text": null, "label": "a"}\n{not json\n[1, 2]\n'
-    )
+    (tmp_path / "d.jsonl").write_text('{"text": "ok", "label": "a"}\n{"text": null, "label": "a"}\n{not json\n[1, 2]\n')
     manifest = ingest_one(tmp_path, "d.jsonl")
     assert manifest["rows"] == 4 and manifest["kept"] == 1
     assert manifest["rejected"] == {"malformed JSON": 2, "null text": 1}
@@ -111,8 +116,15 @@ def test_every_json_fault_is_a_per_line_reject(tmp_path):
     (ValueError) are rejects of their own line, not a failure of the file."""
     deep = "[" * 100_000 + "]" * 100_000
     (tmp_path / "d.jsonl").write_text(
-        '{"text": "ok", "label": "a"}\n' + '{"text": "x", "label": "a", "deep": ' + deep + "}\n"
-        + '{"text": "y", "label": ' + "9" * 5000 + "}\n" + '{"text": "also ok", "label": "b"}\n')
+        '{"text": "ok", "label": "a"}\n'
+        + '{"text": "x", "label": "a", "deep": '
+        + deep
+        + "}\n"
+        + '{"text": "y", "label": '
+        + "9" * 5000
+        + "}\n"
+        + '{"text": "also ok", "label": "b"}\n'
+    )
     manifest = ingest_one(tmp_path, "d.jsonl")
     assert manifest["rows"] == 4 and manifest["kept"] == 2
     assert manifest["rejected"] == {"JSON nested too deeply": 1, "malformed JSON": 1}
@@ -121,16 +133,15 @@ def test_every_json_fault_is_a_per_line_reject(tmp_path):
 def test_undecodable_line_in_plain_text(tmp_path):
     (tmp_path / "d.txt").write_bytes(b"fine\n\xc3\x28 broken\nalso fine\n")
     manifest = ingest_one(tmp_path, "d.txt", label_column=None)
-    assert manifest["kept"] == 2 and manifest["files"]["d.txt"]["rejected"] == {
-        "undecodable bytes (not UTF-8)": 1
-    }
+    assert manifest["kept"] == 2 and manifest["files"]["d.txt"]["rejected"] == {"undecodable bytes (not UTF-8)": 1}
 
 
 def test_mixed_labelled_and_unlabelled_inputs_are_refused(tmp_path):
     (tmp_path / "a.csv").write_text("text,label\nx,1\n")
     (tmp_path / "b.txt").write_text("y\n")
-    source = SourceConfig(inputs=[InputSpec(path=str(tmp_path / "a.csv")),
-                                  InputSpec(path=str(tmp_path / "b.txt"), label_column=None)])
+    source = SourceConfig(
+        inputs=[InputSpec(path=str(tmp_path / "a.csv")), InputSpec(path=str(tmp_path / "b.txt"), label_column=None)]
+    )
     with pytest.raises(InputError, match="some inputs have labels and others not"):
         ingest(source, out_dir=tmp_path / "out")
 
@@ -143,8 +154,12 @@ def test_unknown_dataset():
 def test_label_unseen_at_fit_time_is_rejected_not_lost(tmp_path, client):
     (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"word{i} common,a\n" for i in range(20)))
     (tmp_path / "test.csv").write_text("text,label\ncommon,a\nrare text,zzz\n")
-    source = SourceConfig(inputs=[InputSpec(path=str(tmp_path / "train.csv"), split="train"),
-                                  InputSpec(path=str(tmp_path / "test.csv"), split="test")])
+    source = SourceConfig(
+        inputs=[
+            InputSpec(path=str(tmp_path / "train.csv"), split="train"),
+            InputSpec(path=str(tmp_path / "test.csv"), split="test"),
+        ]
+    )
     data = prepare(PrepareConfig(source=source, preprocess={"level": "word"}, work_dir=str(tmp_path)), client)
     assert data.rows == 22 and data.kept == 21
     assert data.rejected == {"label unseen at fit time": 1}
@@ -153,8 +168,9 @@ def test_label_unseen_at_fit_time_is_rejected_not_lost(tmp_path, client):
 
 
 def test_keep_labels_counts_the_others_as_not_selected(datasets, tmp_path):
-    manifest = ingest(SourceConfig(dataset="names", mirror=str(datasets), keep_labels=["German", "Italian"]),
-                      out_dir=tmp_path / "out")
+    manifest = ingest(
+        SourceConfig(dataset="names", mirror=str(datasets), keep_labels=["German", "Italian"]), out_dir=tmp_path / "out"
+    )
     assert manifest["rows"] == 20074 and manifest["kept"] == 724 + 709
     assert manifest["rejected"] == {"label not selected (source.keep_labels)": 20074 - 1433}
 
@@ -163,19 +179,24 @@ def test_every_reject_keeps_its_reason_through_the_whole_pipeline(tmp_path, clie
     """Rows rejected at ingest stay rejected, with the same reason, in every later stage, and
     end up in the rejects table with file and row."""
     (tmp_path / "train.csv").write_text(
-        "text,label\n" + "".join(f"good words {i},{'ab'[i % 2]}\n" for i in range(30))
-        + ",a\n...,b\nno label,\n"
+        "text,label\n" + "".join(f"good words {i},{'ab'[i % 2]}\n" for i in range(30)) + ",a\n...,b\nno label,\n"
     )
-    data = prepare(PrepareConfig(source=SourceConfig(inputs=[InputSpec(path=str(tmp_path / "train.csv"))]),
-                                 preprocess={"level": "word", "punctuation": "remove"},
-                                 work_dir=str(tmp_path)), client)
+    data = prepare(
+        PrepareConfig(
+            source=SourceConfig(inputs=[InputSpec(path=str(tmp_path / "train.csv"))]),
+            preprocess={"level": "word", "punctuation": "remove"},
+            work_dir=str(tmp_path),
+        ),
+        client,
+    )
     pre = data.preprocess.manifest
     assert pre["rejected"] == {"empty text": 1, "missing label": 1, "no tokens after preprocessing": 1}
     assert data.rows == 33 and data.kept == 30
     assert data.rejected == pre["rejected"]
     rejects = pq.read_table(f"{data.tensorize.path}/rejects").to_pandas().sort_values("row")
     assert rejects[["source", "row", "reason"]].values.tolist() == [
-        ["train.csv", 31, "empty text"], ["train.csv", 32, "no tokens after preprocessing"],
+        ["train.csv", 31, "empty text"],
+        ["train.csv", 32, "no tokens after preprocessing"],
         ["train.csv", 33, "missing label"],
     ]
 
@@ -183,8 +204,13 @@ def test_every_reject_keeps_its_reason_through_the_whole_pipeline(tmp_path, clie
 def test_more_labels_than_max_labels_is_refused(tmp_path):
     """A wrong label column (an id) would make a class per row and an n x n confusion matrix."""
     (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"text {i},id-{i}\n" for i in range(30)))
-    config = PrepareConfig.model_validate({"source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
-                                           "vocab": {"max_labels": 10}, "work_dir": str(tmp_path / "w")})
+    config = PrepareConfig.model_validate(
+        {
+            "source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
+            "vocab": {"max_labels": 10},
+            "work_dir": str(tmp_path / "w"),
+        }
+    )
     with pytest.raises(InputError, match=r"distinct labels in the 'train' split, more than vocab.max_labels \(10\)"):
         prepare(config)
 
@@ -195,7 +221,9 @@ def test_a_zip_of_several_files_is_refused_not_read_in_part(tmp_path):
     with zipfile.ZipFile(tmp_path / "d.csv.zip", "w") as zf:
         zf.writestr("a.csv", "text,label\nx,1\n")
         zf.writestr("b.csv", "text,label\ny,2\n")
-    with pytest.raises(InputError, match=r"d.csv.zip: a .zip input must hold exactly one file, this one holds 2 \(a.csv, b.csv\)"):
+    with pytest.raises(
+        InputError, match=r"d.csv.zip: a .zip input must hold exactly one file, this one holds 2 \(a.csv, b.csv\)"
+    ):
         ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.csv.zip"))]), out_dir=tmp_path / "out")
 
 
@@ -242,21 +270,33 @@ def test_csv_record_ends_match_pandas_in_chunks_of_any_size():
     from rnnlib.sources.readers import CsvRecordEnds
 
     rng = random.Random(0)
-    fields = ['a', '', '"q"', '"with\nnewline"', '"x""y"', '""', '""""', 'mid"quote', '"a""\n"""',
-              '"ends"late', '"a,b"', 'x""y']
+    fields = [
+        "a",
+        "",
+        '"q"',
+        '"with\nnewline"',
+        '"x""y"',
+        '""',
+        '""""',
+        'mid"quote',
+        '"a""\n"""',
+        '"ends"late',
+        '"a,b"',
+        'x""y',
+    ]
     for _ in range(300):
-        records = [",".join(rng.choice(fields) for _ in range(2)).encode() + b"\n"
-                   for _ in range(rng.randint(1, 8))]
+        records = [",".join(rng.choice(fields) for _ in range(2)).encode() + b"\n" for _ in range(rng.randint(1, 8))]
         stream = b"".join(records)
         expected = (np.cumsum([len(r) for r in records]) - 1).tolist()
         scanner, got, offset = CsvRecordEnds(","), [], 0
         while offset < len(stream):
             size = rng.randint(1, 12)
-            got += (scanner(stream[offset:offset + size]) + offset).tolist()
+            got += (scanner(stream[offset : offset + size]) + offset).tolist()
             offset += size
         assert got == expected, stream
-        parsed = pd.read_csv(io.BytesIO(stream), header=None, dtype=object, keep_default_na=False,
-                             skip_blank_lines=False)
+        parsed = pd.read_csv(
+            io.BytesIO(stream), header=None, dtype=object, keep_default_na=False, skip_blank_lines=False
+        )
         assert len(parsed) == len(records), stream
 
 
@@ -293,13 +333,15 @@ def test_a_csv_bomb_is_read_in_bounded_memory(tmp_path):
             fh.write(b"a" * (1 << 20))
         fh.write(b'",b\nlast,b\n')
     assert (tmp_path / "bomb.csv.gz").stat().st_size < 1 << 20
-    script = ("import json, resource; from rnnlib.config import SourceConfig; "
-              "from rnnlib.prepare.ingest import ingest; import pandas, pyarrow.parquet; "
-              "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
-              f"m = ingest(SourceConfig(inputs=[{{'path': {str(tmp_path / 'bomb.csv.gz')!r}}}]), "
-              f"out_dir={str(tmp_path / 'out')!r}); "
-              "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10; "
-              "print(json.dumps([m['kept'], m['rejected'], grown]))")
+    script = (
+        "import json, resource; from rnnlib.config import SourceConfig; "
+        "from rnnlib.prepare.ingest import ingest; import pandas, pyarrow.parquet; "
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; "
+        f"m = ingest(SourceConfig(inputs=[{{'path': {str(tmp_path / 'bomb.csv.gz')!r}}}]), "
+        f"out_dir={str(tmp_path / 'out')!r}); "
+        "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10; "
+        "print(json.dumps([m['kept'], m['rejected'], grown]))"
+    )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     kept, rejected, grown_mib = json.loads(run.stdout)
@@ -318,7 +360,7 @@ def test_a_quoted_csv_field_that_never_closes_fails_the_file_by_name(tmp_path):
 def test_an_over_long_record_is_rejected_and_the_rest_read(tmp_path, name, layout):
     long = "word " * 300  # 1,500 bytes: over the 1,000-byte limit
     if layout == "jsonl":
-        lines = ['{"text": "ok", "label": "a"}', '{"text": "%s", "label": "a"}' % long, '{"text": "b", "label": "b"}']
+        lines = ['{"text": "ok", "label": "a"}', f'{{"text": "{long}", "label": "a"}}', '{"text": "b", "label": "b"}']
         (tmp_path / name).write_text("\n".join(lines) + "\n" + '{"text": "' + long)  # the last unterminated
         spec, rows = {}, 4
     elif layout == "text":
@@ -344,7 +386,7 @@ def test_a_csv_field_up_to_max_record_bytes_survives_a_bad_row(tmp_path):
     """The row-by-row CSV reader (after a bad row) takes fields up to max_record_bytes, beyond
     the standard library's 128 KiB default."""
     big = "w " * 100_000
-    (tmp_path / "d.csv").write_text(f"text,label\n\"{big}\",a\nx,b,extra\ny,b\n")
+    (tmp_path / "d.csv").write_text(f'text,label\n"{big}",a\nx,b,extra\ny,b\n')
     manifest = ingest_one(tmp_path, "d.csv")
     assert manifest["rows"] == 3 and manifest["rejected"] == {"malformed row (more fields than the header)": 1}
 
@@ -357,20 +399,26 @@ def test_a_json_line_nested_too_deep_for_arrow_is_rejected_not_a_crash(tmp_path)
 
     deep = "[" * 20_000 + "]" * 20_000
     (tmp_path / "rows.jsonl").write_text(
-        '{"text": "one", "label": "a"}\n{"text": "two", "label": "b", "deep": ' + deep + '}\n'
-        '{"text": "three", "label": "a"}\n')
-    script = ("import json, sys; from rnnlib.config import SourceConfig; from rnnlib.prepare.ingest import ingest; "
-              f"m = ingest(SourceConfig(inputs=[{{'path': {str(tmp_path / 'rows.jsonl')!r}}}]), "
-              f"out_dir={str(tmp_path / 'out')!r}); print(json.dumps(m['rejected']), m['kept'])")
+        '{"text": "one", "label": "a"}\n{"text": "two", "label": "b", "deep": ' + deep + "}\n"
+        '{"text": "three", "label": "a"}\n'
+    )
+    script = (
+        "import json, sys; from rnnlib.config import SourceConfig; from rnnlib.prepare.ingest import ingest; "
+        f"m = ingest(SourceConfig(inputs=[{{'path': {str(tmp_path / 'rows.jsonl')!r}}}]), "
+        f"out_dir={str(tmp_path / 'out')!r}); print(json.dumps(m['rejected']), m['kept'])"
+    )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
-    assert run.stdout.split() == ['{"JSON', 'nested', 'too', 'deeply":', '1}', '2']
+    assert run.stdout.split() == ['{"JSON', "nested", "too", 'deeply":', "1}", "2"]
 
 
-@pytest.mark.parametrize("name,content", [
-    ("cut.txt.bz2", __import__("bz2").compress(b"Smith\n" * 1000)[:40] + b"\x00" * 64),  # bz2: a bare OSError
-    ("bad.txt.zip", b"PK\x03\x04" + b"not a zip archive at all" * 4),  # zipfile.BadZipFile
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("cut.txt.bz2", __import__("bz2").compress(b"Smith\n" * 1000)[:40] + b"\x00" * 64),  # bz2: a bare OSError
+        ("bad.txt.zip", b"PK\x03\x04" + b"not a zip archive at all" * 4),  # zipfile.BadZipFile
+    ],
+)
 def test_a_corrupt_bz2_or_zip_is_one_line_naming_the_file_never_retried(tmp_path, name, content):
     from rnnlib.config import SourceConfig
 
@@ -394,11 +442,14 @@ def test_the_row_by_row_csv_path_numbers_rows_as_pandas_does(tmp_path):
     lines.insert(40, "r-wide,too,many,fields")  # in the third chunk of 10
     lines.append('r-quoted,"two lines\n\n  \nwith blanks",b')
     (tmp_path / "rows.csv").write_text("\n".join(lines) + "\n")
-    manifest = ingest(SourceConfig(inputs=[{"path": str(tmp_path / "rows.csv"), "id_column": "id"}],
-                                   partition_rows=10), out_dir=tmp_path / "out")
+    manifest = ingest(
+        SourceConfig(inputs=[{"path": str(tmp_path / "rows.csv"), "id_column": "id"}], partition_rows=10),
+        out_dir=tmp_path / "out",
+    )
     table = pq.read_table(tmp_path / "out").to_pandas()
     kept = table[table["reject"].isna()]
     assert sorted(kept["id"]) == sorted([f"r{i}" for i in range(30)] + ["r-quoted"])
     assert len(table) == manifest["rows"] == 32 and manifest["rejected"] == {
-        "malformed row (more fields than the header)": 1}
+        "malformed row (more fields than the header)": 1
+    }
     assert kept.set_index("id").loc["r-quoted", "text"] == "two lines\n\n  \nwith blanks"

@@ -6,18 +6,24 @@ import os
 import time
 from pathlib import Path
 
-from rnnlib_flows.cli import main
-
 from rnnlib.common.locks import file_lock
 from rnnlib.config import PrepareConfig
 from rnnlib.prepare.pipeline import prepare
 from rnnlib.stages import cached_outputs, lock_file, prune, reused
+from rnnlib_flows.cli import main
 
 
 def _prepared(tmp_path):
     (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"doc {i} words,{i % 2}\n" for i in range(40)))
-    return prepare(PrepareConfig.model_validate({"source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
-                                                 "preprocess": {"level": "word"}, "work_dir": str(tmp_path / "w")}))
+    return prepare(
+        PrepareConfig.model_validate(
+            {
+                "source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
+                "preprocess": {"level": "word"},
+                "work_dir": str(tmp_path / "w"),
+            }
+        )
+    )
 
 
 def _age(folder: Path, days: float) -> None:
@@ -59,8 +65,13 @@ def test_an_output_reused_from_cache_counts_as_used(tmp_path):
 
 def test_reused_builds_nothing_and_answers_only_for_a_fully_cached_run(tmp_path):
     (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"doc {i} words,{i % 2}\n" for i in range(40)))
-    config = PrepareConfig.model_validate({"source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
-                                           "preprocess": {"level": "word"}, "work_dir": str(tmp_path / "w")})
+    config = PrepareConfig.model_validate(
+        {
+            "source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
+            "preprocess": {"level": "word"},
+            "work_dir": str(tmp_path / "w"),
+        }
+    )
     assert reused(lambda: prepare(config)) is None
     assert cached_outputs(tmp_path / "w") == []  # nothing was built
     built = prepare(config)
@@ -86,8 +97,21 @@ def test_prune_touches_only_stage_outputs_and_refuses_a_keep_for_that_is_not_a_b
         _age(folder, days=10)
     removed = prune(tmp_path / "w", older_than_days=5)
     assert len(removed) == 5 and (mine / "keep.txt").is_file() and looks_like_a_key.is_dir()
-    assert main(["cache", "prune", "--work-dir", str(tmp_path / "w"), "--older-than", "5",
-                 "--keep-for", str(tmp_path / "no-such-bundle")]) == 2
+    assert (
+        main(
+            [
+                "cache",
+                "prune",
+                "--work-dir",
+                str(tmp_path / "w"),
+                "--older-than",
+                "5",
+                "--keep-for",
+                str(tmp_path / "no-such-bundle"),
+            ]
+        )
+        == 2
+    )
     assert "no-such-bundle" in capsys.readouterr().err
 
 
@@ -107,7 +131,8 @@ def test_one_stage_started_twice_at_once_is_built_once(tmp_path):
         f"config = PrepareConfig.model_validate({{'source': {{'inputs': [{{'path': {str(tmp_path / 'd.csv')!r}}}]}}, "
         f"'preprocess': {{'level': 'word'}}, 'work_dir': {str(tmp_path / 'w')!r}}})\n"
         f"while not Path({str(go)!r}).exists(): time.sleep(0.005)\n"
-        "print(json.dumps({s.stage: s.cached for s in prepare(config).stages}))")
+        "print(json.dumps({s.stage: s.cached for s in prepare(config).stages}))"
+    )
     runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True) for _ in range(2)]
     time.sleep(3)  # both started and waiting
     go.touch()

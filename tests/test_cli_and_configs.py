@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from rnnlib_flows.cli import main
 
 from rnnlib.config import (
     PrepareConfig,
@@ -22,6 +21,7 @@ from rnnlib.config import (
     field_docs,
     load_config,
 )
+from rnnlib_flows.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,8 +47,23 @@ def test_shipped_recipes_are_valid_configs(recipe):
 def test_one_key_set_in_every_layer_takes_the_last(capsys, tmp_path):
     """defaults < --config file < shortcut flags < --set, for the same keys."""
     (tmp_path / "run.yaml").write_text("work_dir: from-file\nsource: {mirror: from-file}\nsplit: {seed: 5}\n")
-    assert main(["prepare", "--config", str(tmp_path / "run.yaml"), "--work-dir", "from-flag",
-                 "--mirror", "from-flag", "--set", "work_dir=from-set", "--print-config"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "--config",
+                str(tmp_path / "run.yaml"),
+                "--work-dir",
+                "from-flag",
+                "--mirror",
+                "from-flag",
+                "--set",
+                "work_dir=from-set",
+                "--print-config",
+            ]
+        )
+        == 0
+    )
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["work_dir"] == "from-set"  # file < flag < --set
     assert resolved["source"]["mirror"] == "from-flag"  # file < flag
@@ -64,8 +79,20 @@ def test_dask_address_from_the_flag_or_the_environment(capsys, monkeypatch):
 
 
 def test_config_file_then_shortcuts_then_overrides(capsys, tmp_path):
-    rc = main(["prepare", "--config", str(REPO / "configs" / "imdb.yaml"), "--mirror", "/data/mirror",
-               "--set", "split.seed=3", "--set", "preprocess.placeholders=[url]", "--print-config"])
+    rc = main(
+        [
+            "prepare",
+            "--config",
+            str(REPO / "configs" / "imdb.yaml"),
+            "--mirror",
+            "/data/mirror",
+            "--set",
+            "split.seed=3",
+            "--set",
+            "preprocess.placeholders=[url]",
+            "--print-config",
+        ]
+    )
     assert rc == 0
     resolved = yaml.safe_load(capsys.readouterr().out)
     assert resolved["source"]["dataset"] == "imdb" and resolved["source"]["mirror"] == "/data/mirror"
@@ -114,11 +141,17 @@ def _free_port() -> int:
 def test_cli_runs_against_a_real_prefect_server(datasets, tmp_path):
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     server = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.time() + 180
@@ -130,14 +163,27 @@ def test_cli_runs_against_a_real_prefect_server(datasets, tmp_path):
                 assert time.time() < deadline and server.poll() is None, "prefect server did not start"
                 time.sleep(1)
         run = subprocess.run(
-            [sys.executable, "-m", "rnnlib_flows.cli", "prepare", "--mirror", str(datasets),
-             "--work-dir", str(tmp_path / "work")],
-            env=env, capture_output=True, text=True, timeout=300, cwd=REPO,
+            [
+                sys.executable,
+                "-m",
+                "rnnlib_flows.cli",
+                "prepare",
+                "--mirror",
+                str(datasets),
+                "--work-dir",
+                str(tmp_path / "work"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=REPO,
         )
         assert run.returncode == 0, run.stderr[-3000:]
         assert "rows 20074: kept 20074" in run.stdout and "tensor shards:" in run.stdout
-        request = urllib.request.Request(f"{api}/flow_runs/filter", data=b"{}", method="POST",
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{api}/flow_runs/filter", data=b"{}", method="POST", headers={"Content-Type": "application/json"}
+        )
         runs = json.load(urllib.request.urlopen(request, timeout=10))
         assert [(r["name"] != "", r["state_type"]) for r in runs] == [(True, "COMPLETED")]
 
@@ -145,8 +191,7 @@ def test_cli_runs_against_a_real_prefect_server(datasets, tmp_path):
         assert again.returncode == 0 and "every stage is reused" in again.stdout, again.stderr[-3000:]
         assert "rows 20074: kept 20074" in again.stdout
         assert len(json.load(urllib.request.urlopen(request, timeout=10))) == 1  # no flow run needed
-        forced = subprocess.run([*run.args, "--flow"], env=env, capture_output=True, text=True, timeout=300,
-                                cwd=REPO)
+        forced = subprocess.run([*run.args, "--flow"], env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
         assert forced.returncode == 0 and "every stage is reused" not in forced.stdout
         runs = json.load(urllib.request.urlopen(request, timeout=10))
         assert [r["state_type"] for r in runs] == ["COMPLETED", "COMPLETED"]
@@ -170,11 +215,18 @@ def test_help_documents_every_setting(capsys, command, config_class):
 def test_a_missing_nltk_corpus_is_a_config_error_saying_how_to_install_it(tmp_path):
     """A config error (one line from the CLI, no retry), not a bare RuntimeError."""
     env = {**os.environ, "NLTK_DATA": str(tmp_path / "no-nltk-data"), "HOME": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", "from rnnlib.prepare.text import stopword_set; "
-                           "stopword_set('english')"], env=env, capture_output=True, text=True, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-c", "from rnnlib.prepare.text import stopword_set; stopword_set('english')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert done.returncode == 1
-    assert "rnnlib.config.ConfigError: NLTK's stop-word corpus for 'english' is not installed: run " \
-           "`python -m nltk.downloader stopwords`" in done.stderr
+    assert (
+        "rnnlib.config.ConfigError: NLTK's stop-word corpus for 'english' is not installed: run "
+        "`python -m nltk.downloader stopwords`" in done.stderr
+    )
 
 
 @pytest.mark.slow
@@ -186,9 +238,23 @@ def test_a_killed_command_leaves_no_process_behind(datasets, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env["PREFECT_HOME"] = str(tmp_path / "prefect")
     command = subprocess.Popen(
-        [sys.executable, "-m", "rnnlib_flows.cli", "prepare", "--mirror", str(datasets),
-         "--work-dir", str(tmp_path / "work"), "--set", "preprocess.level=word"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+        [
+            sys.executable,
+            "-m",
+            "rnnlib_flows.cli",
+            "prepare",
+            "--mirror",
+            str(datasets),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--set",
+            "preprocess.level=word",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
     parent = psutil.Process(command.pid)
     deadline = time.time() + 240
     started: dict[int, psutil.Process] = {}
@@ -221,7 +287,8 @@ def test_the_watchdog_stops_a_process_it_never_saw_in_the_tree():
         "start_reaper(poll_seconds=3600)\n"  # it never gets to poll the tree
         "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
         "print(child.pid, flush=True)\n"
-        "time.sleep(600)\n")
+        "time.sleep(600)\n"
+    )
     command = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=REPO)
     detached = psutil.Process(int(command.stdout.readline()))
     command.kill()

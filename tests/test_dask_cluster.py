@@ -28,10 +28,19 @@ def _free_port() -> int:
 def scheduler_address():
     address = f"tcp://127.0.0.1:{_free_port()}"
     local = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
-    processes = [subprocess.Popen([DASK, "scheduler", "--port", address.rsplit(":", 1)[1], *local],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    processes += [subprocess.Popen([DASK, "worker", address, "--nthreads", "1", *local],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(2)]
+    processes = [
+        subprocess.Popen(
+            [DASK, "scheduler", "--port", address.rsplit(":", 1)[1], *local],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
+    processes += [
+        subprocess.Popen(
+            [DASK, "worker", address, "--nthreads", "1", *local], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        for _ in range(2)
+    ]
     try:
         deadline = time.time() + 120
         while True:
@@ -65,16 +74,28 @@ def test_prepare_and_score_on_an_existing_cluster(scheduler_address, datasets, n
 
     monkeypatch.setattr(distributed, "LocalCluster", no_local_cluster)
     before = _work_done(scheduler_address)
-    data = prepare_flow(PrepareConfig.model_validate({
-        "source": {"dataset": "names", "mirror": str(datasets)}, "work_dir": str(tmp_path / "work"),
-        "dask": {"address": scheduler_address}}))
+    data = prepare_flow(
+        PrepareConfig.model_validate(
+            {
+                "source": {"dataset": "names", "mirror": str(datasets)},
+                "work_dir": str(tmp_path / "work"),
+                "dask": {"address": scheduler_address},
+            }
+        )
+    )
     assert data.rows == data.kept == 20074
     middle = _work_done(scheduler_address)
     assert middle > before  # the cluster's workers did the stages' work
 
     (tmp_path / "new.txt").write_text("".join(f"Surname{i}\n" for i in range(300)))
-    report = score_flow(ScoreConfig(bundle=str(names_bundle), inputs=[InputSpec(path=str(tmp_path / "new.txt"))],
-                                    output=str(tmp_path / "scored"), partition_rows=100,
-                                    dask={"address": scheduler_address}))
+    report = score_flow(
+        ScoreConfig(
+            bundle=str(names_bundle),
+            inputs=[InputSpec(path=str(tmp_path / "new.txt"))],
+            output=str(tmp_path / "scored"),
+            partition_rows=100,
+            dask={"address": scheduler_address},
+        )
+    )
     assert report.complete and report.scored == 300
     assert _work_done(scheduler_address) > middle

@@ -30,8 +30,11 @@ def _names_zip(*extra: tuple[str, str]) -> bytes:
 
 def _register(monkeypatch, url: str, checksum: str | None, file_sha256=None) -> None:
     dataset = Dataset(
-        name="tiny_names", description="test", downloads=(Download(url=url, checksum=checksum, extract={"data/names/": "names/"}),),
-        inputs=(InputSpec(path="names", format="file_per_class"),), file_sha256=file_sha256 or {},
+        name="tiny_names",
+        description="test",
+        downloads=(Download(url=url, checksum=checksum, extract={"data/names/": "names/"}),),
+        inputs=(InputSpec(path="names", format="file_per_class"),),
+        file_sha256=file_sha256 or {},
     )
     monkeypatch.setitem(REGISTRY, dataset.name, dataset)
 
@@ -41,8 +44,12 @@ def test_download_checked_extracted_and_cached(http_root, tmp_path, monkeypatch)
     archive = _names_zip()
     (root / "data.zip").write_bytes(archive)
     greek, irish = (hashlib.sha256(t).hexdigest() for t in (b"Pappas\nAntonopoulos\n", b"Murphy\n"))
-    _register(monkeypatch, f"{base}/data.zip", f"md5:{hashlib.md5(archive).hexdigest()}",
-              {"names/Greek.txt": greek, "names/Irish.txt": irish})
+    _register(
+        monkeypatch,
+        f"{base}/data.zip",
+        f"md5:{hashlib.md5(archive).hexdigest()}",
+        {"names/Greek.txt": greek, "names/Irish.txt": irish},
+    )
     source = SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache"), mirror=None)
     resolved = materialize(source)
     assert resolved.dataset is None and Path(resolved.inputs[0].path).parent == tmp_path / "cache" / "tiny_names"
@@ -70,8 +77,9 @@ def test_extracted_file_checksums_are_verified(http_root, tmp_path, monkeypatch)
         materialize(SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache")))
 
 
-@pytest.mark.parametrize("member", ["data/names//tmp/evil.txt", "data/names/../../evil.txt",
-                                    "data/names/sub/../../../evil.txt"])
+@pytest.mark.parametrize(
+    "member", ["data/names//tmp/evil.txt", "data/names/../../evil.txt", "data/names/sub/../../../evil.txt"]
+)
 def test_an_archive_member_outside_the_dataset_folder_refuses_the_archive(http_root, tmp_path, monkeypatch, member):
     root, base = http_root
     (root / "data.zip").write_bytes(_names_zip((member, "gotcha\n")))
@@ -87,15 +95,20 @@ def test_with_file_checksums_only_checked_files_are_written(http_root, tmp_path,
     files checked before it is written, and files not in the list are not taken."""
     root, base = http_root
     (root / "data.zip").write_bytes(_names_zip(("data/names/Unlisted.txt", "Smith\n")))
-    _register(monkeypatch, f"{base}/data.zip", None,
-              {"names/Greek.txt": hashlib.sha256(b"Pappas\nAntonopoulos\n").hexdigest()})
+    _register(
+        monkeypatch,
+        f"{base}/data.zip",
+        None,
+        {"names/Greek.txt": hashlib.sha256(b"Pappas\nAntonopoulos\n").hexdigest()},
+    )
     resolved = materialize(SourceConfig(dataset="tiny_names", cache_dir=str(tmp_path / "cache")))
     assert [p.name for p in Path(resolved.inputs[0].path).iterdir()] == ["Greek.txt"]
 
 
 def test_mirror_is_preferred(datasets, tmp_path):
-    resolved = materialize(SourceConfig(dataset="semeval2016_tweets", mirror=str(datasets),
-                                        cache_dir=str(tmp_path / "never")))
+    resolved = materialize(
+        SourceConfig(dataset="semeval2016_tweets", mirror=str(datasets), cache_dir=str(tmp_path / "never"))
+    )
     assert [Path(i.path).name for i in resolved.inputs] == ["train.tsv", "dev.tsv", "test.tsv"]
     assert resolved.label_names == {"0": "neutral", "1": "positive", "2": "negative"}
     assert not (tmp_path / "never").exists()
@@ -108,7 +121,6 @@ def test_registry_checksums_match_the_mirror(datasets):
         assert file_digest(datasets / rel, "sha256") == sha
     for item in REGISTRY["semeval2016_tweets"].downloads:
         assert "sha256:" + file_digest(datasets / item.target, "sha256") == item.checksum
-
 
 
 def test_two_first_runs_at_once_download_once(http_root, tmp_path, monkeypatch):

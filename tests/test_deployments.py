@@ -55,8 +55,9 @@ class Processes:
 
     def start(self, name: str, *command: str) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")
-        process = subprocess.Popen(command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.started.append(process)
         return process
 
@@ -94,10 +95,17 @@ def authenticated_server(tmp_path, datasets) -> Iterator[tuple[Processes, str]]:
 def _server(tmp_path: Path, datasets: Path, extra: dict[str, str]) -> Iterator[tuple[Processes, str]]:
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "1",
-           "PREFECT_LOGGING_LEVEL": "INFO", "RNNLIB_DATASETS_MIRROR": str(datasets),
-           "NLTK_DATA": os.environ.get("NLTK_DATA", ""), **extra}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_LOGGING_LEVEL": "INFO",
+        "RNNLIB_DATASETS_MIRROR": str(datasets),
+        "NLTK_DATA": os.environ.get("NLTK_DATA", ""),
+        **extra,
+    }
     env.pop("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", None)
     (tmp_path / "logs").mkdir()
     processes = Processes(env, tmp_path / "logs")
@@ -132,14 +140,41 @@ def postgres() -> Iterator[str]:
     port = _free_port()
     server = None
     try:
-        subprocess.run([*as_server_user, str(bin_dir / "initdb"), "-D", str(root / "db"), "-U", "prefect",
-                        "--auth=trust"], check=True, capture_output=True, timeout=120)
+        subprocess.run(
+            [*as_server_user, str(bin_dir / "initdb"), "-D", str(root / "db"), "-U", "prefect", "--auth=trust"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
         log = open(root / "server.log", "w")
-        server = subprocess.Popen([*as_server_user, str(bin_dir / "postgres"), "-D", str(root / "db"), "-p", str(port),
-                                   "-h", "127.0.0.1", "-k", str(root)], stdout=log, stderr=subprocess.STDOUT,
-                                  start_new_session=True)
-        _wait(lambda: subprocess.run([str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect"],
-                                     capture_output=True).returncode == 0, 60, "PostgreSQL")
+        server = subprocess.Popen(
+            [
+                *as_server_user,
+                str(bin_dir / "postgres"),
+                "-D",
+                str(root / "db"),
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(root),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        _wait(
+            lambda: (
+                subprocess.run(
+                    [str(bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port), "-U", "prefect"],
+                    capture_output=True,
+                ).returncode
+                == 0
+            ),
+            60,
+            "PostgreSQL",
+        )
         yield f"postgresql+asyncpg://prefect@127.0.0.1:{port}/postgres"
     finally:
         if server is not None:
@@ -151,6 +186,7 @@ def postgres() -> Iterator[str]:
 
 def _flow_runs(api: str, deployment: str, auth: str | None = None) -> list[dict]:
     """Flow runs of a deployment (`flow/deployment`), through the REST API."""
+
     def post(path: str, body: dict) -> object:
         return _post(api, path, body, auth)
 
@@ -170,8 +206,9 @@ def _post(api: str, path: str, body: dict, auth: str | None = None) -> object:
 
 
 def _query(post, flow_name: str, name: str) -> list[dict]:
-    found = post("/deployments/filter", {"deployments": {"name": {"any_": [name]}},
-                                          "flows": {"name": {"any_": [flow_name]}}})
+    found = post(
+        "/deployments/filter", {"deployments": {"name": {"any_": [name]}}, "flows": {"name": {"any_": [flow_name]}}}
+    )
     if not found:
         return []
     return post("/flow_runs/filter", {"flow_runs": {"deployment_id": {"any_": [found[0]["id"]]}}})
@@ -206,8 +243,9 @@ def _final(runs: list[dict]) -> dict | None:
     return done[0] if done else None
 
 
-def _drop_burst(processes: Processes, api: str, drop: Path, scored: Path, worker: subprocess.Popen,
-                done_before: int) -> float:
+def _drop_burst(
+    processes: Processes, api: str, drop: Path, scored: Path, worker: subprocess.Popen, done_before: int
+) -> float:
     """50 files dropped at once into the watched folder: announced in events of at most 10 (the
     watcher's --batch), so a few runs, never more than 2 at a time; each file scored once, every
     row once. Returns the seconds from the first run's start to the last one's end."""
@@ -216,8 +254,9 @@ def _drop_burst(processes: Processes, api: str, drop: Path, scored: Path, worker
     burst = {f"drop-{i:02d}.txt": [f"Name{i}x{j}" for j in range(i % 5 + 1)] for i in range(50)}
     for name, rows in burst.items():
         (drop / name).write_text("".join(f"{row}\n" for row in rows))
-    runs = _wait(lambda: _files_done(_flow_runs(api, SCORING), done_before + len(burst)), 900,
-                 "every dropped file scored")
+    runs = _wait(
+        lambda: _files_done(_flow_runs(api, SCORING), done_before + len(burst)), 900, "every dropped file scored"
+    )
     burst_runs = [r for r in runs if any(Path(p).name in burst for p in _scored_paths([r]))]
     paths = [p for p in _scored_paths(burst_runs) if Path(p).name in burst]
     assert sorted(paths) == sorted(str(drop / name) for name in burst)  # each file once
@@ -228,11 +267,16 @@ def _drop_burst(processes: Processes, api: str, drop: Path, scored: Path, worker
     spans = {r["id"]: (datetime.fromisoformat(r["start_time"]), datetime.fromisoformat(r["end_time"])) for r in runs}
     most = max(sum(start <= moment < end for start, end in spans.values()) for moment, _ in spans.values())
     drained = max(spans[r["id"]][1] for r in burst_runs) - min(spans[r["id"]][0] for r in burst_runs)
-    print(f"{len(burst)} files, {sum(map(len, burst.values()))} rows: {len(burst_runs)} runs, at most {most} "
-          f"at a time, {drained.total_seconds():.0f} s from the first run's start to the last one's end")
+    print(
+        f"{len(burst)} files, {sum(map(len, burst.values()))} rows: {len(burst_runs)} runs, at most {most} "
+        f"at a time, {drained.total_seconds():.0f} s from the first run's start to the last one's end"
+    )
     assert most <= 2
-    _wait(lambda: not psutil.Process(worker.pid).children(recursive=True), 60,
-          "the flow runs' processes (their Dask clusters included) to end")
+    _wait(
+        lambda: not psutil.Process(worker.pid).children(recursive=True),
+        60,
+        "the flow runs' processes (their Dask clusters included) to end",
+    )
     return drained.total_seconds()
 
 
@@ -242,18 +286,39 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     drop.mkdir()
     processes.run(PREFECT, "work-pool", "create", POOL, "--type", "process")
     out = processes.run(
-        sys.executable, "-m", "rnnlib_deployments.deploy", "--pool", POOL, "--dataset", "names",
-        "--config-file", "configs/german_italian.yaml", "--registry", str(registry),
-        "--output-root", str(scored), "--set", "train.epochs=2", "--set", f"work_dir={tmp_path / 'work'}",
-        "--set", "dask.processes=false", "--scoring-concurrency", "2")
+        sys.executable,
+        "-m",
+        "rnnlib_deployments.deploy",
+        "--pool",
+        POOL,
+        "--dataset",
+        "names",
+        "--config-file",
+        "configs/german_italian.yaml",
+        "--registry",
+        str(registry),
+        "--output-root",
+        str(scored),
+        "--set",
+        "train.epochs=2",
+        "--set",
+        f"work_dir={tmp_path / 'work'}",
+        "--set",
+        "dask.processes=false",
+        "--scoring-concurrency",
+        "2",
+    )
     assert "retrain/nightly" in out and "score-new-files/on-arrival" in out and "score/ad-hoc" in out
     retrain = json.loads(urllib.request.urlopen(f"{api}/deployments/name/retrain/nightly", timeout=10).read())
     print("retrain deployment:", {k: v for k, v in retrain.items() if "concurrency" in k or k == "schedules"})
     limit = retrain.get("global_concurrency_limit") or {}
     assert limit.get("limit") == 1 or retrain.get("concurrency_limit") == 1  # one retraining at a time
     assert [s["schedule"]["cron"] for s in retrain["schedules"]] == ["0 2 * * *"]
-    scheduled = _wait(lambda: [r for r in _flow_runs(api, "retrain/nightly") if r["state"]["type"] == "SCHEDULED"],
-                      60, "the scheduler to plan the nightly runs")
+    scheduled = _wait(
+        lambda: [r for r in _flow_runs(api, "retrain/nightly") if r["state"]["type"] == "SCHEDULED"],
+        60,
+        "the scheduler to plan the nightly runs",
+    )
     assert all(r["expected_start_time"][11:16] == "02:00" for r in scheduled)  # the server runs in UTC
     worker = processes.start("worker", PREFECT, "worker", "start", "--pool", POOL)
 
@@ -263,8 +328,9 @@ def test_retraining_on_schedule_and_scoring_on_file_arrival(server, tmp_path):
     current = json.loads((registry / "current.json").read_text())
     assert current["accuracy"] > 0.8 and (registry / current["bundle"] / "weights.safetensors").is_file()
 
-    processes.start("watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5",
-                    "--batch", "10")
+    processes.start(
+        "watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5", "--batch", "10"
+    )
     names = "".join(f"{n}\n" for n in ["Rossi", "Bianchi", "Müller", "Schmidt", "Esposito", "Wagner"])
     (drop / ".batch-1.txt").write_text(names)  # written under a dot-name, then renamed
     os.replace(drop / ".batch-1.txt", drop / "batch-1.txt")
@@ -306,8 +372,9 @@ def postgres_backed_server(postgres, tmp_path, datasets) -> Iterator[tuple[Proce
     yield from _server(tmp_path, datasets, {"PREFECT_API_DATABASE_CONNECTION_URL": postgres})
 
 
-def test_the_file_burst_on_a_postgres_backed_server(postgres_backed_server, postgres, tmp_path, names_data,
-                                                    names_bundle):
+def test_the_file_burst_on_a_postgres_backed_server(
+    postgres_backed_server, postgres, tmp_path, names_data, names_bundle
+):
     """The deployments on a Prefect server whose database is PostgreSQL (as production runs it):
     the 50-file burst is scored, every row once, with no "database is locked", and the runs are
     rows of the Postgres database."""
@@ -318,23 +385,46 @@ def test_the_file_burst_on_a_postgres_backed_server(postgres_backed_server, post
     assert promote(registry, names_bundle, names_data.ingest.path, names_data.split.path).promoted
     processes, api = postgres_backed_server
     processes.run(PREFECT, "work-pool", "create", POOL, "--type", "process")
-    processes.run(sys.executable, "-m", "rnnlib_deployments.deploy", "--pool", POOL, "--dataset", "names",
-                  "--registry", str(registry), "--output-root", str(scored), "--scoring-concurrency", "2")
+    processes.run(
+        sys.executable,
+        "-m",
+        "rnnlib_deployments.deploy",
+        "--pool",
+        POOL,
+        "--dataset",
+        "names",
+        "--registry",
+        str(registry),
+        "--output-root",
+        str(scored),
+        "--scoring-concurrency",
+        "2",
+    )
     worker = processes.start("worker", PREFECT, "worker", "start", "--pool", POOL)
-    processes.start("watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5",
-                    "--batch", "10")
+    processes.start(
+        "watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5", "--batch", "10"
+    )
     drained = _drop_burst(processes, api, drop, scored, worker, done_before=0)
     print(f"the burst drained in {drained:.0f} s on the PostgreSQL-backed server")
     server_log = (tmp_path / "logs" / "server.log").read_text()
     assert "database is locked" not in server_log
-    runs = subprocess.run(["psql", postgres.replace("+asyncpg", ""), "-tAc",
-                           "select count(*) from flow_run where state_type = 'COMPLETED'"],
-                          capture_output=True, text=True, check=True).stdout
+    runs = subprocess.run(
+        [
+            "psql",
+            postgres.replace("+asyncpg", ""),
+            "-tAc",
+            "select count(*) from flow_run where state_type = 'COMPLETED'",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert int(runs) >= 5  # the burst's runs, in Postgres
 
 
 def test_an_authenticated_server_and_the_ad_hoc_deployment_confined_to_its_roots(
-        authenticated_server, names_bundle, tmp_path):
+    authenticated_server, names_bundle, tmp_path
+):
     """With PREFECT_SERVER_API_AUTH_STRING the API refuses whoever does not present it (a bare
     request, a CLI without PREFECT_API_AUTH_STRING), and works for the worker, the CLI and the
     watcher's event that do. The ad-hoc scoring deployment scores inside its --score-root and
@@ -345,8 +435,9 @@ def test_an_authenticated_server_and_the_ad_hoc_deployment_confined_to_its_roots
     with pytest.raises(urllib.error.HTTPError, match="401"):
         _post(api, "/flows/filter", {})
     anonymous = {k: v for k, v in processes.env.items() if k != "PREFECT_API_AUTH_STRING"}
-    refused = subprocess.run([PREFECT, "work-pool", "ls"], cwd=REPO, env=anonymous, capture_output=True,
-                             text=True, timeout=120)
+    refused = subprocess.run(
+        [PREFECT, "work-pool", "ls"], cwd=REPO, env=anonymous, capture_output=True, text=True, timeout=120
+    )
     assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr
 
     root, outside = tmp_path / "root", tmp_path / "outside"
@@ -356,17 +447,35 @@ def test_an_authenticated_server_and_the_ad_hoc_deployment_confined_to_its_roots
     (outside / "names.txt").write_text("Smith\n")
     shutil.copytree(names_bundle, root / "bundle")
     processes.run(PREFECT, "work-pool", "create", POOL, "--type", "process")
-    processes.run(sys.executable, "-m", "rnnlib_deployments.deploy", "--pool", POOL, "--registry",
-                  str(tmp_path / "models"), "--output-root", str(root / "scored"), "--score-root", str(root))
+    processes.run(
+        sys.executable,
+        "-m",
+        "rnnlib_deployments.deploy",
+        "--pool",
+        POOL,
+        "--registry",
+        str(tmp_path / "models"),
+        "--output-root",
+        str(root / "scored"),
+        "--score-root",
+        str(root),
+    )
     processes.start("worker", PREFECT, "worker", "start", "--pool", POOL)
 
     def ad_hoc(inputs: Path, output: Path) -> dict:
-        config = {"bundle": str(root / "bundle"), "inputs": [{"path": str(inputs)}], "output": str(output),
-                  "dask": {"processes": False}}
+        config = {
+            "bundle": str(root / "bundle"),
+            "inputs": [{"path": str(inputs)}],
+            "output": str(output),
+            "dask": {"processes": False},
+        }
         out = processes.run(PREFECT, "deployment", "run", "score/ad-hoc", "--param", f"config={json.dumps(config)}")
         run_id = re.search(r"UUID: ([0-9a-f-]{36})", out).group(1)
-        return _wait(lambda: _final([r for r in _flow_runs(api, "score/ad-hoc", AUTH) if r["id"] == run_id]),
-                     300, "the ad-hoc scoring run")
+        return _wait(
+            lambda: _final([r for r in _flow_runs(api, "score/ad-hoc", AUTH) if r["id"] == run_id]),
+            300,
+            "the ad-hoc scoring run",
+        )
 
     run = ad_hoc(root / "in" / "names.txt", root / "out")
     assert run["state"]["type"] == "COMPLETED", run["state"]
@@ -379,7 +488,8 @@ def test_an_authenticated_server_and_the_ad_hoc_deployment_confined_to_its_roots
     drop = tmp_path / "drop"  # the watcher, given the auth string, gets its event confirmed
     drop.mkdir()
     (drop / "more.txt").write_text("Bianchi\n")
-    processes.start("watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5",
-                    "--quiet", "0")
+    processes.start(
+        "watcher", sys.executable, "-m", "rnnlib_deployments.watcher", str(drop), "--interval", "0.5", "--quiet", "0"
+    )
     log = tmp_path / "logs" / "watcher.log"
     _wait(lambda: "announced more.txt" in log.read_text(), 120, "the watcher's event to be confirmed")

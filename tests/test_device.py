@@ -23,11 +23,14 @@ def test_pick_device():
     assert pick_device("auto") == (GPU if torch.cuda.is_available() else CPU)
 
 
-@pytest.mark.parametrize("device,native_bf16,expected", [
-    (GPU, False, torch.bfloat16),
-    (CPU, True, torch.bfloat16),  # AVX512-BF16 or AMX
-    (CPU, False, torch.float32),  # AVX2 only: bf16 would be emulated, many times slower
-])
+@pytest.mark.parametrize(
+    "device,native_bf16,expected",
+    [
+        (GPU, False, torch.bfloat16),
+        (CPU, True, torch.bfloat16),  # AVX512-BF16 or AMX
+        (CPU, False, torch.float32),  # AVX2 only: bf16 would be emulated, many times slower
+    ],
+)
 def test_auto_precision_follows_the_hardware(device, native_bf16, expected):
     assert inference_dtype("auto", device, native_bf16) == expected
 

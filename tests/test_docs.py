@@ -77,9 +77,14 @@ def test_the_readme_stays_short():
 def test_the_docs_site_builds_strictly(tmp_path):
     """`mkdocs build --strict` (the docs extra): a broken link or anchor, or a page left out of
     the nav, fails it."""
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "site" / "train" / "index.html").is_file()
 
@@ -91,8 +96,11 @@ def test_the_docs_show_commands_at_all():
     assert {c[1] for c in commands if c[0] == "rnnlib"} >= {"prepare", "train", "tune", "score", "predict"}
 
 
-@pytest.mark.parametrize("where,command", [(w, c) for w, c in shown("bash") if c[0] == "rnnlib"],
-                         ids=lambda value: value if isinstance(value, str) else " ".join(value)[:60])
+@pytest.mark.parametrize(
+    "where,command",
+    [(w, c) for w, c in shown("bash") if c[0] == "rnnlib"],
+    ids=lambda value: value if isinstance(value, str) else " ".join(value)[:60],
+)
 def test_every_rnnlib_command_shown_resolves(where, command, monkeypatch):
     from rnnlib_flows.cli import _parser, main
 

@@ -32,16 +32,23 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 MARKER = "RNNLIB_FAULT_TEST_RUN"
 STAGES = ("ingest", "preprocess", "split", "vocab", "tensorize", "fit", "baseline", "evaluate")
-WORDS = {"sport": "goal match team coach league score win", "tech": "chip code cloud data phone app web",
-         "money": "bank stock price market fund trade rate"}
+WORDS = {
+    "sport": "goal match team coach league score win",
+    "tech": "chip code cloud data phone app web",
+    "money": "bank stock price market fund trade rate",
+}
 
 
 def _environment(tmp_path: Path) -> dict[str, str]:
     """The test session's Prefect server (so a command starts no server of its own)."""
     from prefect.settings import PREFECT_API_URL
 
-    return {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": str(REPO),
-            "PREFECT_LOGGING_LEVEL": "WARNING"}
+    return {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PYTHONPATH": str(REPO),
+        "PREFECT_LOGGING_LEVEL": "WARNING",
+    }
 
 
 def _headlines(path: Path, rows: int) -> None:
@@ -55,11 +62,26 @@ def _headlines(path: Path, rows: int) -> None:
 
 
 def _train_command(data: Path, work: Path) -> list[str]:
-    return [sys.executable, "-m", "rnnlib_flows.cli", "train", "--work-dir", str(work),
-            "--set", f"source.inputs=[{{path: {data}, id_column: id}}]", "--set", "source.partition_rows=150",
-            "--set", "preprocess.level=word", "--set", "dask.n_workers=2",
-            "--set", "model={cell: gru, embedding_dim: 16, hidden_size: 24, bidirectional: false}",
-            "--set", "train={epochs: 4, batch_size: 32, patience: 10}"]
+    return [
+        sys.executable,
+        "-m",
+        "rnnlib_flows.cli",
+        "train",
+        "--work-dir",
+        str(work),
+        "--set",
+        f"source.inputs=[{{path: {data}, id_column: id}}]",
+        "--set",
+        "source.partition_rows=150",
+        "--set",
+        "preprocess.level=word",
+        "--set",
+        "dask.n_workers=2",
+        "--set",
+        "model={cell: gru, embedding_dim: 16, hidden_size: 24, bidirectional: false}",
+        "--set",
+        "train={epochs: 4, batch_size: 32, patience: 10}",
+    ]
 
 
 class Run:
@@ -71,8 +93,9 @@ class Run:
         self.log = log
         self.start = time.monotonic()
         with open(log, "ab") as out:
-            self.process = subprocess.Popen(command, cwd=REPO, env={**env, MARKER: self.marker},
-                                            stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                command, cwd=REPO, env={**env, MARKER: self.marker}, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def watch(self, until: float) -> bool:
         """Wait until `until` seconds after the start; True if the command is still running."""
@@ -122,8 +145,12 @@ def _carrying(marker: str) -> list[str]:
 
 
 def _done_stages(work: Path) -> tuple[str, ...]:
-    return tuple(s for s in STAGES if (work / s).is_dir() and any(
-        (d / MANIFEST).exists() for d in (work / s).iterdir() if d.name[0] != "." and "partial" not in d.name))
+    return tuple(
+        s
+        for s in STAGES
+        if (work / s).is_dir()
+        and any((d / MANIFEST).exists() for d in (work / s).iterdir() if d.name[0] != "." and "partial" not in d.name)
+    )
 
 
 def _only(work: Path, stage: str) -> Path:
@@ -139,8 +166,10 @@ def _outputs(work: Path) -> dict:
     bundle = _only(work, "evaluate") / "bundle"
     metrics = json.loads((bundle / "metrics.json").read_text())
     return {
-        "shards": {split: pq.read_table(tensors / split).sort_by("id").select(["id", "ids", "label"])
-                   for split in ("train", "val", "test")},
+        "shards": {
+            split: pq.read_table(tensors / split).sort_by("id").select(["id", "ids", "label"])
+            for split in ("train", "val", "test")
+        },
         "split": pq.read_table(_only(work, "split")).sort_by("id"),
         "vocab": (_only(work, "vocab") / "vocab.json").read_text(),
         "weights": load_file(bundle / "weights.safetensors"),
@@ -171,8 +200,7 @@ def _appeared(pattern: str, root: Path, since: float) -> bool:
     return False
 
 
-def _kill_chain(command: list[str], env: dict[str, str], root: Path, targets: list[str], describe,
-                log: Path) -> list:
+def _kill_chain(command: list[str], env: dict[str, str], root: Path, targets: list[str], describe, log: Path) -> list:
     """Run `command` again and again, killing each run the moment it has written something
     matching the next target (a glob under `root`, hidden scratch folders included). Each killed
     run is followed by the next (which resumes it); a last run finishes. Returns where each kill
@@ -210,10 +238,21 @@ def test_train_killed_in_every_stage_resumes_to_the_uninterrupted_result(tmp_pat
     # each stage's scratch folder appearing (the stage has started), the first preprocessed
     # partition, the checkpoints of epochs 1 and 2: each followed by more work, so each kill lands.
     # The baseline starts beside the fit, as soon as the data is tensorized.
-    targets = ["ingest/*", "preprocess/*", "preprocess/*/part-*", "split/*", "vocab/*", "tensorize/*",
-               "baseline/*", "fit/*.partial/last.pt", "fit/*.partial/last.pt", "evaluate/*"]
-    landed = _kill_chain(_train_command(data, work), env, work, targets, lambda: _done_stages(work),
-                         tmp_path / "killed.log")
+    targets = [
+        "ingest/*",
+        "preprocess/*",
+        "preprocess/*/part-*",
+        "split/*",
+        "vocab/*",
+        "tensorize/*",
+        "baseline/*",
+        "fit/*.partial/last.pt",
+        "fit/*.partial/last.pt",
+        "evaluate/*",
+    ]
+    landed = _kill_chain(
+        _train_command(data, work), env, work, targets, lambda: _done_stages(work), tmp_path / "killed.log"
+    )
     _assert_same(_outputs(work), _outputs(tmp_path / "reference"), rows)
     print(f"train: {len(landed)} kill points (target, stages finished by then): {landed}")
     assert [target for target, _ in landed] == targets, landed
@@ -235,8 +274,22 @@ def test_score_killed_between_partitions_resumes_with_every_row_scored_once(name
     env = _environment(tmp_path)
 
     def command(out: Path) -> list[str]:
-        return [sys.executable, "-m", "rnnlib_flows.cli", "score", str(names_bundle), str(dump), "-o", str(out),
-                "--set", "partition_rows=100", "--set", "dask.n_workers=2", "--set", "batch_size=16"]
+        return [
+            sys.executable,
+            "-m",
+            "rnnlib_flows.cli",
+            "score",
+            str(names_bundle),
+            str(dump),
+            "-o",
+            str(out),
+            "--set",
+            "partition_rows=100",
+            "--set",
+            "dask.n_workers=2",
+            "--set",
+            "batch_size=16",
+        ]
 
     reference = Run(command(tmp_path / "reference"), env, tmp_path / "reference.log")
     reference.follow(tmp_path / "reference")
@@ -246,8 +299,9 @@ def test_score_killed_between_partitions_resumes_with_every_row_scored_once(name
     out = tmp_path / "killed"
     # inputs staged, then after each of three runs has scored a partition of its own
     targets = ["_staging/*", "scores/part-*", "scores/part-*", "scores/part-*"]
-    landed = _kill_chain(command(out), env, out, targets, lambda: len(list((out / SCORES).glob("part-*"))),
-                         tmp_path / "killed.log")
+    landed = _kill_chain(
+        command(out), env, out, targets, lambda: len(list((out / SCORES).glob("part-*"))), tmp_path / "killed.log"
+    )
     got = pq.read_table(out / SCORES).sort_by("id")
     assert got.num_rows == rows and len(set(got["id"].to_pylist())) == rows
     assert got["label"].equals(expected["label"]) and got["id"].equals(expected["id"])
@@ -268,11 +322,23 @@ def test_a_corpus_of_every_bad_input_class_is_accounted_row_by_row(names_bundle,
     dump.mkdir()
     long = "Smith" * 50_000  # 250,000 bytes, over the 240,000-byte record bound below
     deep = "[" * 100_000 + "]" * 100_000
-    (dump / "rows.jsonl").write_text("\n".join([
-        '{"text": "Rossi"}', '{"text": null}', '{broken', "[1, 2]", '{"text": "x", "deep": ' + deep + "}",
-        '{"text": ' + "9" * 5000 + "}", '{"text": "   "}', '{"text": "' + long + '"}', '{"text": "Müller"}',
-    ]) + "\n")
-    (dump / "rows.csv").write_bytes(b"text\nWagner\nbad \xff bytes\nEsposito,extra field\n\"\"\nSchmidt\n")
+    (dump / "rows.jsonl").write_text(
+        "\n".join(
+            [
+                '{"text": "Rossi"}',
+                '{"text": null}',
+                "{broken",
+                "[1, 2]",
+                '{"text": "x", "deep": ' + deep + "}",
+                '{"text": ' + "9" * 5000 + "}",
+                '{"text": "   "}',
+                '{"text": "' + long + '"}',
+                '{"text": "Müller"}',
+            ]
+        )
+        + "\n"
+    )
+    (dump / "rows.csv").write_bytes(b'text\nWagner\nbad \xff bytes\nEsposito,extra field\n""\nSchmidt\n')
     (dump / "lines.txt").write_text(f"Bianchi\n{long}\nDubois\n{long}")  # the last line unterminated
     with zipfile.ZipFile(dump / "two.txt.zip", "w") as archive:  # which member? refused, never half-read
         archive.writestr("a.txt", "Kowalski\n")
@@ -286,8 +352,13 @@ def test_a_corpus_of_every_bad_input_class_is_accounted_row_by_row(names_bundle,
     from rnnlib_flows.score import score_flow
 
     out = tmp_path / "out"
-    config = ScoreConfig(bundle=str(names_bundle), inputs=[InputSpec(path=str(dump), max_record_bytes=240_000)],
-                         output=str(out), max_length=10, dask={"n_workers": 2, "processes": False})
+    config = ScoreConfig(
+        bundle=str(names_bundle),
+        inputs=[InputSpec(path=str(dump), max_record_bytes=240_000)],
+        output=str(out),
+        max_length=10,
+        dask={"n_workers": 2, "processes": False},
+    )
     state = score_flow(config, return_state=True)
     assert state.is_failed()  # some files were refused: the flow run says so, the rest is written
     report = json.loads((out / MANIFEST).read_text())
@@ -295,15 +366,21 @@ def test_a_corpus_of_every_bad_input_class_is_accounted_row_by_row(names_bundle,
     too_long = "record longer than 240000 bytes (source's max_record_bytes)"
     files = {name.removeprefix("dump/"): f for name, f in report["files"].items()}
     assert {name: f["rejected"] for name, f in files.items()} == {
-        "rows.jsonl": {"null text": 1, "malformed JSON": 3, "JSON nested too deeply": 1, "empty text": 1,
-                       too_long: 1},
-        "rows.csv": {"undecodable bytes (not UTF-8)": 1, "malformed row (more fields than the header)": 1,
-                     "empty text": 1},
+        "rows.jsonl": {"null text": 1, "malformed JSON": 3, "JSON nested too deeply": 1, "empty text": 1, too_long: 1},
+        "rows.csv": {
+            "undecodable bytes (not UTF-8)": 1,
+            "malformed row (more fields than the header)": 1,
+            "empty text": 1,
+        },
         "lines.txt": {too_long: 2},
         "good.parquet": {"null text": 1},
     }
     assert {name: f["scored"] for name, f in files.items()} == {
-        "rows.jsonl": 2, "rows.csv": 2, "lines.txt": 2, "good.parquet": 2}
+        "rows.jsonl": 2,
+        "rows.csv": 2,
+        "lines.txt": 2,
+        "good.parquet": 2,
+    }
     failed = {name.removeprefix("dump/"): reason for name, reason in report["failed"].items()}
     print("refused files:", failed)
     assert set(failed) == {"two.txt.zip", "empty.jsonl", "broken.parquet", "cut.txt.gz"}

@@ -17,8 +17,9 @@ SMALL = ModelConfig(cell="gru", embedding_dim=16, hidden_size=32)
 
 
 def test_groups_hold_every_parameter_once_from_the_top():
-    network = RNNClassifier(50, 3, ModelConfig(num_layers=2, bidirectional=True, ngrams=2,
-                                               ngram_buckets=64, head_hidden=8))
+    network = RNNClassifier(
+        50, 3, ModelConfig(num_layers=2, bidirectional=True, ngrams=2, ngram_buckets=64, head_hidden=8)
+    )
     groups = layer_groups(network)
     ids = [id(p) for group in groups for p in group]
     assert sorted(ids) == sorted(id(p) for p in network.parameters())
@@ -50,8 +51,10 @@ def _initial(tensors: Path, seed: int) -> dict[str, torch.Tensor]:
 def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
     """Each group's largest change: head, recurrent layer, embedding."""
     prefixes = {"head": "head.", "recurrent": "layers.", "embedding": "embedding."}
-    return {group: max(float((after[k] - before[k]).abs().max()) for k in before if k.startswith(prefix))
-            for group, prefix in prefixes.items()}
+    return {
+        group: max(float((after[k] - before[k]).abs().max()) for k in before if k.startswith(prefix))
+        for group, prefix in prefixes.items()
+    }
 
 
 def test_gradual_unfreezing_trains_one_more_group_each_epoch(names_tensors, tmp_path):
@@ -60,8 +63,12 @@ def test_gradual_unfreezing_trains_one_more_group_each_epoch(names_tensors, tmp_
     start = _initial(names_tensors, seed=0)
     changed = []
     for epochs in (1, 2, 3):
-        summary = train(names_tensors, out_dir=tmp_path, model=SMALL,
-                        cfg=TrainConfig(epochs=epochs, lr=3e-3, patience=10, gradual_unfreezing=True))
+        summary = train(
+            names_tensors,
+            out_dir=tmp_path,
+            model=SMALL,
+            cfg=TrainConfig(epochs=epochs, lr=3e-3, patience=10, gradual_unfreezing=True),
+        )
         changed.append(_changed(start, torch.load(tmp_path / LAST, weights_only=True)["model"]))
     assert [h["trained_groups"] for h in summary["history"]] == [1, 2, 3]
     assert changed[0]["head"] > 0 and changed[0]["recurrent"] == changed[0]["embedding"] == 0

@@ -27,8 +27,7 @@ def test_csv_with_header_and_concatenated_columns(tmp_path):
     (tmp_path / "news.csv").write_text(
         'title,body,topic\n"Stocks rise","Markets, up",Business\nGoal!,"Late win",Sports\n'
     )
-    spec = InputSpec(path=str(tmp_path / "news.csv"), text_columns=["title", "body"],
-                     label_column="topic")
+    spec = InputSpec(path=str(tmp_path / "news.csv"), text_columns=["title", "body"], label_column="topic")
     manifest, df = run(tmp_path, spec)
     assert df["text"].tolist() == ["Stocks rise Markets, up", "Goal! Late win"]
     assert df["label"].tolist() == ["Business", "Sports"]
@@ -39,8 +38,7 @@ def test_csv_with_header_and_concatenated_columns(tmp_path):
 
 def test_headerless_csv_by_position_as_ag_news_is_laid_out(tmp_path):
     (tmp_path / "train.csv").write_text('"3","Wall St.","Shares fell"\n"2","Cup","Final"\n')
-    spec = InputSpec(path=str(tmp_path / "train.csv"), header=False, text_columns=[1, 2],
-                     label_column=0)
+    spec = InputSpec(path=str(tmp_path / "train.csv"), header=False, text_columns=[1, 2], label_column=0)
     _, df = run(tmp_path, spec, label_names={"3": "Business"})
     assert df["text"].tolist() == ["Wall St. Shares fell", "Cup Final"]
     assert df["label"].tolist() == ["Business", "2"]
@@ -84,8 +82,7 @@ def test_jsonl_blocks_parsed_by_arrow_or_line_by_line_agree(tmp_path, monkeypatc
     _, by_line = run(tmp_path / "lines", spec, partition_rows=7)
     pd.testing.assert_frame_equal(df, by_line)
     assert df["row"].tolist() == list(range(1, 41))
-    assert manifest["rejected"] == {"malformed JSON": 1, "undecodable bytes (not UTF-8)": 1,
-                                    "missing label": 4}
+    assert manifest["rejected"] == {"malformed JSON": 1, "undecodable bytes (not UTF-8)": 1, "missing label": 4}
     kept = df[df["reject"].isna()]
     assert kept["id"].tolist() == [str(i) for i in range(40) if i % 10 != 7 and i not in (25, 33)]
     assert kept["label"].tolist() == [str(int(i) % 3) for i in kept["id"]]
@@ -130,17 +127,15 @@ def test_file_per_class_label_is_file_name(tmp_path):
     (tmp_path / "names" / "Irish.txt").write_text("Ó Briain\nMurphy\n")
     (tmp_path / "names" / "Greek.txt").write_text("Pappas\n")
     _, df = run(tmp_path, InputSpec(path=str(tmp_path / "names")))
-    assert sorted(zip(df["label"], df["text"])) == [
-        ("Greek", "Pappas"), ("Irish", "Murphy"), ("Irish", "Ó Briain")
-    ]
+    assert sorted(zip(df["label"], df["text"])) == [("Greek", "Pappas"), ("Irish", "Murphy"), ("Irish", "Ó Briain")]
     assert set(df["source"]) == {"names/Irish.txt", "names/Greek.txt"}
 
 
 def test_partitions_are_bounded(tmp_path):
     (tmp_path / "d.txt").write_text("".join(f"doc {i}\n" for i in range(25)))
     manifest = ingest(
-        SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.txt"), label_column=None)],
-                     partition_rows=10), out_dir=tmp_path / "out"
+        SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.txt"), label_column=None)], partition_rows=10),
+        out_dir=tmp_path / "out",
     )
     sizes = [pq.read_metadata(tmp_path / "out" / p).num_rows for p in manifest["parts"]]
     assert sizes == [10, 10, 5]
@@ -151,11 +146,14 @@ def test_partitions_are_bounded_by_text_bytes_too(tmp_path):
     each (a single longer document alone), no row lost or moved."""
     lengths = [5, 40, 200, 10, 10, 10, 90, 1, 60, 60, 30]
     (tmp_path / "d.txt").write_text("".join("x" * n + "\n" for n in lengths))
-    manifest = ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.txt"), label_column=None)],
-                                   partition_rows=4, partition_bytes=100), out_dir=tmp_path / "out")
+    manifest = ingest(
+        SourceConfig(
+            inputs=[InputSpec(path=str(tmp_path / "d.txt"), label_column=None)], partition_rows=4, partition_bytes=100
+        ),
+        out_dir=tmp_path / "out",
+    )
     parts = [pq.read_table(tmp_path / "out" / p)["text"].to_pylist() for p in manifest["parts"]]
-    assert [[len(t) for t in part] for part in parts] == [[5, 40], [200], [10, 10, 10], [90, 1], [60],
-                                                          [60, 30]]
+    assert [[len(t) for t in part] for part in parts] == [[5, 40], [200], [10, 10, 10], [90, 1], [60], [60, 30]]
 
 
 def test_folder_layout_partitions_are_bounded_and_even(tmp_path):
@@ -163,8 +161,9 @@ def test_folder_layout_partitions_are_bounded_and_even(tmp_path):
         (tmp_path / "docs" / ("pos" if i % 2 else "neg")).mkdir(parents=True, exist_ok=True)
         (tmp_path / "docs" / ("pos" if i % 2 else "neg") / f"{i}.txt").write_text(f"doc {i}")
     (tmp_path / "docs" / "neg" / ".hidden.txt").write_text("not a document")
-    manifest = ingest(SourceConfig(inputs=[InputSpec(path=str(tmp_path / "docs"))], partition_rows=10),
-                      out_dir=tmp_path / "out")
+    manifest = ingest(
+        SourceConfig(inputs=[InputSpec(path=str(tmp_path / "docs"))], partition_rows=10), out_dir=tmp_path / "out"
+    )
     sizes = [pq.read_metadata(tmp_path / "out" / p).num_rows for p in manifest["parts"]]
     assert sizes == [8, 8, 9]  # three units of equal work, not 10, 10, 5
 
@@ -183,7 +182,9 @@ def test_mirrored_tweets_keep_predefined_splits_and_label_names(datasets, tmp_pa
     assert manifest["rows"] == 6000 + 1999 + 20632
     assert df.groupby("split").size().to_dict() == {"train": 6000, "val": 1999, "test": 20632}
     assert df[df["split"] == "train"]["label"].value_counts().to_dict() == {
-        "positive": 3094, "neutral": 2043, "negative": 863
+        "positive": 3094,
+        "neutral": 2043,
+        "negative": 863,
     }
 
 
@@ -227,8 +228,9 @@ def test_compressed_inputs_are_read_transparently(tmp_path, suffix, opener):
         fh.write("text,label\nfirst doc,a\nsecond doc,b\n")
     with module.open(tmp_path / f"d.jsonl{suffix}", "wt") as fh:
         fh.write('{"text": "third", "label": "a"}\n')
-    manifest, df = run(tmp_path, InputSpec(path=str(tmp_path / f"d.csv{suffix}")),
-                       InputSpec(path=str(tmp_path / f"d.jsonl{suffix}")))
+    manifest, df = run(
+        tmp_path, InputSpec(path=str(tmp_path / f"d.csv{suffix}")), InputSpec(path=str(tmp_path / f"d.jsonl{suffix}"))
+    )
     assert manifest["kept"] == 3 and sorted(df["text"]) == ["first doc", "second doc", "third"]
 
 
@@ -248,8 +250,10 @@ def test_an_input_in_another_encoding_is_read_in_it_and_its_bad_bytes_rejected(t
 def test_encoding_auto_detects_each_file_and_the_manifest_records_it(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "win.csv").write_bytes(
-        ("text,label\n" + "".join(f"Cr\xe8me br\xfbl\xe9e n\xb0{i}, d\xe9j\xe0 vu,a\n" for i in range(50))).encode("cp1252")
-        .replace(b", d", b" d"))
+        ("text,label\n" + "".join(f"Cr\xe8me br\xfbl\xe9e n\xb0{i}, d\xe9j\xe0 vu,a\n" for i in range(50)))
+        .encode("cp1252")
+        .replace(b", d", b" d")
+    )
     (tmp_path / "data" / "wide.csv").write_text("text,label\nS\u00f8ren \u0160koda,b\n", encoding="utf-16")
     (tmp_path / "data" / "plain.csv").write_text("text,label\nna\u00efve \u2013 \u20ac,c\n", encoding="utf-8")
     manifest, df = run(tmp_path, InputSpec(path=str(tmp_path / "data" / "*.csv"), encoding="auto"))
@@ -334,11 +338,17 @@ def test_a_glob_of_class_files_reads_each_as_its_class_and_a_file_is_no_class_fo
     (tmp_path / "pos.txt").write_text("good\nfine\n")
     (tmp_path / "neg.txt").write_text("bad\n")
     (tmp_path / "notes.md").write_text("not a class\n")
-    manifest = ingest(SourceConfig(inputs=[{"path": str(tmp_path / "*.txt"), "format": "file_per_class"}]),
-                      out_dir=tmp_path / "out")
+    manifest = ingest(
+        SourceConfig(inputs=[{"path": str(tmp_path / "*.txt"), "format": "file_per_class"}]), out_dir=tmp_path / "out"
+    )
     rows = pq.read_table(tmp_path / "out").to_pandas()
     assert manifest["kept"] == 3 and sorted(zip(rows["text"], rows["label"])) == [
-        ("bad", "neg"), ("fine", "pos"), ("good", "pos")]
+        ("bad", "neg"),
+        ("fine", "pos"),
+        ("good", "pos"),
+    ]
     with pytest.raises(InputError, match="pos.txt: format folder_per_class takes a folder"):
-        ingest(SourceConfig(inputs=[{"path": str(tmp_path / "pos.txt"), "format": "folder_per_class"}]),
-               out_dir=tmp_path / "out-2")
+        ingest(
+            SourceConfig(inputs=[{"path": str(tmp_path / "pos.txt"), "format": "folder_per_class"}]),
+            out_dir=tmp_path / "out-2",
+        )

@@ -26,8 +26,7 @@ def _vectors(words: list[str], dim: int) -> dict[str, list[float]]:
 
 def _write(path: Path, vectors: dict[str, list[float]], header: bool) -> Path:
     dim = len(next(iter(vectors.values())))
-    lines = ([f"{len(vectors)} {dim}"] if header else []) + [
-        f"{w} {' '.join(map(str, v))}" for w, v in vectors.items()]
+    lines = ([f"{len(vectors)} {dim}"] if header else []) + [f"{w} {' '.join(map(str, v))}" for w, v in vectors.items()]
     data = ("\n".join(lines) + "\n").encode()
     path.write_bytes(gzip.compress(data) if path.suffix == ".gz" else data)
     return path
@@ -44,7 +43,7 @@ def test_vectors_file_formats_read_only_the_wanted_words(tmp_path, name, header)
 
 def test_training_starts_from_the_vectors_and_reports_coverage(names_data, tmp_path):
     tokens = Vocabulary.load(Path(names_data.tensorize.path) / VOCAB_FILE).tokens
-    words = list(tokens[len(SPECIALS):])
+    words = list(tokens[len(SPECIALS) :])
     chosen = [w for w in words[::3] if w == w.lower() and not w.isspace()]  # (a text vectors file cannot hold " ")
     vectors = _vectors([*chosen, "not-a-token"], 8)
     path = _write(tmp_path / "chars.txt", vectors, header=False)
@@ -53,8 +52,12 @@ def test_training_starts_from_the_vectors_and_reports_coverage(names_data, tmp_p
     found = [w for w in words if w in vectors or w.lower() in vectors]  # exactly, else lower-cased
     assert len(found) > len(chosen)  # upper-case characters found by their lower case
     assert summary["initial"]["embeddings"] == {
-        "file": str(path), "found": len(found), "vocabulary": len(words),
-        "coverage": round(len(found) / len(words), 4), "frozen": True}
+        "file": str(path),
+        "found": len(found),
+        "vocabulary": len(words),
+        "coverage": round(len(found) / len(words), 4),
+        "frozen": True,
+    }
     weights = torch.load(tmp_path / "fit" / BEST, weights_only=True)["embedding.weight"]
     for word in chosen:  # frozen: still exactly the file's vectors after training
         assert weights[tokens.index(word)].tolist() == pytest.approx(vectors[word])
@@ -66,12 +69,12 @@ def test_training_starts_from_the_vectors_and_reports_coverage(names_data, tmp_p
 
 def test_fit_is_rebuilt_when_the_vectors_file_changes(names_data, tmp_path):
     tokens = Vocabulary.load(Path(names_data.tensorize.path) / VOCAB_FILE).tokens
-    path = _write(tmp_path / "v.txt", _vectors(list(tokens[len(SPECIALS):]), 8), header=False)
+    path = _write(tmp_path / "v.txt", _vectors(list(tokens[len(SPECIALS) :]), 8), header=False)
     model = ModelConfig(embedding_dim=8, hidden_size=8, embeddings=EmbeddingsConfig(path=str(path)))
     first = fit_stage(names_data.tensorize, model=model, cfg=ONE_EPOCH, work_dir=str(tmp_path / "w"))
     again = fit_stage(names_data.tensorize, model=model, cfg=ONE_EPOCH, work_dir=str(tmp_path / "w"))
     assert again.cached and again.key == first.key
-    _write(path, _vectors(list(tokens[len(SPECIALS):])[::-1], 8), header=False)  # same path, new content
+    _write(path, _vectors(list(tokens[len(SPECIALS) :])[::-1], 8), header=False)  # same path, new content
     changed = fit_stage(names_data.tensorize, model=model, cfg=ONE_EPOCH, work_dir=str(tmp_path / "w"))
     assert not changed.cached and changed.key != first.key
 
@@ -79,7 +82,7 @@ def test_fit_is_rebuilt_when_the_vectors_file_changes(names_data, tmp_path):
 def test_warm_start_maps_rows_by_token(names_bundle):
     bundle = load_bundle(names_bundle)
     old = bundle.vocab.tokens
-    words = list(old[len(SPECIALS):])
+    words = list(old[len(SPECIALS) :])
     tokens = [*SPECIALS, "new-token", *reversed(words[1:])]  # reordered, one new, one dropped
     network = RNNClassifier(len(tokens), len(bundle.labels.labels), bundle.model.cfg)
     fresh = network.embedding.weight.detach().clone()

@@ -42,8 +42,9 @@ COMBOS = list(itertools.product(CELLS, [False, True], ["last", "mean", "max", "c
 
 def _model(cell, bidirectional, pooling, **kw) -> RNNClassifier:
     torch.manual_seed(0)
-    cfg = ModelConfig(cell=cell, bidirectional=bidirectional, pooling=pooling, embedding_dim=8,
-                      hidden_size=12, num_layers=2, **kw)
+    cfg = ModelConfig(
+        cell=cell, bidirectional=bidirectional, pooling=pooling, embedding_dim=8, hidden_size=12, num_layers=2, **kw
+    )
     return RNNClassifier(30, 3, cfg).eval()
 
 
@@ -66,8 +67,13 @@ def test_matches_pytorch_packed_sequences(cell, bidirectional):
     input packing changes nothing."""
     model = _model(cell, bidirectional, "last")
     reference = CELLS_BY_NAME[cell](
-        8, 12, num_layers=2, bidirectional=bidirectional, batch_first=True,
-        **({"nonlinearity": cell.removeprefix("rnn_")} if cell.startswith("rnn") else {}))
+        8,
+        12,
+        num_layers=2,
+        bidirectional=bidirectional,
+        batch_first=True,
+        **({"nonlinearity": cell.removeprefix("rnn_")} if cell.startswith("rnn") else {}),
+    )
     with torch.no_grad():
         for depth, directions in enumerate(model.layers):
             for direction, module in enumerate(directions):
@@ -195,8 +201,9 @@ def test_label_smoothing_is_applied(names_tensors, tmp_path):
     smoothed target's entropy (2.03 nats); unsmoothed, one epoch already gets well under it."""
     cfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3)
     plain = train(names_tensors, out_dir=tmp_path / "plain", model=SMALL, cfg=cfg)
-    smoothed = train(names_tensors, out_dir=tmp_path / "smoothed", model=SMALL,
-                     cfg=cfg.model_copy(update={"label_smoothing": 0.5}))
+    smoothed = train(
+        names_tensors, out_dir=tmp_path / "smoothed", model=SMALL, cfg=cfg.model_copy(update={"label_smoothing": 0.5})
+    )
     assert plain["history"][0]["val_loss"] < 1.5 < 2.03 < smoothed["history"][0]["val_loss"]
 
 
@@ -251,13 +258,21 @@ def test_resume_after_kill_equals_an_uninterrupted_run(names_tensors, tmp_path):
 
 
 def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     summary = train(tensors, out_dir=out, model=SMALL, cfg=TrainConfig(epochs=1, batch_size=64))
     model_state = torch.load(Path(out) / LAST, weights_only=True)["model"] if rank == 0 else None
-    Path(out, f"rank{rank}.json").write_text(json.dumps({
-        "world": summary["world_size"], "epochs": len(summary["history"]), "rows": summary["history"][0]["rows"],
-        "weights": summary["weights_digest"]}))
+    Path(out, f"rank{rank}.json").write_text(
+        json.dumps(
+            {
+                "world": summary["world_size"],
+                "epochs": len(summary["history"]),
+                "rows": summary["history"][0]["rows"],
+                "weights": summary["weights_digest"],
+            }
+        )
+    )
     if model_state is not None:
         torch.save(model_state, Path(out) / "rank0-final.pt")
 
@@ -266,8 +281,7 @@ def test_distributed_data_parallel_on_two_gloo_processes(names_tensors, tmp_path
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_rank, args=(2, port, str(names_tensors), str(tmp_path)),
-                                nprocs=2, join=True)
+    torch.multiprocessing.spawn(_ddp_rank, args=(2, port, str(names_tensors), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [(r["world"], r["epochs"]) for r in ranks] == [(2, 1), (2, 1)]
     # together the ranks trained on the split once: each read shards of its own, none twice
@@ -279,8 +293,16 @@ def test_distributed_data_parallel_on_two_gloo_processes(names_tensors, tmp_path
 def test_bundle_round_trip_and_mismatch_refusal(names_tensors, names_data, tmp_path):
     train(names_tensors, out_dir=tmp_path / "fit", model=SMALL, cfg=TrainConfig(epochs=1))
     bundle_dir = tmp_path / "bundle"
-    version = save_bundle(bundle_dir, tmp_path / "fit" / BEST, Path(names_data.vocab.path),
-                          PreprocessConfig(level="char"), SMALL, None, {"tensors": "k"}, {"accuracy": 0.5})
+    version = save_bundle(
+        bundle_dir,
+        tmp_path / "fit" / BEST,
+        Path(names_data.vocab.path),
+        PreprocessConfig(level="char"),
+        SMALL,
+        None,
+        {"tensors": "k"},
+        {"accuracy": 0.5},
+    )
     bundle = load_bundle(bundle_dir)
     assert bundle.version == version and bundle.preprocess.level == "char"
     reference = RNNClassifier(len(bundle.vocab.tokens), len(bundle.labels.labels), SMALL).eval()
@@ -326,14 +348,23 @@ def test_bundle_round_trip_and_mismatch_refusal(names_tensors, names_data, tmp_p
 def test_train_model_without_prefect_reuses_what_is_prepared(names_data, datasets):
     """The library's driver: prepare (served from the work folder the fixture prepared),
     fit, evaluate into a bundle; a second call is served from cache entirely."""
-    cfg = TrainFlowConfig.model_validate({
-        "source": {"dataset": "names", "mirror": str(datasets)},
-        "work_dir": str(Path(names_data.ingest.path).parents[1]), "tensorize": {"shard_rows": 2000},
-        "model": SMALL.model_dump(), "train": {"epochs": 1, "lr": 3e-3}})
+    cfg = TrainFlowConfig.model_validate(
+        {
+            "source": {"dataset": "names", "mirror": str(datasets)},
+            "work_dir": str(Path(names_data.ingest.path).parents[1]),
+            "tensorize": {"shard_rows": 2000},
+            "model": SMALL.model_dump(),
+            "train": {"epochs": 1, "lr": 3e-3},
+        }
+    )
     trained = train_model(cfg)
     data_stages = ["ingest", "preprocess", "split", "vocab", "tensorize"]
     assert {s.stage: s.cached for s in trained.stages} == {
-        **dict.fromkeys(data_stages, True), "fit": False, "baseline": False, "evaluate": False}
+        **dict.fromkeys(data_stages, True),
+        "fit": False,
+        "baseline": False,
+        "evaluate": False,
+    }
     assert trained.data.tensorize.key == names_data.tensorize.key
     result = trained.evaluation
     assert result.rows == 3008 and 0.3 < result.accuracy <= 1 and len(trained.history) == 1
@@ -343,7 +374,11 @@ def test_train_model_without_prefect_reuses_what_is_prepared(names_data, dataset
     # a training setting changed: the data stays, training and evaluation run again
     changed = train_model(cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e-3})}))
     assert {s.stage: s.cached for s in changed.stages} == {  # the baseline depends on the data only
-        **dict.fromkeys(data_stages, True), "fit": False, "baseline": True, "evaluate": False}
+        **dict.fromkeys(data_stages, True),
+        "fit": False,
+        "baseline": True,
+        "evaluate": False,
+    }
     assert changed.evaluation.bundle != result.bundle
 
 
@@ -357,10 +392,28 @@ def test_torchrun_as_the_readme_writes_it(names_tensors, tmp_path):
         port = s.getsockname()[1]
     torchrun = str(Path(sys.executable).with_name("torchrun"))
     done = subprocess.run(
-        [torchrun, "--nproc_per_node=2", f"--master_port={port}", "-m", "rnnlib.modeling.train",
-         str(names_tensors), str(tmp_path / "run"), "--config", "configs/names.yaml",
-         "--set", "train.epochs=1", "--set", "model.hidden_size=16", "--set", "model.embedding_dim=8"],
-        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+        [
+            torchrun,
+            "--nproc_per_node=2",
+            f"--master_port={port}",
+            "-m",
+            "rnnlib.modeling.train",
+            str(names_tensors),
+            str(tmp_path / "run"),
+            "--config",
+            "configs/names.yaml",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "model.hidden_size=16",
+            "--set",
+            "model.embedding_dim=8",
+        ],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "best epoch 1" in done.stderr and (tmp_path / "run" / BEST).is_file()
     assert len(re.findall(r"epoch 1: train loss", done.stderr)) == 2  # one line per rank
@@ -372,8 +425,14 @@ def test_training_alone_refuses_a_pretraining_it_cannot_run(names_tensors, tmp_p
     from rnnlib.modeling.train import main
 
     with pytest.raises(SystemExit) as refused:
-        main([str(names_tensors), str(tmp_path / "run"), "--config",
-              str(Path(__file__).resolve().parents[1] / "configs" / "imdb.yaml")])
+        main(
+            [
+                str(names_tensors),
+                str(tmp_path / "run"),
+                "--config",
+                str(Path(__file__).resolve().parents[1] / "configs" / "imdb.yaml"),
+            ]
+        )
     assert refused.value.code == 2 and "model.embeddings={path: .rnnlib/vectors/" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
@@ -391,8 +450,9 @@ def test_macro_f1_from_the_confusion_matrix_is_scikit_learns():
     assert macro_f1(confusion) == pytest.approx(expected)
 
 
-@pytest.mark.parametrize("monitor,column,pick", [("loss", "val_loss", min), ("accuracy", "val_acc", max),
-                                                  ("macro_f1", "val_macro_f1", max)])
+@pytest.mark.parametrize(
+    "monitor,column,pick", [("loss", "val_loss", min), ("accuracy", "val_acc", max), ("macro_f1", "val_macro_f1", max)]
+)
 def test_the_best_epoch_is_chosen_by_the_monitored_figure(names_tensors, tmp_path, monitor, column, pick):
     cfg = TrainConfig(epochs=4, batch_size=256, lr=3e-3, patience=10, monitor=monitor, label_smoothing=0.3)
     summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=cfg)
@@ -415,12 +475,15 @@ def test_min_steps_train_past_the_epochs(names_tensors, tmp_path):
     assert len(plain["history"]) == 1
 
 
-@pytest.mark.parametrize("steps,bad_epochs,epoch,going_on", [
-    (99, 5, 20, True),  # short of min_steps: neither patience nor the epochs end it
-    (100, 5, 3, False),  # min_steps done: patience ends it
-    (100, 0, 10, False),  # min_steps done: the epochs end it
-    (100, 0, 3, True),
-])
+@pytest.mark.parametrize(
+    "steps,bad_epochs,epoch,going_on",
+    [
+        (99, 5, 20, True),  # short of min_steps: neither patience nor the epochs end it
+        (100, 5, 3, False),  # min_steps done: patience ends it
+        (100, 0, 10, False),  # min_steps done: the epochs end it
+        (100, 0, 3, True),
+    ],
+)
 def test_early_stopping_waits_for_min_steps(steps, bad_epochs, epoch, going_on):
     from types import SimpleNamespace
 

@@ -42,8 +42,14 @@ def test_predictions_match_the_test_shards_and_a_scoring_run(names_bundle, names
     assert all(len(p.top_k) == 3 and p.top_k[0] == (p.label, p.probability) for p in got)
 
     pq.write_table(test_rows.select(["id", "text"]), tmp_path / "test.parquet")
-    score(ScoreConfig(bundle=str(names_bundle), output=str(tmp_path / "out"), precision="fp32",
-                      inputs=[InputSpec(path=str(tmp_path / "test.parquet"), id_column="id")]))
+    score(
+        ScoreConfig(
+            bundle=str(names_bundle),
+            output=str(tmp_path / "out"),
+            precision="fp32",
+            inputs=[InputSpec(path=str(tmp_path / "test.parquet"), id_column="id")],
+        )
+    )
     scored = pq.read_table(tmp_path / "out" / SCORES).to_pandas().set_index("id")
     assert [by_id[i].label for i in scored.index] == scored["label"].tolist()
     assert [by_id[i].probability for i in scored.index] == scored["probability"].tolist()
@@ -80,8 +86,14 @@ def test_predict_command_starts_no_prefect_and_no_cluster(names_bundle):
 
 
 def test_predict_command_reads_standard_input_and_prints_a_table(names_bundle):
-    run = subprocess.run([sys.executable, "-m", "rnnlib_flows.cli", "predict", str(names_bundle), "--output", "table"],
-                         input="Rossi\nNakamura\n", capture_output=True, text=True, timeout=120, cwd=REPO)
+    run = subprocess.run(
+        [sys.executable, "-m", "rnnlib_flows.cli", "predict", str(names_bundle), "--output", "table"],
+        input="Rossi\nNakamura\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     rows = run.stdout.splitlines()
     assert len(rows) == 2 and rows[0].endswith("Rossi") and rows[1].endswith("Nakamura")
@@ -106,9 +118,9 @@ def test_reduced_precisions_agree_with_fp32_within_the_stated_tolerance(names_bu
 def test_onnx_export_matches_torch_on_the_test_split(names_bundle, names_data, tmp_path):
     import onnx
     import onnxruntime
-    from rnnlib_flows.cli import main
 
     from rnnlib.modeling.batches import collate
+    from rnnlib_flows.cli import main
 
     assert main(["export", str(names_bundle), "-o", str(tmp_path / "model.onnx")]) == 0
     session = onnxruntime.InferenceSession(str(tmp_path / "model.onnx"))
@@ -135,8 +147,7 @@ def test_a_model_that_cannot_be_exported_faithfully_is_refused(names_data, tmp_p
 
     cfg = ModelConfig(cell="rnn_tanh", bidirectional=True, embedding_dim=8, hidden_size=8)
     torch.save(RNNClassifier(names_data.vocab_size, len(names_data.labels), cfg).state_dict(), tmp_path / "w.pt")
-    save_bundle(tmp_path / "bundle", tmp_path / "w.pt", Path(names_data.vocab.path), PreprocessConfig(),
-                cfg, None, {})
+    save_bundle(tmp_path / "bundle", tmp_path / "w.pt", Path(names_data.vocab.path), PreprocessConfig(), cfg, None, {})
     with pytest.raises(ExportError, match="does not run on other shapes"):
         export_onnx(tmp_path / "bundle", tmp_path / "model.onnx")
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))  # nothing left behind

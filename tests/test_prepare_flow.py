@@ -15,21 +15,24 @@ import pyarrow.parquet as pq
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from rnnlib_flows.prepare import prepare_flow
-from rnnlib_tasks import dask_clients
 
 from rnnlib.common import fingerprint
 from rnnlib.config import InputSpec, PrepareConfig, SourceConfig
 from rnnlib.errors import InputError, is_transient
 from rnnlib.prepare.pipeline import prepare
+from rnnlib_flows.prepare import prepare_flow
+from rnnlib_tasks import dask_clients
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 STAGES = ["ingest", "preprocess", "split", "vocab", "tensorize"]
 
 
 def names_config(datasets, work_dir, **overrides) -> PrepareConfig:
-    data = {"source": {"dataset": "names", "mirror": str(datasets)}, "work_dir": str(work_dir),
-            "dask": {"n_workers": 2}}
+    data = {
+        "source": {"dataset": "names", "mirror": str(datasets)},
+        "work_dir": str(work_dir),
+        "dask": {"n_workers": 2},
+    }
     for section, values in overrides.items():
         data[section] = {**data.get(section, {}), **values}
     return PrepareConfig.model_validate(data)
@@ -104,12 +107,19 @@ def test_an_edit_re_runs_only_the_stages_whose_code_it_changes(datasets, tmp_pat
     def keys() -> dict[str, str]:
         fingerprint.code_version.cache_clear()
         fingerprint.code_closure.cache_clear()
-        data = prepare(PrepareConfig.model_validate({
-            "source": {"dataset": "names", "mirror": str(datasets)}, "work_dir": work,
-            "tensorize": {"shard_rows": 2000}}))
+        data = prepare(
+            PrepareConfig.model_validate(
+                {
+                    "source": {"dataset": "names", "mirror": str(datasets)},
+                    "work_dir": work,
+                    "tensorize": {"shard_rows": 2000},
+                }
+            )
+        )
         fitted = fit_stage(data.tensorize, model=model, cfg=cfg, work_dir=work)
-        evaluated = evaluate_stage(data, fitted, None, preprocess=PreprocessConfig(level="char"), model=model,
-                                   max_length=None, work_dir=work)
+        evaluated = evaluate_stage(
+            data, fitted, None, preprocess=PreprocessConfig(level="char"), model=model, max_length=None, work_dir=work
+        )
         return {s.stage: s.key for s in [*data.stages, fitted, evaluated]}
 
     try:
@@ -129,9 +139,12 @@ def test_an_edit_re_runs_only_the_stages_whose_code_it_changes(datasets, tmp_pat
 def test_input_content_change_invalidates_ingest(tmp_path):
     data = tmp_path / "data.csv"
     data.write_text("text,label\n" + "".join(f"doc number {i},{i % 2}\n" for i in range(40)))
-    config = PrepareConfig(source=SourceConfig(inputs=[InputSpec(path=str(data))]),
-                           work_dir=str(tmp_path / "w"), dask={"n_workers": 1, "processes": False},
-                           preprocess={"level": "word"})
+    config = PrepareConfig(
+        source=SourceConfig(inputs=[InputSpec(path=str(data))]),
+        work_dir=str(tmp_path / "w"),
+        dask={"n_workers": 1, "processes": False},
+        preprocess={"level": "word"},
+    )
     assert prepare_flow(config).rows == 40
     assert cached(prepare_flow(config))["ingest"] is True
     data.write_text(data.read_text() + "one more,1\n")
@@ -146,8 +159,9 @@ def _task_runs(flow_run_id):
 
 def test_bad_input_fails_at_once_without_retries(tmp_path):
     (tmp_path / "bad.csv").write_text("body,label\nx,1\n")
-    config = PrepareConfig(source=SourceConfig(inputs=[InputSpec(path=str(tmp_path / "bad.csv"))]),
-                           work_dir=str(tmp_path / "w"))
+    config = PrepareConfig(
+        source=SourceConfig(inputs=[InputSpec(path=str(tmp_path / "bad.csv"))]), work_dir=str(tmp_path / "w")
+    )
     state = prepare_flow(config, return_state=True)
     assert state.is_failed()
     with pytest.raises(InputError, match=r"bad\.csv: unknown column 'text'"):
@@ -160,8 +174,7 @@ class FlakyServer(http.server.ThreadingHTTPServer):
     """Serves a folder, but resets (TCP RST) its first `failures` connections."""
 
     def __init__(self, root: Path, failures: int) -> None:
-        super().__init__(("127.0.0.1", 0), functools.partial(
-            http.server.SimpleHTTPRequestHandler, directory=str(root)))
+        super().__init__(("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root)))
         self.failures = failures
 
     def process_request(self, request, client_address):
@@ -185,8 +198,12 @@ def test_a_real_stage_retries_a_dropped_connection(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/data.csv"
-        config = PrepareConfig(source=SourceConfig(inputs=[InputSpec(path=url)]), work_dir=str(tmp_path / "w"),
-                               preprocess={"level": "word"}, dask={"n_workers": 1, "processes": False})
+        config = PrepareConfig(
+            source=SourceConfig(inputs=[InputSpec(path=url)]),
+            work_dir=str(tmp_path / "w"),
+            preprocess={"level": "word"},
+            dask={"n_workers": 1, "processes": False},
+        )
         state = prepare_flow(config, return_state=True)
     finally:
         server.shutdown()
@@ -206,18 +223,31 @@ def test_transient_classification():
 
 @pytest.mark.slow
 def test_prepare_imdb_folders_and_unlabelled_dump(datasets, tmp_path):
-    imdb = prepare_flow(PrepareConfig.model_validate({
-        "source": {"dataset": "imdb", "mirror": str(datasets)}, "work_dir": str(tmp_path),
-        "preprocess": {"level": "word", "lowercase": True, "strip_html": True, "punctuation": "remove"},
-        "tensorize": {"max_length": 400},
-    }))
+    imdb = prepare_flow(
+        PrepareConfig.model_validate(
+            {
+                "source": {"dataset": "imdb", "mirror": str(datasets)},
+                "work_dir": str(tmp_path),
+                "preprocess": {"level": "word", "lowercase": True, "strip_html": True, "punctuation": "remove"},
+                "tensorize": {"max_length": 400},
+            }
+        )
+    )
     assert imdb.rows == 50000 and imdb.splits["test"] == 25000
     assert imdb.splits["train"] + imdb.splits["val"] == 25000
-    dump = prepare_flow(PrepareConfig.model_validate({
-        "source": {"inputs": [{"path": str(datasets / "imdb" / "unsup.jsonl.gz"), "label_column": None,
-                               "id_column": "id"}]},
-        "work_dir": str(tmp_path), "preprocess": {"level": "word", "lowercase": True},
-    }))
+    dump = prepare_flow(
+        PrepareConfig.model_validate(
+            {
+                "source": {
+                    "inputs": [
+                        {"path": str(datasets / "imdb" / "unsup.jsonl.gz"), "label_column": None, "id_column": "id"}
+                    ]
+                },
+                "work_dir": str(tmp_path),
+                "preprocess": {"level": "word", "lowercase": True},
+            }
+        )
+    )
     assert dump.rows == 50000 and dump.splits == {"all": 50000} and dump.labels == []
     ids = pq.read_table(f"{dump.tensorize.path}/all", columns=["id", "label"]).to_pandas()
     assert ids["id"].str.startswith("unsup/").all() and ids["label"].isna().all()
@@ -271,9 +301,13 @@ def test_keys_follow_the_libraries_and_the_stop_words_the_code_uses(tmp_path, mo
     versions = fingerprint.library_versions({fingerprint.module_file("rnnlib.prepare.text")})
     assert {"pyarrow", "nltk"} <= set(versions) and "rnnlib" not in versions
     (tmp_path / "d.csv").write_text("text,label\nthe cat sat,a\na dog ran,b\n" * 5)
-    config = PrepareConfig.model_validate({"source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
-                                           "preprocess": {"level": "word", "stopwords": True},
-                                           "work_dir": str(tmp_path / "w")})
+    config = PrepareConfig.model_validate(
+        {
+            "source": {"inputs": [{"path": str(tmp_path / "d.csv")}]},
+            "preprocess": {"level": "word", "stopwords": True},
+            "work_dir": str(tmp_path / "w"),
+        }
+    )
     first = pipeline.prepare(config)
     monkeypatch.setattr(pipeline, "stopword_set", lambda language: pa.array(["the"]))
     fewer_stop_words = pipeline.prepare(config)

@@ -31,22 +31,35 @@ WORDS = ["good", "great", "fine", "bad", "awful", "poor", "movie", "plot", "acto
 
 def _corpus(tmp_path: Path) -> dict:
     """Labelled train and test files (test rows hold a word of their own) and an unlabelled dump."""
+
     def rows(n: int, extra: str) -> str:
         return "text,label\n" + "".join(
             f"{WORDS[i % 6]} {WORDS[6 + i % 4]} {WORDS[(i * 7) % 10]} {extra},{'pos' if i % 6 < 3 else 'neg'}\n"
-            for i in range(n))
+            for i in range(n)
+        )
+
     (tmp_path / "train.csv").write_text(rows(90, "trainword"))
     (tmp_path / "test.csv").write_text(rows(30, "testonlyword"))
-    (tmp_path / "unsup.jsonl").write_text("".join(
-        json.dumps({"text": f"{WORDS[i % 10]} unlabelledonlyword {WORDS[(i * 3) % 10]}"}) + "\n" for i in range(200)))
+    (tmp_path / "unsup.jsonl").write_text(
+        "".join(
+            json.dumps({"text": f"{WORDS[i % 10]} unlabelledonlyword {WORDS[(i * 3) % 10]}"}) + "\n" for i in range(200)
+        )
+    )
     return {
-        "source": {"inputs": [{"path": str(tmp_path / "train.csv"), "split": "train"},
-                              {"path": str(tmp_path / "test.csv"), "split": "test"}],
-                   "unlabelled": [{"path": str(tmp_path / "unsup.jsonl")}]},
-        "preprocess": {"level": "word"}, "vocab": {"min_freq": 1},
+        "source": {
+            "inputs": [
+                {"path": str(tmp_path / "train.csv"), "split": "train"},
+                {"path": str(tmp_path / "test.csv"), "split": "test"},
+            ],
+            "unlabelled": [{"path": str(tmp_path / "unsup.jsonl")}],
+        },
+        "preprocess": {"level": "word"},
+        "vocab": {"min_freq": 1},
         "model": {"embedding_dim": 8, "hidden_size": 8},
         "pretrain": {"vectors": True, "epochs": 2, "min_count": 1},
-        "train": {"epochs": 1}, "evaluate": {"baseline": False}, "work_dir": str(tmp_path / "w"),
+        "train": {"epochs": 1},
+        "evaluate": {"baseline": False},
+        "work_dir": str(tmp_path / "w"),
     }
 
 
@@ -63,8 +76,7 @@ def test_unlabelled_text_is_prepared_but_never_split_counted_or_evaluated(tmp_pa
     assert "testonlyword" not in words  # no test text in pretraining
     assert len(texts) == data.splits["train"] + 200
 
-    without = prepare(TrainFlowConfig.model_validate({**settings, "source": {
-        **settings["source"], "unlabelled": []}}))
+    without = prepare(TrainFlowConfig.model_validate({**settings, "source": {**settings["source"], "unlabelled": []}}))
     assert without.unlabelled is None and without.tensorize.key == data.tensorize.key
     assert all(stage.cached for stage in without.stages)  # unlabelled text changes no labelled stage
 
@@ -104,9 +116,12 @@ def test_the_train_flow_runs_the_same_stages(tmp_path):
 
 def _encoder_settings(tmp_path: Path) -> dict:
     settings = _corpus(tmp_path)
-    return {**settings, "model": {"embedding_dim": 8, "hidden_size": 8, "bidirectional": True},
-            "pretrain": {"encoder": True, "encoder_epochs": 2, "encoder_lr": 0.02, "heldout_every": 10},
-            "train": {"epochs": 1, "batch_size": 8}}
+    return {
+        **settings,
+        "model": {"embedding_dim": 8, "hidden_size": 8, "bidirectional": True},
+        "pretrain": {"encoder": True, "encoder_epochs": 2, "encoder_lr": 0.02, "heldout_every": 10},
+        "train": {"epochs": 1, "batch_size": 8},
+    }
 
 
 def test_the_encoder_is_pretrained_as_a_language_model_and_starts_the_classifier(tmp_path):
@@ -135,20 +150,27 @@ def test_the_language_model_is_rebuilt_only_when_what_it_reads_changes(tmp_path)
     first = train_model(TrainFlowConfig.model_validate(settings))
     again = train_model(TrainFlowConfig.model_validate(settings))
     assert again.language_model.cached and again.fit.cached
-    head = train_model(TrainFlowConfig.model_validate(
-        {**settings, "model": {**settings["model"], "head_hidden": 4},
-         "train": {"epochs": 1, "batch_size": 8, "lr": 0.01}}))
+    head = train_model(
+        TrainFlowConfig.model_validate(
+            {
+                **settings,
+                "model": {**settings["model"], "head_hidden": 4},
+                "train": {"epochs": 1, "batch_size": 8, "lr": 0.01},
+            }
+        )
+    )
     assert head.language_model.key == first.language_model.key and head.language_model.cached
     assert not head.fit.cached
-    longer = train_model(TrainFlowConfig.model_validate(
-        {**settings, "pretrain": {**settings["pretrain"], "encoder_epochs": 3}}))
+    longer = train_model(
+        TrainFlowConfig.model_validate({**settings, "pretrain": {**settings["pretrain"], "encoder_epochs": 3}})
+    )
     assert not longer.language_model.cached and not longer.fit.cached
-    sampled = train_model(TrainFlowConfig.model_validate(
-        {**settings, "pretrain": {**settings["pretrain"], "encoder_max_texts": 100}}))
+    sampled = train_model(
+        TrainFlowConfig.model_validate({**settings, "pretrain": {**settings["pretrain"], "encoder_max_texts": 100}})
+    )
     assert sampled.language_model.manifest["texts"] + sampled.language_model.manifest["heldout_texts"] == 100
     with pytest.raises(ConfigError, match="bidirectional"):
-        train_model(TrainFlowConfig.model_validate(
-            {**settings, "model": {**settings["model"], "num_layers": 2}}))
+        train_model(TrainFlowConfig.model_validate({**settings, "model": {**settings["model"], "num_layers": 2}}))
 
 
 def test_the_language_model_cannot_see_the_token_it_predicts():

@@ -33,8 +33,15 @@ def untrained_bundle(names_bundle, names_data, tmp_path_factory) -> Path:
     torch.manual_seed(1)
     model = RNNClassifier(len(trained.vocab.tokens), len(trained.labels.labels), trained.model.cfg)
     torch.save(model.state_dict(), work / "weights.pt")
-    save_bundle(work / "bundle", work / "weights.pt", Path(names_data.vocab.path), trained.preprocess,
-                trained.model.cfg, None, {})
+    save_bundle(
+        work / "bundle",
+        work / "weights.pt",
+        Path(names_data.vocab.path),
+        trained.preprocess,
+        trained.model.cfg,
+        None,
+        {},
+    )
     return work / "bundle"
 
 
@@ -72,8 +79,9 @@ def test_scoring_through_a_registry_uses_its_current_model(names_bundle, names_d
     promote(registry, names_bundle, names_data.ingest.path, names_data.split.path)
     (tmp_path / "new.txt").write_text("Smith\nRossi\n")
     out = output_dir_for(str(tmp_path / "new.txt"), tmp_path / "scored")
-    manifest = score(ScoreConfig(bundle=str(registry), inputs=[InputSpec(path=str(tmp_path / "new.txt"))],
-                                 output=str(out)))
+    manifest = score(
+        ScoreConfig(bundle=str(registry), inputs=[InputSpec(path=str(tmp_path / "new.txt"))], output=str(out))
+    )
     assert manifest.scored == 2 and manifest.bundle_version == read_json(names_bundle / CONFIG)["version"]
     assert pq.read_table(out / SCORES).num_rows == 2
 
@@ -124,10 +132,12 @@ def test_two_promotions_at_once_compare_one_after_the_other(names_bundle, names_
     registry = tmp_path / "models"
     promote(registry, untrained_bundle, names_data.ingest.path, names_data.split.path)
     go = tmp_path / "go"
-    script = ("import sys, time; from pathlib import Path; from rnnlib.scoring.registry import promote\n"
-              f"while not Path({str(go)!r}).exists(): time.sleep(0.005)\n"
-              f"promote({str(registry)!r}, {str(names_bundle)!r}, {names_data.ingest.path!r}, "
-              f"{names_data.split.path!r})")
+    script = (
+        "import sys, time; from pathlib import Path; from rnnlib.scoring.registry import promote\n"
+        f"while not Path({str(go)!r}).exists(): time.sleep(0.005)\n"
+        f"promote({str(registry)!r}, {str(names_bundle)!r}, {names_data.ingest.path!r}, "
+        f"{names_data.split.path!r})"
+    )
     runs = [subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True) for _ in range(2)]
     time.sleep(3)  # both started and waiting
     go.touch()
@@ -147,10 +157,16 @@ def test_a_second_scoring_run_into_the_same_output_is_refused_while_the_first_wr
     import time
 
     out = tmp_path / "scored"
-    config = ScoreConfig(bundle=str(names_bundle), output=str(out), partition_rows=500,
-                         inputs=[InputSpec(path=str(datasets / "names"), label_column=None)])
-    script = ("import sys; from rnnlib.config import ScoreConfig; from rnnlib.scoring.run import score\n"
-              f"score(ScoreConfig.model_validate_json({config.model_dump_json()!r}))")
+    config = ScoreConfig(
+        bundle=str(names_bundle),
+        output=str(out),
+        partition_rows=500,
+        inputs=[InputSpec(path=str(datasets / "names"), label_column=None)],
+    )
+    script = (
+        "import sys; from rnnlib.config import ScoreConfig; from rnnlib.scoring.run import score\n"
+        f"score(ScoreConfig.model_validate_json({config.model_dump_json()!r}))"
+    )
     first = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not list(out.glob("**/*.parquet")) and first.poll() is None and time.monotonic() < deadline:

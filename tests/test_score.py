@@ -24,8 +24,8 @@ from rnnlib.common.storage import read_json
 from rnnlib.config import InputSpec, ScoreConfig, TrainFlowConfig
 from rnnlib.errors import InputError
 from rnnlib.modeling.bundle import load_bundle
-from rnnlib.modeling.pipeline import train_model
 from rnnlib.modeling.inference import predict_proba
+from rnnlib.modeling.pipeline import train_model
 from rnnlib.scoring.partition import score_partition, worker_bundle
 from rnnlib.scoring.registry import held_out_rows
 from rnnlib.scoring.run import (
@@ -77,8 +77,9 @@ def test_every_format_keeps_ids_and_accounts_for_every_row(names_bundle, tmp_pat
     assert manifest.ignored == [str(data / "sub" / ".partial.txt")]
     assert manifest.files["sub/e.txt.gz"].model_dump() == {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}
     scores = _scores(out).to_pandas().set_index("id")
-    assert {"k1", "k2", "1", "2", "j1", "j2", "p1", "p2", "sub/e.txt.gz:1", "sub/f.txt:1",
-            "README.md:1"} <= set(scores.index)
+    assert {"k1", "k2", "1", "2", "j1", "j2", "p1", "p2", "sub/e.txt.gz:1", "sub/f.txt:1", "README.md:1"} <= set(
+        scores.index
+    )
     labels = set(load_bundle(names_bundle).labels.labels)
     assert set(scores["label"]) <= labels
     top = scores.loc["k1", "top_k"]
@@ -92,25 +93,30 @@ def test_an_http_url_is_scored_like_a_local_file(names_bundle, http_root, tmp_pa
     root, base = http_root
     with gzip.open(root / "dump.jsonl.gz", "wt") as fh:
         fh.write('{"text": "Rossi", "id": "r"}\n{"text": "Schmidt", "id": "s"}\n')
-    manifest = score(_config(names_bundle, tmp_path / "out",
-                             InputSpec(path=f"{base}/dump.jsonl.gz", id_column="id")))
+    manifest = score(_config(names_bundle, tmp_path / "out", InputSpec(path=f"{base}/dump.jsonl.gz", id_column="id")))
     assert manifest.complete and {k: v.model_dump() for k, v in manifest.files.items()} == {
-        "dump.jsonl.gz": {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}}
+        "dump.jsonl.gz": {"rows": 2, "scored": 2, "rejected": {}, "unscored": 0}
+    }
     assert sorted(_scores(tmp_path / "out")["id"].to_pylist()) == ["r", "s"]
 
 
 def test_bad_rows_are_rejected_with_reasons_and_counts_add_up(names_bundle, tmp_path):
     (tmp_path / "rows.csv").write_bytes(
-        b"text\nSmith\n\n\"\"\nbad \xff bytes\n   \nRossi,extra field\nAVeryLongSurnameIndeed\n")
+        b'text\nSmith\n\n""\nbad \xff bytes\n   \nRossi,extra field\nAVeryLongSurnameIndeed\n'
+    )
     (tmp_path / "rows.jsonl").write_text('{"text": "Mueller"}\n{"text": null}\n{broken\n')
     out = tmp_path / "out"
-    manifest = score(_config(names_bundle, out, tmp_path / "rows.csv", tmp_path / "rows.jsonl",
-                                        max_length=10))
+    manifest = score(_config(names_bundle, out, tmp_path / "rows.csv", tmp_path / "rows.jsonl", max_length=10))
     # blank and whitespace-only lines are no CSV records (as pandas reads CSV, on either path); "" is
     assert manifest.files["rows.csv"].model_dump() == {
-        "rows": 5, "scored": 2, "unscored": 0,
-        "rejected": {"empty text": 1, "undecodable bytes (not UTF-8)": 1,
-                     "malformed row (more fields than the header)": 1},
+        "rows": 5,
+        "scored": 2,
+        "unscored": 0,
+        "rejected": {
+            "empty text": 1,
+            "undecodable bytes (not UTF-8)": 1,
+            "malformed row (more fields than the header)": 1,
+        },
     }
     assert manifest.files["rows.jsonl"].rejected == {"malformed JSON": 1, "null text": 1}
     assert manifest.rows == 8 == manifest.scored + sum(manifest.rejected.values())
@@ -132,15 +138,30 @@ def word_model(tmp_path_factory):
     for i in range(600):
         label = "pos" if i % 2 else "neg"
         body = " ".join(rng.choice(words[label], size=rng.integers(3, 30)))
-        rows.append({"text": f"<p>Review {i}: {body.upper() if i % 3 else body} :) <br /> see "
-                             f"http://x.org/{i} &amp; more ;-(</p>", "label": label})
+        rows.append(
+            {
+                "text": f"<p>Review {i}: {body.upper() if i % 3 else body} :) <br /> see "
+                f"http://x.org/{i} &amp; more ;-(</p>",
+                "label": label,
+            }
+        )
     pd.DataFrame(rows).to_csv(work / "reviews.csv", index=False)
-    config = TrainFlowConfig.model_validate({
-        "source": {"inputs": [{"path": str(work / "reviews.csv")}]}, "work_dir": str(work),
-        "preprocess": {"level": "word", "strip_html": True, "lowercase": True, "keep_emoticons": True,
-                       "placeholders": ["url", "digit"]},
-        "tensorize": {"max_length": 12}, "model": {"embedding_dim": 8, "hidden_size": 16, "bidirectional": True},
-        "train": {"epochs": 1}})
+    config = TrainFlowConfig.model_validate(
+        {
+            "source": {"inputs": [{"path": str(work / "reviews.csv")}]},
+            "work_dir": str(work),
+            "preprocess": {
+                "level": "word",
+                "strip_html": True,
+                "lowercase": True,
+                "keep_emoticons": True,
+                "placeholders": ["url", "digit"],
+            },
+            "tensorize": {"max_length": 12},
+            "model": {"embedding_dim": 8, "hidden_size": 16, "bidirectional": True},
+            "train": {"epochs": 1},
+        }
+    )
     return train_model(config)
 
 
@@ -180,8 +201,14 @@ def test_scoring_runs_side_by_side(names_bundle, tmp_path):
     for name in ("a", "b"):
         (tmp_path / f"{name}.txt").write_text("".join(f"{name.upper()}name{i}\n" for i in range(200)))
     with ThreadPoolExecutor(2) as pool:
-        reports = list(pool.map(lambda name: score(_config(
-            names_bundle, tmp_path / f"out-{name}", tmp_path / f"{name}.txt", partition_rows=20)), "ab"))
+        reports = list(
+            pool.map(
+                lambda name: score(
+                    _config(names_bundle, tmp_path / f"out-{name}", tmp_path / f"{name}.txt", partition_rows=20)
+                ),
+                "ab",
+            )
+        )
     assert [r.scored for r in reports] == [200, 200]
     for name in "ab":
         ids = _scores(tmp_path / f"out-{name}")["id"].to_pylist()
@@ -202,12 +229,13 @@ def test_model_is_loaded_once_per_worker(names_bundle, tmp_path, client):
     config = _config(names_bundle, tmp_path / "out", tmp_path / "many.txt", partition_rows=20)
     run = plan_run(config)
     assert run.open(overwrite=False) is None
-    staged = [stage_unit(u, i, run.staging, run.partition_rows, run.partition_bytes)
-              for i, u in enumerate(run.units)]
+    staged = [stage_unit(u, i, run.staging, run.partition_rows, run.partition_bytes) for i, u in enumerate(run.units)]
     parts = run.pending(staged)
     client.run(worker_bundle.cache_clear)
-    futures = [client.submit(score_partition, p, run.scores_file(p.name), run.rejects_file(p.name),
-                             run.settings, pure=False) for p in parts]
+    futures = [
+        client.submit(score_partition, p, run.scores_file(p.name), run.rejects_file(p.name), run.settings, pure=False)
+        for p in parts
+    ]
     assert sum(f.result()["scored"] for f in futures) == 300 and len(parts) == 15
     loads = client.run(lambda: worker_bundle.cache_info().misses)
     assert sum(loads.values()) >= 1 and all(n <= 1 for n in loads.values())  # at most once per worker
@@ -236,6 +264,7 @@ def test_output_of_another_run_or_of_something_else_is_refused(names_bundle, tmp
 def test_score_flow_reports_a_corrupt_file_keeps_the_rest_then_is_a_no_op(names_bundle, tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
     from rnnlib_flows.score import score_flow
 
     data = tmp_path / "data"
@@ -243,15 +272,18 @@ def test_score_flow_reports_a_corrupt_file_keeps_the_rest_then_is_a_no_op(names_
     (data / "good.txt").write_text("".join(f"Surname{i}\n" for i in range(50)))
     (data / "also.jsonl").write_text('{"text": "Rossi"}\n{"text": ""}\n')
     (data / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
-    config = _config(names_bundle, tmp_path / "out", data, partition_rows=20,
-                     dask={"n_workers": 2, "processes": False})
+    config = _config(names_bundle, tmp_path / "out", data, partition_rows=20, dask={"n_workers": 2, "processes": False})
     state = score_flow(config, return_state=True)
     assert state.is_failed() and "data/corrupt.parquet" in state.message
     manifest = read_json(tmp_path / "out" / MANIFEST)
     assert not manifest["complete"] and list(manifest["failed"]) == ["data/corrupt.parquet"]
     assert manifest["files"]["data/good.txt"]["scored"] == 50
-    assert manifest["files"]["data/also.jsonl"] == {"rows": 2, "scored": 1, "unscored": 0,
-                                                    "rejected": {"empty text": 1}}
+    assert manifest["files"]["data/also.jsonl"] == {
+        "rows": 2,
+        "scored": 1,
+        "unscored": 0,
+        "rejected": {"empty text": 1},
+    }
     assert _scores(tmp_path / "out").num_rows == 51
 
     (data / "corrupt.parquet").unlink()  # the inputs changed: the same output is a new run
@@ -261,8 +293,12 @@ def test_score_flow_reports_a_corrupt_file_keeps_the_rest_then_is_a_no_op(names_
     again = score_flow(config.model_copy(update={"overwrite": False}))
     assert again.already_complete and again.scored == 51
     with get_client(sync_client=True) as prefect:
-        keys = {a.key for a in prefect.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["scoring-progress", "scoring-summary"])))}
+        keys = {
+            a.key
+            for a in prefect.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["scoring-progress", "scoring-summary"]))
+            )
+        }
     assert keys == {"scoring-progress", "scoring-summary"}
 
 
@@ -273,12 +309,26 @@ def test_killed_run_resumes_and_writes_every_row_exactly_once(names_bundle, tmp_
     rows = 6000
     (tmp_path / "big.txt").write_text("".join(f"Surname{i % 977}x\n" for i in range(rows)))
     out = tmp_path / "out"
-    command = [sys.executable, "-m", "rnnlib_flows.cli", "score", str(names_bundle), str(tmp_path / "big.txt"),
-               "-o", str(out), "--set", "partition_rows=100", "--set", "dask.n_workers=1",
-               "--set", "batch_size=8"]
+    command = [
+        sys.executable,
+        "-m",
+        "rnnlib_flows.cli",
+        "score",
+        str(names_bundle),
+        str(tmp_path / "big.txt"),
+        "-o",
+        str(out),
+        "--set",
+        "partition_rows=100",
+        "--set",
+        "dask.n_workers=1",
+        "--set",
+        "batch_size=8",
+    ]
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 240
     while len(list((out / SCORES).glob("part-*"))) < 5:
         assert process.poll() is None, "the run ended before it could be killed"
@@ -352,19 +402,36 @@ def test_a_huge_document_is_cut_before_tokenising_and_flagged(names_bundle):
     )
 
     bundle = load_bundle(names_bundle)
-    settings = ScoringSettings(bundle=str(names_bundle), version=bundle.version, top_k=1, max_length=20,
-                               batch_size=None, device="cpu", precision="fp32")
+    settings = ScoringSettings(
+        bundle=str(names_bundle),
+        version=bundle.version,
+        top_k=1,
+        max_length=20,
+        batch_size=None,
+        device="cpu",
+        precision="fp32",
+    )
     huge = "Rossi" * 400_000
     from rnnlib.prepare.ingest import CANONICAL_SCHEMA
 
-    table = pa.table({"id": ["a", "b"], "text": [huge, "Smith"], "label": [None, None], "split": [None, None],
-                      "source": ["f", "f"], "row": [1, 2], "reject": [None, None]}, schema=CANONICAL_SCHEMA)
+    table = pa.table(
+        {
+            "id": ["a", "b"],
+            "text": [huge, "Smith"],
+            "label": [None, None],
+            "split": [None, None],
+            "source": ["f", "f"],
+            "row": [1, 2],
+            "reject": [None, None],
+        },
+        schema=CANONICAL_SCHEMA,
+    )
     cut, flags = cut_long_texts(table, 20)
     assert len(cut["text"][0].as_py()) == 20 * MAX_CHARS_PER_TOKEN and flags.to_pylist() == [True, False]
     scores, rejects = score_table(table, bundle, settings)
     assert scores["truncated"].to_pylist() == [True, False] and rejects.num_rows == 0
     first = table.slice(0, 1)
-    alone, _ = score_table(first.set_column(1, "text", pa.array([huge[:20 * MAX_CHARS_PER_TOKEN]])), bundle, settings)
+    alone, _ = score_table(first.set_column(1, "text", pa.array([huge[: 20 * MAX_CHARS_PER_TOKEN]])), bundle, settings)
     assert scores["probability"][0].as_py() == pytest.approx(alone["probability"][0].as_py())
 
 
@@ -372,7 +439,9 @@ def test_scoring_reads_an_input_in_its_own_encoding(names_bundle, tmp_path):
     (tmp_path / "win.txt").write_bytes("M\xfcller\nGarc\xeda\nbad \x81\n".encode("latin-1"))
     as_utf8 = score(_config(names_bundle, tmp_path / "utf8", tmp_path / "win.txt"))
     assert as_utf8.rejected == {"undecodable bytes (not UTF-8)": 3}
-    manifest = score(_config(names_bundle, tmp_path / "out", InputSpec(path=str(tmp_path / "win.txt"), encoding="cp1252")))
+    manifest = score(
+        _config(names_bundle, tmp_path / "out", InputSpec(path=str(tmp_path / "win.txt"), encoding="cp1252"))
+    )
     assert manifest.scored == 2 and manifest.rejected == {"undecodable bytes (not cp1252)": 1}
     assert sorted(_scores(tmp_path / "out")["id"].to_pylist()) == ["win.txt:1", "win.txt:2"]
 
@@ -391,18 +460,20 @@ def test_a_file_replaced_after_it_was_announced_is_not_scored_as_that_version(na
     """The arrival flow scores the version the watcher announced or nothing: a file replaced
     while its run waited is skipped (its new version has an event of its own), never scored
     into the old version's folder."""
-    from rnnlib_flows.score import ArrivedFile, score_new_files_flow
-
     from rnnlib.scoring.registry import promote
+    from rnnlib_flows.score import ArrivedFile, score_new_files_flow
 
     promote(tmp_path / "models", names_bundle, names_data.ingest.path, names_data.split.path)
     (tmp_path / "kept.txt").write_text("Smith\n")
     (tmp_path / "replaced.txt").write_text("Rossi\n")
-    announced = [ArrivedFile(path=str(tmp_path / name), size=(st := (tmp_path / name).stat()).st_size,
-                             mtime_ns=st.st_mtime_ns) for name in ("kept.txt", "replaced.txt")]
+    announced = [
+        ArrivedFile(path=str(tmp_path / name), size=(st := (tmp_path / name).stat()).st_size, mtime_ns=st.st_mtime_ns)
+        for name in ("kept.txt", "replaced.txt")
+    ]
     (tmp_path / "replaced.txt").write_text("Rossi\nBianchi\n")  # replaced while the run waited
-    reports = score_new_files_flow(announced, registry=str(tmp_path / "models"), output_root=str(tmp_path / "out"),
-                                   format="text")
+    reports = score_new_files_flow(
+        announced, registry=str(tmp_path / "models"), output_root=str(tmp_path / "out"), format="text"
+    )
     assert [r.scored for r in reports] == [1]
     assert [p.name.split("-")[0] for p in (tmp_path / "out").iterdir() if not p.name.startswith(".")] == ["kept.txt"]
 

@@ -37,9 +37,17 @@ def corpus(n_per_class: dict[str, int], split_col=None, reject_every: int = 0) -
     rows = []
     for label, n in n_per_class.items():
         for i in range(n):
-            rows.append({"id": f"{label}-{i}", "tokens": [label.lower(), f"w{i % 7}"], "label": label,
-                         "split": split_col, "source": "s", "row": len(rows) + 1,
-                         "reject": "empty text" if reject_every and i % reject_every == 0 else None})
+            rows.append(
+                {
+                    "id": f"{label}-{i}",
+                    "tokens": [label.lower(), f"w{i % 7}"],
+                    "label": label,
+                    "split": split_col,
+                    "source": "s",
+                    "row": len(rows) + 1,
+                    "reject": "empty text" if reject_every and i % reject_every == 0 else None,
+                }
+            )
     frame = pd.DataFrame(rows)
     frame.loc[frame["reject"].notna(), ["tokens", "label"]] = None
     return frame.sample(frac=1.0, random_state=0).reset_index(drop=True)
@@ -75,8 +83,12 @@ def test_split_is_stratified_exact_and_deterministic(tmp_path, client):
 
 
 def test_predefined_test_kept_and_val_carved_from_train(tmp_path, client):
-    frame = pd.concat([corpus({"A": 100, "B": 100}, split_col="train"),
-                       corpus({"A": 50, "B": 50}, split_col="test").assign(id=lambda d: "t" + d["id"])])
+    frame = pd.concat(
+        [
+            corpus({"A": 100, "B": 100}, split_col="train"),
+            corpus({"A": 50, "B": 50}, split_col="test").assign(id=lambda d: "t" + d["id"]),
+        ]
+    )
     write_partitions(tmp_path / "pre", frame, parts=3)
     manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True, client=client)
     rows = {s: v["rows"] for s, v in manifest["splits"].items()}
@@ -87,17 +99,21 @@ def test_predefined_test_kept_and_val_carved_from_train(tmp_path, client):
 
 
 def test_a_sample_shrinks_train_and_val_alike_stratified_and_leaves_the_test_whole(tmp_path, client):
-    frame = pd.concat([corpus({"A": 600, "B": 200}, split_col="train"),
-                       corpus({"A": 50, "B": 50}, split_col="test").assign(id=lambda d: "t" + d["id"])])
+    frame = pd.concat(
+        [
+            corpus({"A": 600, "B": 200}, split_col="train"),
+            corpus({"A": 50, "B": 50}, split_col="test").assign(id=lambda d: "t" + d["id"]),
+        ]
+    )
     write_partitions(tmp_path / "pre", frame, parts=3)
-    manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(sample=200),
-                     labelled=True, client=client)
+    manifest = split(
+        tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(sample=200), labelled=True, client=client
+    )
     counts = {s: v["class_counts"] for s, v in manifest["splits"].items()}
     assert counts["train"] == {"A": 124, "B": 41} and counts["val"] == {"A": 26, "B": 9}  # 3:1; 70:15
     assert counts["test"] == {"A": 50, "B": 50}
     assert counts["unused"] == {"A": 450, "B": 150} and manifest["kept"] == 900  # every row accounted
-    again = split(tmp_path / "pre", out_dir=tmp_path / "s2", cfg=SplitConfig(sample=200),
-                  labelled=True, client=client)
+    again = split(tmp_path / "pre", out_dir=tmp_path / "s2", cfg=SplitConfig(sample=200), labelled=True, client=client)
     assert again == manifest | {"parts": again["parts"]}
     assert pq.read_table(tmp_path / "s")["split"].equals(pq.read_table(tmp_path / "s2")["split"])
 
@@ -113,11 +129,24 @@ def test_rejected_rows_get_no_split_but_stay(tmp_path, client):
 def test_vocab_fits_on_train_only(tmp_path, client):
     frame = corpus({"A": 50, "B": 50})
     frame["split"] = "train"
-    leak = pd.DataFrame([{"id": f"v{i}", "tokens": ["valonly", "a"], "label": "A", "split": s,
-                          "source": "s", "row": 0, "reject": None}
-                         for i, s in enumerate(["val", "test"] * 5)])
+    leak = pd.DataFrame(
+        [
+            {
+                "id": f"v{i}",
+                "tokens": ["valonly", "a"],
+                "label": "A",
+                "split": s,
+                "source": "s",
+                "row": 0,
+                "reject": None,
+            }
+            for i, s in enumerate(["val", "test"] * 5)
+        ]
+    )
     write_assigned(tmp_path, pd.concat([frame, leak], ignore_index=True), parts=3)
-    manifest = fit(tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v", cfg=VocabConfig(), fit_split="train", client=client)
+    manifest = fit(
+        tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v", cfg=VocabConfig(), fit_split="train", client=client
+    )
     vocab = Vocabulary.load(tmp_path / "v" / VOCAB_FILE)
     assert "valonly" not in vocab.tokens
     assert vocab.tokens[:2] == ("<PAD>", "<UNK>")
@@ -131,9 +160,23 @@ def test_vocab_min_freq_and_max_size(tmp_path, client):
     frame = corpus({"A": 20})
     frame["split"] = "train"
     write_assigned(tmp_path, frame, parts=2)
-    fit(tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v1", cfg=VocabConfig(min_freq=3), fit_split="train", client=client)
+    fit(
+        tmp_path / "pre",
+        tmp_path / "s",
+        out_dir=tmp_path / "v1",
+        cfg=VocabConfig(min_freq=3),
+        fit_split="train",
+        client=client,
+    )
     assert set(Vocabulary.load(tmp_path / "v1" / VOCAB_FILE).tokens[2:]) == {"a", "w0", "w1", "w2", "w3", "w4", "w5"}
-    fit(tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v2", cfg=VocabConfig(max_size=4), fit_split="train", client=client)
+    fit(
+        tmp_path / "pre",
+        tmp_path / "s",
+        out_dir=tmp_path / "v2",
+        cfg=VocabConfig(max_size=4),
+        fit_split="train",
+        client=client,
+    )
     assert Vocabulary.load(tmp_path / "v2" / VOCAB_FILE).tokens == ("<PAD>", "<UNK>", "a", "w0")
 
 
@@ -147,12 +190,16 @@ def test_damaged_vocab_is_refused(tmp_path):
 
 def test_shards_round_trip_and_manifests_add_up(tmp_path, client):
     frame = corpus({"A": 300, "B": 120}, reject_every=50)
-    frame.loc[frame.index[:40], "tokens"] = frame.loc[frame.index[:40], "tokens"].apply(lambda t: None if t is None else t * 3)
+    frame.loc[frame.index[:40], "tokens"] = frame.loc[frame.index[:40], "tokens"].apply(
+        lambda t: None if t is None else t * 3
+    )
     write_partitions(tmp_path / "pre", frame, parts=3)
     split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True, client=client)
     fit(tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v", cfg=VocabConfig(), fit_split="train", client=client)
     cfg = TensorizeConfig(max_length=4, shard_rows=50)
-    manifest = tensorize(tmp_path / "pre", tmp_path / "s", tmp_path / "v", out_dir=tmp_path / "t", cfg=cfg, labelled=True, client=client)
+    manifest = tensorize(
+        tmp_path / "pre", tmp_path / "s", tmp_path / "v", out_dir=tmp_path / "t", cfg=cfg, labelled=True, client=client
+    )
     assert manifest["rows"] == 420 and manifest["kept"] + sum(manifest["rejected"].values()) == 420
     assert manifest["rejected"] == {"empty text": 9}
     vocab = Vocabulary.load(tmp_path / "v" / VOCAB_FILE)
@@ -174,7 +221,10 @@ def test_shards_round_trip_and_manifests_add_up(tmp_path, client):
             assert labels.labels[row.label] == original["label"]
         total += n
         if name == "train":
-            assert split_manifest["truncated"] == (df["id"].isin(frame.loc[frame.index[:40], "id"]) & df["length"].eq(4)).sum()
+            assert (
+                split_manifest["truncated"]
+                == (df["id"].isin(frame.loc[frame.index[:40], "id"]) & df["length"].eq(4)).sum()
+            )
     assert total == manifest["kept"]
 
 
@@ -206,12 +256,17 @@ def test_finished_files_and_folders_reach_the_disk_before_their_rename(tmp_path,
 
     events: list[tuple[str, str]] = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(storage.os, "fsync", lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    monkeypatch.setattr(
+        storage.os,
+        "fsync",
+        lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1],
+    )
     monkeypatch.setattr(storage.os, "replace", lambda a, b: (events.append(("replace", str(b))), real_replace(a, b))[1])
     with storage.building(tmp_path / "stage" / "key") as scratch:
         storage.write_json(scratch / "a.json", {"x": 1})
         events.clear()
-    synced_before = [path for kind, path in events[: events.index(("replace", str(tmp_path / "stage" / "key")))]
-                     if kind == "fsync"]
+    synced_before = [
+        path for kind, path in events[: events.index(("replace", str(tmp_path / "stage" / "key")))] if kind == "fsync"
+    ]
     assert any(p.endswith("a.json") for p in synced_before) and any(p.endswith(".tmp") for p in synced_before)
     assert events[-1] == ("fsync", str(tmp_path / "stage"))  # the rename itself made durable

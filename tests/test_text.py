@@ -29,7 +29,10 @@ def test_lowercase():
 
 def test_strip_html_and_entities():
     assert tok("one<br /><br />two &amp; <i>three</i>", strip_html=True, punctuation="keep") == [
-        "one", "two", "&", "three"
+        "one",
+        "two",
+        "&",
+        "three",
     ]
 
 
@@ -37,12 +40,15 @@ def test_remove_parentheses():
     assert tok("the film (released 1999) is fine", remove_parentheses=True) == ["the", "film", "is", "fine"]
 
 
-@pytest.mark.parametrize("name,text,expected", [
-    ("url", "see https://t.co/x?a=1 now", ["see", "<url>", "now"]),
-    ("mention", "hi @bob_1, mail a@b.org", ["hi", "<mention>", ",", "mail", "a", "@", "b", ".", "org"]),
-    ("hashtag", "love #NLP", ["love", "<hashtag>"]),
-    ("digit", "won 3-1 in 2024", ["won", "<digit>", "-", "<digit>", "in", "<digit>"]),
-])
+@pytest.mark.parametrize(
+    "name,text,expected",
+    [
+        ("url", "see https://t.co/x?a=1 now", ["see", "<url>", "now"]),
+        ("mention", "hi @bob_1, mail a@b.org", ["hi", "<mention>", ",", "mail", "a", "@", "b", ".", "org"]),
+        ("hashtag", "love #NLP", ["love", "<hashtag>"]),
+        ("digit", "won 3-1 in 2024", ["won", "<digit>", "-", "<digit>", "in", "<digit>"]),
+    ],
+)
 def test_placeholders(name, text, expected):
     assert tok(text, placeholders=[name]) == expected
 
@@ -81,8 +87,17 @@ def test_unicode_forms_agree_with_python_on_every_row(form):
     Latin-1); the result is Python's normalisation of every row."""
     import unicodedata
 
-    rows = ["Café ½ naïve", "Cafe\u0301", "Ångström \u212b", "ﬁne ２", "plain", "e\u0301\u00e9",
-            "\u00a0nbsp\u00b2", "Straße ß", "日本語テキスト ｶﾞ"]
+    rows = [
+        "Café ½ naïve",
+        "Cafe\u0301",
+        "Ångström \u212b",
+        "ﬁne ２",
+        "plain",
+        "e\u0301\u00e9",
+        "\u00a0nbsp\u00b2",
+        "Straße ß",
+        "日本語テキスト ｶﾞ",
+    ]
     cfg = PreprocessConfig(level="word", unicode_form=form, punctuation="keep")
     expected = [unicodedata.normalize(form, r).split() for r in rows]
     assert tokenize(pa.array(rows, pa.string()), cfg).to_pylist() == expected
@@ -93,8 +108,22 @@ def test_words_split_on_every_unicode_white_space():
     result is Arrow's Unicode split on every white-space character."""
     import pyarrow.compute as pc
 
-    spaces = [chr(c) for c in [*range(0x09, 0x0E), *range(0x1C, 0x21), 0x85, 0xA0, 0x1680,
-                               *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]]
+    spaces = [
+        chr(c)
+        for c in [
+            *range(0x09, 0x0E),
+            *range(0x1C, 0x21),
+            0x85,
+            0xA0,
+            0x1680,
+            *range(0x2000, 0x200B),
+            0x2028,
+            0x2029,
+            0x202F,
+            0x205F,
+            0x3000,
+        ]
+    ]
     rows = [f"a{s}b{s}{s}c{s}" for s in spaces] + ["\u200bzero-width is no space\u00ad"]
     cfg = PreprocessConfig(level="word", unicode_form=None, punctuation="keep")
     expected = pc.utf8_split_whitespace(pc.utf8_trim_whitespace(pa.array(rows))).to_pylist()
@@ -113,4 +142,9 @@ def test_steps_applied_to_some_rows_keep_every_row_in_place():
     rows = ["plain ascii", "Cafe\u0301 &amp; bar", None, "a &lt;b&gt; c", "Abé"]
     cfg = PreprocessConfig(level="word", strip_html=True, strip_accents=True, punctuation="keep")
     assert tokenize(pa.array(rows, pa.string()), cfg).to_pylist() == [
-        ["plain", "ascii"], ["Cafe", "&", "bar"], None, ["a", "<b>", "c"], ["Abe"]]
+        ["plain", "ascii"],
+        ["Cafe", "&", "bar"],
+        None,
+        ["a", "<b>", "c"],
+        ["Abe"],
+    ]

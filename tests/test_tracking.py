@@ -10,12 +10,23 @@ pytestmark = [pytest.mark.usefixtures("prefect_server"), pytest.mark.slow]
 
 def test_retraining_is_logged_and_the_promoted_model_registered(datasets, tmp_path):
     from mlflow import MlflowClient
+
     from rnnlib_flows.retrain import retrain_flow
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    decision = retrain_flow(dataset="names", registry=str(tmp_path / "models"), overrides=[
-        f"source.mirror={datasets}", f"work_dir={tmp_path / 'work'}", "dask.processes=false",
-        "model.embedding_dim=16", "model.hidden_size=32", "train.epochs=2", f"tracking.uri={uri}"])
+    decision = retrain_flow(
+        dataset="names",
+        registry=str(tmp_path / "models"),
+        overrides=[
+            f"source.mirror={datasets}",
+            f"work_dir={tmp_path / 'work'}",
+            "dask.processes=false",
+            "model.embedding_dim=16",
+            "model.hidden_size=32",
+            "train.epochs=2",
+            f"tracking.uri={uri}",
+        ],
+    )
     assert decision.promoted
     client = MlflowClient(uri)
     [run] = client.search_runs([client.get_experiment_by_name("rnnlib").experiment_id])

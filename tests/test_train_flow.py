@@ -11,28 +11,39 @@ from pathlib import Path
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
-from rnnlib_flows.train import train_flow
 
 from rnnlib.config import TrainFlowConfig
 from rnnlib.modeling.bundle import load_bundle
+from rnnlib_flows.train import train_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
 def test_train_flow_end_to_end_then_cached(datasets, tmp_path):
-    config = TrainFlowConfig.model_validate({
-        "source": {"dataset": "names", "mirror": str(datasets)}, "work_dir": str(tmp_path),
-        "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 32},
-        "train": {"epochs": 2, "batch_size": 64, "lr": 0.003},
-    })
+    config = TrainFlowConfig.model_validate(
+        {
+            "source": {"dataset": "names", "mirror": str(datasets)},
+            "work_dir": str(tmp_path),
+            "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 32},
+            "train": {"epochs": 2, "batch_size": 64, "lr": 0.003},
+        }
+    )
     state = train_flow(config, return_state=True)
     first = state.result()
     assert not first.fit.cached and not first.evaluate.cached
     result = first.evaluation
     assert result.rows == 3008 and 0.5 < result.accuracy <= 1
     bundle_dir = Path(result.bundle)
-    for name in ("weights.safetensors", "vocab.json", "labels.json", "config.json", "metrics.json", "README.md",
-                 "confusion.png", "curves.png"):
+    for name in (
+        "weights.safetensors",
+        "vocab.json",
+        "labels.json",
+        "config.json",
+        "metrics.json",
+        "README.md",
+        "confusion.png",
+        "curves.png",
+    ):
         assert (bundle_dir / name).is_file(), name
     metrics = json.loads((bundle_dir / "metrics.json").read_text())
     assert set(metrics["per_class"]) == set(first.data.labels) and len(metrics["confusion_matrix"]) == 18
@@ -58,12 +69,21 @@ def _assert_dashboard(flow_run_id, trained, metrics: dict) -> None:
     with the kept epoch marked, the model beside the baseline, per-class figures, the plots
     embedded, and task runs named by what they do."""
     with get_client(sync_client=True) as client:
-        artifacts = {a.key: a.data for a in client.read_artifacts(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
-        task_runs = {t.name for t in client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))}
-    assert set(artifacts) == {"train-data", "training-history", "evaluation-metrics", "evaluation-summary",
-                              "per-class", "evaluation-plots"}
+        artifacts = {
+            a.key: a.data
+            for a in client.read_artifacts(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        }
+        task_runs = {
+            t.name for t in client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        }
+    assert set(artifacts) == {
+        "train-data",
+        "training-history",
+        "evaluation-metrics",
+        "evaluation-summary",
+        "per-class",
+        "evaluation-plots",
+    }
     assert f"**kept** 20074, **rejected** 0; vocabulary {trained.data.vocab_size} entries" in artifacts["train-data"]
     assert "| fit | built |" in artifacts["train-data"]
     history = json.loads(artifacts["training-history"])
@@ -84,15 +104,18 @@ def test_prune_during_a_run_removes_nothing_the_run_still_needs(datasets, tmp_pa
     after the fit), so the run finishes; once it has ended they can be pruned."""
     import threading
 
+    from rnnlib.stages import cached_outputs
     from rnnlib_flows.cli import main
 
-    from rnnlib.stages import cached_outputs
-
-    config = TrainFlowConfig.model_validate({
-        "source": {"dataset": "names", "mirror": str(datasets)}, "work_dir": str(tmp_path / "w"),
-        "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 32},
-        "train": {"epochs": 3, "batch_size": 32}, "evaluate": {"baseline": False},
-    })
+    config = TrainFlowConfig.model_validate(
+        {
+            "source": {"dataset": "names", "mirror": str(datasets)},
+            "work_dir": str(tmp_path / "w"),
+            "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 32},
+            "train": {"epochs": 3, "batch_size": 32},
+            "evaluate": {"baseline": False},
+        }
+    )
     outcome: dict = {}
 
     def run() -> None:

@@ -26,13 +26,25 @@ def _config(tmp_path: Path, **tune) -> TrainFlowConfig:
         noise = rng.choices("the a of to in on at".split(), k=3)
         lines.append(f"{' '.join(rng.choices(WORDS[label].split(), k=2) + noise)},{label}")
     (tmp_path / "news.csv").write_text("\n".join(lines) + "\n")
-    return TrainFlowConfig.model_validate({
-        "source": {"inputs": [{"path": str(tmp_path / "news.csv")}]}, "work_dir": str(tmp_path / "work"),
-        "preprocess": {"level": "word"}, "model": {"embedding_dim": 8, "hidden_size": 8},
-        "train": {"epochs": 3, "batch_size": 32}, "evaluate": {"baseline": False},
-        "tune": {"trials": 3, "space": {"model.hidden_size": {"low": 4, "high": 16},
-                                        "model.dropout": {"low": 0.0, "high": 0.5},
-                                        "model.pooling": {"choices": ["last", "max"]}}, **tune}})
+    return TrainFlowConfig.model_validate(
+        {
+            "source": {"inputs": [{"path": str(tmp_path / "news.csv")}]},
+            "work_dir": str(tmp_path / "work"),
+            "preprocess": {"level": "word"},
+            "model": {"embedding_dim": 8, "hidden_size": 8},
+            "train": {"epochs": 3, "batch_size": 32},
+            "evaluate": {"baseline": False},
+            "tune": {
+                "trials": 3,
+                "space": {
+                    "model.hidden_size": {"low": 4, "high": 16},
+                    "model.dropout": {"low": 0.0, "high": 0.5},
+                    "model.pooling": {"choices": ["last", "max"]},
+                },
+                **tune,
+            },
+        }
+    )
 
 
 def test_a_search_runs_its_trials_once_and_its_best_config_reproduces(tmp_path):
@@ -41,8 +53,10 @@ def test_a_search_runs_its_trials_once_and_its_best_config_reproduces(tmp_path):
     search = tune(config, data)
     assert len(search.trials) == 3 and all(t.state == "COMPLETE" for t in search.trials)
     assert {tuple(sorted(t.params)) for t in search.trials} == {("model.dropout", "model.hidden_size", "model.pooling")}
-    assert all(isinstance(t.params["model.hidden_size"], int) and 4 <= t.params["model.hidden_size"] <= 16
-               for t in search.trials)
+    assert all(
+        isinstance(t.params["model.hidden_size"], int) and 4 <= t.params["model.hidden_size"] <= 16
+        for t in search.trials
+    )
     assert search.best.value == max(t.value for t in search.trials)  # accuracy: higher is better
     db = Path(config.work_dir) / "tune.db"
     with sqlite3.connect(db) as connection:
@@ -87,9 +101,9 @@ def test_a_searched_setting_must_be_one_the_config_has(tmp_path):
 def test_the_tune_flow_publishes_its_trials_and_writes_a_config_train_reproduces(tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-    from rnnlib_flows.tune import tune_flow
 
     from rnnlib.stages import reused
+    from rnnlib_flows.tune import tune_flow
 
     config = _config(tmp_path, trials=2)
     search, trained, path = tune_flow(config)
@@ -97,8 +111,9 @@ def test_the_tune_flow_publishes_its_trials_and_writes_a_config_train_reproduces
     reproduced = reused(lambda: train_model(load_config(TrainFlowConfig, path)))
     assert reproduced is not None and reproduced.evaluation == trained.evaluation
     with get_client(sync_client=True) as client:
-        artifacts = client.read_artifacts(artifact_filter=ArtifactFilter(
-            key=ArtifactFilterKey(any_=["tune-trials", "tune-summary"])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["tune-trials", "tune-summary"]))
+        )
     assert {a.key for a in artifacts} == {"tune-trials", "tune-summary"}
     table = next(a for a in artifacts if a.key == "tune-trials")
     assert "validation accuracy" in str(table.data) and "model.pooling" in str(table.data)

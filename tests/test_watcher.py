@@ -106,6 +106,7 @@ def test_an_event_the_server_never_stores_is_not_taken_as_delivered(tmp_path, ht
     Prefect server (a plain web server here, as a wrong URL or a proxy would be) the event is
     lost, so it reports False and the files are offered again on the next poll."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
+
     from rnnlib_deployments.watcher import announce
 
     root, url = http_root

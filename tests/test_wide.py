@@ -36,10 +36,15 @@ def _headlines(path: Path, rows: int = 600) -> None:
 def wide_and_deep(tmp_path_factory):
     work = tmp_path_factory.mktemp("wide")
     _headlines(work / "d.csv")
-    config = TrainFlowConfig.model_validate({
-        "source": {"inputs": [{"path": str(work / "d.csv")}]}, "preprocess": {"level": "word"},
-        "work_dir": str(work / "w"), "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 16, "wide": True},
-        "train": {"epochs": 2, "batch_size": 32}})
+    config = TrainFlowConfig.model_validate(
+        {
+            "source": {"inputs": [{"path": str(work / "d.csv")}]},
+            "preprocess": {"level": "word"},
+            "work_dir": str(work / "w"),
+            "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 16, "wide": True},
+            "train": {"epochs": 2, "batch_size": 32},
+        }
+    )
     return config, train_model(config)
 
 
@@ -61,7 +66,7 @@ def test_the_wide_half_computes_what_it_was_fitted_on(wide_and_deep, tmp_path):
     lengths = torch.tensor([len(r) for r in rows.to_pylist()])
     ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)  # padded, as scoring batches are
     for i, r in enumerate(rows.to_pylist()):
-        ids[i, :len(r)] = torch.tensor(r)
+        ids[i, : len(r)] = torch.tensor(r)
     np.testing.assert_allclose(module(ids, lengths).numpy(), expected, rtol=1e-4, atol=1e-4)
 
 

@@ -15,9 +15,7 @@ KEPT = "kept"
 def outcomes(reject: pa.Array | pa.ChunkedArray) -> Counter:
     """Counts of `kept` and of each reject reason in a reject column."""
     counts = pc.value_counts(pc.fill_null(reject, KEPT))
-    return Counter(
-        {str(v["values"]): int(v["counts"]) for v in counts.to_pylist()}
-    )
+    return Counter({str(v["values"]): int(v["counts"]) for v in counts.to_pylist()})
 
 
 def summarise(counters: Iterable[Mapping[str, int]]) -> dict[str, Any]:

@@ -38,14 +38,17 @@ def dask_client(cfg: DaskConfig) -> Iterator[Client]:
             client.close()
         return
     cores = cfg.n_workers or os.cpu_count() or 1
-    with dask.config.set(LOCAL_WORKER_ENVIRON), LocalCluster(
-        n_workers=cores if cfg.processes else 1,
-        threads_per_worker=1 if cfg.processes else cores,
-        processes=cfg.processes,
-        **({"host": "127.0.0.1"} if cfg.processes else {}),  # threads only: in-process transport
-        dashboard_address="127.0.0.1:0",  # any free port: several clusters may run side by side
-        silence_logs=logging.ERROR,
-    ) as cluster:
+    with (
+        dask.config.set(LOCAL_WORKER_ENVIRON),
+        LocalCluster(
+            n_workers=cores if cfg.processes else 1,
+            threads_per_worker=1 if cfg.processes else cores,
+            processes=cfg.processes,
+            **({"host": "127.0.0.1"} if cfg.processes else {}),  # threads only: in-process transport
+            dashboard_address="127.0.0.1:0",  # any free port: several clusters may run side by side
+            silence_logs=logging.ERROR,
+        ) as cluster,
+    ):
         client = Client(cluster, set_as_default=False)
         try:
             yield client
@@ -64,8 +67,12 @@ def map_partitions(
 
 
 def map_reduce(
-    client: Client | None, fn: Callable[..., Any], items: Sequence[Any],
-    combine: Callable[..., Any], fan_in: int = 8, **kwargs: Any,
+    client: Client | None,
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    combine: Callable[..., Any],
+    fan_in: int = 8,
+    **kwargs: Any,
 ) -> Any:
     """`combine(*map(fn, items))` as a tree reduction on the cluster: partial results stay on
     the workers and only the final one reaches the caller."""
@@ -73,6 +80,5 @@ def map_reduce(
         return combine(*(fn(item, **kwargs) for item in items))
     futures = client.map(fn, items, pure=False, **kwargs)
     while len(futures) > 1:
-        futures = [client.submit(combine, *futures[i : i + fan_in], pure=False)
-                   for i in range(0, len(futures), fan_in)]
+        futures = [client.submit(combine, *futures[i : i + fan_in], pure=False) for i in range(0, len(futures), fan_in)]
     return futures[0].result()

@@ -9,7 +9,7 @@ import json
 import sys
 import threading
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ def _executed(tree: ast.AST) -> Iterator[ast.AST]:
 _PARSING = threading.Lock()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _imported_names(path: Path) -> frozenset[str]:
     """Every module name a source file imports anywhere (function-level imports too), with the
     packages that importing them runs."""
@@ -115,7 +115,7 @@ def library_versions(files: set[Path]) -> dict[str, str]:
     return versions
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_closure(root: str) -> frozenset[str]:
     """`root` and every rnnlib module it imports, directly or not: the code it can execute."""
     seen, todo = set(), [root]
@@ -129,7 +129,7 @@ def code_closure(root: str) -> frozenset[str]:
     return frozenset(seen)
 
 
-@lru_cache(maxsize=None)
+@cache
 def code_version(*roots: str, own: str | None = None) -> str:
     """Digest of the source a computation runs: the modules `roots` name and all they import
     (found from the source, not kept by hand), plus the module `own` alone (where the stage itself
@@ -139,5 +139,9 @@ def code_version(*roots: str, own: str | None = None) -> str:
         files |= {module_file(own)} - {None} if own else set()
     else:
         files = set(PACKAGE_DIR.rglob("*.py"))
-    return digest_json({"source": {str(p.relative_to(PACKAGE_DIR)): file_digest(p) for p in sorted(files)},
-                        "libraries": library_versions(files)})
+    return digest_json(
+        {
+            "source": {str(p.relative_to(PACKAGE_DIR)): file_digest(p) for p in sorted(files)},
+            "libraries": library_versions(files),
+        }
+    )

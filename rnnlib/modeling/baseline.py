@@ -38,8 +38,9 @@ class BaselineResult(BaseModel):
     weighted: Averages
 
 
-def split_documents(tokens_dir: str | Path, split_dir: str | Path,
-                    level: str) -> dict[str, tuple[list[str], list[str]]]:
+def split_documents(
+    tokens_dir: str | Path, split_dir: str | Path, level: str
+) -> dict[str, tuple[list[str], list[str]]]:
     """Per split, (documents, labels) of its kept rows: tokens joined back into a string (words
     by a space, characters as they were). Each partition is read once."""
     separator = " " if level == "word" else ""
@@ -50,24 +51,29 @@ def split_documents(tokens_dir: str | Path, split_dir: str | Path,
         text = pc.binary_join(table["tokens"].cast(pa.list_(pa.string())), separator)
         parts.append(pa.table({"text": text, "label": table["label"], "split": table["split"]}))
     rows = pa.concat_tables(parts)
-    return {name: (chosen["text"].to_pylist(), chosen["label"].to_pylist())
-            for name in ("train", "val", "test")
-            for chosen in [rows.filter(pc.equal(rows["split"], name))]}
+    return {
+        name: (chosen["text"].to_pylist(), chosen["label"].to_pylist())
+        for name in ("train", "val", "test")
+        for chosen in [rows.filter(pc.equal(rows["split"], name))]
+    }
 
 
 def vectorizer(level: str) -> TfidfVectorizer:
     if level == "word":
-        return TfidfVectorizer(tokenizer=str.split, token_pattern=None, lowercase=False,
-                               ngram_range=(1, 2), min_df=2, sublinear_tf=True)
+        return TfidfVectorizer(
+            tokenizer=str.split, token_pattern=None, lowercase=False, ngram_range=(1, 2), min_df=2, sublinear_tf=True
+        )
     return TfidfVectorizer(analyzer="char", lowercase=False, ngram_range=(1, 4), sublinear_tf=True)
 
 
-def fit_baseline(tokens_dir: str | Path, split_dir: str | Path, *, level: str,
-                 labels: list[str]) -> BaselineResult:
+def fit_baseline(tokens_dir: str | Path, split_dir: str | Path, *, level: str, labels: list[str]) -> BaselineResult:
     """Fit on `train`, choose C on `val` (if there is one), score `test`."""
     documents = split_documents(tokens_dir, split_dir, level)
     (train_docs, train_labels), (val_docs, val_labels), (test_docs, test_labels) = (
-        documents["train"], documents["val"], documents["test"])
+        documents["train"],
+        documents["val"],
+        documents["test"],
+    )
     features = vectorizer(level)
     x_train = features.fit_transform(train_docs)
 
@@ -88,6 +94,12 @@ def fit_baseline(tokens_dir: str | Path, split_dir: str | Path, *, level: str,
     predicted = model.predict(features.transform(test_docs))
     result = metrics(np.array([index[t] for t in test_labels]), np.array([index[p] for p in predicted]), labels)
     name = "word 1-2-grams" if level == "word" else "character 1-4-grams"
-    return BaselineResult(features=f"TF-IDF {name} + logistic regression", c=best_c,
-                          train_rows=len(train_docs), rows=result["rows"], accuracy=result["accuracy"],
-                          macro=result["macro"], weighted=result["weighted"])
+    return BaselineResult(
+        features=f"TF-IDF {name} + logistic regression",
+        c=best_c,
+        train_rows=len(train_docs),
+        rows=result["rows"],
+        accuracy=result["accuracy"],
+        macro=result["macro"],
+        weighted=result["weighted"],
+    )

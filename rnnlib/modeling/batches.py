@@ -33,8 +33,7 @@ class Batch:
         """On GPU: pinned memory and a non-blocking copy, so the next batch overlaps compute."""
         if device.type != "cuda":
             return self
-        return Batch(*(t.pin_memory().to(device, non_blocking=True)
-                       for t in (self.ids, self.lengths, self.labels)))
+        return Batch(*(t.pin_memory().to(device, non_blocking=True) for t in (self.ids, self.lengths, self.labels)))
 
 
 def shard_files(split_dir: str | Path) -> list[Path]:
@@ -60,8 +59,13 @@ class _ShardReader:
         parquet = pq.ParquetFile(path)
         self.remaining = parquet.metadata.num_rows
         self.batches = parquet.iter_batches(batch_size=chunk_rows, columns=["ids", "length", "label"])
-        self.buffer = pa.table({"ids": pa.array([], pa.list_(pa.int32())), "length": pa.array([], pa.int32()),
-                                "label": pa.array([], pa.int64())})
+        self.buffer = pa.table(
+            {
+                "ids": pa.array([], pa.list_(pa.int32())),
+                "length": pa.array([], pa.int32()),
+                "label": pa.array([], pa.int64()),
+            }
+        )
 
     def take(self, n: int) -> pa.Table:
         while self.buffer.num_rows < n:
@@ -77,8 +81,16 @@ class _ShardReader:
 class ShardBatches:
     """Iterable of length-bucketed batches over a split's shards (a rank's share of them)."""
 
-    def __init__(self, split_dir: str | Path, batch_size: int, pool_batches: int = 50,
-                 shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self,
+        split_dir: str | Path,
+        batch_size: int,
+        pool_batches: int = 50,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.files = shard_files(split_dir)[rank::world_size]
         self.batch_size, self.pool_rows = batch_size, batch_size * pool_batches
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0

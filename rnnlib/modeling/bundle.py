@@ -41,9 +41,16 @@ class Bundle:
     version: str
 
 
-def save_bundle(out_dir: Path, weights: Path, vocab_dir: Path, preprocess: PreprocessConfig,
-                model: ModelConfig, max_length: int | None, data: dict[str, Any],
-                metrics: dict[str, Any] | None = None) -> str:
+def save_bundle(
+    out_dir: Path,
+    weights: Path,
+    vocab_dir: Path,
+    preprocess: PreprocessConfig,
+    model: ModelConfig,
+    max_length: int | None,
+    data: dict[str, Any],
+    metrics: dict[str, Any] | None = None,
+) -> str:
     """Write a bundle; returns its version (a digest of its weights and configuration).
     `metrics.json` may also be written later, by the evaluation of the saved bundle."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -52,10 +59,14 @@ def save_bundle(out_dir: Path, weights: Path, vocab_dir: Path, preprocess: Prepr
     for name in (VOCAB_FILE, LABELS_FILE):
         shutil.copyfile(vocab_dir / name, out_dir / name)
     config = {
-        "preprocess": preprocess.model_dump(mode="json"), "model": model.model_dump(mode="json"),
-        "max_length": max_length, "vocab_hash": Vocabulary.load(vocab_dir / VOCAB_FILE).hash,
-        "labels_hash": LabelEncoder.load(vocab_dir / LABELS_FILE).hash, "data": data,
-        "rnnlib_code": code_version(), "weights_digest": file_digest(out_dir / WEIGHTS),
+        "preprocess": preprocess.model_dump(mode="json"),
+        "model": model.model_dump(mode="json"),
+        "max_length": max_length,
+        "vocab_hash": Vocabulary.load(vocab_dir / VOCAB_FILE).hash,
+        "labels_hash": LabelEncoder.load(vocab_dir / LABELS_FILE).hash,
+        "data": data,
+        "rnnlib_code": code_version(),
+        "weights_digest": file_digest(out_dir / WEIGHTS),
     }
     config["version"] = digest_json(config)
     write_json(out_dir / CONFIG, config)
@@ -88,14 +99,22 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
     if vocab.hash != config["vocab_hash"] or labels.hash != config["labels_hash"]:
         raise BundleError("vocabulary or labels do not match the bundle's configuration", file=str(path))
     if file_digest(path / WEIGHTS) != config["weights_digest"]:
-        raise BundleError("weights are not the ones this bundle was written with (digest differs)",
-                          file=str(path / WEIGHTS))
+        raise BundleError(
+            "weights are not the ones this bundle was written with (digest differs)", file=str(path / WEIGHTS)
+        )
     model = RNNClassifier(len(vocab.tokens), len(labels.labels), ModelConfig(**config["model"]))
     state = load_file(path / WEIGHTS, device=str(torch.device(device)))
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise BundleError(f"weights do not match the vocabulary/labels/model config: {exc}",
-                          file=str(path / WEIGHTS)) from exc
-    return Bundle(model.to(device).eval(), vocab, labels, PreprocessConfig(**config["preprocess"]),
-                  config["max_length"], config["version"])
+        raise BundleError(
+            f"weights do not match the vocabulary/labels/model config: {exc}", file=str(path / WEIGHTS)
+        ) from exc
+    return Bundle(
+        model.to(device).eval(),
+        vocab,
+        labels,
+        PreprocessConfig(**config["preprocess"]),
+        config["max_length"],
+        config["version"],
+    )

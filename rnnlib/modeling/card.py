@@ -19,8 +19,11 @@ def _settings(values: dict[str, Any]) -> list[str]:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows),
+    ]
 
 
 def _max_length(tokens: int | None) -> str:
@@ -32,13 +35,22 @@ def _precision(evaluation: Evaluation) -> list[str]:
     report = evaluation.precision
     if report is None:
         return []
-    return ["## Number formats", "",
-            f"The figures above are fp32's. Scoring's `precision: auto` runs in {report.auto} on the "
-            f"CPU this model was evaluated on ({report.cpu}): bf16 on a GPU or a CPU with bf16 units, "
-            "else fp32. Predictions of the reduced formats against fp32's, on the CPU:", "",
-            *_table(["precision", "test rows", "same label as fp32", "largest probability change"],
-                    [[a.precision, a.rows, f"{a.labels_same:.2%}", f"{a.max_probability_change:.4f}"]
-                     for a in report.agreement]), ""]
+    return [
+        "## Number formats",
+        "",
+        f"The figures above are fp32's. Scoring's `precision: auto` runs in {report.auto} on the "
+        f"CPU this model was evaluated on ({report.cpu}): bf16 on a GPU or a CPU with bf16 units, "
+        "else fp32. Predictions of the reduced formats against fp32's, on the CPU:",
+        "",
+        *_table(
+            ["precision", "test rows", "same label as fp32", "largest probability change"],
+            [
+                [a.precision, a.rows, f"{a.labels_same:.2%}", f"{a.max_probability_change:.4f}"]
+                for a in report.agreement
+            ],
+        ),
+        "",
+    ]
 
 
 def _blend(evaluation: Evaluation) -> list[str]:
@@ -46,67 +58,119 @@ def _blend(evaluation: Evaluation) -> list[str]:
     blend = evaluation.blend
     if blend is None:
         return []
-    return ["## Wide and deep", "",
-            f"Its probabilities are {blend.weight:.2f} x the recurrent model's + {1 - blend.weight:.2f} x "
-            f"a linear TF-IDF model's over the words and hashed word bigrams (C={blend.wide.C:g}, "
-            f"{blend.wide.features} features seen in training), the weight even unless the validation "
-            "split clearly prefers another:", "",
-            *_table(["model", "validation accuracy", "test accuracy"],
-                    [["blend", f"{blend.val_accuracy:.4f}", f"{evaluation.accuracy:.4f}"],
-                     ["recurrent alone", f"{blend.deep_val_accuracy:.4f}", f"{blend.deep_test_accuracy:.4f}"],
-                     ["linear alone", f"{blend.wide_val_accuracy:.4f}", f"{blend.wide_test_accuracy:.4f}"]]), ""]
+    return [
+        "## Wide and deep",
+        "",
+        f"Its probabilities are {blend.weight:.2f} x the recurrent model's + {1 - blend.weight:.2f} x "
+        f"a linear TF-IDF model's over the words and hashed word bigrams (C={blend.wide.C:g}, "
+        f"{blend.wide.features} features seen in training), the weight even unless the validation "
+        "split clearly prefers another:",
+        "",
+        *_table(
+            ["model", "validation accuracy", "test accuracy"],
+            [
+                ["blend", f"{blend.val_accuracy:.4f}", f"{evaluation.accuracy:.4f}"],
+                ["recurrent alone", f"{blend.deep_val_accuracy:.4f}", f"{blend.deep_test_accuracy:.4f}"],
+                ["linear alone", f"{blend.wide_val_accuracy:.4f}", f"{blend.wide_test_accuracy:.4f}"],
+            ],
+        ),
+        "",
+    ]
 
 
 def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
     config, report = read_json(Path(bundle_dir) / CONFIG), read_json(Path(bundle_dir) / METRICS)
     history, labels = report["history"], report["labels"]
     chosen = report["selection"]
-    lines = [f"# Model card: {len(labels)}-class text classifier", "",
-             f"Bundle version `{config['version']}`, made by rnnlib (code `{config['rnnlib_code']}`).", "",
-             "## Data", "", f"- labels ({len(labels)}): {', '.join(labels)}",
-             f"- labels hash `{config['labels_hash']}`, vocabulary hash `{config['vocab_hash']}`",
-             *(f"- {stage} stage key `{key}`" for stage, key in config["data"].items()),
-             f"- test split: {evaluation.rows} rows", "",
-             "## Preprocessing", "", *_settings(config["preprocess"]),
-             f"- maximum length: {_max_length(config['max_length'])}", "",
-             "## Model", "", *_settings(config["model"]), "",
-             "## Training", "",
-             f"{len(history)} epochs ({sum(h['seconds'] for h in history):.0f} s of training); the weights "
-             f"are those of epoch {chosen['epoch']} (marked), of the best validation {chosen['monitor']} "
-             f"({chosen['value']:.4f}).", "",
-             *_table(["epoch", "train loss", "train accuracy", "validation loss", "validation accuracy",
-                      "validation macro F1"],
-                     [[f"**{h['epoch']}**" if h["epoch"] == chosen["epoch"] else h["epoch"],
-                       f"{h['train_loss']:.4f}", f"{h['train_acc']:.4f}", f"{h['val_loss']:.4f}",
-                       f"{h['val_acc']:.4f}", f"{h['val_macro_f1']:.4f}"] for h in history]), "",
-             "## Evaluation on the test split", ""]
+    lines = [
+        f"# Model card: {len(labels)}-class text classifier",
+        "",
+        f"Bundle version `{config['version']}`, made by rnnlib (code `{config['rnnlib_code']}`).",
+        "",
+        "## Data",
+        "",
+        f"- labels ({len(labels)}): {', '.join(labels)}",
+        f"- labels hash `{config['labels_hash']}`, vocabulary hash `{config['vocab_hash']}`",
+        *(f"- {stage} stage key `{key}`" for stage, key in config["data"].items()),
+        f"- test split: {evaluation.rows} rows",
+        "",
+        "## Preprocessing",
+        "",
+        *_settings(config["preprocess"]),
+        f"- maximum length: {_max_length(config['max_length'])}",
+        "",
+        "## Model",
+        "",
+        *_settings(config["model"]),
+        "",
+        "## Training",
+        "",
+        f"{len(history)} epochs ({sum(h['seconds'] for h in history):.0f} s of training); the weights "
+        f"are those of epoch {chosen['epoch']} (marked), of the best validation {chosen['monitor']} "
+        f"({chosen['value']:.4f}).",
+        "",
+        *_table(
+            ["epoch", "train loss", "train accuracy", "validation loss", "validation accuracy", "validation macro F1"],
+            [
+                [
+                    f"**{h['epoch']}**" if h["epoch"] == chosen["epoch"] else h["epoch"],
+                    f"{h['train_loss']:.4f}",
+                    f"{h['train_acc']:.4f}",
+                    f"{h['val_loss']:.4f}",
+                    f"{h['val_acc']:.4f}",
+                    f"{h['val_macro_f1']:.4f}",
+                ]
+                for h in history
+            ],
+        ),
+        "",
+        "## Evaluation on the test split",
+        "",
+    ]
     base = evaluation.baseline
     if base is not None:
-        lines += [f"Beside its baseline, {base.features} (C={base.c}), fitted on the same "
-                  f"{base.train_rows} training rows and scored on the same test rows:", "",
-                  *_table(["metric", "model", "baseline", "model - baseline"],
-                          [[name, f"{model:.4f}", f"{b:.4f}", f"{model - b:+.4f}"]
-                           for name, model, b in evaluation.comparison()]), ""]
+        lines += [
+            f"Beside its baseline, {base.features} (C={base.c}), fitted on the same "
+            f"{base.train_rows} training rows and scored on the same test rows:",
+            "",
+            *_table(
+                ["metric", "model", "baseline", "model - baseline"],
+                [[name, f"{model:.4f}", f"{b:.4f}", f"{model - b:+.4f}"] for name, model, b in evaluation.comparison()],
+            ),
+            "",
+        ]
     else:
-        lines += [*_table(["metric", "model"], [[name, f"{model:.4f}"] for name, model, _ in evaluation.comparison()]), ""]
-    lines += ["Per class:", "",
-              *_table(["label", "precision", "recall", "F1", "test rows"],
-                      [[label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1-score']:.3f}", int(c["support"])]
-                       for label, c in report["per_class"].items()]), "",
-              *_blend(evaluation),
-              *_precision(evaluation),
-              "## Intended use and limits", "",
-              "- For text like the training data: the same language, domain and kind of text. Its "
-              "preprocessing and vocabulary are in this bundle and are applied by `rnnlib score`, "
-              "`rnnlib predict` and `rnnlib.scoring.predictor.Predictor`; any other consumer must "
-              "reproduce them exactly.",
-              "- It always answers with one of the labels above, even for text unlike anything it "
-              "was trained on; its probabilities are not calibrated.",
-              "- Tokens not in the vocabulary all read as `<UNK>`; texts longer than the maximum "
-              "length are judged on their beginning (scoring flags them as truncated).",
-              "- Per-class figures on few test rows are noisy; classes with low recall above are "
-              "where it errs most."]
+        lines += [
+            *_table(["metric", "model"], [[name, f"{model:.4f}"] for name, model, _ in evaluation.comparison()]),
+            "",
+        ]
+    lines += [
+        "Per class:",
+        "",
+        *_table(
+            ["label", "precision", "recall", "F1", "test rows"],
+            [
+                [label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1-score']:.3f}", int(c["support"])]
+                for label, c in report["per_class"].items()
+            ],
+        ),
+        "",
+        *_blend(evaluation),
+        *_precision(evaluation),
+        "## Intended use and limits",
+        "",
+        "- For text like the training data: the same language, domain and kind of text. Its "
+        "preprocessing and vocabulary are in this bundle and are applied by `rnnlib score`, "
+        "`rnnlib predict` and `rnnlib.scoring.predictor.Predictor`; any other consumer must "
+        "reproduce them exactly.",
+        "- It always answers with one of the labels above, even for text unlike anything it "
+        "was trained on; its probabilities are not calibrated.",
+        "- Tokens not in the vocabulary all read as `<UNK>`; texts longer than the maximum "
+        "length are judged on their beginning (scoring flags them as truncated).",
+        "- Per-class figures on few test rows are noisy; classes with low recall above are where it errs most.",
+    ]
     if base is not None and evaluation.accuracy < base.accuracy:
-        lines.append("- **It scores below its baseline on this test split**: where the baseline can "
-                     "be used, prefer it.")
+        lines.append(
+            "- **It scores below its baseline on this test split**: where the baseline can be used, prefer it."
+        )
     return "\n".join(lines) + "\n"

@@ -30,8 +30,9 @@ def cpu_has_native_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def for_inference(model: nn.Module, precision: Precision | str, device: torch.device,
-                  native_bf16: bool | None = None) -> nn.Module:
+def for_inference(
+    model: nn.Module, precision: Precision | str, device: torch.device, native_bf16: bool | None = None
+) -> nn.Module:
     """The model in the format to score in: `inference_dtype`'s, or `int8`: the recurrent and
     linear layers' weights quantised to 8 bits (dynamic quantisation; CPU only)."""
     if precision != "int8":
@@ -43,8 +44,7 @@ def for_inference(model: nn.Module, precision: Precision | str, device: torch.de
         return torch.ao.quantization.quantize_dynamic(model, {nn.GRU, nn.LSTM, nn.Linear}, dtype=torch.qint8)
 
 
-def inference_dtype(precision: Precision | str, device: torch.device,
-                    native_bf16: bool | None = None) -> torch.dtype:
+def inference_dtype(precision: Precision | str, device: torch.device, native_bf16: bool | None = None) -> torch.dtype:
     """The format to score in. `auto`: bf16 on a GPU and on a CPU with bf16 units, else fp32.
     `bf16` asked for on a CPU without them is honoured, with a warning."""
     if native_bf16 is None:
@@ -52,8 +52,10 @@ def inference_dtype(precision: Precision | str, device: torch.device,
     if precision == "auto":
         return torch.bfloat16 if device.type == "cuda" or native_bf16 else torch.float32
     if precision == "bf16" and device.type == "cpu" and not native_bf16:
-        log.warning("precision bf16 on a CPU without bf16 units (%s): much slower than fp32",
-                    torch.backends.cpu.get_cpu_capability())
+        log.warning(
+            "precision bf16 on a CPU without bf16 units (%s): much slower than fp32",
+            torch.backends.cpu.get_cpu_capability(),
+        )
     return torch.bfloat16 if precision == "bf16" else torch.float32
 
 

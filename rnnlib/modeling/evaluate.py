@@ -48,16 +48,20 @@ class Evaluation(BaseModel):
         blend = self.blend
         if blend is None:
             return None
-        return (f"wide and deep, {blend.weight:.2f} x the recurrent half: recurrent alone {blend.deep_test_accuracy:.4f}, "
-                f"linear TF-IDF alone {blend.wide_test_accuracy:.4f} (test accuracy)")
+        return (
+            f"wide and deep, {blend.weight:.2f} x the recurrent half: recurrent alone {blend.deep_test_accuracy:.4f}, "
+            f"linear TF-IDF alone {blend.wide_test_accuracy:.4f} (test accuracy)"
+        )
 
     def comparison(self) -> list[tuple[str, float, float | None]]:
         """(metric, model, baseline or None) for the headline metrics."""
         base = self.baseline
-        return [("accuracy", self.accuracy, base.accuracy if base else None),
-                ("macro F1", self.macro.f1, base.macro.f1 if base else None),
-                ("macro recall", self.macro.recall, base.macro.recall if base else None),
-                ("weighted F1", self.weighted.f1, base.weighted.f1 if base else None)]
+        return [
+            ("accuracy", self.accuracy, base.accuracy if base else None),
+            ("macro F1", self.macro.f1, base.macro.f1 if base else None),
+            ("macro recall", self.macro.recall, base.macro.recall if base else None),
+            ("weighted F1", self.weighted.f1, base.weighted.f1 if base else None),
+        ]
 
 
 @torch.no_grad()
@@ -111,9 +115,16 @@ class Selection(BaseModel):
     value: float
 
 
-def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: list[dict[str, Any]],
-                    selection: Selection, baseline: BaselineResult | None = None,
-                    blend: Blend | None = None, device: DeviceChoice = "auto") -> Evaluation:
+def evaluate_bundle(
+    bundle_dir: str | Path,
+    test_dir: str | Path,
+    *,
+    history: list[dict[str, Any]],
+    selection: Selection,
+    baseline: BaselineResult | None = None,
+    blend: Blend | None = None,
+    device: DeviceChoice = "auto",
+) -> Evaluation:
     """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
     `history` and the epoch `selection`, the `baseline` fitted on the same rows and what scoring in bf16 or int8 would
     change; for a wide-and-deep model the `blend` and each half's test accuracy alone), the
@@ -128,15 +139,25 @@ def evaluate_bundle(bundle_dir: str | Path, test_dir: str | Path, *, history: li
     precision = precision_report(bundle.model, held_out_ids(test_dir), len(bundle.labels.labels))
     if blend is not None:
         blend = blend.model_copy(update=halves_alone(bundle.model, test_dir, target))
-    report = {**result, "history": history, "selection": selection.model_dump(),
-              "blend": blend.model_dump(mode="json") if blend else None,
-              "precision": precision.model_dump(mode="json"),
-              "baseline": baseline.model_dump(mode="json", by_alias=True) if baseline else None}
+    report = {
+        **result,
+        "history": history,
+        "selection": selection.model_dump(),
+        "blend": blend.model_dump(mode="json") if blend else None,
+        "precision": precision.model_dump(mode="json"),
+        "baseline": baseline.model_dump(mode="json", by_alias=True) if baseline else None,
+    }
     write_json(bundle_dir / METRICS, report)
     plot_confusion(result, bundle_dir / CONFUSION_PNG)
     plot_curves(history, bundle_dir / CURVES_PNG)
-    return Evaluation(bundle=str(bundle_dir), version=bundle.version, baseline=baseline, precision=precision,
-                      blend=blend, **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")})
+    return Evaluation(
+        bundle=str(bundle_dir),
+        version=bundle.version,
+        baseline=baseline,
+        precision=precision,
+        blend=blend,
+        **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")},
+    )
 
 
 def halves_alone(model: RNNClassifier, test_dir: str | Path, device: torch.device) -> dict[str, float]:

@@ -57,13 +57,26 @@ def _export(module: nn.Module, bundle: Bundle, vocab_size: int, path: Path) -> N
 
     batch, steps = torch.export.Dim("batch"), torch.export.Dim("steps")
     with torch.no_grad():
-        torch.onnx.export(module, example_batch(3, 9, vocab_size, seed=0), path, dynamo=True,
-                          input_names=["ids", "lengths"], output_names=["probabilities"],
-                          dynamic_shapes=({0: batch, 1: steps}, {0: batch}), verbose=False)
+        torch.onnx.export(
+            module,
+            example_batch(3, 9, vocab_size, seed=0),
+            path,
+            dynamo=True,
+            input_names=["ids", "lengths"],
+            output_names=["probabilities"],
+            dynamic_shapes=({0: batch, 1: steps}, {0: batch}),
+            verbose=False,
+        )
     graph = onnx.load(path)
-    onnx.helper.set_model_props(graph, {
-        "labels": json.dumps(list(bundle.labels.labels)), "rnnlib_bundle_version": bundle.version,
-        "max_length": str(bundle.max_length or ""), "vocab_hash": bundle.vocab.hash})
+    onnx.helper.set_model_props(
+        graph,
+        {
+            "labels": json.dumps(list(bundle.labels.labels)),
+            "rnnlib_bundle_version": bundle.version,
+            "max_length": str(bundle.max_length or ""),
+            "vocab_hash": bundle.vocab.hash,
+        },
+    )
     onnx.save(graph, path)
 
 
@@ -85,13 +98,16 @@ def export_onnx(bundle_dir: str | Path, out: str | Path, tolerance: float = 1e-4
         try:
             got = onnxruntime.InferenceSession(str(tmp)).run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]
         except Exception as exc:  # noqa: BLE001 - any failure means the graph is not usable
-            raise ExportError(f"the exported graph does not run on other shapes ({bundle.model.cfg.cell} cells "
-                              f"export with a fixed length; gru and lstm export in full): {exc}",
-                              file=str(bundle_dir)) from exc
+            raise ExportError(
+                f"the exported graph does not run on other shapes ({bundle.model.cfg.cell} cells "
+                f"export with a fixed length; gru and lstm export in full): {exc}",
+                file=str(bundle_dir),
+            ) from exc
         with torch.no_grad():
             want = module(ids, lengths).numpy()
         if not np.allclose(got, want, atol=tolerance):
-            raise ExportError(f"the exported graph differs from PyTorch by {np.abs(got - want).max():.2e}",
-                              file=str(bundle_dir))
+            raise ExportError(
+                f"the exported graph differs from PyTorch by {np.abs(got - want).max():.2e}", file=str(bundle_dir)
+            )
         durable_replace(tmp, out)
     return out

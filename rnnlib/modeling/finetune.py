@@ -25,12 +25,10 @@ def layer_groups(network: RNNClassifier) -> list[list[nn.Parameter]]:
 def optimizer_groups(groups: list[list[nn.Parameter]], cfg: TrainConfig) -> list[dict[str, Any]]:
     """The optimizer's parameter groups: the top at `lr`, each group below at `layer_lr_decay`
     times the rate of the one above."""
-    return [{"params": params, "lr": cfg.lr * cfg.layer_lr_decay ** depth}
-            for depth, params in enumerate(groups)]
+    return [{"params": params, "lr": cfg.lr * cfg.layer_lr_decay**depth} for depth, params in enumerate(groups)]
 
 
-def unfreeze(groups: list[list[nn.Parameter]], epoch: int, cfg: TrainConfig,
-             kept_frozen: set[int]) -> int:
+def unfreeze(groups: list[list[nn.Parameter]], epoch: int, cfg: TrainConfig, kept_frozen: set[int]) -> int:
     """Lets the groups that train in `epoch` (from 1) take gradients and stops the others;
     parameters in `kept_frozen` (ids: frozen by configuration, e.g. fixed vectors) never train.
     Returns how many groups train."""

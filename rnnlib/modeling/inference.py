@@ -73,7 +73,9 @@ def held_out_ids(test_dir: str | Path, max_rows: int = AGREEMENT_ROWS, seed: int
     return ids.take(pa.array(picked))
 
 
-def precision_report(model: RNNClassifier, ids: pa.ListArray, num_classes: int, batch_size: int = 64) -> PrecisionReport:
+def precision_report(
+    model: RNNClassifier, ids: pa.ListArray, num_classes: int, batch_size: int = 64
+) -> PrecisionReport:
     """Each reduced format's agreement with fp32 over `ids`, on the CPU (where they run)."""
     fp32 = copy.deepcopy(model).cpu().float()
     expected = predict_proba(fp32, ids, num_classes, batch_size)
@@ -82,10 +84,17 @@ def precision_report(model: RNNClassifier, ids: pa.ListArray, num_classes: int, 
         # native_bf16: measured knowingly, so no warning about emulated bf16's speed
         reduced = for_inference(copy.deepcopy(fp32), precision, torch.device("cpu"), native_bf16=True)
         got = predict_proba(reduced, ids, num_classes, batch_size)
-        agreement.append(Agreement(
-            precision=precision, rows=len(ids),
-            labels_same=float((got.argmax(1) == expected.argmax(1)).mean()) if len(ids) else 1.0,
-            max_probability_change=float(np.abs(got - expected).max(initial=0.0))))
+        agreement.append(
+            Agreement(
+                precision=precision,
+                rows=len(ids),
+                labels_same=float((got.argmax(1) == expected.argmax(1)).mean()) if len(ids) else 1.0,
+                max_probability_change=float(np.abs(got - expected).max(initial=0.0)),
+            )
+        )
     auto = inference_dtype("auto", torch.device("cpu"))
-    return PrecisionReport(cpu=torch.backends.cpu.get_cpu_capability(),
-                           auto="bf16" if auto == torch.bfloat16 else "fp32", agreement=agreement)
+    return PrecisionReport(
+        cpu=torch.backends.cpu.get_cpu_capability(),
+        auto="bf16" if auto == torch.bfloat16 else "fp32",
+        agreement=agreement,
+    )

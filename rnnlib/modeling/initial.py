@@ -32,7 +32,8 @@ def read_vectors(path: str, wanted: Collection[str], fmt: str = "auto") -> tuple
         first = fh.readline()
         fields = first.split()
         has_header = fmt in ("word2vec", "fasttext") or (
-            fmt == "auto" and len(fields) == 2 and all(f.isdigit() for f in fields))
+            fmt == "auto" and len(fields) == 2 and all(f.isdigit() for f in fields)
+        )
         if not fields:
             raise InputError("empty vectors file", file=path)
         dim = int(fields[1]) if has_header else len(fields) - 1
@@ -44,8 +45,7 @@ def read_vectors(path: str, wanted: Collection[str], fmt: str = "auto") -> tuple
                 continue
             values = np.array(rest.split(), dtype=np.float32)
             if len(values) != dim:
-                raise InputError(f"a vector of {len(values)} values where the file's are {dim}",
-                                 file=path, row=number)
+                raise InputError(f"a vector of {len(values)} values where the file's are {dim}", file=path, row=number)
             found[word] = values
     return found, dim
 
@@ -53,21 +53,32 @@ def read_vectors(path: str, wanted: Collection[str], fmt: str = "auto") -> tuple
 def load_embeddings(embedding: nn.Embedding, tokens: Sequence[str], cfg: EmbeddingsConfig) -> dict[str, Any]:
     """Set the rows of the tokens found in the vectors file (exactly, else lower-cased); the rest
     keep their random start. Returns the coverage."""
-    words = tokens[len(SPECIALS):]
+    words = tokens[len(SPECIALS) :]
     vectors, dim = read_vectors(cfg.path, {*words, *(w.lower() for w in words)}, cfg.format)
     if dim != embedding.embedding_dim:
-        raise ConfigError(f"{cfg.path}: vectors of {dim} dimensions, but model.embedding_dim is "
-                          f"{embedding.embedding_dim}")
+        raise ConfigError(
+            f"{cfg.path}: vectors of {dim} dimensions, but model.embedding_dim is {embedding.embedding_dim}"
+        )
     rows = {i: vectors.get(t, vectors.get(t.lower())) for i, t in enumerate(tokens) if i >= len(SPECIALS)}
     hits = {i: v for i, v in rows.items() if v is not None}
     with torch.no_grad():
         if hits:
             embedding.weight[torch.tensor(list(hits))] = torch.from_numpy(np.stack(list(hits.values())))
     embedding.weight.requires_grad_(not cfg.freeze)
-    report = {"file": cfg.path, "found": len(hits), "vocabulary": len(words),
-              "coverage": round(len(hits) / max(len(words), 1), 4), "frozen": cfg.freeze}
-    log.info("pretrained vectors: %d of %d vocabulary tokens found (%.1f%%) in %s", len(hits), len(words),
-             100 * report["coverage"], cfg.path)
+    report = {
+        "file": cfg.path,
+        "found": len(hits),
+        "vocabulary": len(words),
+        "coverage": round(len(hits) / max(len(words), 1), 4),
+        "frozen": cfg.freeze,
+    }
+    log.info(
+        "pretrained vectors: %d of %d vocabulary tokens found (%.1f%%) in %s",
+        len(hits),
+        len(words),
+        100 * report["coverage"],
+        cfg.path,
+    )
     return report
 
 
@@ -88,7 +99,9 @@ def warm_start(network: RNNClassifier, tokens: Sequence[str], labels: Sequence[s
         before = old.get(name)
         if before is None or before.shape[1:] != value.shape[1:] or (name.startswith("head.") and not same_labels):
             kept.append(name)
-        elif name in ("embedding.weight", "ngrams.embedding.weight") and not (same_vocab and before.shape == value.shape):
+        elif name in ("embedding.weight", "ngrams.embedding.weight") and not (
+            same_vocab and before.shape == value.shape
+        ):
             if to_rows is not None:
                 value[to_rows] = before[from_rows]
             copied.append(f"{name} ({len(pairs)} rows by token)")
@@ -98,15 +111,27 @@ def warm_start(network: RNNClassifier, tokens: Sequence[str], labels: Sequence[s
         else:
             kept.append(name)
     network.load_state_dict(new)
-    report = {"bundle": str(path), "version": bundle.version, "rows_by_token": len(pairs),
-              "vocabulary": len(tokens), "copied": copied, "kept_initial": kept}
-    log.info("warm start from %s: %d of %d tokens' rows mapped; kept their random start: %s", path,
-             len(pairs), len(tokens), ", ".join(kept) or "nothing")
+    report = {
+        "bundle": str(path),
+        "version": bundle.version,
+        "rows_by_token": len(pairs),
+        "vocabulary": len(tokens),
+        "copied": copied,
+        "kept_initial": kept,
+    }
+    log.info(
+        "warm start from %s: %d of %d tokens' rows mapped; kept their random start: %s",
+        path,
+        len(pairs),
+        len(tokens),
+        ", ".join(kept) or "nothing",
+    )
     return report
 
 
-def initial_identity(embeddings: EmbeddingsConfig | None, init_from: str | None,
-                     encoder: str | None = None) -> dict[str, str]:
+def initial_identity(
+    embeddings: EmbeddingsConfig | None, init_from: str | None, encoder: str | None = None
+) -> dict[str, str]:
     """What the first weights depend on beyond the configuration: the vectors and encoder files'
     content and the warm-start bundle's version (so a changed file or a newly promoted model
     re-trains)."""

@@ -55,21 +55,21 @@ def read_texts(corpus: TokenLists, vocab: Vocabulary, max_length: int | None) ->
     return texts
 
 
-def batches(texts: Sequence[np.ndarray], batch_size: int, pool: int, rng: np.random.Generator | None
-            ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def batches(
+    texts: Sequence[np.ndarray], batch_size: int, pool: int, rng: np.random.Generator | None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(ids padded with 0, lengths) batches of texts of similar length; shuffled by `rng`
     (pools of `pool` batches sorted by length, then the batches' order), else in order."""
     order = rng.permutation(len(texts)) if rng is not None else np.arange(len(texts))
     chunks = []
     for start in range(0, len(order), batch_size * pool):
-        chunk = sorted(order[start:start + batch_size * pool], key=lambda i: len(texts[i]))
-        chunks.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        chunk = sorted(order[start : start + batch_size * pool], key=lambda i: len(texts[i]))
+        chunks.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
     if rng is not None:
         chunks = [chunks[i] for i in rng.permutation(len(chunks))]
     for chunk in chunks:
         rows = [torch.from_numpy(texts[i]) for i in chunk]
-        yield (pad_sequence(rows, batch_first=True, padding_value=PAD_ID),
-               torch.tensor([len(r) for r in rows]))
+        yield (pad_sequence(rows, batch_first=True, padding_value=PAD_ID), torch.tensor([len(r) for r in rows]))
 
 
 class LanguageModel(nn.Module):
@@ -78,14 +78,17 @@ class LanguageModel(nn.Module):
     def __init__(self, vocab_size: int, model: ModelConfig) -> None:
         super().__init__()
         if model.bidirectional and model.num_layers > 1:
-            raise ConfigError("pretrain.encoder: a stack of bidirectional layers would let each direction "
-                              "see the token it predicts; use num_layers: 1 or bidirectional: false")
+            raise ConfigError(
+                "pretrain.encoder: a stack of bidirectional layers would let each direction "
+                "see the token it predicts; use num_layers: 1 or bidirectional: false"
+            )
         self.hidden = model.hidden_size
         self.classifier = RNNClassifier(vocab_size, 1, model.model_copy(update={"ngrams": 0}))
         cutoffs = [c for c in (2_000, 10_000, 40_000) if c < vocab_size - 1] or [vocab_size // 2]
         self.decoders = nn.ModuleList(
             nn.AdaptiveLogSoftmaxWithLoss(model.hidden_size, vocab_size, cutoffs, div_value=4.0)
-            for _ in range(2 if model.bidirectional else 1))
+            for _ in range(2 if model.bidirectional else 1)
+        )
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(summed negative log-likelihood, predicted tokens) of every real token from its
@@ -94,7 +97,7 @@ class LanguageModel(nn.Module):
         real = torch.arange(ids.shape[1] - 1, device=ids.device)[None, :] < (lengths[:, None] - 1)
         total = outputs.new_zeros(())
         for direction, decoder in enumerate(self.decoders):
-            side = outputs[..., direction * self.hidden:(direction + 1) * self.hidden]
+            side = outputs[..., direction * self.hidden : (direction + 1) * self.hidden]
             # forward: the output at t predicts t + 1; backward: the output at t + 1 predicts t
             states, targets = (side[:, :-1], ids[:, 1:]) if direction == 0 else (side[:, 1:], ids[:, :-1])
             # the decoder's output is each target's log-probability
@@ -104,13 +107,11 @@ class LanguageModel(nn.Module):
 
 def encoder_weights(network: RNNClassifier) -> dict[str, torch.Tensor]:
     """The weights a classifier starts from: its embedding and recurrent layers."""
-    return {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()
-            if k.startswith(ENCODER_PREFIXES)}
+    return {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
 
 
 @torch.no_grad()
-def heldout_perplexity(lm: LanguageModel, texts: Sequence[np.ndarray], batch_size: int,
-                       device: torch.device) -> float:
+def heldout_perplexity(lm: LanguageModel, texts: Sequence[np.ndarray], batch_size: int, device: torch.device) -> float:
     lm.eval()
     total, count = 0.0, 0
     for ids, lengths in batches(texts, batch_size, 1, None):
@@ -119,10 +120,20 @@ def heldout_perplexity(lm: LanguageModel, texts: Sequence[np.ndarray], batch_siz
     return math.exp(total / max(count, 1))
 
 
-def pretrain_encoder(tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str | Path,
-                     unlabelled_dirs: Sequence[str | Path], *, out_dir: str | Path, model: ModelConfig,
-                     cfg: PretrainConfig, max_length: int | None, batch_size: int, seed: int,
-                     device: str = "auto") -> dict[str, Any]:
+def pretrain_encoder(
+    tokens_dir: str | Path,
+    split_dir: str | Path,
+    vocab_dir: str | Path,
+    unlabelled_dirs: Sequence[str | Path],
+    *,
+    out_dir: str | Path,
+    model: ModelConfig,
+    cfg: PretrainConfig,
+    max_length: int | None,
+    batch_size: int,
+    seed: int,
+    device: str = "auto",
+) -> dict[str, Any]:
     """Train the language model; write `encoder.safetensors` (the classifier's embedding and
     recurrent layers) and return the manifest: texts, tokens, per-epoch history with held-out
     perplexity. Checkpoints go to `out_dir` itself, which the caller renames when done."""
@@ -165,22 +176,38 @@ def pretrain_encoder(tokens_dir: str | Path, split_dir: str | Path, vocab_dir: s
             optimizer.step()
             total, count = total + float(loss.detach()), count + n
         seconds = time.perf_counter() - began
-        record = {"epoch": epoch, "train_perplexity": math.exp(total / max(count, 1)),
-                  "heldout_perplexity": heldout_perplexity(lm, heldout, batch_size * 4, on),
-                  "seconds": round(seconds, 1), "tokens_per_s": round(count / seconds)}
+        record = {
+            "epoch": epoch,
+            "train_perplexity": math.exp(total / max(count, 1)),
+            "heldout_perplexity": heldout_perplexity(lm, heldout, batch_size * 4, on),
+            "seconds": round(seconds, 1),
+            "tokens_per_s": round(count / seconds),
+        }
         state = {**state, "epoch": epoch, "history": [*state["history"], record]}
         tmp = out_dir / (CHECKPOINT + ".tmp")
         torch.save({"model": lm.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, tmp)
         durable_replace(tmp, out_dir / CHECKPOINT)
-        log.info("language model epoch %d: train perplexity %.1f, held-out %.1f (untrained %.0f), %.0f tokens/s",
-                 epoch, record["train_perplexity"], record["heldout_perplexity"], state["untrained_perplexity"],
-                 record["tokens_per_s"])
+        log.info(
+            "language model epoch %d: train perplexity %.1f, held-out %.1f (untrained %.0f), %.0f tokens/s",
+            epoch,
+            record["train_perplexity"],
+            record["heldout_perplexity"],
+            state["untrained_perplexity"],
+            record["tokens_per_s"],
+        )
     save_file(encoder_weights(lm.classifier), str(out_dir / ENCODER_FILE))
     (out_dir / CHECKPOINT).unlink()
-    return {"stage": "language_model", "texts": len(training), "heldout_texts": len(heldout),
-            "tokens": int(sum(len(t) for t in training)), "vocabulary": len(vocab.tokens),
-            "embeddings": initial, "untrained_perplexity": state["untrained_perplexity"],
-            "history": state["history"], "seconds": round(time.perf_counter() - start, 1)}
+    return {
+        "stage": "language_model",
+        "texts": len(training),
+        "heldout_texts": len(heldout),
+        "tokens": int(sum(len(t) for t in training)),
+        "vocabulary": len(vocab.tokens),
+        "embeddings": initial,
+        "untrained_perplexity": state["untrained_perplexity"],
+        "history": state["history"],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
 
 
 def load_encoder(network: RNNClassifier, path: str) -> dict[str, Any]:
@@ -192,9 +219,10 @@ def load_encoder(network: RNNClassifier, path: str) -> dict[str, Any]:
     wrong = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape]
     missing = [k for k in own if k.startswith(ENCODER_PREFIXES) and k not in weights]
     if wrong or missing:
-        raise ConfigError(f"{path}: encoder weights do not fit this model (different vocabulary or "
-                          f"model settings): {', '.join(wrong + missing)}")
+        raise ConfigError(
+            f"{path}: encoder weights do not fit this model (different vocabulary or "
+            f"model settings): {', '.join(wrong + missing)}"
+        )
     network.load_state_dict(weights, strict=False)
     log.info("encoder (embedding and recurrent layers) from %s", path)
     return {"file": path, "tensors": len(weights)}
-

@@ -20,8 +20,9 @@ class Averages(BaseModel):
 
 
 def metrics(truth: np.ndarray, predicted: np.ndarray, labels: list[str]) -> dict[str, Any]:
-    report = classification_report(truth, predicted, labels=range(len(labels)), target_names=labels,
-                                   output_dict=True, zero_division=0)
+    report = classification_report(
+        truth, predicted, labels=range(len(labels)), target_names=labels, output_dict=True, zero_division=0
+    )
     return {
         "rows": int(len(truth)),
         "accuracy": float(accuracy_score(truth, predicted)),

@@ -33,8 +33,6 @@ def reversal_index(lengths: torch.Tensor, steps: int) -> torch.Tensor:
     return torch.where(positions < lengths[:, None], reversed_positions, positions)
 
 
-
-
 class NgramBag(nn.Module):
     """fastText's bag of n-grams: the mean embedding of a text's tokens and of its word
     2..n-grams, each n-gram hashed from its token ids into `buckets` rows (pads excluded).
@@ -50,9 +48,9 @@ class NgramBag(nn.Module):
         real = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
         rows, masks, hashed = [ids], [real], ids
         for order in range(2, self.n + 1):  # hashed[:, i] covers tokens i .. i + order - 1
-            hashed = (hashed[:, :-1] * HASH_MULTIPLIER + ids[:, order - 1:] + order) % self.buckets
+            hashed = (hashed[:, :-1] * HASH_MULTIPLIER + ids[:, order - 1 :] + order) % self.buckets
             rows.append(hashed + self.vocab_size)
-            masks.append(real[:, order - 1:])
+            masks.append(real[:, order - 1 :])
         embedded = self.embedding(torch.cat(rows, 1))
         weights = torch.cat(masks, 1).float()
         weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
@@ -69,8 +67,12 @@ class RNNClassifier(nn.Module):
         directions = 2 if cfg.bidirectional else 1
         self.layers = nn.ModuleList(
             nn.ModuleList(
-                CELLS[cfg.cell](cfg.embedding_dim if layer == 0 else cfg.hidden_size * directions,
-                                cfg.hidden_size, batch_first=True, **extra)
+                CELLS[cfg.cell](
+                    cfg.embedding_dim if layer == 0 else cfg.hidden_size * directions,
+                    cfg.hidden_size,
+                    batch_first=True,
+                    **extra,
+                )
                 for _ in range(directions)
             )
             for layer in range(cfg.num_layers)
@@ -85,7 +87,9 @@ class RNNClassifier(nn.Module):
             self.register_buffer("blend", torch.ones(()))
         if cfg.head_hidden:
             self.head = nn.Sequential(
-                nn.Linear(features, cfg.head_hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+                nn.Linear(features, cfg.head_hidden),
+                nn.ReLU(),
+                nn.Dropout(cfg.dropout),
                 nn.Linear(cfg.head_hidden, num_classes),
             )
         else:
@@ -137,8 +141,7 @@ class RNNClassifier(nn.Module):
             if self.cfg.bidirectional:  # the backward direction ends at the first token
                 features = torch.cat([features, outputs[:, 0, hidden:]], dim=-1)
             return features
-        mask = (torch.arange(outputs.shape[1], device=outputs.device)[None, :]
-                < lengths[:, None]).unsqueeze(-1)
+        mask = (torch.arange(outputs.shape[1], device=outputs.device)[None, :] < lengths[:, None]).unsqueeze(-1)
         if kind == "mean":
             return (outputs * mask).sum(1) / lengths[:, None]
         return outputs.masked_fill(~mask, float("-inf")).amax(1)

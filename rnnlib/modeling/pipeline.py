@@ -47,20 +47,44 @@ BUNDLE = "bundle"
 # only the stages that read it
 VECTORS_OPTIONS = {"epochs", "window", "min_count", "min_n", "max_n"}
 LANGUAGE_MODEL_OPTIONS = {"encoder_epochs", "encoder_lr", "encoder_max_texts", "heldout_every"}
-ENCODER_OPTIONS = {"cell", "embedding_dim", "hidden_size", "num_layers", "bidirectional", "dropout",
-                   "embedding_dropout", "unk_dropout", "embeddings"}
+ENCODER_OPTIONS = {
+    "cell",
+    "embedding_dim",
+    "hidden_size",
+    "num_layers",
+    "bidirectional",
+    "dropout",
+    "embedding_dropout",
+    "unk_dropout",
+    "embeddings",
+}
 
 
-def fit_stage(tensors: StageOutput, *, model: ModelConfig, cfg: TrainConfig, work_dir: str,
-              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> StageOutput:
+def fit_stage(
+    tensors: StageOutput,
+    *,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    work_dir: str,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> StageOutput:
     """Train. Checkpoints live in `<key>.partial/` until training ends, so a killed run that is
     started again resumes from its last epoch. `on_epoch` watches the epochs (not in the key)."""
 
     model = model.model_copy(update={"wide": False})  # fitted on its own: toggling it reuses this
-    params = {"tensors": tensors, "model": model, "cfg": cfg, "work_dir": work_dir,
-              "initial": initial_identity(model.embeddings, cfg.init_from, model.encoder)}
-    return run_stage("fit", params, resumable(lambda partial: train(
-        tensors.path, out_dir=partial, model=model, cfg=cfg, on_epoch=on_epoch)), code=[train])
+    params = {
+        "tensors": tensors,
+        "model": model,
+        "cfg": cfg,
+        "work_dir": work_dir,
+        "initial": initial_identity(model.embeddings, cfg.init_from, model.encoder),
+    }
+    return run_stage(
+        "fit",
+        params,
+        resumable(lambda partial: train(tensors.path, out_dir=partial, model=model, cfg=cfg, on_epoch=on_epoch)),
+        code=[train],
+    )
 
 
 def resumable(make: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:
@@ -82,11 +106,31 @@ def resumable(make: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[s
 def vectors_stage(data: PreparedData, *, cfg: PretrainConfig, dim: int, seed: int, work_dir: str) -> StageOutput:
     """Word vectors from the training split and the unlabelled text (see `pretrain`)."""
     unlabelled = [data.unlabelled.preprocess] if data.unlabelled else []
-    params = {"tokens": data.preprocess, "splits": data.split, "vocab": data.vocab, "unlabelled": unlabelled,
-              "cfg": cfg.model_dump(include=VECTORS_OPTIONS), "dim": dim, "seed": seed, "work_dir": work_dir}
-    return run_stage("vectors", params, lambda out: train_vectors(
-        data.preprocess.path, data.split.path, data.vocab.path, [u.path for u in unlabelled], out_dir=out,
-        cfg=cfg, dim=dim, seed=seed), code=[train_vectors])
+    params = {
+        "tokens": data.preprocess,
+        "splits": data.split,
+        "vocab": data.vocab,
+        "unlabelled": unlabelled,
+        "cfg": cfg.model_dump(include=VECTORS_OPTIONS),
+        "dim": dim,
+        "seed": seed,
+        "work_dir": work_dir,
+    }
+    return run_stage(
+        "vectors",
+        params,
+        lambda out: train_vectors(
+            data.preprocess.path,
+            data.split.path,
+            data.vocab.path,
+            [u.path for u in unlabelled],
+            out_dir=out,
+            cfg=cfg,
+            dim=dim,
+            seed=seed,
+        ),
+        code=[train_vectors],
+    )
 
 
 def with_vectors(model: ModelConfig, vectors: StageOutput | None, cfg: PretrainConfig) -> ModelConfig:
@@ -97,21 +141,54 @@ def with_vectors(model: ModelConfig, vectors: StageOutput | None, cfg: PretrainC
     return model.model_copy(update={"embeddings": embeddings})
 
 
-def language_model_stage(data: PreparedData, *, model: ModelConfig, cfg: PretrainConfig, max_length: int | None,
-                         batch_size: int, seed: int, device: str, work_dir: str) -> StageOutput:
+def language_model_stage(
+    data: PreparedData,
+    *,
+    model: ModelConfig,
+    cfg: PretrainConfig,
+    max_length: int | None,
+    batch_size: int,
+    seed: int,
+    device: str,
+    work_dir: str,
+) -> StageOutput:
     """The encoder pretrained as a language model on the training split and the unlabelled text
     (see `language_model`), starting from the learnt vectors if `model` has them. Checkpoints
     live in `<key>.partial/` until it ends, so a killed run resumes from its last epoch."""
     unlabelled = [data.unlabelled.preprocess] if data.unlabelled else []
-    params = {"tokens": data.preprocess, "splits": data.split, "vocab": data.vocab, "unlabelled": unlabelled,
-              "model": model.model_dump(include=ENCODER_OPTIONS),
-              "cfg": cfg.model_dump(include=LANGUAGE_MODEL_OPTIONS), "max_length": max_length,
-              "batch_size": batch_size, "seed": seed, "work_dir": work_dir,
-              "initial": initial_identity(model.embeddings, None)}
-    return run_stage("language_model", params, resumable(lambda partial: pretrain_encoder(
-        data.preprocess.path, data.split.path, data.vocab.path, [u.path for u in unlabelled], out_dir=partial,
-        model=model, cfg=cfg, max_length=max_length, batch_size=batch_size, seed=seed, device=device)),
-        code=[pretrain_encoder])
+    params = {
+        "tokens": data.preprocess,
+        "splits": data.split,
+        "vocab": data.vocab,
+        "unlabelled": unlabelled,
+        "model": model.model_dump(include=ENCODER_OPTIONS),
+        "cfg": cfg.model_dump(include=LANGUAGE_MODEL_OPTIONS),
+        "max_length": max_length,
+        "batch_size": batch_size,
+        "seed": seed,
+        "work_dir": work_dir,
+        "initial": initial_identity(model.embeddings, None),
+    }
+    return run_stage(
+        "language_model",
+        params,
+        resumable(
+            lambda partial: pretrain_encoder(
+                data.preprocess.path,
+                data.split.path,
+                data.vocab.path,
+                [u.path for u in unlabelled],
+                out_dir=partial,
+                model=model,
+                cfg=cfg,
+                max_length=max_length,
+                batch_size=batch_size,
+                seed=seed,
+                device=device,
+            )
+        ),
+        code=[pretrain_encoder],
+    )
 
 
 def with_encoder(model: ModelConfig, language_model: StageOutput | None) -> ModelConfig:
@@ -124,8 +201,13 @@ def with_encoder(model: ModelConfig, language_model: StageOutput | None) -> Mode
 def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOutput:
     """TF-IDF + logistic regression on the prepared rows (see `baseline`). A stage of its own: it
     depends on the data only, so a change to the model or its training reuses it."""
-    params = {"tokens": data.preprocess, "splits": data.split, "vocab": data.vocab, "level": level,
-              "work_dir": work_dir}
+    params = {
+        "tokens": data.preprocess,
+        "splits": data.split,
+        "vocab": data.vocab,
+        "level": level,
+        "work_dir": work_dir,
+    }
 
     def build(out: Path) -> dict[str, Any]:
         result = fit_baseline(data.preprocess.path, data.split.path, level=level, labels=data.labels)
@@ -144,28 +226,51 @@ def wide_stage(data: PreparedData, *, buckets: int, seed: int, work_dir: str) ->
 
     def build(out: Path) -> dict[str, Any]:
         with building(out) as scratch:
-            fitted = fit_wide(data.tensorize.path, data.vocab_size, len(data.labels), buckets,
-                              out_dir=scratch, seed=seed)
+            fitted = fit_wide(
+                data.tensorize.path, data.vocab_size, len(data.labels), buckets, out_dir=scratch, seed=seed
+            )
             write_json(scratch / MANIFEST, fitted.model_dump(mode="json"))
         return fitted.model_dump(mode="json")
 
     return run_stage("wide", params, build, code=[fit_wide])
 
 
-def evaluate_stage(data: PreparedData, fitted: StageOutput, baseline: StageOutput | None, *,
-                   preprocess: PreprocessConfig, model: ModelConfig, max_length: int | None,
-                   work_dir: str, wide: StageOutput | None = None, batch_size: int = 64) -> StageOutput:
+def evaluate_stage(
+    data: PreparedData,
+    fitted: StageOutput,
+    baseline: StageOutput | None,
+    *,
+    preprocess: PreprocessConfig,
+    model: ModelConfig,
+    max_length: int | None,
+    work_dir: str,
+    wide: StageOutput | None = None,
+    batch_size: int = 64,
+) -> StageOutput:
     """Write the model bundle (best weights, vocabulary, labels, preprocessing; with `wide`, the
     linear model too, blended at the weight best on validation) and evaluate it on the test split,
     beside the `baseline` fitted on the same rows (if any); the manifest is the `Evaluation`."""
     tensors, vocab = data.tensorize, data.vocab
-    params = {"tensors": tensors, "vocab": vocab, "fitted": fitted, "baseline": baseline, "wide": wide,
-              "preprocess": preprocess, "model": model, "max_length": max_length, "work_dir": work_dir}
+    params = {
+        "tensors": tensors,
+        "vocab": vocab,
+        "fitted": fitted,
+        "baseline": baseline,
+        "wide": wide,
+        "preprocess": preprocess,
+        "model": model,
+        "max_length": max_length,
+        "work_dir": work_dir,
+    }
 
     def build(out: Path) -> dict[str, Any]:
         with building(out) as scratch:
-            lineage = {"tensors": tensors.key, "vocab": vocab.key, "fit": fitted.key,
-                       **({"wide": wide.key} if wide else {})}
+            lineage = {
+                "tensors": tensors.key,
+                "vocab": vocab.key,
+                "fit": fitted.key,
+                **({"wide": wide.key} if wide else {}),
+            }
             weights, blend = Path(fitted.path) / BEST, None
             if wide is not None:
                 weights, blend = blended_weights(fitted, wide, data, model, batch_size, scratch)
@@ -174,28 +279,36 @@ def evaluate_stage(data: PreparedData, fitted: StageOutput, baseline: StageOutpu
                 weights.unlink()  # its tensors are in the bundle now
             fit = fitted.manifest
             selection = Selection(monitor=fit["monitor"], epoch=fit["best_epoch"], value=fit["best_value"])
-            evaluation = evaluate_bundle(scratch / BUNDLE, Path(tensors.path) / "test",
-                                         history=fit["history"], selection=selection, blend=blend,
-                                         baseline=BaselineResult.model_validate(baseline.manifest) if baseline else None)
+            evaluation = evaluate_bundle(
+                scratch / BUNDLE,
+                Path(tensors.path) / "test",
+                history=fit["history"],
+                selection=selection,
+                blend=blend,
+                baseline=BaselineResult.model_validate(baseline.manifest) if baseline else None,
+            )
             (scratch / BUNDLE / CARD).write_text(model_card(scratch / BUNDLE, evaluation), encoding="utf-8")
             manifest = evaluation.model_copy(update={"bundle": str(out / BUNDLE)}).model_dump(
-                mode="json", by_alias=True)
+                mode="json", by_alias=True
+            )
             write_json(scratch / MANIFEST, manifest)
         return manifest
 
     return run_stage("evaluate", params, build, code=[save_bundle, evaluate_bundle, model_card, choose_blend])
 
 
-def blended_weights(fitted: StageOutput, wide: StageOutput, data: PreparedData, model: ModelConfig,
-                    batch_size: int, scratch: Path) -> tuple[Path, Blend]:
+def blended_weights(
+    fitted: StageOutput, wide: StageOutput, data: PreparedData, model: ModelConfig, batch_size: int, scratch: Path
+) -> tuple[Path, Blend]:
     """The fitted recurrent weights with the wide model's beside them, blended at the weight best
     on the validation split; written to a checkpoint in `scratch`."""
     network = RNNClassifier(data.vocab_size, len(data.labels), model)
     state = torch.load(Path(fitted.path) / BEST, map_location="cpu", weights_only=True)
     network.load_state_dict({**state, **load_wide(Path(wide.path) / WIDE_FILE), "blend": torch.ones(())})
     network.eval()
-    blend = choose_blend(network, Path(data.tensorize.path) / "val", len(data.labels), batch_size,
-                         WideFit.model_validate(wide.manifest))
+    blend = choose_blend(
+        network, Path(data.tensorize.path) / "val", len(data.labels), batch_size, WideFit.model_validate(wide.manifest)
+    )
     path = scratch / "blended.pt"
     torch.save(network.state_dict(), path)
     return path, blend
@@ -215,9 +328,15 @@ class TrainedModel(BaseModel):
 
     @property
     def stages(self) -> list[StageOutput]:
-        return [*self.data.stages, *([self.vectors] if self.vectors else []),
-                *([self.language_model] if self.language_model else []), self.fit,
-                *([self.wide] if self.wide else []), *([self.baseline] if self.baseline else []), self.evaluate]
+        return [
+            *self.data.stages,
+            *([self.vectors] if self.vectors else []),
+            *([self.language_model] if self.language_model else []),
+            self.fit,
+            *([self.wide] if self.wide else []),
+            *([self.baseline] if self.baseline else []),
+            self.evaluate,
+        ]
 
     @property
     def evaluation(self) -> Evaluation:
@@ -237,20 +356,53 @@ def train_model(cfg: TrainFlowConfig, client: Client | None = None) -> TrainedMo
     """Prepare the data (on `client`, or in this process), train, evaluate and write the bundle;
     every stage is reused from `cfg.work_dir` when its inputs are unchanged."""
     data = prepare(cfg, client)
-    vectors = (vectors_stage(data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=cfg.train.seed,
-                             work_dir=cfg.work_dir) if cfg.pretrain.vectors else None)
+    vectors = (
+        vectors_stage(data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=cfg.train.seed, work_dir=cfg.work_dir)
+        if cfg.pretrain.vectors
+        else None
+    )
     model = with_vectors(cfg.model, vectors, cfg.pretrain)
-    language_model = (language_model_stage(
-        data, model=model, cfg=cfg.pretrain, max_length=cfg.tensorize.max_length, batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed, device=cfg.train.device, work_dir=cfg.work_dir) if cfg.pretrain.encoder else None)
+    language_model = (
+        language_model_stage(
+            data,
+            model=model,
+            cfg=cfg.pretrain,
+            max_length=cfg.tensorize.max_length,
+            batch_size=cfg.train.batch_size,
+            seed=cfg.train.seed,
+            device=cfg.train.device,
+            work_dir=cfg.work_dir,
+        )
+        if cfg.pretrain.encoder
+        else None
+    )
     model = with_encoder(model, language_model)
     fitted = fit_stage(data.tensorize, model=model, cfg=cfg.train, work_dir=cfg.work_dir)
-    wide = (wide_stage(data, buckets=cfg.model.ngram_buckets, seed=cfg.train.seed, work_dir=cfg.work_dir)
-            if cfg.model.wide else None)
-    baseline = (baseline_stage(data, level=cfg.preprocess.level, work_dir=cfg.work_dir)
-                if cfg.evaluate.baseline else None)
-    evaluated = evaluate_stage(data, fitted, baseline, preprocess=cfg.preprocess, model=model,
-                               max_length=cfg.tensorize.max_length, work_dir=cfg.work_dir, wide=wide,
-                               batch_size=cfg.train.batch_size)
-    return TrainedModel(data=data, vectors=vectors, language_model=language_model, fit=fitted, wide=wide,
-                        baseline=baseline, evaluate=evaluated)
+    wide = (
+        wide_stage(data, buckets=cfg.model.ngram_buckets, seed=cfg.train.seed, work_dir=cfg.work_dir)
+        if cfg.model.wide
+        else None
+    )
+    baseline = (
+        baseline_stage(data, level=cfg.preprocess.level, work_dir=cfg.work_dir) if cfg.evaluate.baseline else None
+    )
+    evaluated = evaluate_stage(
+        data,
+        fitted,
+        baseline,
+        preprocess=cfg.preprocess,
+        model=model,
+        max_length=cfg.tensorize.max_length,
+        work_dir=cfg.work_dir,
+        wide=wide,
+        batch_size=cfg.train.batch_size,
+    )
+    return TrainedModel(
+        data=data,
+        vectors=vectors,
+        language_model=language_model,
+        fit=fitted,
+        wide=wide,
+        baseline=baseline,
+        evaluate=evaluated,
+    )

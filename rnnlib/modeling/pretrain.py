@@ -51,9 +51,17 @@ class TokenLists:
             yield from (tokens for tokens in column.to_pylist() if tokens)
 
 
-def train_vectors(tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str | Path,
-                  unlabelled_dirs: Sequence[str | Path], *, out_dir: str | Path, cfg: PretrainConfig,
-                  dim: int, seed: int) -> dict[str, Any]:
+def train_vectors(
+    tokens_dir: str | Path,
+    split_dir: str | Path,
+    vocab_dir: str | Path,
+    unlabelled_dirs: Sequence[str | Path],
+    *,
+    out_dir: str | Path,
+    cfg: PretrainConfig,
+    dim: int,
+    seed: int,
+) -> dict[str, Any]:
     """Learn `dim`-sized vectors and write `vectors.txt` for every vocabulary token."""
     try:
         from gensim.models import FastText
@@ -62,24 +70,47 @@ def train_vectors(tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str 
 
     start = time.perf_counter()
     corpus = TokenLists(tokens_dir, split_dir, unlabelled_dirs)
-    model = FastText(vector_size=dim, window=cfg.window, min_count=cfg.min_count, min_n=cfg.min_n,
-                     max_n=cfg.max_n, workers=os.cpu_count() or 1, seed=seed)
+    model = FastText(
+        vector_size=dim,
+        window=cfg.window,
+        min_count=cfg.min_count,
+        min_n=cfg.min_n,
+        max_n=cfg.max_n,
+        workers=os.cpu_count() or 1,
+        seed=seed,
+    )
     model.build_vocab(corpus_iterable=corpus)
     if model.corpus_count == 0:
         raise InputError("no training or unlabelled text to learn word vectors from", file=str(tokens_dir))
     model.train(corpus_iterable=corpus, total_examples=model.corpus_count, epochs=cfg.epochs)
-    tokens = [t for t in Vocabulary.load(Path(vocab_dir) / VOCAB_FILE).tokens[len(SPECIALS):]
-              if t and not any(c.isspace() for c in t)]  # a text vectors file cannot hold those
+    tokens = [
+        t
+        for t in Vocabulary.load(Path(vocab_dir) / VOCAB_FILE).tokens[len(SPECIALS) :]
+        if t and not any(c.isspace() for c in t)
+    ]  # a text vectors file cannot hold those
     known = sum(t in model.wv.key_to_index for t in tokens)
     with building(out_dir) as scratch:
         with open(scratch / VECTORS_FILE, "w", encoding="utf-8") as fh:
             fh.write(f"{len(tokens)} {dim}\n")
             for token in tokens:
                 fh.write(token + " " + " ".join(f"{v:.5g}" for v in model.wv[token]) + "\n")
-        manifest = {"stage": "vectors", "texts": model.corpus_count, "words": model.corpus_total_words,
-                    "dim": dim, "vocabulary": len(tokens), "learnt_as_words": known,
-                    "from_subwords_only": len(tokens) - known, "seconds": round(time.perf_counter() - start, 1)}
+        manifest = {
+            "stage": "vectors",
+            "texts": model.corpus_count,
+            "words": model.corpus_total_words,
+            "dim": dim,
+            "vocabulary": len(tokens),
+            "learnt_as_words": known,
+            "from_subwords_only": len(tokens) - known,
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         write_json(scratch / MANIFEST, manifest)
-    log.info("word vectors from %d texts (%d words): %d of %d vocabulary tokens learnt as words, the rest "
-             "from their character n-grams", manifest["texts"], manifest["words"], known, len(tokens))
+    log.info(
+        "word vectors from %d texts (%d words): %d of %d vocabulary tokens learnt as words, the rest "
+        "from their character n-grams",
+        manifest["texts"],
+        manifest["words"],
+        known,
+        len(tokens),
+    )
     return manifest

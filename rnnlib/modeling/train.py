@@ -96,8 +96,14 @@ def macro_f1(confusion: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def validate(model: nn.Module, batches: ShardBatches, loss_fn: nn.Module, num_classes: int,
-             device: torch.device, cfg: TrainConfig) -> dict[str, float]:
+def validate(
+    model: nn.Module,
+    batches: ShardBatches,
+    loss_fn: nn.Module,
+    num_classes: int,
+    device: torch.device,
+    cfg: TrainConfig,
+) -> dict[str, float]:
     """Validation loss, accuracy and macro F1, over every rank's shards."""
     model.eval()
     total = count = 0.0
@@ -115,12 +121,16 @@ def validate(model: nn.Module, batches: ShardBatches, loss_fn: nn.Module, num_cl
         dist.all_reduce(sums)
     total, count = sums[:2].tolist()
     confusion = sums[2:].view(num_classes, num_classes)
-    return {"val_loss": total / max(count, 1), "val_acc": float(confusion.diag().sum()) / max(count, 1),
-            "val_macro_f1": macro_f1(confusion)}
+    return {
+        "val_loss": total / max(count, 1),
+        "val_acc": float(confusion.diag().sum()) / max(count, 1),
+        "val_macro_f1": macro_f1(confusion),
+    }
 
 
-def initialise(network: RNNClassifier, tensors_dir: Path, labels: list[str], model: ModelConfig,
-               cfg: TrainConfig) -> dict[str, Any]:
+def initialise(
+    network: RNNClassifier, tensors_dir: Path, labels: list[str], model: ModelConfig, cfg: TrainConfig
+) -> dict[str, Any]:
     """Pretrained vectors, then a pretrained encoder, then a warm start, as configured; what each
     did (coverage, rows)."""
     if model.embeddings is None and model.encoder is None and cfg.init_from is None:
@@ -157,24 +167,46 @@ class Run:
         self.groups = layer_groups(network)
         self.kept_frozen = {id(p) for p in network.parameters() if not p.requires_grad}
         # a group gradual unfreezing holds back takes no gradient: each rank must know it is unused
-        self.ddp = (DistributedDataParallel(network, find_unused_parameters=cfg.gradual_unfreezing)
-                    if self.world > 1 else None)
+        self.ddp = (
+            DistributedDataParallel(network, find_unused_parameters=cfg.gradual_unfreezing) if self.world > 1 else None
+        )
         # fused: one vectorised kernel for every parameter; the per-tensor loop costs more than the
         # forward and backward passes once a large embedding table (the bag of n-grams) is trained
-        self.optimizer = torch.optim.Adam(optimizer_groups(self.groups, cfg), lr=cfg.lr,
-                                          weight_decay=cfg.weight_decay, fused=True)
+        self.optimizer = torch.optim.Adam(
+            optimizer_groups(self.groups, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
+        )
         self.column, higher = MONITORED[cfg.monitor]
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="max" if higher else "min", factor=cfg.lr_factor, patience=cfg.lr_patience)
+            self.optimizer, mode="max" if higher else "min", factor=cfg.lr_factor, patience=cfg.lr_patience
+        )
         self.sign = 1.0 if higher else -1.0  # compare as "higher is better"
         weight = class_weights(manifest, self.labels).to(device) if cfg.class_weights else None
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
-        self.train_batches = ShardBatches(tensors_dir / "train", cfg.batch_size, cfg.pool_batches, shuffle=True,
-                                          seed=cfg.seed, rank=self.rank, world_size=self.world)
-        self.val_batches = ShardBatches(tensors_dir / "val", cfg.batch_size * 4, cfg.pool_batches,
-                                        shuffle=False, rank=self.rank, world_size=self.world)
-        self.state: dict[str, Any] = {"epoch": 0, "steps": 0, "history": [], "best": -float("inf"),
-                                      "best_epoch": 0, "bad_epochs": 0}
+        self.train_batches = ShardBatches(
+            tensors_dir / "train",
+            cfg.batch_size,
+            cfg.pool_batches,
+            shuffle=True,
+            seed=cfg.seed,
+            rank=self.rank,
+            world_size=self.world,
+        )
+        self.val_batches = ShardBatches(
+            tensors_dir / "val",
+            cfg.batch_size * 4,
+            cfg.pool_batches,
+            shuffle=False,
+            rank=self.rank,
+            world_size=self.world,
+        )
+        self.state: dict[str, Any] = {
+            "epoch": 0,
+            "steps": 0,
+            "history": [],
+            "best": -float("inf"),
+            "best_epoch": 0,
+            "bad_epochs": 0,
+        }
 
     def resume(self) -> None:
         """Carry on from the last checkpoint in `out_dir`, if there is one."""
@@ -208,8 +240,13 @@ class Run:
         runner = self.ddp or self.network
         start = time.perf_counter()
         total = correct = count = tokens = steps = 0.0
-        bar = tqdm(self.train_batches, desc=f"epoch {epoch}", unit="batch", leave=False,
-                   disable=self.rank != 0 or not sys.stderr.isatty())
+        bar = tqdm(
+            self.train_batches,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
+            disable=self.rank != 0 or not sys.stderr.isatty(),
+        )
         with Join([self.ddp]) if self.ddp else nullcontext():
             for batch in bar:
                 batch = batch.to(device)
@@ -231,17 +268,26 @@ class Run:
         seconds = time.perf_counter() - start
         validation = validate(self.network, self.val_batches, self.loss_fn, len(self.labels), device, cfg)
         self.scheduler.step(validation[self.column])
-        return {"epoch": epoch, "rows": int(count), "steps": int(steps),
-                "train_loss": total / max(count, 1), "train_acc": correct / max(count, 1), **validation,
-                "lr": self.optimizer.param_groups[0]["lr"], "trained_groups": trained_groups,
-                "seconds": seconds, "tokens_per_s": tokens / seconds}
+        return {
+            "epoch": epoch,
+            "rows": int(count),
+            "steps": int(steps),
+            "train_loss": total / max(count, 1),
+            "train_acc": correct / max(count, 1),
+            **validation,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "trained_groups": trained_groups,
+            "seconds": seconds,
+            "tokens_per_s": tokens / seconds,
+        }
 
     def record(self, record: dict[str, Any]) -> bool:
         """Add an epoch to the state; whether it is the best so far by the monitored figure."""
         state, value = self.state, self.sign * record[self.column]
         improved = value > state["best"]
         self.state = {
-            "epoch": record["epoch"], "steps": state["steps"] + record["steps"],
+            "epoch": record["epoch"],
+            "steps": state["steps"] + record["steps"],
             "history": [*state["history"], record],
             "best": value if improved else state["best"],
             "best_epoch": record["epoch"] if improved else state["best_epoch"],
@@ -254,9 +300,13 @@ class Run:
         if self.rank == 0:
             if improved:
                 _save(self.network.state_dict(), self.out_dir / BEST)
-            checkpoint = {"model": self.network.state_dict(), "optimizer": self.optimizer.state_dict(),
-                          "scheduler": self.scheduler.state_dict(), "rng": torch.get_rng_state(),
-                          "state": self.state}
+            checkpoint = {
+                "model": self.network.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": torch.get_rng_state(),
+                "state": self.state,
+            }
             if self.device.type == "cuda":
                 checkpoint["cuda_rng"] = torch.cuda.get_rng_state(self.device)
             _save(checkpoint, self.out_dir / LAST)
@@ -265,13 +315,26 @@ class Run:
 
     def summary(self) -> dict[str, Any]:
         state = self.state
-        return {**state, "monitor": self.cfg.monitor, "best_value": self.sign * state["best"],
-                "initial": self.initial, "stopped_early": state["bad_epochs"] >= self.cfg.patience,
-                "device": str(self.device), "world_size": self.world, "weights_digest": weights_digest(self.network)}
+        return {
+            **state,
+            "monitor": self.cfg.monitor,
+            "best_value": self.sign * state["best"],
+            "initial": self.initial,
+            "stopped_early": state["bad_epochs"] >= self.cfg.patience,
+            "device": str(self.device),
+            "world_size": self.world,
+            "weights_digest": weights_digest(self.network),
+        }
 
 
-def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig, cfg: TrainConfig,
-          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def train(
+    tensors_dir: str | Path,
+    *,
+    out_dir: str | Path,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Train on `tensors_dir/train`, validate on `tensors_dir/val`; checkpoints in `out_dir`.
     Returns the history and the best epoch by `cfg.monitor`; `out_dir/best.pt` holds its weights.
     `on_epoch` sees each epoch's record once it is checkpointed (a search prunes a trial there)."""
@@ -282,10 +345,19 @@ def train(tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig, c
     while run.going_on():
         record = run.run_epoch(run.state["epoch"] + 1)
         run.checkpoint(run.record(record))
-        log.info("epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f macro F1 %.4f | lr %.2g | "
-                 "%d steps | %.0f tokens/s", record["epoch"], record["train_loss"], record["train_acc"],
-                 record["val_loss"], record["val_acc"], record["val_macro_f1"], record["lr"],
-                 run.state["steps"], record["tokens_per_s"])
+        log.info(
+            "epoch %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f macro F1 %.4f | lr %.2g | "
+            "%d steps | %.0f tokens/s",
+            record["epoch"],
+            record["train_loss"],
+            record["train_acc"],
+            record["val_loss"],
+            record["val_acc"],
+            record["val_macro_f1"],
+            record["lr"],
+            run.state["steps"],
+            record["tokens_per_s"],
+        )
         if on_epoch is not None:
             on_epoch(record)
     return run.summary()
@@ -308,17 +380,26 @@ def main(argv: list[str] | None = None) -> int:
     # pretraining is a stage of the train flow: without its output this would silently train from scratch
     if config.pretrain.vectors and config.model.embeddings is None:
         freeze = str(config.pretrain.freeze).lower()  # as the train flow starts from them
-        parser.error("pretrain.vectors is a stage of `rnnlib train`: run it there, then pass its vectors with "
-                     "--set 'model.embeddings={path: .rnnlib/vectors/<key>/vectors.txt, format: word2vec, "
-                     f"freeze: {freeze}}}'")
+        parser.error(
+            "pretrain.vectors is a stage of `rnnlib train`: run it there, then pass its vectors with "
+            "--set 'model.embeddings={path: .rnnlib/vectors/<key>/vectors.txt, format: word2vec, "
+            f"freeze: {freeze}}}'"
+        )
     if config.pretrain.encoder and config.model.encoder is None:
-        parser.error("pretrain.encoder is a stage of `rnnlib train`: run it there, then pass its encoder with "
-                     "--set model.encoder=.rnnlib/language_model/<key>/encoder.safetensors")
+        parser.error(
+            "pretrain.encoder is a stage of `rnnlib train`: run it there, then pass its encoder with "
+            "--set model.encoder=.rnnlib/language_model/<key>/encoder.safetensors"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     summary = train(args.tensors, out_dir=args.out, model=config.model, cfg=config.train)
     if summary["world_size"] == 1 or dist.get_rank() == 0:
-        log.info("best epoch %d, validation %s %.4f; weights in %s", summary["best_epoch"],
-                 summary["monitor"], summary["best_value"], Path(args.out) / BEST)
+        log.info(
+            "best epoch %d, validation %s %.4f; weights in %s",
+            summary["best_epoch"],
+            summary["monitor"],
+            summary["best_value"],
+            Path(args.out) / BEST,
+        )
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

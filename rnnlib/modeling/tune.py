@@ -100,30 +100,45 @@ def _study(cfg: TrainFlowConfig, name: str) -> optuna.Study:
     # a trial whose process died stops beating: it is marked failed and tried again once
     with warnings.catch_warnings():  # heartbeats are experimental in Optuna, and stable since 2.8
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        storage = RDBStorage(storage_url(cfg), heartbeat_interval=30, grace_period=90,
-                             heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2) if cfg.tune.prune
-              else optuna.pruners.NopPruner())
+        storage = RDBStorage(
+            storage_url(cfg),
+            heartbeat_interval=30,
+            grace_period=90,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+        )
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2)
+        if cfg.tune.prune
+        else optuna.pruners.NopPruner()
+    )
     _, higher = MONITORED[cfg.train.monitor]
-    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True, pruner=pruner,
-                               sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed),
-                               direction="maximize" if higher else "minimize")
+    return optuna.create_study(
+        study_name=name,
+        storage=storage,
+        load_if_exists=True,
+        pruner=pruner,
+        sampler=optuna.samplers.TPESampler(seed=cfg.tune.seed),
+        direction="maximize" if higher else "minimize",
+    )
 
 
 def searched(cfg: TrainFlowConfig) -> TrainFlowConfig:
     """`cfg` as a search runs it: learnt vectors fix the embedding's size, so it is not searched;
     a language model is pretrained for one encoder shape, so a search refuses it."""
     if cfg.pretrain.encoder:
-        raise ConfigError("tune searches the classifier alone: turn pretrain.encoder off (or tune first, "
-                          "then pretrain the chosen encoder with rnnlib train)")
+        raise ConfigError(
+            "tune searches the classifier alone: turn pretrain.encoder off (or tune first, "
+            "then pretrain the chosen encoder with rnnlib train)"
+        )
     if cfg.pretrain.vectors and "model.embedding_dim" in cfg.tune.space:
         space = {k: v for k, v in cfg.tune.space.items() if k != "model.embedding_dim"}
         return cfg.model_copy(update={"tune": cfg.tune.model_copy(update={"space": space})})
     return cfg
 
 
-def run_trials(cfg: TrainFlowConfig, data: PreparedData, vectors: StageOutput | None, name: str, trials: int,
-               seconds: float | None) -> int:
+def run_trials(
+    cfg: TrainFlowConfig, data: PreparedData, vectors: StageOutput | None, name: str, trials: int, seconds: float | None
+) -> int:
     """Run up to `trials` trials of the study (one worker of a search); returns how many ran."""
     import optuna
 
@@ -154,8 +169,9 @@ def run_trials(cfg: TrainFlowConfig, data: PreparedData, vectors: StageOutput | 
     return len(study.trials) - before
 
 
-def tune(cfg: TrainFlowConfig, data: PreparedData, vectors: StageOutput | None = None,
-         client: Client | None = None) -> Search:
+def tune(
+    cfg: TrainFlowConfig, data: PreparedData, vectors: StageOutput | None = None, client: Client | None = None
+) -> Search:
     """Search until the study holds `tune.trials` finished trials or `tune.minutes` pass: in this
     process, or `tune.parallel` workers on `client` sharing the study's database. `vectors`: the
     learnt word vectors every trial starts from (`pretrain.vectors`)."""
@@ -172,8 +188,10 @@ def tune(cfg: TrainFlowConfig, data: PreparedData, vectors: StageOutput | None =
     seconds = cfg.tune.minutes * 60 if cfg.tune.minutes else None
     if remaining > 0 and client is not None and cfg.tune.parallel > 1:
         share = math.ceil(remaining / cfg.tune.parallel)
-        futures = [client.submit(run_trials, cfg, data, vectors, name, share, seconds, pure=False)
-                   for _ in range(cfg.tune.parallel)]
+        futures = [
+            client.submit(run_trials, cfg, data, vectors, name, share, seconds, pure=False)
+            for _ in range(cfg.tune.parallel)
+        ]
         client.gather(futures)
     elif remaining > 0:
         run_trials(cfg, data, vectors, name, remaining, seconds)
@@ -183,12 +201,26 @@ def tune(cfg: TrainFlowConfig, data: PreparedData, vectors: StageOutput | None =
 def summarise(cfg: TrainFlowConfig, study: optuna.Study, name: str) -> Search:
     import optuna
 
-    trials = [Trial(number=t.number, state=t.state.name, value=t.value, params=t.params,
-                    epochs=t.user_attrs.get("epochs", len(t.intermediate_values) or None),
-                    best_epoch=t.user_attrs.get("best_epoch"), seconds=t.user_attrs.get("seconds"))
-              for t in study.trials]
+    trials = [
+        Trial(
+            number=t.number,
+            state=t.state.name,
+            value=t.value,
+            params=t.params,
+            epochs=t.user_attrs.get("epochs", len(t.intermediate_values) or None),
+            best_epoch=t.user_attrs.get("best_epoch"),
+            seconds=t.user_attrs.get("seconds"),
+        )
+        for t in study.trials
+    ]
     if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
         raise RuntimeError(f"study {name}: no trial completed ({len(trials)} tried)")
     best = next(t for t in trials if t.number == study.best_trial.number)
-    return Search(study=name, storage=storage_url(cfg), monitor=cfg.train.monitor, trials=trials, best=best,
-                  best_config=with_settings(cfg, best.params).model_dump(mode="json"))
+    return Search(
+        study=name,
+        storage=storage_url(cfg),
+        monitor=cfg.train.monitor,
+        trials=trials,
+        best=best,
+        best_config=with_settings(cfg, best.params).model_dump(mode="json"),
+    )

@@ -1,8 +1,8 @@
 """The wide half of a wide-and-deep model: a linear TF-IDF model over a text's words and hashed
 word bigrams, fitted apart from the recurrent model (convex, its regularisation chosen on the
 validation split), then blended with it: probabilities = w * deep + (1 - w) * wide, w = 0.5
-unless validation clearly prefers another (`choose_blend`). On small sets such a linear model is as good as the recurrent one and errs on other
-rows, so the blend beats both.
+unless validation clearly prefers another (`choose_blend`). On small sets such a linear model is
+as good as the recurrent one and errs on other rows, so the blend beats both.
 
 Its features come from the token ids the recurrent model reads (the same n-gram hashing as
 `NgramBag`), and the fitted model is three tensors inside the bundle's weights: scoring, export
@@ -33,8 +33,9 @@ C_GRID = (1.0, 3.0, 10.0, 30.0)  # inverse regularisation strengths tried on val
 BLEND_GRID = np.linspace(0.0, 1.0, 21)  # the deep model's share
 
 
-def feature_ids(ids: torch.Tensor, lengths: torch.Tensor, vocab_size: int, buckets: int
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def feature_ids(
+    ids: torch.Tensor, lengths: torch.Tensor, vocab_size: int, buckets: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, real) of a padded batch: each position's token id, then each bigram's bucket
     (offset by `vocab_size`); `real` masks out the padding."""
     real = torch.arange(ids.shape[1], device=ids.device)[None, :] < lengths[:, None]
@@ -80,22 +81,29 @@ def counts(rows: pa.ListArray, vocab_size: int, buckets: int) -> sp.csr_matrix:
     row_of = np.repeat(np.arange(len(rows)), pc.list_value_length(rows).to_numpy(zero_copy_only=False))
     features, _ = feature_ids(torch.from_numpy(flat)[None], torch.tensor([len(flat)]), vocab_size, buckets)
     within = row_of[:-1] == row_of[1:]  # a bigram's two tokens in one row
-    matrix = sp.csr_matrix((np.ones(len(flat) + int(within.sum())),
-                            (np.concatenate([row_of, row_of[:-1][within]]),
-                             np.concatenate([features[0, :len(flat)].numpy(), features[0, len(flat):].numpy()[within]]))),
-                           shape=(len(rows), vocab_size + buckets))
+    matrix = sp.csr_matrix(
+        (
+            np.ones(len(flat) + int(within.sum())),
+            (
+                np.concatenate([row_of, row_of[:-1][within]]),
+                np.concatenate([features[0, : len(flat)].numpy(), features[0, len(flat) :].numpy()[within]]),
+            ),
+        ),
+        shape=(len(rows), vocab_size + buckets),
+    )
     matrix.sum_duplicates()
     return matrix
 
 
 def _tfidf(matrix: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
     scaled = matrix.multiply(idf).tocsr()
-    norm = np.sqrt(matrix.multiply(idf ** 2).sum(1)).A1  # sum over positions of idf^2
+    norm = np.sqrt(matrix.multiply(idf**2).sum(1)).A1  # sum over positions of idf^2
     return sp.diags(1 / np.maximum(norm, 1e-12)) @ scaled
 
 
-def fit_wide(tensors_dir: str | Path, vocab_size: int, num_classes: int, buckets: int, *,
-             out_dir: Path, seed: int = 0) -> WideFit:
+def fit_wide(
+    tensors_dir: str | Path, vocab_size: int, num_classes: int, buckets: int, *, out_dir: Path, seed: int = 0
+) -> WideFit:
     """Fit the wide model on the training split, C chosen by validation accuracy; its tensors go
     to `out_dir/wide.safetensors`."""
     from sklearn.linear_model import LogisticRegression
@@ -121,9 +129,14 @@ def fit_wide(tensors_dir: str | Path, vocab_size: int, num_classes: int, buckets
     else:
         coef[model.classes_], intercept[model.classes_] = model.coef_, model.intercept_
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({"scores": torch.from_numpy((coef * idf).T.astype(np.float32)).contiguous(),
-               "idf_squared": torch.from_numpy((idf ** 2).astype(np.float32)),
-               "intercept": torch.from_numpy(intercept.astype(np.float32))}, out_dir / WIDE_FILE)
+    save_file(
+        {
+            "scores": torch.from_numpy((coef * idf).T.astype(np.float32)).contiguous(),
+            "idf_squared": torch.from_numpy((idf**2).astype(np.float32)),
+            "intercept": torch.from_numpy(intercept.astype(np.float32)),
+        },
+        out_dir / WIDE_FILE,
+    )
     return WideFit(C=C, val_accuracy=round(accuracy, 4), features=int((document_frequency > 0).sum()))
 
 
@@ -144,8 +157,7 @@ class Blend(BaseModel):
     wide_test_accuracy: float | None = None
 
 
-def choose_blend(model: nn.Module, val_dir: str | Path, num_classes: int, batch_size: int,
-                 wide: WideFit) -> Blend:
+def choose_blend(model: nn.Module, val_dir: str | Path, num_classes: int, batch_size: int, wide: WideFit) -> Blend:
     """Set `model.blend`: an even blend, unless another weight of `BLEND_GRID` beats it on the
     validation split by more than that accuracy's standard error. Picking the best weight alone
     follows the noise of a small validation split (each weight's test accuracy differs from its
@@ -166,5 +178,10 @@ def choose_blend(model: nn.Module, val_dir: str | Path, num_classes: int, batch_
     even = accuracy[0.5]
     weight = best if accuracy[best] - even > np.sqrt(even * (1 - even) / len(labels)) else 0.5
     model.blend.fill_(weight)
-    return Blend(weight=round(weight, 2), val_accuracy=round(accuracy[weight], 4),
-                 deep_val_accuracy=round(accuracy[1.0], 4), wide_val_accuracy=round(accuracy[0.0], 4), wide=wide)
+    return Blend(
+        weight=round(weight, 2),
+        val_accuracy=round(accuracy[weight], 4),
+        deep_val_accuracy=round(accuracy[1.0], 4),
+        wide_val_accuracy=round(accuracy[0.0], 4),
+        wide=wide,
+    )

@@ -69,8 +69,12 @@ def _strings(values: np.ndarray) -> tuple[pa.Array, np.ndarray]:
 
 
 def canonicalize(
-    frame: pd.DataFrame, split: str | None, label_names: dict[str, str], labelled: bool,
-    keep_labels: tuple[str, ...] = (), encoding: str = "utf-8",
+    frame: pd.DataFrame,
+    split: str | None,
+    label_names: dict[str, str],
+    labelled: bool,
+    keep_labels: tuple[str, ...] = (),
+    encoding: str = "utf-8",
 ) -> pa.Table:
     """Validate a reader chunk and give it the canonical schema, flagging rejects with reasons.
 
@@ -91,8 +95,10 @@ def canonicalize(
         (pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0), "empty text"),
     ]
     if labelled:
-        checks += [(bad_label, undecodable(encoding)),
-                   (pc.or_kleene(pc.is_null(label), pc.equal(label, "")), "missing label")]
+        checks += [
+            (bad_label, undecodable(encoding)),
+            (pc.or_kleene(pc.is_null(label), pc.equal(label, "")), "missing label"),
+        ]
         if keep_labels:
             checks.append((pc.invert(pc.is_in(label, pa.array(keep_labels, pa.string()))), NOT_SELECTED))
     reject = pa.array(_objects(frame["reject"]) if "reject" in frame else [None] * n, pa.string())
@@ -176,8 +182,14 @@ def read_ahead(chunks: Generator[T, None, None]) -> Iterator[T]:
 
 
 def ingest_unit(
-    unit: ReadUnit, index: int, out_dir: Path, partition_rows: int, partition_bytes: int,
-    label_names: dict[str, str], labelled: bool, keep_labels: tuple[str, ...] = (),
+    unit: ReadUnit,
+    index: int,
+    out_dir: Path,
+    partition_rows: int,
+    partition_bytes: int,
+    label_names: dict[str, str],
+    labelled: bool,
+    keep_labels: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Read one unit into canonical partitions; return their names and per-file outcomes."""
     writer = PartWriter(out_dir, partition_rows, prefix=f"part-{index:05d}", text_bytes=partition_bytes)
@@ -200,15 +212,25 @@ def ingest(source: SourceConfig, *, out_dir: str | Path, client: Client | None =
     planned = [(item, plan_units(item.fs, item.path, item.spec, source.partition_rows)) for item in inputs]
     units = [unit for _, item_units in planned for unit in item_units]
     # what each file was read as, where an input asked for other than UTF-8 (auto: what was found)
-    encodings = {unit.source(unit.root if unit.spec.format == "folder_per_class" else unit.paths[0]):
-                 unit.spec.encoding for item, item_units in planned if item.spec.encoding != "utf-8"
-                 for unit in item_units}
+    encodings = {
+        unit.source(unit.root if unit.spec.format == "folder_per_class" else unit.paths[0]): unit.spec.encoding
+        for item, item_units in planned
+        if item.spec.encoding != "utf-8"
+        for unit in item_units
+    }
     with building(out_dir) as scratch:
-        results = map_partitions(client, ingest_unit, units, range(len(units)), out_dir=scratch,
-                                 partition_rows=source.partition_rows,
-                                 partition_bytes=source.partition_bytes, label_names=label_names,
-                                 keep_labels=tuple(source.keep_labels),
-                                 labelled=labelled)
+        results = map_partitions(
+            client,
+            ingest_unit,
+            units,
+            range(len(units)),
+            out_dir=scratch,
+            partition_rows=source.partition_rows,
+            partition_bytes=source.partition_bytes,
+            label_names=label_names,
+            keep_labels=tuple(source.keep_labels),
+            labelled=labelled,
+        )
         per_file: dict[str, Counter] = defaultdict(Counter)
         for result in results:
             for src, counts in result["per_file"].items():

@@ -49,43 +49,85 @@ def in_process() -> None:
 
 
 def ingest_stage(source: SourceConfig, *, work_dir: str, connect: Connect = in_process) -> StageOutput:
-    return run_stage("ingest", {"source": source, "work_dir": work_dir},
-                     lambda out: ingest(source, out_dir=out, client=connect()), code=[ingest])
+    return run_stage(
+        "ingest",
+        {"source": source, "work_dir": work_dir},
+        lambda out: ingest(source, out_dir=out, client=connect()),
+        code=[ingest],
+    )
 
 
-def preprocess_stage(ingested: StageOutput, *, cfg: PreprocessConfig, work_dir: str,
-                     connect: Connect = in_process) -> StageOutput:
+def preprocess_stage(
+    ingested: StageOutput, *, cfg: PreprocessConfig, work_dir: str, connect: Connect = in_process
+) -> StageOutput:
     # NLTK's data is read, not imported: the stop words themselves are part of the key
     words = stopword_set(cfg.stopwords_language).to_pylist() if cfg.stopwords else None
-    return run_stage("preprocess", {"ingested": ingested, "cfg": cfg, "work_dir": work_dir, "stopwords": words},
-                     lambda out: preprocess(ingested.path, out_dir=out, cfg=cfg, client=connect()),
-                     code=[preprocess])
+    return run_stage(
+        "preprocess",
+        {"ingested": ingested, "cfg": cfg, "work_dir": work_dir, "stopwords": words},
+        lambda out: preprocess(ingested.path, out_dir=out, cfg=cfg, client=connect()),
+        code=[preprocess],
+    )
 
 
-def split_stage(tokens: StageOutput, *, labelled: bool, cfg: SplitConfig, work_dir: str,
-                connect: Connect = in_process) -> StageOutput:
-    return run_stage("split", {"tokens": tokens, "labelled": labelled, "cfg": cfg, "work_dir": work_dir},
-                     lambda out: split(tokens.path, out_dir=out, cfg=cfg, labelled=labelled,
-                                       client=connect()), code=[split])
+def split_stage(
+    tokens: StageOutput, *, labelled: bool, cfg: SplitConfig, work_dir: str, connect: Connect = in_process
+) -> StageOutput:
+    return run_stage(
+        "split",
+        {"tokens": tokens, "labelled": labelled, "cfg": cfg, "work_dir": work_dir},
+        lambda out: split(tokens.path, out_dir=out, cfg=cfg, labelled=labelled, client=connect()),
+        code=[split],
+    )
 
 
-def vocab_stage(tokens: StageOutput, splits: StageOutput, *, labelled: bool, cfg: VocabConfig,
-                work_dir: str, connect: Connect = in_process) -> StageOutput:
+def vocab_stage(
+    tokens: StageOutput,
+    splits: StageOutput,
+    *,
+    labelled: bool,
+    cfg: VocabConfig,
+    work_dir: str,
+    connect: Connect = in_process,
+) -> StageOutput:
     """Fitted on the training split only; an unlabelled corpus (all of it in split `all`) on
     all of it."""
     fit_split = "train" if labelled else UNLABELLED_SPLIT
     params = {"tokens": tokens, "splits": splits, "fit_split": fit_split, "cfg": cfg, "work_dir": work_dir}
-    return run_stage("vocab", params, lambda out: fit(tokens.path, splits.path, out_dir=out, cfg=cfg,
-                                                      fit_split=fit_split, client=connect()), code=[fit])
+    return run_stage(
+        "vocab",
+        params,
+        lambda out: fit(tokens.path, splits.path, out_dir=out, cfg=cfg, fit_split=fit_split, client=connect()),
+        code=[fit],
+    )
 
 
-def tensorize_stage(tokens: StageOutput, splits: StageOutput, vocab: StageOutput, *, labelled: bool,
-                    cfg: TensorizeConfig, work_dir: str, connect: Connect = in_process) -> StageOutput:
-    params = {"tokens": tokens, "splits": splits, "vocab": vocab, "labelled": labelled, "cfg": cfg,
-              "work_dir": work_dir}
-    return run_stage("tensorize", params, lambda out: tensorize(
-        tokens.path, splits.path, vocab.path, out_dir=out, cfg=cfg, labelled=labelled, client=connect()),
-        code=[tensorize])
+def tensorize_stage(
+    tokens: StageOutput,
+    splits: StageOutput,
+    vocab: StageOutput,
+    *,
+    labelled: bool,
+    cfg: TensorizeConfig,
+    work_dir: str,
+    connect: Connect = in_process,
+) -> StageOutput:
+    params = {
+        "tokens": tokens,
+        "splits": splits,
+        "vocab": vocab,
+        "labelled": labelled,
+        "cfg": cfg,
+        "work_dir": work_dir,
+    }
+    return run_stage(
+        "tensorize",
+        params,
+        lambda out: tensorize(
+            tokens.path, splits.path, vocab.path, out_dir=out, cfg=cfg, labelled=labelled, client=connect()
+        ),
+        code=[tensorize],
+    )
 
 
 def unlabelled_source(source: SourceConfig) -> SourceConfig | None:
@@ -116,8 +158,9 @@ class PreparedData(BaseModel):
     @model_validator(mode="after")
     def _every_row_accounted(self) -> PreparedData:
         if self.tensorize.manifest["rows"] != self.ingest.manifest["rows"]:
-            raise AccountingError(f"{self.ingest.manifest['rows']} rows ingested, "
-                                  f"{self.tensorize.manifest['rows']} accounted")
+            raise AccountingError(
+                f"{self.ingest.manifest['rows']} rows ingested, {self.tensorize.manifest['rows']} accounted"
+            )
         return self
 
     @property
@@ -165,13 +208,16 @@ def prepare(cfg: PrepareConfig, client: Client | None = None) -> PreparedData:
     tokens = preprocess_stage(ingested, cfg=cfg.preprocess, work_dir=work, connect=connect)
     splits = split_stage(tokens, labelled=labelled, cfg=cfg.split, work_dir=work, connect=connect)
     vocab = vocab_stage(tokens, splits, labelled=labelled, cfg=cfg.vocab, work_dir=work, connect=connect)
-    tensors = tensorize_stage(tokens, splits, vocab, labelled=labelled, cfg=cfg.tensorize,
-                              work_dir=work, connect=connect)
+    tensors = tensorize_stage(
+        tokens, splits, vocab, labelled=labelled, cfg=cfg.tensorize, work_dir=work, connect=connect
+    )
     extra = unlabelled_source(source)
     unlabelled = None
     if extra is not None:
         raw = ingest_stage(extra, work_dir=work, connect=connect)
-        unlabelled = UnlabelledText(ingest=raw, preprocess=preprocess_stage(
-            raw, cfg=cfg.preprocess, work_dir=work, connect=connect))
-    return PreparedData(ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors,
-                        unlabelled=unlabelled)
+        unlabelled = UnlabelledText(
+            ingest=raw, preprocess=preprocess_stage(raw, cfg=cfg.preprocess, work_dir=work, connect=connect)
+        )
+    return PreparedData(
+        ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors, unlabelled=unlabelled
+    )

@@ -44,9 +44,7 @@ def preprocess_table(table: pa.Table, cfg: PreprocessConfig) -> pa.Table:
     rejected = rejected.combine_chunks() if isinstance(rejected, pa.ChunkedArray) else rejected
     tokens = pa.ListArray.from_arrays(tokens.offsets, tokens.values, mask=rejected)
     columns = {name: table[name] for name in TOKENS_SCHEMA.names if name in table.column_names}
-    return pa.table({**columns, "tokens": tokens, "reject": reject}).select(TOKENS_SCHEMA.names).cast(
-        TOKENS_SCHEMA
-    )
+    return pa.table({**columns, "tokens": tokens, "reject": reject}).select(TOKENS_SCHEMA.names).cast(TOKENS_SCHEMA)
 
 
 def preprocess_partition(in_file: Path, out_file: Path, cfg: PreprocessConfig) -> dict[str, Any]:
@@ -54,7 +52,10 @@ def preprocess_partition(in_file: Path, out_file: Path, cfg: PreprocessConfig) -
     # no column statistics: min/max over millions of token strings cost more than the write
     # itself, and nothing reads them
     pq.write_table(table, out_file, write_statistics=False)
-    return {"outcomes": outcomes(table["reject"]), "tokens": int(pc.sum(pc.list_value_length(table["tokens"])).as_py() or 0)}
+    return {
+        "outcomes": outcomes(table["reject"]),
+        "tokens": int(pc.sum(pc.list_value_length(table["tokens"])).as_py() or 0),
+    }
 
 
 def preprocess(
@@ -63,9 +64,7 @@ def preprocess(
     """Tokenise every partition on the cluster; the manifest carries the cumulative accounting."""
     files = partitions(in_dir)
     with building(out_dir) as scratch:
-        stats = map_partitions(
-            client, preprocess_partition, files, [scratch / f.name for f in files], cfg=cfg
-        )
+        stats = map_partitions(client, preprocess_partition, files, [scratch / f.name for f in files], cfg=cfg)
         manifest = {
             "stage": "preprocess",
             **summarise(s["outcomes"] for s in stats),

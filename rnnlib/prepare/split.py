@@ -42,16 +42,16 @@ def pool_fractions(pool: str, cfg: SplitConfig, predefined: set[str]) -> np.ndar
     return np.array([float(pool == s) for s in ASSIGNED])
 
 
-def sampled(fractions: dict[tuple[str, str], np.ndarray], sizes: dict[tuple[str, str], int],
-            sample: int | None) -> dict[tuple[str, str], np.ndarray]:
+def sampled(
+    fractions: dict[tuple[str, str], np.ndarray], sizes: dict[tuple[str, str], int], sample: int | None
+) -> dict[tuple[str, str], np.ndarray]:
     """The groups' fractions with training and validation scaled down alike, so that about
     `sample` rows of them are used (each group in proportion: stratified); the rest go unused."""
     fit_rows = sum(sizes[g] * f[:2].sum() for g, f in fractions.items())
     if sample is None or sample >= fit_rows:
         return fractions
     keep = sample / fit_rows
-    return {g: np.array([f[0] * keep, f[1] * keep, f[2], f[:2].sum() * (1 - keep)])
-            for g, f in fractions.items()}
+    return {g: np.array([f[0] * keep, f[1] * keep, f[2], f[:2].sum() * (1 - keep)]) for g, f in fractions.items()}
 
 
 def largest_remainder(total: int, fractions: np.ndarray) -> np.ndarray:
@@ -98,7 +98,10 @@ def _hash_key(seed: int) -> str:
 
 
 def assign_partition(
-    in_file: Path, out_file: Path, quotas: dict[tuple[str, str], list[int]], seed: int,
+    in_file: Path,
+    out_file: Path,
+    quotas: dict[tuple[str, str], list[int]],
+    seed: int,
     labelled: bool,
 ) -> dict[str, dict[str, int]]:
     """Write the partition's split assignment (`id`, `split`, row-aligned with the tokens
@@ -118,9 +121,7 @@ def assign_partition(
         split[frame.index.to_numpy()] = UNLABELLED_SPLIT
     assignment = pa.table({"id": table["id"], "split": pa.array(split, pa.string())})
     pq.write_table(assignment, out_file)
-    kept = pa.table({"split": assignment["split"], "label": table["label"]}).filter(
-        pc.is_valid(assignment["split"])
-    )
+    kept = pa.table({"split": assignment["split"], "label": table["label"]}).filter(pc.is_valid(assignment["split"]))
     counts: dict[str, dict[str, int]] = defaultdict(dict)
     for item in kept.group_by(["split", "label"]).aggregate([([], "count_all")]).to_pylist():
         counts[item["split"]][item["label"] or ""] = item["count_all"]
@@ -137,7 +138,11 @@ def with_split(tokens_file: Path, split_dir: str | Path, **read_options: Any) ->
 
 
 def split(
-    in_dir: str | Path, *, out_dir: str | Path, cfg: SplitConfig, labelled: bool,
+    in_dir: str | Path,
+    *,
+    out_dir: str | Path,
+    cfg: SplitConfig,
+    labelled: bool,
     client: Client | None = None,
 ) -> dict[str, Any]:
     """Assign every kept row of the tokens partitions to train/val/test (`unused` when left out
@@ -148,8 +153,11 @@ def split(
     predefined = {pool for pool, _ in groups if pool != NO_POOL}
     quotas: list[dict[tuple[str, str], list[int]]] = [{} for _ in files]
     sizes = {g: np.array([counts.get(g, 0) for counts in per_partition]) for g in groups}
-    fractions = sampled({g: pool_fractions(g[0], cfg, predefined) for g in groups},
-                        {g: int(s.sum()) for g, s in sizes.items()}, cfg.sample)
+    fractions = sampled(
+        {g: pool_fractions(g[0], cfg, predefined) for g in groups},
+        {g: int(s.sum()) for g, s in sizes.items()},
+        cfg.sample,
+    )
     for group in groups:
         table = allocate(sizes[group], fractions[group])
         for p, row in enumerate(table):
@@ -164,12 +172,13 @@ def split(
                     class_counts[name][label] += n
         manifest = {
             "stage": "split",
-            "splits": {name: {"rows": sum(c.values()), "class_counts": dict(sorted(c.items()))}
-                       for name, c in sorted(class_counts.items())},
+            "splits": {
+                name: {"rows": sum(c.values()), "class_counts": dict(sorted(c.items()))}
+                for name, c in sorted(class_counts.items())
+            },
             "predefined": sorted(predefined),
             "parts": [f.name for f in files],
             "kept": sum(sum(c.values()) for c in class_counts.values()),
         }
         write_json(scratch / MANIFEST, manifest)
     return manifest
-

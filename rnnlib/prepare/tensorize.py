@@ -38,9 +38,7 @@ SHARD_SCHEMA = pa.schema(
         ("label", pa.int64()),  # null for unlabelled corpora
     ]
 )
-REJECTS_SCHEMA = pa.schema(
-    [("id", pa.string()), ("source", pa.string()), ("row", pa.int64()), ("reason", pa.string())]
-)
+REJECTS_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("row", pa.int64()), ("reason", pa.string())])
 REJECTS_DIR = "rejects"
 UNSEEN_LABEL = "label unseen at fit time"
 
@@ -71,7 +69,11 @@ def read_tokens(tokens_file: Path, split_dir: Path) -> pa.Table:
 
 
 def tensorize_partition(
-    in_file: Path, split_dir: Path, out_dir: Path, vocab_dir: Path, cfg: TensorizeConfig,
+    in_file: Path,
+    split_dir: Path,
+    out_dir: Path,
+    vocab_dir: Path,
+    cfg: TensorizeConfig,
     labelled: bool,
 ) -> dict[str, Any]:
     vocab, encoder = load_fitted(vocab_dir, (vocab_dir / VOCAB_FILE).stat().st_mtime_ns)
@@ -83,14 +85,22 @@ def tensorize_partition(
         reject = pc.if_else(unseen, pa.scalar(UNSEEN_LABEL), reject)
     rejected = table.select(["id", "source", "row"]).filter(pc.is_valid(reject))
     pq.write_table(
-        pa.table({"id": rejected["id"], "source": rejected["source"], "row": rejected["row"],
-                  "reason": pc.drop_null(reject)}, schema=REJECTS_SCHEMA),
+        pa.table(
+            {
+                "id": rejected["id"],
+                "source": rejected["source"],
+                "row": rejected["row"],
+                "reason": pc.drop_null(reject),
+            },
+            schema=REJECTS_SCHEMA,
+        ),
         out_dir / REJECTS_DIR / in_file.name,
     )
     ids, lengths = encode_ids(table["tokens"], vocab, cfg.max_length)  # once, for every row
     keep = pc.is_null(reject)
-    encoded = pa.table({"id": table["id"], "ids": ids, "length": pa.array(lengths), "label": label_ids,
-                        "split": table["split"]}).filter(keep)
+    encoded = pa.table(
+        {"id": table["id"], "ids": ids, "length": pa.array(lengths), "label": label_ids, "split": table["split"]}
+    ).filter(keep)
     # rows of a partition come in source order (often one class after another): shuffle them,
     # seeded by the partition, so every shard is a sample of its split
     shuffle = np.random.default_rng(zlib.crc32(in_file.name.encode())).permutation(encoded.num_rows)
@@ -101,8 +111,13 @@ def tensorize_partition(
         ids = part["ids"].combine_chunks()
         original = part["length"].to_numpy()
         shard = pa.table(
-            {"id": part["id"], "ids": ids, "length": pc.list_value_length(ids).cast(pa.int32()),
-             "label": part["label"]}, schema=SHARD_SCHEMA,
+            {
+                "id": part["id"],
+                "ids": ids,
+                "length": pc.list_value_length(ids).cast(pa.int32()),
+                "label": part["label"],
+            },
+            schema=SHARD_SCHEMA,
         )
         (out_dir / name).mkdir(exist_ok=True)
         shards = []
@@ -141,8 +156,14 @@ def _merge_split(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tensorize(
-    tokens_dir: str | Path, split_dir: str | Path, vocab_dir: str | Path, *, out_dir: str | Path,
-    cfg: TensorizeConfig, labelled: bool, client: Client | None = None,
+    tokens_dir: str | Path,
+    split_dir: str | Path,
+    vocab_dir: str | Path,
+    *,
+    out_dir: str | Path,
+    cfg: TensorizeConfig,
+    labelled: bool,
+    client: Client | None = None,
 ) -> dict[str, Any]:
     """Write `<split>/shard-*.parquet` with a manifest per split, plus `rejects/` and the
     vocabulary the ids index."""
@@ -152,18 +173,31 @@ def tensorize(
     encoder = LabelEncoder.load(vocab_dir / LABELS_FILE)
     with building(out_dir) as scratch:
         (scratch / REJECTS_DIR).mkdir()
-        stats = map_partitions(client, tensorize_partition, files, split_dir=split_dir, out_dir=scratch,
-                               vocab_dir=vocab_dir, cfg=cfg, labelled=labelled)
+        stats = map_partitions(
+            client,
+            tensorize_partition,
+            files,
+            split_dir=split_dir,
+            out_dir=scratch,
+            vocab_dir=vocab_dir,
+            cfg=cfg,
+            labelled=labelled,
+        )
         by_split: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for part in stats:
             for name, s in part["splits"].items():
                 by_split[name].append(s)
         common = {
-            "schema_version": SCHEMA_VERSION, "vocab_hash": vocab.hash, "vocab_size": len(vocab.tokens),
-            "labels": list(encoder.labels), "labels_hash": encoder.hash, "max_length": cfg.max_length,
+            "schema_version": SCHEMA_VERSION,
+            "vocab_hash": vocab.hash,
+            "vocab_size": len(vocab.tokens),
+            "labels": list(encoder.labels),
+            "labels_hash": encoder.hash,
+            "max_length": cfg.max_length,
         }
-        split_manifests = {name: {"split": name, **_merge_split(parts), **common}
-                           for name, parts in sorted(by_split.items())}
+        split_manifests = {
+            name: {"split": name, **_merge_split(parts), **common} for name, parts in sorted(by_split.items())
+        }
         for name, manifest in split_manifests.items():
             write_json(scratch / name / MANIFEST, manifest)
         accounting = summarise(s["outcomes"] for s in stats)

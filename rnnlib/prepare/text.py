@@ -99,8 +99,11 @@ def _html(text: pa.Array) -> pa.Array:
     The commonest tag goes first by a literal search, 3.5 times faster than the tag regex,
     which then only runs over the rows still holding a "<"."""
     text = pc.replace_substring(text, "<br />", " ")
-    text = _where(text, _rows_with_bytes(text, lambda b: b == ord("<")),
-                  lambda rows: pc.replace_substring_regex(rows, r"</?[a-zA-Z!][^>]*>", " "))
+    text = _where(
+        text,
+        _rows_with_bytes(text, lambda b: b == ord("<")),
+        lambda rows: pc.replace_substring_regex(rows, r"</?[a-zA-Z!][^>]*>", " "),
+    )
 
     def entities(rows: pa.Array) -> pa.Array:
         for entity, char in HTML_ENTITIES.items():
@@ -152,9 +155,7 @@ def _punctuation(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
     has_protected[has_protected] = pc.match_substring_regex(candidates, protected).to_numpy(zero_copy_only=False)
     if has_protected.any():
         has_protected = pa.array(has_protected)
-        special = pc.replace_substring_regex(
-            text.filter(has_protected), rf"({protected})|{plain}", protected_rewrite
-        )
+        special = pc.replace_substring_regex(text.filter(has_protected), rf"({protected})|{plain}", protected_rewrite)
         out = pc.replace_with_mask(out, has_protected, special)
     return out
 
@@ -173,8 +174,9 @@ def _characters(text: pa.Array) -> pa.Array:
     utf8 = filled.buffers()[2].to_pybytes()[offsets[0] : offsets[-1]] if len(filled) else b""
     points = np.frombuffer(utf8.decode("utf-8").encode("utf-32-le"), dtype=np.uint32)
     distinct, inverse = np.unique(points, return_inverse=True)
-    chars = pa.DictionaryArray.from_arrays(pa.array(inverse.astype(np.int32)),
-                                           pa.array([chr(c) for c in distinct], pa.string()))
+    chars = pa.DictionaryArray.from_arrays(
+        pa.array(inverse.astype(np.int32)), pa.array([chr(c) for c in distinct], pa.string())
+    )
     lengths = pc.utf8_length(filled).to_numpy()
     parents = np.repeat(np.arange(len(filled)), lengths)
     return _rebuild(chars, parents, len(filled), null_rows)
@@ -194,8 +196,11 @@ def tokenize(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
         return _characters(text)
     if cfg.punctuation != "keep":
         text = _punctuation(text, cfg)
-    text = _where(text, _rows_with_bytes(text, lambda b: (b >= 0x80) | ((b >= 0x1C) & (b <= 0x1F))),
-                  lambda rows: pc.replace_substring_regex(rows, OTHER_SPACES, " "))
+    text = _where(
+        text,
+        _rows_with_bytes(text, lambda b: (b >= 0x80) | ((b >= 0x1C) & (b <= 0x1F))),
+        lambda rows: pc.replace_substring_regex(rows, OTHER_SPACES, " "),
+    )
     text = pc.ascii_trim_whitespace(text)
     lists = pc.ascii_split_whitespace(text)  # = utf8_split_whitespace, now that all spaces are ASCII
     blank = pc.fill_null(pc.equal(text, ""), False)  # "" splits into [""], not []
@@ -214,5 +219,4 @@ def tokenize(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
         indices, parents = indices.filter(kept), parents[kept.to_numpy(zero_copy_only=False)]
     if cfg.stem:
         words = _stem(words)
-    return _rebuild(pa.DictionaryArray.from_arrays(indices, words), parents, len(text),
-                    pc.is_null(text))
+    return _rebuild(pa.DictionaryArray.from_arrays(indices, words), parents, len(text), pc.is_null(text))

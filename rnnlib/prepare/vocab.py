@@ -40,7 +40,7 @@ class Vocabulary:
 
     @cached_property
     def _value_set(self) -> pa.Array:
-        return pa.array(self.tokens[len(SPECIALS):], pa.string())
+        return pa.array(self.tokens[len(SPECIALS) :], pa.string())
 
     def lookup(self, tokens: pa.Array) -> pa.Array:
         """Token strings -> int32 ids; unknown tokens -> <UNK>'s id. Vectorised."""
@@ -92,8 +92,7 @@ def load_fitted(vocab_dir: Path, stamp: int) -> tuple[Vocabulary, LabelEncoder]:
 
 def count_partition(tokens_file: Path, split_dir: Path, fit_split: str) -> pa.Table:
     """(token, count) and (label, count) of one partition's fitting rows."""
-    table = with_split(tokens_file, split_dir, columns=["tokens", "label"],
-                       read_dictionary=["tokens.list.element"])
+    table = with_split(tokens_file, split_dir, columns=["tokens", "label"], read_dictionary=["tokens.list.element"])
     table = table.filter(pc.equal(table["split"], fit_split))
     tokens = pc.list_flatten(table["tokens"].combine_chunks())  # dictionary-encoded
     occurrences = np.bincount(tokens.indices.to_numpy(zero_copy_only=False), minlength=len(tokens.dictionary))
@@ -117,12 +116,18 @@ def merge_counts(*tables: pa.Table) -> pa.Table:
 
 
 def fit(
-    tokens_dir: str | Path, split_dir: str | Path, *, out_dir: str | Path, cfg: VocabConfig,
-    fit_split: str, client: Client | None = None,
+    tokens_dir: str | Path,
+    split_dir: str | Path,
+    *,
+    out_dir: str | Path,
+    cfg: VocabConfig,
+    fit_split: str,
+    client: Client | None = None,
 ) -> dict[str, Any]:
     """Fit the vocabulary and label encoder on the rows assigned to `fit_split`."""
-    counts = map_reduce(client, count_partition, partitions(tokens_dir), merge_counts,
-                        split_dir=split_dir, fit_split=fit_split)
+    counts = map_reduce(
+        client, count_partition, partitions(tokens_dir), merge_counts, split_dir=split_dir, fit_split=fit_split
+    )
     is_token = pc.equal(counts["kind"], "token")
     tokens = counts.filter(is_token).sort_by([("count", "descending"), ("value", "ascending")])
     if tokens.num_rows == 0:
@@ -134,9 +139,11 @@ def fit(
     vocab = Vocabulary(SPECIALS + tuple(tokens["value"].to_pylist()))
     labels = LabelEncoder(tuple(sorted(counts.filter(pc.invert(is_token))["value"].to_pylist())))
     if len(labels.labels) > cfg.max_labels:
-        raise InputError(f"{len(labels.labels)} distinct labels in the {fit_split!r} split, more than "
-                         f"vocab.max_labels ({cfg.max_labels}): is the label column the right one?",
-                         file=str(tokens_dir))
+        raise InputError(
+            f"{len(labels.labels)} distinct labels in the {fit_split!r} split, more than "
+            f"vocab.max_labels ({cfg.max_labels}): is the label column the right one?",
+            file=str(tokens_dir),
+        )
     with building(out_dir) as scratch:
         vocab.save(scratch / VOCAB_FILE)
         labels.save(scratch / LABELS_FILE)

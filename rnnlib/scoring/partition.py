@@ -65,8 +65,9 @@ def worker_bundle(path: str, version: str, device: str, precision: str = "auto")
     refused: one run scores with one model."""
     bundle = load_for_inference(path, device, precision)
     if bundle.version != version:
-        raise BundleError(f"the bundle changed during the run (version {bundle.version}, "
-                          f"run started with {version})", file=path)
+        raise BundleError(
+            f"the bundle changed during the run (version {bundle.version}, run started with {version})", file=path
+        )
     return bundle
 
 
@@ -82,8 +83,9 @@ def _top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> tuple[
     best = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
     best_p = np.take_along_axis(probabilities, best, axis=1)
     names = pa.array(labels, pa.string()).take(pa.array(best.ravel()))
-    entries = pa.StructArray.from_arrays([names, pa.array(best_p.ravel(), pa.float32())],
-                                         names=["label", "probability"])
+    entries = pa.StructArray.from_arrays(
+        [names, pa.array(best_p.ravel(), pa.float32())], names=["label", "probability"]
+    )
     offsets = pa.array(np.arange(0, best.size + 1, k, dtype=np.int32))
     return best[:, 0], best_p[:, 0], pa.ListArray.from_arrays(offsets, entries).cast(TOP_K_TYPE)
 
@@ -111,7 +113,9 @@ def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> t
     best, best_p, top_k = _top_k(probabilities, bundle.labels.labels, settings.top_k)
     scores = pa.table(
         {
-            "id": kept_rows["id"], "source": kept_rows["source"], "row": kept_rows["row"],
+            "id": kept_rows["id"],
+            "source": kept_rows["source"],
+            "row": kept_rows["row"],
             "label": pa.array(bundle.labels.labels, pa.string()).take(pa.array(best, pa.int64())),
             "probability": pa.array(best_p, pa.float32()),
             "top_k": top_k,
@@ -122,13 +126,14 @@ def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> t
         schema=SCORES_SCHEMA,
     )
     rejected = tokens.filter(pc.invert(kept))
-    rejects = pa.table({"id": rejected["id"], "source": rejected["source"], "row": rejected["row"],
-                        "reason": rejected["reject"]}, schema=REJECTS_SCHEMA)
+    rejects = pa.table(
+        {"id": rejected["id"], "source": rejected["source"], "row": rejected["row"], "reason": rejected["reject"]},
+        schema=REJECTS_SCHEMA,
+    )
     return scores, rejects
 
 
-def score_partition(staged: Path, scores_file: Path, rejects_file: Path,
-                    settings: ScoringSettings) -> dict[str, Any]:
+def score_partition(staged: Path, scores_file: Path, rejects_file: Path, settings: ScoringSettings) -> dict[str, Any]:
     """Score one staged partition. Each file is written atomically, the rejects first: the scores
     file's existence is what marks the partition done."""
     bundle = worker_bundle(settings.bundle, settings.version, settings.device, settings.precision)
@@ -137,6 +142,10 @@ def score_partition(staged: Path, scores_file: Path, rejects_file: Path,
     if rejects.num_rows:
         write_parquet(rejects, rejects_file)
     write_parquet(scores, scores_file)
-    return {"partition": staged.name, "rows": table.num_rows, "scored": scores.num_rows,
-            "rejected": rejects.num_rows,
-            "text_bytes": int(pc.sum(pc.binary_length(table["text"])).as_py() or 0)}
+    return {
+        "partition": staged.name,
+        "rows": table.num_rows,
+        "scored": scores.num_rows,
+        "rejected": rejects.num_rows,
+        "text_bytes": int(pc.sum(pc.binary_length(table["text"])).as_py() or 0),
+    }

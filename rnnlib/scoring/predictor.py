@@ -44,15 +44,27 @@ class Predictor:
         self.bundle, self.settings = bundle, settings
 
     @classmethod
-    def from_bundle(cls, path: str | Path, *, device: DeviceChoice = "auto", precision: Precision = "auto",
-                    batch_size: int | None = None, max_length: int | None = None) -> Predictor:
+    def from_bundle(
+        cls,
+        path: str | Path,
+        *,
+        device: DeviceChoice = "auto",
+        precision: Precision = "auto",
+        batch_size: int | None = None,
+        max_length: int | None = None,
+    ) -> Predictor:
         """`path`: a bundle folder, or a model registry folder (its current model)."""
         bundle_dir = locate_bundle(path)
         bundle = load_for_inference(bundle_dir, device, precision)
         settings = ScoringSettings(
-            bundle=str(bundle_dir), version=bundle.version, top_k=1,
+            bundle=str(bundle_dir),
+            version=bundle.version,
+            top_k=1,
             max_length=max_length or bundle.max_length or DEFAULT_MAX_LENGTH,
-            batch_size=batch_size, device=device, precision=precision)
+            batch_size=batch_size,
+            device=device,
+            precision=precision,
+        )
         return cls(bundle, settings)
 
     @property
@@ -62,15 +74,21 @@ class Predictor:
     def predict(self, texts: Iterable[str], top_k: int = 1) -> list[Prediction]:
         """One prediction per text, in order."""
         texts = list(texts)
-        frame = pd.DataFrame({"text": pd.Series(texts, dtype=object), "label": None, "id": None,
-                              "source": "input", "row": np.arange(1, len(texts) + 1)})
+        frame = pd.DataFrame(
+            {
+                "text": pd.Series(texts, dtype=object),
+                "label": None,
+                "id": None,
+                "source": "input",
+                "row": np.arange(1, len(texts) + 1),
+            }
+        )
         table = canonicalize(frame, None, {}, labelled=False)
         scores, rejects = score_table(table, self.bundle, replace(self.settings, top_k=top_k))
         out: list[Prediction | None] = [None] * len(texts)
         columns = scores.select(["row", "label", "probability", "top_k", "truncated"]).to_pydict()
         for row, label, probability, best, truncated in zip(*columns.values()):
-            out[row - 1] = Prediction(label, probability, [(b["label"], b["probability"]) for b in best],
-                                      truncated)
+            out[row - 1] = Prediction(label, probability, [(b["label"], b["probability"]) for b in best], truncated)
         for row, reason in zip(rejects["row"].to_pylist(), rejects["reason"].to_pylist()):
             out[row - 1] = Prediction(None, None, [], rejected=reason)
         return out  # type: ignore[return-value]  # every row is scored or rejected

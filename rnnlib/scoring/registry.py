@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -56,8 +56,9 @@ def held_out_rows(ingest_dir: str | Path, split_dir: str | Path) -> pa.Table:
 def accuracy(bundle_dir: str | Path, rows: pa.Table) -> float:
     """Share of `rows` whose label the bundle predicts; a row it rejects counts as wrong."""
     bundle = load_bundle(bundle_dir)
-    settings = ScoringSettings(bundle=str(bundle_dir), version=bundle.version, top_k=1,
-                               max_length=bundle.max_length or DEFAULT_MAX_LENGTH)
+    settings = ScoringSettings(
+        bundle=str(bundle_dir), version=bundle.version, top_k=1, max_length=bundle.max_length or DEFAULT_MAX_LENGTH
+    )
     scores, _ = score_table(rows, bundle, settings)
     truth = rows.select(["source", "row", "label"]).rename_columns(["source", "row", "truth"])
     joined = scores.select(["source", "row", "label"]).join(truth, ["source", "row"])  # unique keys
@@ -65,8 +66,7 @@ def accuracy(bundle_dir: str | Path, rows: pa.Table) -> float:
     return correct / max(rows.num_rows, 1)
 
 
-def promote(registry: str | Path, candidate: str | Path, ingest_dir: str | Path,
-            split_dir: str | Path) -> Decision:
+def promote(registry: str | Path, candidate: str | Path, ingest_dir: str | Path, split_dir: str | Path) -> Decision:
     """Make `candidate` the current model unless the current one scores better on the
     candidate's test rows. Returns (and records) the decision."""
     registry, candidate = Path(registry), Path(candidate)
@@ -84,15 +84,26 @@ def _promote(registry: Path, candidate: Path, rows: pa.Table) -> Decision:
     if current_accuracy is None:
         reason = "first model in the registry"
     elif promoted:
-        reason = (f"scores {candidate_accuracy:.4f} >= the current model's {current_accuracy:.4f} "
-                  f"on the same {rows.num_rows} test rows")
+        reason = (
+            f"scores {candidate_accuracy:.4f} >= the current model's {current_accuracy:.4f} "
+            f"on the same {rows.num_rows} test rows"
+        )
     else:
-        reason = (f"not promoted: scores {candidate_accuracy:.4f} < the current model's "
-                  f"{current_accuracy:.4f} on the same {rows.num_rows} test rows; the current model "
-                  f"({current}) stays")
-    decision = Decision(time=_now(), candidate=version,
-                        test_rows=rows.num_rows, candidate_accuracy=candidate_accuracy, current=current,
-                        current_accuracy=current_accuracy, promoted=promoted, reason=reason)
+        reason = (
+            f"not promoted: scores {candidate_accuracy:.4f} < the current model's "
+            f"{current_accuracy:.4f} on the same {rows.num_rows} test rows; the current model "
+            f"({current}) stays"
+        )
+    decision = Decision(
+        time=_now(),
+        candidate=version,
+        test_rows=rows.num_rows,
+        candidate_accuracy=candidate_accuracy,
+        current=current,
+        current_accuracy=current_accuracy,
+        promoted=promoted,
+        reason=reason,
+    )
     if promoted:
         _install(registry, candidate, version, decision)
     _record(registry, decision)
@@ -118,8 +129,7 @@ def trained_on(paths: list[str | Path]) -> set[str]:
     for path in map(Path, paths):  # a typo would keep nothing, and prune what it meant to keep
         if not (path / CONFIG).is_file() and not (path / BUNDLES).is_dir():
             raise InputError(f"not a bundle or registry folder (no {CONFIG}, no {BUNDLES}/)", file=str(path))
-    configs = [c for p in map(Path, paths) for c in [p / CONFIG, *(p / BUNDLES).glob(f"*/{CONFIG}")]
-               if c.is_file()]
+    configs = [c for p in map(Path, paths) for c in [p / CONFIG, *(p / BUNDLES).glob(f"*/{CONFIG}")] if c.is_file()]
     return {key for c in configs for key in read_json(c)["data"].values()}
 
 
@@ -140,9 +150,12 @@ def list_models(registry: str | Path) -> list[RegisteredModel]:
     evaluated = {d.candidate: d.candidate_accuracy for d in promoted if d.candidate_accuracy is not None}
     first = {v: i for i, v in reversed(list(enumerate(d.candidate for d in promoted)))}
     folders = [f.name for f in (registry / BUNDLES).iterdir()] if (registry / BUNDLES).is_dir() else []
-    return [RegisteredModel(version=v, current=v == current, promoted_at=last[v].time if v in last else None,
-                            accuracy=evaluated.get(v))
-            for v in sorted((v for v in folders if not v.startswith(".")), key=lambda v: (first.get(v, 1e9), v))]
+    return [
+        RegisteredModel(
+            version=v, current=v == current, promoted_at=last[v].time if v in last else None, accuracy=evaluated.get(v)
+        )
+        for v in sorted((v for v in folders if not v.startswith(".")), key=lambda v: (first.get(v, 1e9), v))
+    ]
 
 
 def set_current(registry: str | Path, version: str, reason: str) -> Decision:
@@ -162,7 +175,7 @@ def set_current(registry: str | Path, version: str, reason: str) -> Decision:
 def rollback(registry: str | Path) -> Decision:
     """Make the model that was current before the current one current again."""
     history = [d.candidate for d in decisions(registry) if d.promoted]
-    earlier = [v for v in history[: -1] if v != (history[-1] if history else None)]
+    earlier = [v for v in history[:-1] if v != (history[-1] if history else None)]
     if not earlier:
         raise InputError("nothing to roll back to: no earlier model was ever current", file=str(registry))
     return set_current(registry, earlier[-1], f"rolled back from {history[-1]} (rnnlib models rollback)")
@@ -180,10 +193,17 @@ def _install(registry: Path, candidate: Path, version: str, decision: Decision) 
 
 
 def _point_to(registry: Path, version: str, decision: Decision) -> None:
-    write_json(registry / CURRENT, {"bundle": f"{BUNDLES}/{version}", "version": version,
-                                    "accuracy": decision.candidate_accuracy,
-                                    "test_rows": decision.test_rows, "promoted_at": decision.time})
+    write_json(
+        registry / CURRENT,
+        {
+            "bundle": f"{BUNDLES}/{version}",
+            "version": version,
+            "accuracy": decision.candidate_accuracy,
+            "test_rows": decision.test_rows,
+            "promoted_at": decision.time,
+        },
+    )
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")

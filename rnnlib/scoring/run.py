@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
-from fsspec.implementations.local import LocalFileSystem
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 
 from rnnlib.common.accounting import KEPT, AccountingError, summarise
@@ -142,11 +142,11 @@ class ScoreRun:
 
     def pending(self, staged: list[StagedInput]) -> list[Path]:
         """Staged partitions whose scores are not written yet."""
-        return [Path(unit.dir) / part for unit in staged for part in unit.parts
-                if not self.scores_file(part).exists()]
+        return [Path(unit.dir) / part for unit in staged for part in unit.parts if not self.scores_file(part).exists()]
 
-    def finish(self, staged: list[StagedInput], failed: dict[str, str], stats: list[dict[str, Any]],
-               seconds: float) -> ScoreReport:
+    def finish(
+        self, staged: list[StagedInput], failed: dict[str, str], stats: list[dict[str, Any]], seconds: float
+    ) -> ScoreReport:
         """Account for every row from what is on disk, and write the manifest."""
         return account(self, staged, failed, throughput(stats, seconds))
 
@@ -178,7 +178,7 @@ def expand_directories(specs: list[InputSpec]) -> tuple[list[tuple[InputSpec, st
         base = posixpath.dirname(path.rstrip("/"))
         for file in files:
             url = fs.unstrip_protocol(file) if "://" in spec.path else file
-            hidden = any(part.startswith(".") for part in file[len(path):].split("/"))
+            hidden = any(part.startswith(".") for part in file[len(path) :].split("/"))
             regular = not isinstance(fs, LocalFileSystem) or os.path.isfile(file)  # never a FIFO
             if _known_format(file) and not hidden and regular:
                 expanded.append((spec.model_copy(update={"path": url, "glob": False}), base))
@@ -206,19 +206,36 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
     confine(config.roots, [path for unit in units for path in unit.paths])  # links followed
     max_length = config.max_length or bundle["max_length"] or DEFAULT_MAX_LENGTH
     settings = ScoringSettings(
-        bundle=str(bundle_dir.resolve()), version=bundle["version"], top_k=config.top_k,
-        max_length=max_length, batch_size=config.batch_size, device=config.device,
+        bundle=str(bundle_dir.resolve()),
+        version=bundle["version"],
+        top_k=config.top_k,
+        max_length=max_length,
+        batch_size=config.batch_size,
+        device=config.device,
         precision=config.precision,
     )
-    identity = {"bundle_version": bundle["version"],
-                "inputs": fingerprint_inputs(SourceConfig(inputs=[spec for spec, _ in specs]),
-                                             Path(config.output) / STAT_INDEX),
-                "top_k": config.top_k, "max_length": max_length, "precision": config.precision,
-                "partition_rows": config.partition_rows, "partition_bytes": config.partition_bytes,
-                # the code that reads and scores rows: an edit elsewhere leaves a killed run resumable
-                "code": code_version(score_partition.__module__, ingest_unit.__module__, own=__name__)}
-    return ScoreRun(Path(config.output).resolve(), digest_json(identity), tuple(units), settings,
-                    tuple(ignored), config.partition_rows, config.partition_bytes)
+    identity = {
+        "bundle_version": bundle["version"],
+        "inputs": fingerprint_inputs(
+            SourceConfig(inputs=[spec for spec, _ in specs]), Path(config.output) / STAT_INDEX
+        ),
+        "top_k": config.top_k,
+        "max_length": max_length,
+        "precision": config.precision,
+        "partition_rows": config.partition_rows,
+        "partition_bytes": config.partition_bytes,
+        # the code that reads and scores rows: an edit elsewhere leaves a killed run resumable
+        "code": code_version(score_partition.__module__, ingest_unit.__module__, own=__name__),
+    }
+    return ScoreRun(
+        Path(config.output).resolve(),
+        digest_json(identity),
+        tuple(units),
+        settings,
+        tuple(ignored),
+        config.partition_rows,
+        config.partition_bytes,
+    )
 
 
 def confine(roots: list[str], paths: list[str]) -> None:
@@ -267,14 +284,18 @@ def open_output(run: ScoreRun, overwrite: bool) -> str:
     out, run_file = run.out, run.out / RUN_FILE
     if out.exists() and any(p.name != STAT_INDEX for p in out.iterdir()):
         if not run_file.is_file():
-            raise InputError("output directory is not empty and holds no scoring run: choose an "
-                             "empty or new directory", file=str(out))
+            raise InputError(
+                "output directory is not empty and holds no scoring run: choose an empty or new directory",
+                file=str(out),
+            )
         if overwrite:
             shutil.rmtree(out)
         elif read_json(run_file)["key"] != run.key:
-            raise InputError("output directory holds a different scoring run (another bundle, "
-                             "inputs or options): choose another directory or overwrite it",
-                             file=str(out))
+            raise InputError(
+                "output directory holds a different scoring run (another bundle, "
+                "inputs or options): choose another directory or overwrite it",
+                file=str(out),
+            )
         elif is_complete(out) and not read_json(out / MANIFEST)["failed"]:
             return "complete"
         else:
@@ -305,8 +326,7 @@ def input_name(unit: ReadUnit) -> str:
     return unit.source(unit.paths[0])
 
 
-def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int,
-               partition_bytes: int) -> StagedInput:
+def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int, partition_bytes: int) -> StagedInput:
     """Read one unit into canonical partitions under the staging folder (atomically, so a
     killed run re-reads only the units it had not finished)."""
     target = staging / f"unit-{index:05d}"
@@ -314,14 +334,17 @@ def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int,
         return StagedInput.model_validate(read_json(target / MANIFEST))
     with building(target) as scratch:
         result = ingest_unit(unit, index, scratch, partition_rows, partition_bytes, {}, labelled=False)
-        manifest = {"input": input_name(unit), "dir": str(target), "parts": result["parts"],
-                    "rows": sum(sum(c.values()) for c in result["per_file"].values())}
+        manifest = {
+            "input": input_name(unit),
+            "dir": str(target),
+            "parts": result["parts"],
+            "rows": sum(sum(c.values()) for c in result["per_file"].values()),
+        }
         write_json(scratch / MANIFEST, manifest)
     return StagedInput.model_validate(manifest)
 
 
-def account(run: ScoreRun, staged: list[StagedInput], failed: dict[str, str],
-            extra: dict[str, Any]) -> ScoreReport:
+def account(run: ScoreRun, staged: list[StagedInput], failed: dict[str, str], extra: dict[str, Any]) -> ScoreReport:
     """The run's manifest, read back from what is on disk (so a resumed run counts the
     partitions of its earlier attempts too) and written as `_manifest.json`. Per input file:
     rows read = scored + rejected (+ unscored, only where a partition failed). Staging is
@@ -345,18 +368,33 @@ def account(run: ScoreRun, staged: list[StagedInput], failed: dict[str, str],
     files = {}
     for name, rows in sorted(read.items()):
         done = summarise([per_input[name]])
-        files[name] = {"rows": rows, "scored": done["kept"], "rejected": done["rejected"],
-                       "unscored": rows - done["rows"]}
+        files[name] = {
+            "rows": rows,
+            "scored": done["kept"],
+            "rejected": done["rejected"],
+            "unscored": rows - done["rows"],
+        }
     unscored = sum(f["unscored"] for f in files.values())
     if any(f["unscored"] < 0 for f in files.values()) or (unscored and not failed):
         raise AccountingError(f"rows read and rows written differ: {files}")
     total = summarise(per_input.values())
-    report = ScoreReport.model_validate({
-        "complete": not failed, "bundle_version": run.settings.version, "key": run.key,
-        "rows": sum(read.values()), "scored": total["kept"], "rejected": total["rejected"],
-        "unscored": unscored, "truncated": truncated, "labels": dict(sorted(labels.items())),
-        "files": files, "failed": failed, "ignored": list(run.ignored), **extra,
-    })
+    report = ScoreReport.model_validate(
+        {
+            "complete": not failed,
+            "bundle_version": run.settings.version,
+            "key": run.key,
+            "rows": sum(read.values()),
+            "scored": total["kept"],
+            "rejected": total["rejected"],
+            "unscored": unscored,
+            "truncated": truncated,
+            "labels": dict(sorted(labels.items())),
+            "files": files,
+            "failed": failed,
+            "ignored": list(run.ignored),
+            **extra,
+        }
+    )
     write_json(run.out / MANIFEST, report.model_dump(mode="json", exclude={"already_complete"}))
     if not failed:
         shutil.rmtree(run.out / STAGING, ignore_errors=True)
@@ -375,19 +413,34 @@ def score(config: ScoreConfig, client: Client | None = None) -> ScoreReport:
         if (finished := run.open(config.overwrite)) is not None:
             return finished
         start = time.perf_counter()
-        staged = map_partitions(client, stage_unit, run.units, range(len(run.units)),
-                                staging=run.staging, partition_rows=run.partition_rows,
-                                partition_bytes=run.partition_bytes)
+        staged = map_partitions(
+            client,
+            stage_unit,
+            run.units,
+            range(len(run.units)),
+            staging=run.staging,
+            partition_rows=run.partition_rows,
+            partition_bytes=run.partition_bytes,
+        )
         parts = run.pending(staged)
-        stats = map_partitions(client, score_partition, parts,
-                               [run.scores_file(p.name) for p in parts],
-                               [run.rejects_file(p.name) for p in parts], settings=run.settings)
+        stats = map_partitions(
+            client,
+            score_partition,
+            parts,
+            [run.scores_file(p.name) for p in parts],
+            [run.rejects_file(p.name) for p in parts],
+            settings=run.settings,
+        )
         return run.finish(staged, {}, stats, time.perf_counter() - start)
 
 
 def throughput(stats: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
     """What this run (or resumed attempt) did, and how fast."""
     rows = sum(s["rows"] for s in stats)
-    return {"seconds": round(seconds, 3), "partitions_scored_now": len(stats), "rows_scored_now": rows,
-            "rows_per_second": round(rows / seconds, 1),
-            "mb_per_second": round(sum(s["text_bytes"] for s in stats) / 1e6 / seconds, 2)}
+    return {
+        "seconds": round(seconds, 3),
+        "partitions_scored_now": len(stats),
+        "rows_scored_now": rows,
+        "rows_per_second": round(rows / seconds, 1),
+        "mb_per_second": round(sum(s["text_bytes"] for s in stats) / 1e6 / seconds, 2),
+    }

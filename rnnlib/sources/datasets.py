@@ -95,9 +95,7 @@ REGISTRY: dict[str, Dataset] = {
                     url="https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
                     checksum="md5:7c2ac02c03563afcf9b574c7e56c153a",
                     extract={
-                        f"aclImdb/{s}/{c}/": f"imdb/aclImdb/{s}/{c}/"
-                        for s in ("train", "test")
-                        for c in ("pos", "neg")
+                        f"aclImdb/{s}/{c}/": f"imdb/aclImdb/{s}/{c}/" for s in ("train", "test") for c in ("pos", "neg")
                     },
                 ),
             ),
@@ -107,14 +105,19 @@ REGISTRY: dict[str, Dataset] = {
             description="SemEval-2016 Task 4A tweet sentiment, 3 classes, official train/dev/test",
             inputs=tuple(
                 InputSpec(
-                    path=f"semeval2016_tweets/{file}.tsv", format="tsv", split=split,
-                    header=False, text_columns=[0], label_column=1,
+                    path=f"semeval2016_tweets/{file}.tsv",
+                    format="tsv",
+                    split=split,
+                    header=False,
+                    text_columns=[0],
+                    label_column=1,
                 )
                 for file, split in (("train", "train"), ("dev", "val"), ("test", "test"))
             ),
             downloads=tuple(
-                Download(url=f"{_SEMEVAL_RAW}{file}.tsv", checksum=f"sha256:{sha}",
-                         target=f"semeval2016_tweets/{file}.tsv")
+                Download(
+                    url=f"{_SEMEVAL_RAW}{file}.tsv", checksum=f"sha256:{sha}", target=f"semeval2016_tweets/{file}.tsv"
+                )
                 for file, sha in (
                     ("train", "07c9e20ca18009c0cd9590e6ef8d293e189897c978ee3b1492beda22ed429bac"),
                     ("dev", "ec5d795c2274e86140a153765450aff091ae0a2084f273607e866bce75426a41"),
@@ -128,16 +131,26 @@ REGISTRY: dict[str, Dataset] = {
             description="AG News headlines, 4 topics (Zhang et al. 2015), title + description",
             inputs=tuple(
                 InputSpec(
-                    path=f"ag_news/{split}.csv", format="csv", split=split, header=False,
-                    text_columns=[1, 2], label_column=0,
+                    path=f"ag_news/{split}.csv",
+                    format="csv",
+                    split=split,
+                    header=False,
+                    text_columns=[1, 2],
+                    label_column=0,
                 )
                 for split in ("train", "test")
             ),
             downloads=(
-                Download(url=f"{_AG_NEWS_RAW}train.csv", target="ag_news/train.csv",
-                         checksum="md5:b1a00f826fdfbd249f79597b59e1dc12"),
-                Download(url=f"{_AG_NEWS_RAW}test.csv", target="ag_news/test.csv",
-                         checksum="md5:d52ea96a97a2d943681189a97654912d"),
+                Download(
+                    url=f"{_AG_NEWS_RAW}train.csv",
+                    target="ag_news/train.csv",
+                    checksum="md5:b1a00f826fdfbd249f79597b59e1dc12",
+                ),
+                Download(
+                    url=f"{_AG_NEWS_RAW}test.csv",
+                    target="ag_news/test.csv",
+                    checksum="md5:d52ea96a97a2d943681189a97654912d",
+                ),
             ),
             label_names={"1": "World", "2": "Sports", "3": "Business", "4": "Sci/Tech"},
         ),
@@ -161,10 +174,11 @@ def _extract(archive: Path, mapping: dict[str, str], root: Path, expected: dict[
     def target_of(name: str) -> Path | None:
         for prefix, folder in mapping.items():
             if name.startswith(prefix) and not name.endswith("/") and name != prefix:
-                dest = (root / folder / name[len(prefix):].lstrip("/")).resolve()
-                if not dest.is_relative_to(inside) or ".." in name.split("/") or name[len(prefix):].startswith("/"):
-                    raise InputError(f"archive member {name!r} would be written outside the dataset folder",
-                                     file=str(archive))
+                dest = (root / folder / name[len(prefix) :].lstrip("/")).resolve()
+                if not dest.is_relative_to(inside) or ".." in name.split("/") or name[len(prefix) :].startswith("/"):
+                    raise InputError(
+                        f"archive member {name!r} would be written outside the dataset folder", file=str(archive)
+                    )
                 return dest
         return None
 
@@ -174,8 +188,10 @@ def _extract(archive: Path, mapping: dict[str, str], root: Path, expected: dict[
             if rel not in expected:
                 return  # not a file of the dataset
             if (actual := hashlib.sha256(data).hexdigest()) != expected[rel]:
-                raise InputError(f"sha256 checksum mismatch before extraction: expected {expected[rel]}, "
-                                 f"got {actual}", file=f"{archive}:{name}")
+                raise InputError(
+                    f"sha256 checksum mismatch before extraction: expected {expected[rel]}, got {actual}",
+                    file=f"{archive}:{name}",
+                )
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
 
@@ -187,7 +203,7 @@ def _extract(archive: Path, mapping: dict[str, str], root: Path, expected: dict[
                     write(name, dest, zf.read(name))
         return
     with tarfile.open(archive) as tf:  # one pass (a compressed tar cannot seek back cheaply); a
-        for member in tf:               # refused archive leaves only the discarded scratch folder
+        for member in tf:  # refused archive leaves only the discarded scratch folder
             if member.isfile() and (dest := target_of(member.name)) is not None:
                 with tf.extractfile(member) as src:
                     write(member.name, dest, src.read())
@@ -242,9 +258,17 @@ def materialize(source: SourceConfig) -> SourceConfig:
     else:
         root = download(dataset, source.cache_dir)
     inputs = [spec.model_copy(update={"path": str(root / spec.path)}) for spec in dataset.inputs]
-    unlabelled = [spec if "://" in spec.path or Path(spec.path).is_absolute()
-                  else spec.model_copy(update={"path": str(root / spec.path)}) for spec in source.unlabelled]
+    unlabelled = [
+        spec
+        if "://" in spec.path or Path(spec.path).is_absolute()
+        else spec.model_copy(update={"path": str(root / spec.path)})
+        for spec in source.unlabelled
+    ]
     return source.model_copy(
-        update={"dataset": None, "inputs": inputs, "unlabelled": unlabelled,
-                "label_names": {**dataset.label_names, **source.label_names}}
+        update={
+            "dataset": None,
+            "inputs": inputs,
+            "unlabelled": unlabelled,
+            "label_names": {**dataset.label_names, **source.label_names},
+        }
     )

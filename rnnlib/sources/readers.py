@@ -41,8 +41,15 @@ from rnnlib.errors import InputError
 CORRUPT_STREAM = (EOFError, gzip.BadGzipFile, zlib.error, lzma.LZMAError, zipfile.BadZipFile)  # bad bytes
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zip": "zip", ".zst": "zstd"}
 SUFFIX_FORMATS = {
-    ".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl",
-    ".json": "jsonl", ".parquet": "parquet", ".pq": "parquet", ".txt": "text",
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".txt": "text",
 }
 
 
@@ -125,14 +132,23 @@ def open_binary(fs: fsspec.AbstractFileSystem, path: str, encoding: str = UTF8) 
         with fs.open(path, "rb") as raw, zipfile.ZipFile(raw) as archive:
             members = [m.filename for m in archive.infolist() if not m.is_dir()]
         if len(members) != 1:
-            raise InputError(f"a .zip input must hold exactly one file, this one holds {len(members)} "
-                             f"({', '.join(members[:3])}{', ...' if len(members) > 3 else ''}): unzip it "
-                             "into a folder and give the folder", file=path)
+            raise InputError(
+                f"a .zip input must hold exactly one file, this one holds {len(members)} "
+                f"({', '.join(members[:3])}{', ...' if len(members) > 3 else ''}): unzip it "
+                "into a folder and give the folder",
+                file=path,
+            )
     raw = fs.open(path, "rb", compression=COMPRESSIONS.get(suffix))
     if encoding == UTF8:
         return raw
-    return codecs.StreamRecoder(raw, codecs.getencoder(UTF8), codecs.getdecoder(UTF8),
-                                codecs.getreader(encoding), codecs.getwriter(encoding), "surrogateescape")
+    return codecs.StreamRecoder(
+        raw,
+        codecs.getencoder(UTF8),
+        codecs.getdecoder(UTF8),
+        codecs.getreader(encoding),
+        codecs.getwriter(encoding),
+        "surrogateescape",
+    )
 
 
 def _frame(text: Any, label: Any, ids: Any, source: Any, rows: Any) -> pd.DataFrame:
@@ -160,9 +176,7 @@ def _column(frame: pd.DataFrame, column: str | int, spec: InputSpec, source: str
             raise InputError(f"column {column} out of range ({frame.shape[1]} columns)", file=source)
         return frame.iloc[:, column]
     if column not in frame.columns:
-        raise InputError(
-            f"unknown column {column!r}; columns are {list(map(str, frame.columns))}", file=source
-        )
+        raise InputError(f"unknown column {column!r}; columns are {list(map(str, frame.columns))}", file=source)
     return frame[column]
 
 
@@ -207,7 +221,7 @@ def read_delimited(
             if not spec.header and names is None:
                 names = list(range(width))
             for start in range(0, len(frame), chunk_rows):
-                yield frame.iloc[start:start + chunk_rows]
+                yield frame.iloc[start : start + chunk_rows]
             first += len(frame)
     if record_ends.quoted:  # the over-long last record: a quoted field that swallowed the rest
         raise InputError("malformed CSV: a quoted field never closes", file=source, row=first - 1)
@@ -228,8 +242,9 @@ def _take_header(block: bytes, sep: str) -> tuple[bytes | None, bytes]:
     return None, b""
 
 
-def _parse_block(data: bytes, spec: InputSpec, source: str, first: int, names: list[Any] | None
-                 ) -> tuple[pd.DataFrame, int]:
+def _parse_block(
+    data: bytes, spec: InputSpec, source: str, first: int, names: list[Any] | None
+) -> tuple[pd.DataFrame, int]:
     """The rows of a block (led by the header, if any) and how many fields a row has."""
     try:
         frame = pd.read_csv(
@@ -251,14 +266,16 @@ def _parse_block(data: bytes, spec: InputSpec, source: str, first: int, names: l
     return _select(frame, spec, source, first), frame.shape[1]
 
 
-def _row_by_row(data: bytes, spec: InputSpec, source: str, first: int, names: list[Any] | None
-                ) -> tuple[pd.DataFrame, int]:
+def _row_by_row(
+    data: bytes, spec: InputSpec, source: str, first: int, names: list[Any] | None
+) -> tuple[pd.DataFrame, int]:
     """The standard library's CSV reader (strict: a truncated file is an error, never a silent
     loss), numbering rows as pandas does (blank lines skipped); over-wide rows are flagged."""
     csv.field_size_limit(max(csv.field_size_limit(), spec.max_record_bytes))
     sep = _separator(spec)
-    lines = (record.decode("utf-8", "surrogateescape") for record in _records(data, sep)
-             if record.strip())  # pandas skips blank lines: both paths number rows alike
+    lines = (
+        record.decode("utf-8", "surrogateescape") for record in _records(data, sep) if record.strip()
+    )  # pandas skips blank lines: both paths number rows alike
     reader = csv.reader(lines, delimiter=sep, strict=True)
     header = next(reader, None) if spec.header else None
     width = len(header) if header else len(names) if names else None
@@ -280,7 +297,7 @@ def _records(data: bytes, sep: str) -> Iterator[bytes]:
     """The records of a block of whole records, each with its line end."""
     start = 0
     for end in CsvRecordEnds(sep)(data):
-        yield data[start:end + 1]
+        yield data[start : end + 1]
         start = end + 1
     if start < len(data):
         yield data[start:]
@@ -295,8 +312,7 @@ def read_jsonl(
     """JSON Lines, one object per line; a line that is not a JSON object is rejected, not fatal.
     Blocks of whole lines go to Arrow's multithreaded JSON parser; a block it cannot take as is
     (a bad or blank line, a field of mixed types, undecodable bytes) is read line by line."""
-    wanted = list(dict.fromkeys(c for c in [*spec.text_columns, spec.label_column, spec.id_column]
-                                if c is not None))
+    wanted = list(dict.fromkeys(c for c in [*spec.text_columns, spec.label_column, spec.id_column] if c is not None))
     first = 1
     with open_binary(fs, path, spec.encoding) as fh:
         for block in bounded_lines(fh, JSON_BLOCK_BYTES, spec.max_record_bytes):
@@ -344,7 +360,7 @@ class CsvRecordEnds:
             self.terminator = CARRIAGE_RETURN if b"\n" not in data and b"\r" in data else NEWLINE
         held, work = len(self.held), self.held + data
         tail = len(work) - len(work.rstrip(b'"'))
-        work, self.held = work[:len(work) - tail], work[len(work) - tail:]
+        work, self.held = work[: len(work) - tail], work[len(work) - tail :]
         if not work:
             return np.empty(0, np.int64)
         raw = np.frombuffer(work, np.uint8)
@@ -382,8 +398,9 @@ def bounded_lines(fh: Any, size: int, limit: int) -> Iterator[bytes | None]:
     return bounded_records(fh, size, limit, line_ends)
 
 
-def bounded_records(fh: Any, size: int, limit: int, record_ends: Callable[[bytes], np.ndarray]
-                    ) -> Iterator[bytes | None]:
+def bounded_records(
+    fh: Any, size: int, limit: int, record_ends: Callable[[bytes], np.ndarray]
+) -> Iterator[bytes | None]:
     """The stream in blocks of about `size` bytes of whole records (the last may lack its line
     end); `record_ends` gives the positions of record-ending bytes in each chunk read, in order.
     A record longer than `limit` bytes comes alone as None: its bytes are skipped as they stream
@@ -395,7 +412,7 @@ def bounded_records(fh: Any, size: int, limit: int, record_ends: Callable[[bytes
             if not len(ends):
                 continue
             yield None
-            data, ends, skipping = data[ends[0] + 1:], ends[1:] - (ends[0] + 1), False
+            data, ends, skipping = data[ends[0] + 1 :], ends[1:] - (ends[0] + 1), False
         ends = ends + len(rest)
         block = rest + data
         cut = int(ends[-1]) + 1 if len(ends) else 0
@@ -419,7 +436,7 @@ def _split_long(block: bytes, ends: np.ndarray, limit: int) -> Iterator[bytes | 
     start = 0
     for record in np.flatnonzero(ends - starts > limit):
         if starts[record] > start:
-            yield block[start:starts[record]]
+            yield block[start : starts[record]]
         yield None
         start = ends[record] + 1
     if start < len(block):
@@ -445,8 +462,7 @@ def _json_record(raw: bytes) -> dict:
 
 def _nesting(data: np.ndarray) -> int:
     """An upper bound of the block's JSON nesting depth (brackets inside strings count too)."""
-    step = (np.isin(data, (ord("{"), ord("["))).astype(np.int32)
-            - np.isin(data, (ord("}"), ord("]"))).astype(np.int32))
+    step = np.isin(data, (ord("{"), ord("["))).astype(np.int32) - np.isin(data, (ord("}"), ord("]"))).astype(np.int32)
     return int(np.cumsum(step).max(initial=0))
 
 
@@ -507,7 +523,11 @@ def read_parquet(
 
 
 def read_text_lines(
-    fs: fsspec.AbstractFileSystem, path: str, source: str, spec: InputSpec, chunk_rows: int,
+    fs: fsspec.AbstractFileSystem,
+    path: str,
+    source: str,
+    spec: InputSpec,
+    chunk_rows: int,
     label: str | None = None,
 ) -> Iterator[pd.DataFrame]:
     """Plain text, one document per line (a trailing newline does not make an empty document)."""
@@ -545,7 +565,7 @@ class ReadUnit:
         return self.base_dir if self.base_dir is not None else posixpath.dirname(self.root.rstrip("/"))
 
     def source(self, path: str) -> str:
-        return path[len(self.base):].lstrip("/") if self.base else path
+        return path[len(self.base) :].lstrip("/") if self.base else path
 
 
 def _visible(names: list[str], pattern: str) -> list[str]:
@@ -576,13 +596,21 @@ def plan_units(fs, path: str, spec: InputSpec, chunk_rows: int, base: str | None
             raise InputError("format folder_per_class takes a folder holding one folder per class", file=path)
         return [ReadUnit(fs, (path,), _resolved(fs, path, spec), path, base)]  # one class's file: a glob's match
     if spec.format in ("folder_per_class", "file_per_class"):
-        pattern = posixpath.join(path, "*", spec.pattern) if spec.format == "folder_per_class" \
+        pattern = (
+            posixpath.join(path, "*", spec.pattern)
+            if spec.format == "folder_per_class"
             else posixpath.join(path, spec.pattern)
+        )
         local = isinstance(fs, LocalFileSystem)
-        files = sorted(_list_local(path, spec) if local and "/" not in spec.pattern
-                       else glob.glob(pattern) if local else fs.glob(pattern))
+        files = sorted(
+            _list_local(path, spec)
+            if local and "/" not in spec.pattern
+            else glob.glob(pattern)
+            if local
+            else fs.glob(pattern)
+        )
         if not files:
-            raise InputError(f"no files match {pattern[len(path):].lstrip('/')!r}", file=path)
+            raise InputError(f"no files match {pattern[len(path) :].lstrip('/')!r}", file=path)
         # file per class: a file per unit; one document per file: units of at most chunk_rows
         # files, as equal as can be, so that the workers finish together
         if spec.format == "file_per_class":
@@ -628,8 +656,9 @@ def _read_documents(unit: ReadUnit, chunk_bytes: int) -> Iterator[pd.DataFrame]:
         yield _documents(unit, paths, texts)
 
 
-def _remote_documents(fs: fsspec.AbstractFileSystem, paths: tuple[str, ...], limit: int,
-                      chunk_bytes: int) -> Iterator[bytes | None]:
+def _remote_documents(
+    fs: fsspec.AbstractFileSystem, paths: tuple[str, ...], limit: int, chunk_bytes: int
+) -> Iterator[bytes | None]:
     """Each document's bytes (None: longer than `limit`), fetched in groups of about `chunk_bytes`."""
     sizes = [fs.size(p) for p in paths]
     start = total = 0
@@ -653,8 +682,11 @@ def _documents(unit: ReadUnit, paths: list[str], contents: list[bytes | None]) -
 
 
 READERS = {
-    "csv": read_delimited, "tsv": read_delimited, "jsonl": read_jsonl,
-    "parquet": read_parquet, "text": read_text_lines,
+    "csv": read_delimited,
+    "tsv": read_delimited,
+    "jsonl": read_jsonl,
+    "parquet": read_parquet,
+    "text": read_text_lines,
 }
 
 
