@@ -9,15 +9,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-# A fresh Prefect database takes longer to create than the ephemeral server's default start-up
-# timeout allows; these must be set before Prefect reads its settings.
-os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "rnnlib")  # per-epoch training logs
+from pydantic import ValidationError
 
-from pydantic import ValidationError  # noqa: E402
-
-from rnnlib.config import (  # noqa: E402
+from rnnlib.config import (
     ConfigError,
     PrepareConfig,
     ScoreConfig,
@@ -26,12 +20,14 @@ from rnnlib.config import (  # noqa: E402
     field_docs,
     load_config,
 )
-from rnnlib.errors import InputError  # noqa: E402
-from rnnlib_flows.reaper import start_reaper  # noqa: E402
+from rnnlib.errors import InputError
+from rnnlib_flows.reaper import start_reaper
+from rnnlib_flows.render import data_summary, evaluation_summary, stage_table
 
 if TYPE_CHECKING:
     from rnnlib.modeling.pipeline import TrainedModel
     from rnnlib.prepare.pipeline import PreparedData
+    from rnnlib.scoring.registry import Decision
     from rnnlib.stages import StageOutput
 
 SHORTCUTS = {  # friendly flags for the most used fields; everything else via --set
@@ -75,6 +71,57 @@ def _flow_flag(command: argparse.ArgumentParser) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rnnlib", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_prepare_and_train, _add_tune, _add_score, _add_predict, _add_export, _add_models, _add_cache):
+        add(sub)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    shortcut = [
+        f"{field}={json.dumps(getattr(args, name))}"
+        for name, (field, _) in SHORTCUTS.items()
+        if getattr(args, name) is not None
+    ]
+    return shortcut + args.overrides
+
+
+def _print_summary(data: PreparedData, stages: list[StageOutput]) -> None:
+    print("\n".join(["", *stage_table(stages), "", *data_summary(data)]))
+    print(f"vocabulary: {data.vocab.path}\ntensor shards: {data.tensorize.path}")
+
+
+PREFECT_DEFAULTS = {
+    # a fresh Prefect database takes longer to create than the ephemeral server's default start-up
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "rnnlib",  # per-epoch training logs
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    for name, value in PREFECT_DEFAULTS.items():  # before any flow imports Prefect
+        os.environ.setdefault(name, value)
+    try:
+        return args.handler(args)
+    except ValidationError as exc:  # one line per bad setting
+        for error in exc.errors():
+            where = ".".join(str(part) for part in error["loc"]) or "config"
+            print(f"rnnlib: error: {where}: {error['msg']}", file=sys.stderr)
+        return 2
+    except (InputError, ConfigError, OSError) as exc:  # bad input or config: no traceback
+        print(f"rnnlib: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _pipeline_config(args: argparse.Namespace) -> PrepareConfig | TrainFlowConfig:
+    """One file serves both commands: prepare ignores the model and train sections."""
+    config = load_config(TrainFlowConfig, args.config, _overrides(args))
+    config_class = COMMANDS[args.command][1]
+    return config_class.model_validate(config.model_dump(include=set(config_class.model_fields)))
+
+
+def _add_prepare_and_train(sub: Any) -> None:
     for name, (text, config_class) in COMMANDS.items():
         command = sub.add_parser(
             name,
@@ -87,8 +134,67 @@ def _parser() -> argparse.ArgumentParser:
         )
         _common(command)
         _flow_flag(command)
+        command.set_defaults(handler=_prepare if name == "prepare" else _train)
         for flag, (_, flag_help) in SHORTCUTS.items():
             command.add_argument(f"--{flag.replace('_', '-')}", help=flag_help)
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    config = _pipeline_config(args)
+    if args.print_config:
+        return _print_config(config)
+    data = None if args.flow else _reused_prepare(config)
+    if data is None:
+        start_reaper()
+        from rnnlib_flows.prepare import prepare_flow
+
+        data = prepare_flow(config)
+    _print_summary(data, data.stages)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    config = _pipeline_config(args)
+    if args.print_config:
+        return _print_config(config)
+    trained = None if args.flow or config.tracking.uri else _reused_training(config)
+    if trained is None:
+        start_reaper()
+        from rnnlib_flows.train import train_flow
+
+        trained = train_flow(config)
+    _print_summary(trained.data, trained.stages)
+    result = trained.evaluation
+    print(f"\ntrained {len(trained.history)} epochs (best: {trained.best_epoch})")
+    print("\n".join(evaluation_summary(result)))
+    print(f"model bundle, model card, metrics.json and plots: {result.bundle}")
+    return 0
+
+
+def _add_export(sub: Any) -> None:
+    export = sub.add_parser(
+        "export",
+        help="export a bundle's model for serving (ONNX)",
+        description="Export a bundle's model as ONNX: (ids, lengths) -> probabilities, batch and "
+        "length dynamic, the labels in the file's metadata. The export is run in ONNX Runtime and "
+        "checked against PyTorch before it is kept. The text -> ids step is the consumer's: see "
+        "the bundle's config.json (preprocess) and vocab.json.",
+    )
+    export.add_argument("bundle", help="model bundle, or a model registry folder (its current model)")
+    export.add_argument("--format", choices=["onnx"], default="onnx")
+    export.add_argument("-o", "--output", default="model.onnx", help="file to write (default: model.onnx)")
+    export.set_defaults(handler=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from rnnlib.modeling.bundle import locate_bundle
+    from rnnlib.modeling.export import export_onnx
+
+    print(f"wrote {export_onnx(locate_bundle(args.bundle), args.output)} (checked in ONNX Runtime)")
+    return 0
+
+
+def _add_tune(sub: Any) -> None:
     tune = sub.add_parser(
         "tune",
         help="search a recipe's settings on the validation split, then train and evaluate the best",
@@ -105,208 +211,7 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--minutes", type=float, help="start no trial after this many minutes")
     for flag, (_, flag_help) in SHORTCUTS.items():
         tune.add_argument(f"--{flag.replace('_', '-')}", help=flag_help)
-    score = sub.add_parser(
-        "score",
-        help="apply a model bundle to files of new text, writing partitioned Parquet",
-        epilog=_settings_help(ScoreConfig),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Run the score flow: every row of the inputs is scored (label, probability, "
-        "top-k) or rejected with its reason. A killed run started again resumes; a finished one is "
-        "a no-op. Every field of rnnlib.config.ScoreConfig can be set with --set.",
-    )
-    score.add_argument("bundle", nargs="?", help="model bundle directory (from `rnnlib train`)")
-    score.add_argument(
-        "inputs",
-        nargs="*",
-        metavar="INPUT",
-        help="files, directories or globs (CSV/TSV/JSONL/Parquet/text, gz; local or URLs)",
-    )
-    score.add_argument("-o", "--output", help="output directory")
-    score.add_argument("--format", help="input format (default: from each file's suffix)")
-    score.add_argument("--text-column", action="append", help="text column/field (repeat to join several)")
-    score.add_argument("--id-column", help="column/field holding each row's id (default: file:row)")
-    score.add_argument("--encoding", help="text encoding of the inputs: a Python codec name, or auto (default utf-8)")
-    score.add_argument("--top-k", type=int, help="labels with probabilities kept per row")
-    score.add_argument("--overwrite", action="store_true", default=None, help="redo a finished run")
-    score.add_argument("--dask-address", help="scheduler address of an existing Dask cluster")
-    _common(score)
-    predict = sub.add_parser(
-        "predict",
-        help="label texts with a model bundle, in this process",
-        description="Label texts with a bundle's model in this process: no Prefect server and no "
-        "Dask cluster are started. Texts are the arguments, or one per line on standard input. "
-        "The bundle's own preprocessing, vocabulary and maximum length are applied, as in `score`.",
-    )
-    predict.add_argument("bundle", help="model bundle, or a model registry folder (its current model)")
-    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts (default: standard input, one per line)")
-    predict.add_argument("--top-k", type=int, default=1, help="labels with probabilities per text")
-    predict.add_argument(
-        "--output", choices=["jsonl", "table"], default="jsonl", help="JSON lines (default) or an aligned table"
-    )
-    predict.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16", "int8"],
-        default="auto",
-        help="number format (auto: bf16 only where the hardware has it; int8: CPU)",
-    )
-    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    predict.add_argument("--batch-size", type=int, help="texts per model batch (default by device)")
-    export = sub.add_parser(
-        "export",
-        help="export a bundle's model for serving (ONNX)",
-        description="Export a bundle's model as ONNX: (ids, lengths) -> probabilities, batch and "
-        "length dynamic, the labels in the file's metadata. The export is run in ONNX Runtime and "
-        "checked against PyTorch before it is kept. The text -> ids step is the consumer's: see "
-        "the bundle's config.json (preprocess) and vocab.json.",
-    )
-    export.add_argument("bundle", help="model bundle, or a model registry folder (its current model)")
-    export.add_argument("--format", choices=["onnx"], default="onnx")
-    export.add_argument("-o", "--output", default="model.onnx", help="file to write (default: model.onnx)")
-    models = sub.add_parser(
-        "models",
-        help="list a model registry, promote a model by hand, roll back",
-        description="Every change is recorded in the registry's decisions.jsonl.",
-    )
-    models_sub = models.add_subparsers(dest="action", required=True)
-    models_sub.add_parser("list", help="the registry's bundles, the current one marked").add_argument("registry")
-    promote = models_sub.add_parser("promote", help="make a bundle of the registry current")
-    promote.add_argument("registry")
-    promote.add_argument("version", help="a version that `rnnlib models list` shows")
-    models_sub.add_parser("rollback", help="make the previous current model current again").add_argument("registry")
-    cache = sub.add_parser(
-        "cache",
-        help="list or prune the stage outputs of a work dir",
-        description="Stage outputs are kept by content key; prune removes the ones "
-        "not used for a while, never one a running flow holds.",
-    )
-    cache_sub = cache.add_subparsers(dest="action", required=True)
-    cache_list = cache_sub.add_parser("list", help="every stage output: size, age, complete")
-    prune = cache_sub.add_parser("prune", help="remove stage outputs older than --older-than days")
-    for command in (cache_list, prune):
-        command.add_argument("--work-dir", default=".rnnlib")
-    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
-    prune.add_argument(
-        "--keep-for",
-        action="append",
-        default=[],
-        metavar="BUNDLE_OR_REGISTRY",
-        help="keep the data these bundles (or a registry's bundles) were trained on",
-    )
-    prune.add_argument("--dry-run", action="store_true", help="say what would be removed")
-    return parser
-
-
-def _score_overrides(args: argparse.Namespace) -> list[str]:
-    spec: dict[str, Any] = {}
-    if args.format:
-        spec["format"] = args.format
-    if args.text_column:
-        spec["text_columns"] = args.text_column
-    if args.id_column:
-        spec["id_column"] = args.id_column
-    if args.encoding:
-        spec["encoding"] = args.encoding
-    fields = {
-        "bundle": args.bundle,
-        "output": args.output,
-        "top_k": args.top_k,
-        "overwrite": args.overwrite,
-        "dask.address": args.dask_address,
-        "inputs": [{"path": path, **spec} for path in args.inputs] or None,
-    }
-    return [f"{key}={json.dumps(value)}" for key, value in fields.items() if value is not None] + args.overrides
-
-
-def _overrides(args: argparse.Namespace) -> list[str]:
-    shortcut = [
-        f"{field}={json.dumps(getattr(args, name))}"
-        for name, (field, _) in SHORTCUTS.items()
-        if getattr(args, name) is not None
-    ]
-    return shortcut + args.overrides
-
-
-def _print_summary(data: PreparedData, stages: list[StageOutput]) -> None:
-    print("\nstage           this run  seconds")
-    for stage in stages:
-        print(f"{stage.stage:<15} {'reused' if stage.cached else 'built':<8} {stage.seconds:>8.2f}")
-    print(f"\nrows {data.rows}: kept {data.kept} {data.splits}; rejected {data.rejected or 'none'}")
-    print(f"vocabulary: {data.vocab_size} tokens, {len(data.labels)} labels in {data.vocab.path}")
-    print(f"tensor shards: {data.tensorize.path}")
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    try:
-        return _run(args)
-    except ValidationError as exc:  # one line per bad setting
-        for error in exc.errors():
-            where = ".".join(str(part) for part in error["loc"]) or "config"
-            print(f"rnnlib: error: {where}: {error['msg']}", file=sys.stderr)
-        return 2
-    except (InputError, ConfigError, OSError) as exc:  # bad input or config: no traceback
-        print(f"rnnlib: error: {exc}", file=sys.stderr)
-        return 2
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "score":
-        return _score(args)
-    if args.command == "tune":
-        return _tune(args)
-    if args.command == "predict":
-        return _predict(args)
-    if args.command == "models":
-        return _models(args)
-    if args.command == "cache":
-        return _cache(args)
-    if args.command == "export":
-        from rnnlib.modeling.bundle import locate_bundle
-        from rnnlib.modeling.export import export_onnx
-
-        print(f"wrote {export_onnx(locate_bundle(args.bundle), args.output)} (checked in ONNX Runtime)")
-        return 0
-    # one file serves both commands: prepare ignores the model and train sections
-    config = load_config(TrainFlowConfig, args.config, _overrides(args))
-    config_class = COMMANDS[args.command][1]
-    config = config_class.model_validate(config.model_dump(include=set(config_class.model_fields)))
-    if args.print_config:
-        return _print_config(config)
-    if args.command == "prepare":
-        data = None if args.flow else _reused_prepare(config)
-        if data is None:
-            start_reaper()
-            from rnnlib_flows.prepare import prepare_flow
-
-            data = prepare_flow(config)
-        _print_summary(data, data.stages)
-    else:
-        trained = None if args.flow or config.tracking.uri else _reused_training(config)
-        if trained is None:
-            start_reaper()
-            from rnnlib_flows.train import train_flow
-
-            trained = train_flow(config)
-        _print_summary(trained.data, trained.stages)
-        result = trained.evaluation
-        print(
-            f"\ntrained {len(trained.history)} epochs (best: {trained.best_epoch}); test split "
-            f"({result.rows} rows): accuracy {result.accuracy:.4f}, "
-            f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}"
-        )
-        if result.baseline is not None:
-            print(
-                f"baseline on the same rows ({result.baseline.features}): "
-                + ", ".join(
-                    f"{name} {base:.4f} (model {model - base:+.4f})"
-                    for name, model, base in result.comparison()
-                    if name != "weighted F1"
-                )
-            )
-        if (halves := result.blend_summary()) is not None:
-            print(halves)
-        print(f"model bundle, model card, metrics.json and plots: {result.bundle}")
-    return 0
+    tune.set_defaults(handler=_tune)
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -327,15 +232,8 @@ def _tune(args: argparse.Namespace) -> int:
             + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
         )
     result = trained.evaluation
-    print(
-        f"\nbest: trial {search.best.number}, validation {search.monitor} {search.best.value:.4f}; test split "
-        f"({result.rows} rows): accuracy {result.accuracy:.4f}, macro F1 {result.macro.f1:.4f}"
-    )
-    if result.baseline is not None:
-        print(
-            f"baseline on the same rows ({result.baseline.features}): accuracy {result.baseline.accuracy:.4f} "
-            f"(model {result.accuracy - result.baseline.accuracy:+.4f})"
-        )
+    print(f"\nbest: trial {search.best.number}, validation {search.monitor} {search.best.value:.4f}")
+    print("\n".join(evaluation_summary(result)))
     print(f"best configuration: {path} (rnnlib train --config {path} reproduces it)\nmodel bundle: {result.bundle}")
     return 0
 
@@ -378,6 +276,56 @@ def _settings_help(config_class: type) -> str:
     return "\n".join(lines)
 
 
+def _add_score(sub: Any) -> None:
+    score = sub.add_parser(
+        "score",
+        help="apply a model bundle to files of new text, writing partitioned Parquet",
+        epilog=_settings_help(ScoreConfig),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the score flow: every row of the inputs is scored (label, probability, "
+        "top-k) or rejected with its reason. A killed run started again resumes; a finished one is "
+        "a no-op. Every field of rnnlib.config.ScoreConfig can be set with --set.",
+    )
+    score.add_argument("bundle", nargs="?", help="model bundle directory (from `rnnlib train`)")
+    score.add_argument(
+        "inputs",
+        nargs="*",
+        metavar="INPUT",
+        help="files, directories or globs (CSV/TSV/JSONL/Parquet/text, gz; local or URLs)",
+    )
+    score.add_argument("-o", "--output", help="output directory")
+    score.add_argument("--format", help="input format (default: from each file's suffix)")
+    score.add_argument("--text-column", action="append", help="text column/field (repeat to join several)")
+    score.add_argument("--id-column", help="column/field holding each row's id (default: file:row)")
+    score.add_argument("--encoding", help="text encoding of the inputs: a Python codec name, or auto (default utf-8)")
+    score.add_argument("--top-k", type=int, help="labels with probabilities kept per row")
+    score.add_argument("--overwrite", action="store_true", default=None, help="redo a finished run")
+    score.add_argument("--dask-address", help="scheduler address of an existing Dask cluster")
+    _common(score)
+    score.set_defaults(handler=_score)
+
+
+def _score_overrides(args: argparse.Namespace) -> list[str]:
+    spec: dict[str, Any] = {}
+    if args.format:
+        spec["format"] = args.format
+    if args.text_column:
+        spec["text_columns"] = args.text_column
+    if args.id_column:
+        spec["id_column"] = args.id_column
+    if args.encoding:
+        spec["encoding"] = args.encoding
+    fields = {
+        "bundle": args.bundle,
+        "output": args.output,
+        "top_k": args.top_k,
+        "overwrite": args.overwrite,
+        "dask.address": args.dask_address,
+        "inputs": [{"path": path, **spec} for path in args.inputs] or None,
+    }
+    return [f"{key}={json.dumps(value)}" for key, value in fields.items() if value is not None] + args.overrides
+
+
 def _score(args: argparse.Namespace) -> int:
     config = load_config(ScoreConfig, args.config, _score_overrides(args))
     if args.print_config:
@@ -412,6 +360,31 @@ def _score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_predict(sub: Any) -> None:
+    predict = sub.add_parser(
+        "predict",
+        help="label texts with a model bundle, in this process",
+        description="Label texts with a bundle's model in this process: no Prefect server and no "
+        "Dask cluster are started. Texts are the arguments, or one per line on standard input. "
+        "The bundle's own preprocessing, vocabulary and maximum length are applied, as in `score`.",
+    )
+    predict.add_argument("bundle", help="model bundle, or a model registry folder (its current model)")
+    predict.add_argument("texts", nargs="*", metavar="TEXT", help="texts (default: standard input, one per line)")
+    predict.add_argument("--top-k", type=int, default=1, help="labels with probabilities per text")
+    predict.add_argument(
+        "--output", choices=["jsonl", "table"], default="jsonl", help="JSON lines (default) or an aligned table"
+    )
+    predict.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "int8"],
+        default="auto",
+        help="number format (auto: bf16 only where the hardware has it; int8: CPU)",
+    )
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    predict.add_argument("--batch-size", type=int, help="texts per model batch (default by device)")
+    predict.set_defaults(handler=_predict)
+
+
 def _predict(args: argparse.Namespace) -> int:
     from rnnlib.scoring.predictor import Predictor
 
@@ -442,35 +415,94 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _models(args: argparse.Namespace) -> int:
+def _add_models(sub: Any) -> None:
+    models = sub.add_parser(
+        "models",
+        help="list a model registry, promote a model by hand, roll back",
+        description="Every change is recorded in the registry's decisions.jsonl.",
+    )
+    models_sub = models.add_subparsers(dest="action", required=True)
+    listing = models_sub.add_parser("list", help="the registry's bundles, the current one marked")
+    listing.add_argument("registry")
+    listing.set_defaults(handler=_models_list)
+    promote = models_sub.add_parser("promote", help="make a bundle of the registry current")
+    promote.add_argument("registry")
+    promote.add_argument("version", help="a version that `rnnlib models list` shows")
+    promote.set_defaults(handler=_models_promote)
+    rollback = models_sub.add_parser("rollback", help="make the previous current model current again")
+    rollback.add_argument("registry")
+    rollback.set_defaults(handler=_models_rollback)
+
+
+def _models_list(args: argparse.Namespace) -> int:
     from rnnlib.scoring import registry
 
-    if args.action == "list":
-        models = registry.list_models(args.registry)
-        for m in models:
-            accuracy = f"{m.accuracy:.4f}" if m.accuracy is not None else "-"
-            print(f"{'*' if m.current else ' '} {m.version}  promoted {m.promoted_at or '-'}  accuracy {accuracy}")
-        if not models:
-            print(f"{args.registry}: no model yet")
-        return 0
-    if args.action == "promote":
-        decision = registry.set_current(args.registry, args.version, "promoted by hand (rnnlib models promote)")
-    else:
-        decision = registry.rollback(args.registry)
+    models = registry.list_models(args.registry)
+    for m in models:
+        accuracy = f"{m.accuracy:.4f}" if m.accuracy is not None else "-"
+        print(f"{'*' if m.current else ' '} {m.version}  promoted {m.promoted_at or '-'}  accuracy {accuracy}")
+    if not models:
+        print(f"{args.registry}: no model yet")
+    return 0
+
+
+def _models_promote(args: argparse.Namespace) -> int:
+    from rnnlib.scoring import registry
+
+    return _print_decision(
+        registry.set_current(args.registry, args.version, "promoted by hand (rnnlib models promote)")
+    )
+
+
+def _models_rollback(args: argparse.Namespace) -> int:
+    from rnnlib.scoring import registry
+
+    return _print_decision(registry.rollback(args.registry))
+
+
+def _print_decision(decision: Decision) -> int:
     print(f"current model: {decision.candidate} (was {decision.current}); {decision.reason}")
     return 0
 
 
-def _cache(args: argparse.Namespace) -> int:
+def _add_cache(sub: Any) -> None:
+    cache = sub.add_parser(
+        "cache",
+        help="list or prune the stage outputs of a work dir",
+        description="Stage outputs are kept by content key; prune removes the ones "
+        "not used for a while, never one a running flow holds.",
+    )
+    cache_sub = cache.add_subparsers(dest="action", required=True)
+    cache_list = cache_sub.add_parser("list", help="every stage output: size, age, complete")
+    prune = cache_sub.add_parser("prune", help="remove stage outputs older than --older-than days")
+    for command in (cache_list, prune):
+        command.add_argument("--work-dir", default=".rnnlib")
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.add_argument(
+        "--keep-for",
+        action="append",
+        default=[],
+        metavar="BUNDLE_OR_REGISTRY",
+        help="keep the data these bundles (or a registry's bundles) were trained on",
+    )
+    prune.add_argument("--dry-run", action="store_true", help="say what would be removed")
+    cache_list.set_defaults(handler=_cache_list)
+    prune.set_defaults(handler=_cache_prune)
+
+
+def _cache_list(args: argparse.Namespace) -> int:
     from rnnlib import stages
 
-    if args.action == "list":
-        for o in stages.cached_outputs(args.work_dir):
-            print(
-                f"{o.stage:<11} {o.key}  {o.bytes / 2**20:9.1f} MiB  {o.age_days:7.2f} days"
-                f"{'' if o.complete else '  (incomplete)'}"
-            )
-        return 0
+    for o in stages.cached_outputs(args.work_dir):
+        print(
+            f"{o.stage:<11} {o.key}  {o.bytes / 2**20:9.1f} MiB  {o.age_days:7.2f} days"
+            f"{'' if o.complete else '  (incomplete)'}"
+        )
+    return 0
+
+
+def _cache_prune(args: argparse.Namespace) -> int:
+    from rnnlib import stages
     from rnnlib.scoring.registry import trained_on
 
     keep = trained_on(args.keep_for)

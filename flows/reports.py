@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from rnnlib_flows.render import count_table, data_summary, evaluation_summary, stage_table
+
 if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's stack
     from rnnlib.modeling.evaluate import Evaluation
     from rnnlib.modeling.pipeline import TrainedModel
@@ -17,29 +19,6 @@ if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's sta
     from rnnlib.prepare.pipeline import PreparedData
     from rnnlib.scoring.registry import Decision
     from rnnlib.scoring.run import ScoreReport
-    from rnnlib.stages import StageOutput
-
-
-def stage_table(stages: list[StageOutput]) -> list[str]:
-    lines = ["| stage | this run | seconds |", "|---|---|---|"]
-    return lines + [f"| {s.stage} | {'reused' if s.cached else 'built'} | {s.seconds} |" for s in stages]
-
-
-def count_table(heading: str, counts: dict[str, int]) -> list[str]:
-    """A two-column table of counts, or nothing when there are none."""
-    if not counts:
-        return []
-    return ["", f"| {heading} | rows |", "|---|---|", *(f"| {k} | {n} |" for k, n in counts.items())]
-
-
-def data_summary(data: PreparedData) -> list[str]:
-    """Rows read, kept and rejected (with reasons), the splits and the vocabulary."""
-    return [
-        f"**rows** {data.rows}: **kept** {data.kept}, **rejected** {sum(data.rejected.values())}; "
-        f"vocabulary {data.vocab_size} entries, {len(data.labels)} labels",
-        *count_table("split", data.splits),
-        *count_table("rejected because", data.rejected),
-    ]
 
 
 def publish_prepared(data: PreparedData) -> None:
@@ -133,21 +112,10 @@ def publish_evaluation(result: Evaluation) -> None:
         ],
         description="test-split metrics, the model beside its TF-IDF + logistic regression baseline",
     )
-    verdict = ""
-    if result.baseline is not None:
-        better = result.accuracy >= result.baseline.accuracy
-        verdict = (
-            f"\n\nBaseline ({result.baseline.features}) on the same rows: accuracy "
-            f"{result.baseline.accuracy:.4f}: the model is **{'above' if better else 'below'}** it."
-        )
-    if (halves := result.blend_summary()) is not None:
-        verdict += f"\n\nThe model is {halves}."
     create_markdown_artifact(
         key="evaluation-summary",
-        markdown=(
-            f"# evaluation\n\n{result.rows} test rows: accuracy **{result.accuracy:.4f}**, "
-            f"macro F1 {result.macro.f1:.4f}, macro recall {result.macro.recall:.4f}.{verdict}"
-            f"\n\nBundle `{result.bundle}` (version {result.version})."
+        markdown="\n\n".join(
+            ["# evaluation", *evaluation_summary(result), f"Bundle `{result.bundle}` (version {result.version})."]
         ),
         description="test-split summary",
     )

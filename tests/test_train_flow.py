@@ -84,7 +84,7 @@ def _assert_dashboard(flow_run_id, trained, metrics: dict) -> None:
         "per-class",
         "evaluation-plots",
     }
-    assert f"**kept** 20074, **rejected** 0; vocabulary {trained.data.vocab_size} entries" in artifacts["train-data"]
+    assert f"kept 20074, rejected 0; vocabulary {trained.data.vocab_size} entries" in artifacts["train-data"]
     assert "| fit | built |" in artifacts["train-data"]
     history = json.loads(artifacts["training-history"])
     assert [row["epoch"] for row in history] == [1, 2]

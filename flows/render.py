@@ -1,0 +1,55 @@
+"""A run's results as text, written once: the command line prints these lines and the Prefect
+artifacts (`reports`) publish them. Markdown that reads as plain text in a terminal; no Prefect
+import, so a cached run's summary costs nothing to print."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's stack
+    from rnnlib.modeling.evaluate import Evaluation
+    from rnnlib.prepare.pipeline import PreparedData
+    from rnnlib.stages import StageOutput
+
+
+def stage_table(stages: list[StageOutput]) -> list[str]:
+    """Each stage, whether this run built it or reused it, and its seconds."""
+    lines = ["| stage | this run | seconds |", "|---|---|---|"]
+    return lines + [f"| {s.stage} | {'reused' if s.cached else 'built'} | {s.seconds:.2f} |" for s in stages]
+
+
+def count_table(heading: str, counts: dict[str, int]) -> list[str]:
+    """A two-column table of counts, or nothing when there are none."""
+    if not counts:
+        return []
+    return ["", f"| {heading} | rows |", "|---|---|", *(f"| {k} | {n} |" for k, n in counts.items())]
+
+
+def data_summary(data: PreparedData) -> list[str]:
+    """Rows read, kept and rejected (with reasons), the splits and the vocabulary."""
+    return [
+        f"rows {data.rows}: kept {data.kept}, rejected {sum(data.rejected.values())}; "
+        f"vocabulary {data.vocab_size} entries, {len(data.labels)} labels",
+        *count_table("split", data.splits),
+        *count_table("rejected because", data.rejected),
+    ]
+
+
+def evaluation_summary(result: Evaluation) -> list[str]:
+    """The test-split figures, the baseline's beside them, and a blend's halves."""
+    lines = [
+        f"test split ({result.rows} rows): accuracy {result.accuracy:.4f}, macro F1 {result.macro.f1:.4f}, "
+        f"macro recall {result.macro.recall:.4f}"
+    ]
+    if result.baseline is not None:
+        lines.append(
+            f"baseline on the same rows ({result.baseline.features}): "
+            + ", ".join(
+                f"{name} {base:.4f} (model {model - base:+.4f})"
+                for name, model, base in result.comparison()
+                if name != "weighted F1"
+            )
+        )
+    if (halves := result.blend_summary()) is not None:
+        lines.append(f"the model is {halves}")
+    return lines
