@@ -189,3 +189,49 @@ def test_the_language_model_cannot_see_the_token_it_predicts():
             optimizer.step()
     guessing = vocab - len(SPECIALS)
     assert heldout_perplexity(lm, texts[300:], 64, torch.device("cpu")) > 0.8 * guessing
+
+
+def test_a_killed_language_model_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch, caplog):
+    """Killed after its first epoch's checkpoint, the stage started again resumes from it and
+    ends with the weights an uninterrupted run has: the dropout masks of the resumed epochs come
+    from the restored random generator (`rnnlib.modeling.checkpoint`)."""
+    from rnnlib.config import PretrainConfig
+    from rnnlib.modeling import language_model
+
+    settings = _encoder_settings(tmp_path)
+    data = prepare(TrainFlowConfig.model_validate(settings))
+    model = ModelConfig(embedding_dim=8, hidden_size=8, bidirectional=True, embedding_dropout=0.3, dropout=0.3)
+    cfg = PretrainConfig(encoder=True, encoder_epochs=3, encoder_lr=0.02, heldout_every=10)
+
+    def pretrain(out: Path) -> dict:
+        return language_model.pretrain_encoder(
+            data.preprocess.path, data.split.path, data.vocab.path, [data.unlabelled.preprocess.path],
+            out_dir=out, model=model, cfg=cfg, max_length=None, batch_size=8, seed=0,
+        )  # fmt: skip
+
+    straight = pretrain(tmp_path / "straight")
+    measured = language_model.heldout_perplexity
+    calls = []
+
+    def killed_in_epoch_two(*args, **kwargs):  # calls: untrained, epoch 1, epoch 2
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return measured(*args, **kwargs)
+
+    monkeypatch.setattr(language_model, "heldout_perplexity", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tmp_path / "killed")
+    monkeypatch.setattr(language_model, "heldout_perplexity", measured)
+    with caplog.at_level("INFO", logger="rnnlib.modeling.language_model"):
+        resumed = pretrain(tmp_path / "killed")
+    assert "resuming the language model after epoch 1" in caplog.text  # not started afresh
+    timing = {"seconds", "tokens_per_s"}
+    assert [{k: v for k, v in h.items() if k not in timing} for h in resumed["history"]] == [
+        {k: v for k, v in h.items() if k not in timing} for h in straight["history"]
+    ]
+    assert [h["heldout_perplexity"] for h in resumed["history"]] == [
+        h["heldout_perplexity"] for h in straight["history"]
+    ]
+    a, b = load_file(tmp_path / "straight" / ENCODER_FILE), load_file(tmp_path / "killed" / ENCODER_FILE)
+    assert all(torch.equal(a[k], b[k]) for k in a)

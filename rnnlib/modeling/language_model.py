@@ -27,9 +27,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
-from rnnlib.common.storage import durable_replace
 from rnnlib.config import ConfigError, ModelConfig, PretrainConfig
 from rnnlib.errors import InputError
+from rnnlib.modeling.checkpoint import load_checkpoint, save_checkpoint
 from rnnlib.modeling.device import pick_device
 from rnnlib.modeling.initial import load_embeddings
 from rnnlib.modeling.model import RNNClassifier
@@ -155,15 +155,11 @@ def pretrain_encoder(
     on = pick_device(device)
     lm = lm.to(on)
     optimizer = torch.optim.Adam(lm.parameters(), lr=cfg.encoder_lr)
-    state: dict[str, Any] = {"epoch": 0, "history": [], "untrained_perplexity": None}
-    if (out_dir / CHECKPOINT).is_file():
-        checkpoint = torch.load(out_dir / CHECKPOINT, map_location=on, weights_only=True)
-        lm.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        state = checkpoint["state"]
+    state = load_checkpoint(out_dir / CHECKPOINT, model=lm, optimizer=optimizer, device=on)
+    if state is not None:
         log.info("resuming the language model after epoch %d", state["epoch"])
     else:
-        state["untrained_perplexity"] = heldout_perplexity(lm, heldout, batch_size * 4, on)
+        state = {"epoch": 0, "history": [], "untrained_perplexity": heldout_perplexity(lm, heldout, batch_size * 4, on)}
     while state["epoch"] < cfg.encoder_epochs:
         epoch, began = state["epoch"] + 1, time.perf_counter()
         lm.train()
@@ -184,9 +180,7 @@ def pretrain_encoder(
             "tokens_per_s": round(count / seconds),
         }
         state = {**state, "epoch": epoch, "history": [*state["history"], record]}
-        tmp = out_dir / (CHECKPOINT + ".tmp")
-        torch.save({"model": lm.state_dict(), "optimizer": optimizer.state_dict(), "state": state}, tmp)
-        durable_replace(tmp, out_dir / CHECKPOINT)
+        save_checkpoint(out_dir / CHECKPOINT, model=lm, optimizer=optimizer, state=state, device=on)
         log.info(
             "language model epoch %d: train perplexity %.1f, held-out %.1f (untrained %.0f), %.0f tokens/s",
             epoch,

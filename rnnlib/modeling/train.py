@@ -27,9 +27,10 @@ from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from rnnlib.common.storage import MANIFEST, durable_replace, read_json
+from rnnlib.common.storage import MANIFEST, read_json
 from rnnlib.config import ModelConfig, TrainConfig
 from rnnlib.modeling.batches import ShardBatches
+from rnnlib.modeling.checkpoint import load_checkpoint, save_atomically, save_checkpoint
 from rnnlib.modeling.device import pick_device, training_autocast
 from rnnlib.modeling.finetune import layer_groups, optimizer_groups, unfreeze
 from rnnlib.modeling.initial import load_embeddings, warm_start
@@ -63,12 +64,6 @@ def weights_digest(network: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return digest.hexdigest()
-
-
-def _save(state: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    durable_replace(tmp, path)  # atomic: a kill never leaves a half-written checkpoint
 
 
 def _sum_across_ranks(*values: float) -> list[float]:
@@ -210,19 +205,16 @@ class Run:
 
     def resume(self) -> None:
         """Carry on from the last checkpoint in `out_dir`, if there is one."""
-        if not (self.out_dir / LAST).is_file():
-            return
-        # on the CPU: RNG states must stay CPU byte tensors; weights and optimizer state are
-        # copied to the model's device as they are loaded
-        checkpoint = torch.load(self.out_dir / LAST, map_location="cpu", weights_only=True)
-        self.network.load_state_dict(checkpoint["model"])
-        self.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["rng"])
-        if self.device.type == "cuda" and "cuda_rng" in checkpoint:  # dropout on GPU draws from here
-            torch.cuda.set_rng_state(checkpoint["cuda_rng"], self.device)
-        self.state = checkpoint["state"]
-        log.info("resuming after epoch %d from %s", self.state["epoch"], self.out_dir / LAST)
+        state = load_checkpoint(
+            self.out_dir / LAST,
+            model=self.network,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            device=self.device,
+        )
+        if state is not None:
+            self.state = state
+            log.info("resuming after epoch %d from %s", state["epoch"], self.out_dir / LAST)
 
     def going_on(self) -> bool:
         """Fewer optimizer steps than `min_steps` so far, or else epochs left and no early stop."""
@@ -299,17 +291,15 @@ class Run:
         """The best weights (when `improved`) and everything a resume needs, each atomically."""
         if self.rank == 0:
             if improved:
-                _save(self.network.state_dict(), self.out_dir / BEST)
-            checkpoint = {
-                "model": self.network.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(),
-                "rng": torch.get_rng_state(),
-                "state": self.state,
-            }
-            if self.device.type == "cuda":
-                checkpoint["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-            _save(checkpoint, self.out_dir / LAST)
+                save_atomically(self.network.state_dict(), self.out_dir / BEST)
+            save_checkpoint(
+                self.out_dir / LAST,
+                model=self.network,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                state=self.state,
+                device=self.device,
+            )
         if dist.is_initialized():
             dist.barrier()
 
