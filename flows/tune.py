@@ -14,7 +14,7 @@ from rnnlib.config import TrainFlowConfig, commented_yaml
 from rnnlib.modeling.pipeline import TrainedModel
 from rnnlib.modeling.tune import BEST_CONFIG, Search
 from rnnlib.stages import holding_outputs
-from rnnlib_flows.prepare import prepare_stages
+from rnnlib_flows.prepare import prepare_as_tasks
 from rnnlib_flows.reports import publish_search
 from rnnlib_flows.train import train_flow
 from rnnlib_tasks.train import vectors_task
@@ -26,12 +26,10 @@ def tune_flow(config: TrainFlowConfig = TrainFlowConfig()) -> tuple[Search, Trai
     """Search the settings of `tune.space` on the validation split; train and evaluate the best.
     Returns the search, the trained best model and where its YAML is."""
     with holding_outputs():  # until the run ends, `prune` leaves what it made or reused
-        data = prepare_stages(config)
-        vectors = (
-            vectors_task(data, config.pretrain, config.model.embedding_dim, config.train.seed, config.work_dir)
-            if config.pretrain.vectors
-            else None
-        )
+        data = prepare_as_tasks(config)
+        pretrain, seed, work = config.pretrain, config.train.seed, config.work_dir
+        dim = config.model.embedding_dim
+        vectors = vectors_task(data, cfg=pretrain, dim=dim, seed=seed, work_dir=work) if pretrain.vectors else None
         search = search_task(config, data, vectors)
         best = search.config()
         trained = train_flow(best)

@@ -51,6 +51,24 @@ def reused(run: Callable[[], T]) -> T | None:
         _REUSE_ONLY.reset(token)
 
 
+class InProcess:
+    """How a pipeline's driver (`prepare`, `train_on`) runs its stages: each called here, one
+    after the other. The flows pass `rnnlib_tasks.runner.PrefectTasks`, which runs each stage as
+    its Prefect task; so a pipeline's order is written once, in its driver."""
+
+    def run(self, stage: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return stage(*args, **kwargs)
+
+    def start(self, stage: Callable[..., T], *args: Any, **kwargs: Any) -> Callable[[], T]:
+        """A stage that what follows does not wait for: run at once here, submitted to run
+        beside what follows by a task runner. Returns the call that waits for its result."""
+        result = self.run(stage, *args, **kwargs)
+        return lambda: result
+
+
+IN_PROCESS = InProcess()
+
+
 class StageOutput(BaseModel):
     """What stages pass each other: where an output is and its manifest, never the data."""
 

@@ -1,63 +1,23 @@
-"""Prefect tasks of the `prepare` flow: each wraps one cached library stage with retries; the
-Dask cluster is started only when a stage has to be built."""
+"""Prefect tasks of the data stages: each is one library stage with retries; the Dask cluster
+is started only when a stage has to be built (its `connect`)."""
 
 from __future__ import annotations
 
 from prefect import task
 
-from rnnlib.config import (
-    DaskConfig,
-    PreprocessConfig,
-    SourceConfig,
-    SplitConfig,
-    TensorizeConfig,
-    VocabConfig,
-)
 from rnnlib.prepare import pipeline
 from rnnlib.sources import datasets
-from rnnlib.stages import StageOutput
-from rnnlib_tasks.dask_clients import connector
 from rnnlib_tasks.options import TASK_OPTIONS
+from rnnlib_tasks.runner import PrefectTasks
 
+# resolve a registered dataset to local files (mirror, cache or download)
+fetch_task = task(name="fetch", task_run_name="fetch", **TASK_OPTIONS)(datasets.materialize)
+ingest_task = task(name="ingest", task_run_name="ingest", **TASK_OPTIONS)(pipeline.ingest_stage)
+preprocess_task = task(name="preprocess", task_run_name="preprocess {cfg.level}s", **TASK_OPTIONS)(
+    pipeline.preprocess_stage
+)
+split_task = task(name="split", task_run_name="split", **TASK_OPTIONS)(pipeline.split_stage)
+vocab_task = task(name="vocab", task_run_name="vocab min count {cfg.min_freq}", **TASK_OPTIONS)(pipeline.vocab_stage)
+tensorize_task = task(name="tensorize", task_run_name="tensorize", **TASK_OPTIONS)(pipeline.tensorize_stage)
 
-@task(name="fetch", task_run_name="fetch", **TASK_OPTIONS)
-def fetch_task(source: SourceConfig) -> SourceConfig:
-    """Resolve a registered dataset to local files (mirror, cache or download)."""
-    return datasets.materialize(source)
-
-
-@task(name="ingest", task_run_name="ingest", **TASK_OPTIONS)
-def ingest_task(source: SourceConfig, dask: DaskConfig, work_dir: str) -> StageOutput:
-    return pipeline.ingest_stage(source, work_dir=work_dir, connect=connector(dask))
-
-
-@task(name="preprocess", task_run_name="preprocess {cfg.level}s", **TASK_OPTIONS)
-def preprocess_task(ingested: StageOutput, cfg: PreprocessConfig, dask: DaskConfig, work_dir: str) -> StageOutput:
-    return pipeline.preprocess_stage(ingested, cfg=cfg, work_dir=work_dir, connect=connector(dask))
-
-
-@task(name="split", task_run_name="split", **TASK_OPTIONS)
-def split_task(tokens: StageOutput, labelled: bool, cfg: SplitConfig, dask: DaskConfig, work_dir: str) -> StageOutput:
-    return pipeline.split_stage(tokens, labelled=labelled, cfg=cfg, work_dir=work_dir, connect=connector(dask))
-
-
-@task(name="vocab", task_run_name="vocab min count {cfg.min_freq}", **TASK_OPTIONS)
-def vocab_task(
-    tokens: StageOutput, splits: StageOutput, labelled: bool, cfg: VocabConfig, dask: DaskConfig, work_dir: str
-) -> StageOutput:
-    return pipeline.vocab_stage(tokens, splits, labelled=labelled, cfg=cfg, work_dir=work_dir, connect=connector(dask))
-
-
-@task(name="tensorize", task_run_name="tensorize", **TASK_OPTIONS)
-def tensorize_task(
-    tokens: StageOutput,
-    splits: StageOutput,
-    vocab: StageOutput,
-    labelled: bool,
-    cfg: TensorizeConfig,
-    dask: DaskConfig,
-    work_dir: str,
-) -> StageOutput:
-    return pipeline.tensorize_stage(
-        tokens, splits, vocab, labelled=labelled, cfg=cfg, work_dir=work_dir, connect=connector(dask)
-    )
+PREPARE_TASKS = PrefectTasks([fetch_task, ingest_task, preprocess_task, split_task, vocab_task, tensorize_task])

@@ -139,3 +139,40 @@ def test_prune_during_a_run_removes_nothing_the_run_still_needs(datasets, tmp_pa
     assert {s.key for s in trained.data.stages} <= kept and trained.evaluate.key in kept
     assert main(["cache", "prune", "--work-dir", str(tmp_path / "w"), "--older-than", "0"]) == 0
     assert cached_outputs(tmp_path / "w") == []  # the run over, nothing holds them
+
+
+REPO_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+RECIPES = sorted(p.name for p in REPO_CONFIGS.glob("*.yaml"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_the_flow_runs_the_library_pipeline_of_every_recipe(recipe, tmp_path):
+    """The flow runs the library's own driver (`train_on`), its stages as tasks: after a flow run
+    of the recipe (its source swapped for small data), the library finds every stage cached
+    under the keys the flow wrote, so the CLI's cache probe and the flow cannot disagree."""
+    import yaml
+
+    from rnnlib.modeling.pipeline import train_model
+    from rnnlib.stages import reused
+
+    words = ["good", "great", "fine", "bad", "awful", "poor", "plain", "odd", "movie", "plot", "actor", "scene"]
+    (tmp_path / "small.csv").write_text(
+        "text,label\n"
+        + "".join(f"{words[i % 9]} {words[9 + i % 3]} {words[(i * 5) % 12]},{'abc'[i % 9 // 3]}\n" for i in range(240))
+    )
+    (tmp_path / "unlabelled.jsonl").write_text(
+        "".join(f'{{"text": "{words[i % 12]} {words[(i * 7) % 12]}"}}\n' for i in range(60))
+    )
+    settings = yaml.safe_load((REPO_CONFIGS / recipe).read_text())
+    unlabelled = [{"path": str(tmp_path / "unlabelled.jsonl")}] if settings["source"].get("unlabelled") else []
+    settings["source"] = {"inputs": [{"path": str(tmp_path / "small.csv")}], "unlabelled": unlabelled}
+    settings["train"] = {**settings.get("train", {}), "epochs": 1, "min_steps": 0}
+    settings["pretrain"] = {**settings.get("pretrain", {}), "min_count": 1}
+    settings.update(work_dir=str(tmp_path / "work"), dask={"processes": False})
+    config = TrainFlowConfig.model_validate(settings)
+
+    flown = train_flow(config)
+    library = reused(lambda: train_model(config))
+    assert library is not None, "the library would build a stage the flow did not"
+    assert [(s.stage, s.key) for s in library.stages] == [(s.stage, s.key) for s in flown.stages]

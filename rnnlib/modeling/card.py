@@ -80,8 +80,7 @@ def _blend(evaluation: Evaluation) -> list[str]:
 
 def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
     config, report = read_json(Path(bundle_dir) / CONFIG), read_json(Path(bundle_dir) / METRICS)
-    history, labels = report["history"], report["labels"]
-    chosen = report["selection"]
+    labels = report["labels"]
     lines = [
         f"# Model card: {len(labels)}-class text classifier",
         "",
@@ -103,6 +102,18 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
         "",
         *_settings(config["model"]),
         "",
+        *_training(report["history"], report["selection"]),
+        *_evaluation(evaluation, report["per_class"]),
+        *_blend(evaluation),
+        *_precision(evaluation),
+        *_limits(evaluation),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _training(history: list[dict[str, Any]], chosen: dict[str, Any]) -> list[str]:
+    """The per-epoch history, the epoch whose weights the bundle holds marked."""
+    return [
         "## Training",
         "",
         f"{len(history)} epochs ({sum(h['seconds'] for h in history):.0f} s of training); the weights "
@@ -124,9 +135,12 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
             ],
         ),
         "",
-        "## Evaluation on the test split",
-        "",
     ]
+
+
+def _evaluation(evaluation: Evaluation, per_class: dict[str, dict[str, float]]) -> list[str]:
+    """The test-split figures beside the baseline's (when there is one), then per class."""
+    lines = ["## Evaluation on the test split", ""]
     base = evaluation.baseline
     if base is not None:
         lines += [
@@ -144,19 +158,22 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
             *_table(["metric", "model"], [[name, f"{model:.4f}"] for name, model, _ in evaluation.comparison()]),
             "",
         ]
-    lines += [
+    return lines + [
         "Per class:",
         "",
         *_table(
             ["label", "precision", "recall", "F1", "test rows"],
             [
                 [label, f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1-score']:.3f}", int(c["support"])]
-                for label, c in report["per_class"].items()
+                for label, c in per_class.items()
             ],
         ),
         "",
-        *_blend(evaluation),
-        *_precision(evaluation),
+    ]
+
+
+def _limits(evaluation: Evaluation) -> list[str]:
+    lines = [
         "## Intended use and limits",
         "",
         "- For text like the training data: the same language, domain and kind of text. Its "
@@ -169,8 +186,9 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
         "length are judged on their beginning (scoring flags them as truncated).",
         "- Per-class figures on few test rows are noisy; classes with low recall above are where it errs most.",
     ]
+    base = evaluation.baseline
     if base is not None and evaluation.accuracy < base.accuracy:
         lines.append(
             "- **It scores below its baseline on this test split**: where the baseline can be used, prefer it."
         )
-    return "\n".join(lines) + "\n"
+    return lines

@@ -37,7 +37,7 @@ from rnnlib.modeling.pretrain import VECTORS_FILE, train_vectors
 from rnnlib.modeling.train import BEST, train
 from rnnlib.modeling.wide import WIDE_FILE, Blend, WideFit, choose_blend, fit_wide, load_wide
 from rnnlib.prepare.pipeline import PreparedData, prepare
-from rnnlib.stages import StageOutput, holding_outputs, run_stage
+from rnnlib.stages import IN_PROCESS, InProcess, StageOutput, holding_outputs, run_stage
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -355,45 +355,55 @@ class TrainedModel(BaseModel):
 def train_model(cfg: TrainFlowConfig, client: Client | None = None) -> TrainedModel:
     """Prepare the data (on `client`, or in this process), train, evaluate and write the bundle;
     every stage is reused from `cfg.work_dir` when its inputs are unchanged."""
-    data = prepare(cfg, client)
+    return train_on(prepare(cfg, client), cfg)
+
+
+def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PROCESS) -> TrainedModel:
+    """The modelling stages in order on prepared data. `runner` runs each stage (the flows: as
+    Prefect tasks, the baseline and the wide half beside the fit, as they need only the data)."""
+    work, seed = cfg.work_dir, cfg.train.seed
     vectors = (
-        vectors_stage(data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=cfg.train.seed, work_dir=cfg.work_dir)
+        runner.run(vectors_stage, data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=seed, work_dir=work)
         if cfg.pretrain.vectors
         else None
     )
     model = with_vectors(cfg.model, vectors, cfg.pretrain)
     language_model = (
-        language_model_stage(
+        runner.run(
+            language_model_stage,
             data,
             model=model,
             cfg=cfg.pretrain,
             max_length=cfg.tensorize.max_length,
             batch_size=cfg.train.batch_size,
-            seed=cfg.train.seed,
+            seed=seed,
             device=cfg.train.device,
-            work_dir=cfg.work_dir,
+            work_dir=work,
         )
         if cfg.pretrain.encoder
         else None
     )
     model = with_encoder(model, language_model)
-    fitted = fit_stage(data.tensorize, model=model, cfg=cfg.train, work_dir=cfg.work_dir)
-    wide = (
-        wide_stage(data, buckets=cfg.model.ngram_buckets, seed=cfg.train.seed, work_dir=cfg.work_dir)
+    pending_wide = (
+        runner.start(wide_stage, data, buckets=cfg.model.ngram_buckets, seed=seed, work_dir=work)
         if cfg.model.wide
         else None
     )
-    baseline = (
-        baseline_stage(data, level=cfg.preprocess.level, work_dir=cfg.work_dir) if cfg.evaluate.baseline else None
+    pending_baseline = (
+        runner.start(baseline_stage, data, level=cfg.preprocess.level, work_dir=work) if cfg.evaluate.baseline else None
     )
-    evaluated = evaluate_stage(
+    fitted = runner.run(fit_stage, data.tensorize, model=model, cfg=cfg.train, work_dir=work)
+    wide = pending_wide() if pending_wide else None
+    baseline = pending_baseline() if pending_baseline else None
+    evaluated = runner.run(
+        evaluate_stage,
         data,
         fitted,
         baseline,
         preprocess=cfg.preprocess,
         model=model,
         max_length=cfg.tensorize.max_length,
-        work_dir=cfg.work_dir,
+        work_dir=work,
         wide=wide,
         batch_size=cfg.train.batch_size,
     )

@@ -35,7 +35,7 @@ from rnnlib.prepare.tensorize import tensorize
 from rnnlib.prepare.text import stopword_set
 from rnnlib.prepare.vocab import fit
 from rnnlib.sources.datasets import materialize
-from rnnlib.stages import StageOutput, holding_outputs, run_stage
+from rnnlib.stages import IN_PROCESS, InProcess, StageOutput, holding_outputs, run_stage
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -198,25 +198,33 @@ class PreparedData(BaseModel):
 
 
 @holding_outputs()  # evaluation reads them after a long fit: never pruned meanwhile
-def prepare(cfg: PrepareConfig, client: Client | None = None) -> PreparedData:
-    """Run the prepare stages in order on `client` (None: in this process), each reused from
-    `cfg.work_dir` when a complete output with the same key is there."""
-    work, connect = cfg.work_dir, lambda: client
-    source = materialize(cfg.source)
-    ingested = ingest_stage(source, work_dir=work, connect=connect)
+def prepare(
+    cfg: PrepareConfig,
+    client: Client | None = None,
+    *,
+    connect: Connect | None = None,
+    runner: InProcess = IN_PROCESS,
+) -> PreparedData:
+    """Run the prepare stages in order on `client` (None: in this process; `connect`: a client
+    made only when a stage has work for it), each reused from `cfg.work_dir` when a complete
+    output with the same key is there. `runner` runs each stage (the flows: as Prefect tasks)."""
+    work = cfg.work_dir
+    connect = connect or (lambda: client)
+    source = runner.run(materialize, cfg.source)
+    ingested = runner.run(ingest_stage, source, work_dir=work, connect=connect)
     labelled = ingested.manifest["labelled"]
-    tokens = preprocess_stage(ingested, cfg=cfg.preprocess, work_dir=work, connect=connect)
-    splits = split_stage(tokens, labelled=labelled, cfg=cfg.split, work_dir=work, connect=connect)
-    vocab = vocab_stage(tokens, splits, labelled=labelled, cfg=cfg.vocab, work_dir=work, connect=connect)
-    tensors = tensorize_stage(
-        tokens, splits, vocab, labelled=labelled, cfg=cfg.tensorize, work_dir=work, connect=connect
+    tokens = runner.run(preprocess_stage, ingested, cfg=cfg.preprocess, work_dir=work, connect=connect)
+    splits = runner.run(split_stage, tokens, labelled=labelled, cfg=cfg.split, work_dir=work, connect=connect)
+    vocab = runner.run(vocab_stage, tokens, splits, labelled=labelled, cfg=cfg.vocab, work_dir=work, connect=connect)
+    tensors = runner.run(
+        tensorize_stage, tokens, splits, vocab, labelled=labelled, cfg=cfg.tensorize, work_dir=work, connect=connect
     )
     extra = unlabelled_source(source)
     unlabelled = None
-    if extra is not None:
-        raw = ingest_stage(extra, work_dir=work, connect=connect)
+    if extra is not None:  # for pretraining only
+        raw = runner.run(ingest_stage, extra, work_dir=work, connect=connect)
         unlabelled = UnlabelledText(
-            ingest=raw, preprocess=preprocess_stage(raw, cfg=cfg.preprocess, work_dir=work, connect=connect)
+            ingest=raw, preprocess=runner.run(preprocess_stage, raw, cfg=cfg.preprocess, work_dir=work, connect=connect)
         )
     return PreparedData(
         ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors, unlabelled=unlabelled
