@@ -120,6 +120,48 @@ def heldout_perplexity(lm: LanguageModel, texts: Sequence[np.ndarray], batch_siz
     return math.exp(total / max(count, 1))
 
 
+def _hold_out(texts: list[np.ndarray], cfg: PretrainConfig, seed: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(training, held out): at most `encoder_max_texts` texts, a seeded sample, about one in
+    `heldout_every` held out to measure perplexity on."""
+    rng = np.random.default_rng(seed)
+    if cfg.encoder_max_texts is not None and len(texts) > cfg.encoder_max_texts:
+        texts = [texts[i] for i in np.sort(rng.choice(len(texts), cfg.encoder_max_texts, replace=False))]
+    held = rng.random(len(texts)) < 1 / cfg.heldout_every
+    return [t for t, h in zip(texts, held) if not h], [t for t, h in zip(texts, held) if h]
+
+
+def _epoch(
+    lm: LanguageModel,
+    optimizer: torch.optim.Optimizer,
+    training: list[np.ndarray],
+    heldout: list[np.ndarray],
+    epoch: int,
+    *,
+    batch_size: int,
+    seed: int,
+    on: torch.device,
+) -> dict[str, Any]:
+    """One pass over the training texts (in an order seeded by the epoch); its history record."""
+    began = time.perf_counter()
+    lm.train()
+    total, count = 0.0, 0
+    for ids, lengths in batches(training, batch_size, 50, np.random.default_rng([seed, epoch])):
+        loss, n = lm(ids.to(on), lengths.to(on))
+        optimizer.zero_grad(set_to_none=True)
+        (loss / n).backward()
+        nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
+        optimizer.step()
+        total, count = total + float(loss.detach()), count + n
+    seconds = time.perf_counter() - began
+    return {
+        "epoch": epoch,
+        "train_perplexity": math.exp(total / max(count, 1)),
+        "heldout_perplexity": heldout_perplexity(lm, heldout, batch_size * 4, on),
+        "seconds": round(seconds, 1),
+        "tokens_per_s": round(count / seconds),
+    }
+
+
 def pretrain_encoder(
     tokens_dir: str | Path,
     split_dir: str | Path,
@@ -142,18 +184,13 @@ def pretrain_encoder(
     start = time.perf_counter()
     vocab = Vocabulary.load(Path(vocab_dir) / VOCAB_FILE)
     texts = read_texts(TokenLists(tokens_dir, split_dir, unlabelled_dirs), vocab, max_length)
-    rng = np.random.default_rng(seed)
-    if cfg.encoder_max_texts is not None and len(texts) > cfg.encoder_max_texts:
-        texts = [texts[i] for i in np.sort(rng.choice(len(texts), cfg.encoder_max_texts, replace=False))]
-    held = rng.random(len(texts)) < 1 / cfg.heldout_every
-    heldout, training = [t for t, h in zip(texts, held) if h], [t for t, h in zip(texts, held) if not h]
+    training, heldout = _hold_out(texts, cfg, seed)
     if not training or not heldout:
         raise InputError("too few training or unlabelled texts to pretrain the encoder on", file=str(tokens_dir))
     torch.manual_seed(seed)
     lm = LanguageModel(len(vocab.tokens), model)
     initial = load_embeddings(lm.classifier.embedding, vocab.tokens, model.embeddings) if model.embeddings else None
-    on = pick_device(device)
-    lm = lm.to(on)
+    lm = lm.to(on := pick_device(device))
     optimizer = torch.optim.Adam(lm.parameters(), lr=cfg.encoder_lr)
     state = load_checkpoint(out_dir / CHECKPOINT, model=lm, optimizer=optimizer, device=on)
     if state is not None:
@@ -161,34 +198,12 @@ def pretrain_encoder(
     else:
         state = {"epoch": 0, "history": [], "untrained_perplexity": heldout_perplexity(lm, heldout, batch_size * 4, on)}
     while state["epoch"] < cfg.encoder_epochs:
-        epoch, began = state["epoch"] + 1, time.perf_counter()
-        lm.train()
-        total, count = 0.0, 0
-        for ids, lengths in batches(training, batch_size, 50, np.random.default_rng([seed, epoch])):
-            loss, n = lm(ids.to(on), lengths.to(on))
-            optimizer.zero_grad(set_to_none=True)
-            (loss / n).backward()
-            nn.utils.clip_grad_norm_(lm.parameters(), 1.0)
-            optimizer.step()
-            total, count = total + float(loss.detach()), count + n
-        seconds = time.perf_counter() - began
-        record = {
-            "epoch": epoch,
-            "train_perplexity": math.exp(total / max(count, 1)),
-            "heldout_perplexity": heldout_perplexity(lm, heldout, batch_size * 4, on),
-            "seconds": round(seconds, 1),
-            "tokens_per_s": round(count / seconds),
-        }
+        epoch = state["epoch"] + 1
+        record = _epoch(lm, optimizer, training, heldout, epoch, batch_size=batch_size, seed=seed, on=on)
         state = {**state, "epoch": epoch, "history": [*state["history"], record]}
         save_checkpoint(out_dir / CHECKPOINT, model=lm, optimizer=optimizer, state=state, device=on)
-        log.info(
-            "language model epoch %d: train perplexity %.1f, held-out %.1f (untrained %.0f), %.0f tokens/s",
-            epoch,
-            record["train_perplexity"],
-            record["heldout_perplexity"],
-            state["untrained_perplexity"],
-            record["tokens_per_s"],
-        )
+        log.info("language model epoch %(epoch)d: train perplexity %(train_perplexity).1f, held-out "
+                 "%(heldout_perplexity).1f, %(tokens_per_s).0f tokens/s", record)  # fmt: skip
     save_file(encoder_weights(lm.classifier), str(out_dir / ENCODER_FILE))
     (out_dir / CHECKPOINT).unlink()
     return {

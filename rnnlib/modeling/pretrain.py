@@ -51,6 +51,14 @@ class TokenLists:
             yield from (tokens for tokens in column.to_pylist() if tokens)
 
 
+def _write_vectors(path: Path, tokens: list[str], vectors: Any, dim: int) -> None:
+    """word2vec's text format: a header line, then each token and its vector."""
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(f"{len(tokens)} {dim}\n")
+        for token in tokens:
+            fh.write(token + " " + " ".join(f"{v:.5g}" for v in vectors[token]) + "\n")
+
+
 def train_vectors(
     tokens_dir: str | Path,
     split_dir: str | Path,
@@ -89,21 +97,18 @@ def train_vectors(
         if t and not any(c.isspace() for c in t)
     ]  # a text vectors file cannot hold those
     known = sum(t in model.wv.key_to_index for t in tokens)
+    manifest = {
+        "stage": "vectors",
+        "texts": model.corpus_count,
+        "words": model.corpus_total_words,
+        "dim": dim,
+        "vocabulary": len(tokens),
+        "learnt_as_words": known,
+        "from_subwords_only": len(tokens) - known,
+        "seconds": round(time.perf_counter() - start, 1),
+    }
     with building(out_dir) as scratch:
-        with open(scratch / VECTORS_FILE, "w", encoding="utf-8") as fh:
-            fh.write(f"{len(tokens)} {dim}\n")
-            for token in tokens:
-                fh.write(token + " " + " ".join(f"{v:.5g}" for v in model.wv[token]) + "\n")
-        manifest = {
-            "stage": "vectors",
-            "texts": model.corpus_count,
-            "words": model.corpus_total_words,
-            "dim": dim,
-            "vocabulary": len(tokens),
-            "learnt_as_words": known,
-            "from_subwords_only": len(tokens) - known,
-            "seconds": round(time.perf_counter() - start, 1),
-        }
+        _write_vectors(scratch / VECTORS_FILE, tokens, model.wv, dim)
         write_json(scratch / MANIFEST, manifest)
     log.info(
         "word vectors from %d texts (%d words): %d of %d vocabulary tokens learnt as words, the rest "

@@ -83,19 +83,7 @@ def tensorize_partition(
     if labelled:
         unseen = pc.and_(pc.is_null(reject), pc.is_null(label_ids))
         reject = pc.if_else(unseen, pa.scalar(UNSEEN_LABEL), reject)
-    rejected = table.select(["id", "source", "row"]).filter(pc.is_valid(reject))
-    pq.write_table(
-        pa.table(
-            {
-                "id": rejected["id"],
-                "source": rejected["source"],
-                "row": rejected["row"],
-                "reason": pc.drop_null(reject),
-            },
-            schema=REJECTS_SCHEMA,
-        ),
-        out_dir / REJECTS_DIR / in_file.name,
-    )
+    _write_rejects(table, reject, out_dir / REJECTS_DIR / in_file.name)
     ids, lengths = encode_ids(table["tokens"], vocab, cfg.max_length)  # once, for every row
     keep = pc.is_null(reject)
     encoded = pa.table(
@@ -105,39 +93,53 @@ def tensorize_partition(
     # seeded by the partition, so every shard is a sample of its split
     shuffle = np.random.default_rng(zlib.crc32(in_file.name.encode())).permutation(encoded.num_rows)
     encoded = encoded.take(pa.array(shuffle))
-    splits: dict[str, Any] = {}
-    for name in sorted(set(pc.unique(encoded["split"]).to_pylist()) - {None}):
-        part = encoded.filter(pc.equal(encoded["split"], name))
-        ids = part["ids"].combine_chunks()
-        original = part["length"].to_numpy()
-        shard = pa.table(
-            {
-                "id": part["id"],
-                "ids": ids,
-                "length": pc.list_value_length(ids).cast(pa.int32()),
-                "label": part["label"],
-            },
-            schema=SHARD_SCHEMA,
-        )
-        (out_dir / name).mkdir(exist_ok=True)
-        shards = []
-        for k, start in enumerate(range(0, shard.num_rows, cfg.shard_rows)):
-            file = f"shard-{in_file.stem.removeprefix('part-')}-{k:03d}.parquet"
-            chunk = shard.slice(start, cfg.shard_rows)
-            pq.write_table(chunk, out_dir / name / file)
-            shards.append({"file": file, "rows": chunk.num_rows})
-        flat = pc.list_flatten(ids)
-        classes = pc.value_counts(pc.drop_null(part["label"])).to_pylist()
-        splits[name] = {
-            "rows": shard.num_rows,
-            "tokens": len(flat),
-            "unk_tokens": int(pc.sum(pc.equal(flat, 1)).as_py() or 0),
-            "truncated": int((original > cfg.max_length).sum()) if cfg.max_length else 0,
-            "max_length_seen": int(original.max()) if len(original) else 0,
-            "class_counts": {encoder.labels[c["values"]]: c["counts"] for c in classes},
-            "shards": shards,
-        }
+    splits = {
+        name: _write_split(encoded.filter(pc.equal(encoded["split"], name)), out_dir / name, in_file, cfg, encoder)
+        for name in sorted(set(pc.unique(encoded["split"]).to_pylist()) - {None})
+    }
     return {"outcomes": outcomes(reject), "splits": splits}
+
+
+def _write_rejects(table: pa.Table, reject: pa.ChunkedArray, path: Path) -> None:
+    """The partition's rejected rows, each with its source, row and reason."""
+    rejected = table.select(["id", "source", "row"]).filter(pc.is_valid(reject))
+    columns = {
+        "id": rejected["id"],
+        "source": rejected["source"],
+        "row": rejected["row"],
+        "reason": pc.drop_null(reject),
+    }
+    pq.write_table(pa.table(columns, schema=REJECTS_SCHEMA), path)
+
+
+def _write_split(
+    part: pa.Table, out: Path, in_file: Path, cfg: TensorizeConfig, encoder: LabelEncoder
+) -> dict[str, Any]:
+    """One split's rows of a partition as shards of at most `cfg.shard_rows`; its manifest entry."""
+    ids = part["ids"].combine_chunks()
+    original = part["length"].to_numpy()
+    shard = pa.table(
+        {"id": part["id"], "ids": ids, "length": pc.list_value_length(ids).cast(pa.int32()), "label": part["label"]},
+        schema=SHARD_SCHEMA,
+    )
+    out.mkdir(exist_ok=True)
+    shards = []
+    for k, start in enumerate(range(0, shard.num_rows, cfg.shard_rows)):
+        file = f"shard-{in_file.stem.removeprefix('part-')}-{k:03d}.parquet"
+        chunk = shard.slice(start, cfg.shard_rows)
+        pq.write_table(chunk, out / file)
+        shards.append({"file": file, "rows": chunk.num_rows})
+    flat = pc.list_flatten(ids)
+    classes = pc.value_counts(pc.drop_null(part["label"])).to_pylist()
+    return {
+        "rows": shard.num_rows,
+        "tokens": len(flat),
+        "unk_tokens": int(pc.sum(pc.equal(flat, 1)).as_py() or 0),
+        "truncated": int((original > cfg.max_length).sum()) if cfg.max_length else 0,
+        "max_length_seen": int(original.max()) if len(original) else 0,
+        "class_counts": {encoder.labels[c["values"]]: c["counts"] for c in classes},
+        "shards": shards,
+    }
 
 
 def _merge_split(parts: list[dict[str, Any]]) -> dict[str, Any]:
