@@ -76,13 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _overrides(args: argparse.Namespace) -> list[str]:
-    shortcut = [
-        f"{field}={json.dumps(getattr(args, name))}"
-        for name, (field, _) in SHORTCUTS.items()
-        if getattr(args, name) is not None
-    ]
-    return shortcut + args.overrides
+def _shortcuts(args: argparse.Namespace) -> dict[str, Any]:
+    """The shortcut flags given, as settings (dotted key -> value)."""
+    return {field: getattr(args, name) for name, (field, _) in SHORTCUTS.items() if getattr(args, name) is not None}
 
 
 def _print_summary(data: PreparedData, stages: list[StageOutput]) -> None:
@@ -116,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pipeline_config(args: argparse.Namespace) -> PrepareConfig | TrainFlowConfig:
     """One file serves both commands: prepare ignores the model and train sections."""
-    config = load_config(TrainFlowConfig, args.config, _overrides(args))
+    config = load_config(TrainFlowConfig, args.config, args.overrides, _shortcuts(args))
     config_class = COMMANDS[args.command][1]
     return config_class.model_validate(config.model_dump(include=set(config_class.model_fields)))
 
@@ -216,8 +212,8 @@ def _add_tune(sub: Any) -> None:
 
 def _tune(args: argparse.Namespace) -> int:
     budget = {"tune.trials": args.trials, "tune.minutes": args.minutes}
-    flags = [f"{key}={json.dumps(value)}" for key, value in budget.items() if value is not None]
-    config = load_config(TrainFlowConfig, args.config, flags + _overrides(args))
+    flags = {**_shortcuts(args), **{key: value for key, value in budget.items() if value is not None}}
+    config = load_config(TrainFlowConfig, args.config, args.overrides, flags)
     if args.print_config:
         return _print_config(config)
     start_reaper()
@@ -305,16 +301,15 @@ def _add_score(sub: Any) -> None:
     score.set_defaults(handler=_score)
 
 
-def _score_overrides(args: argparse.Namespace) -> list[str]:
-    spec: dict[str, Any] = {}
-    if args.format:
-        spec["format"] = args.format
-    if args.text_column:
-        spec["text_columns"] = args.text_column
-    if args.id_column:
-        spec["id_column"] = args.id_column
-    if args.encoding:
-        spec["encoding"] = args.encoding
+def _score_flags(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags given, as settings (dotted key -> value); every input gets the same options."""
+    spec = {
+        "format": args.format,
+        "text_columns": args.text_column,
+        "id_column": args.id_column,
+        "encoding": args.encoding,
+    }
+    spec = {key: value for key, value in spec.items() if value}
     fields = {
         "bundle": args.bundle,
         "output": args.output,
@@ -323,11 +318,11 @@ def _score_overrides(args: argparse.Namespace) -> list[str]:
         "dask.address": args.dask_address,
         "inputs": [{"path": path, **spec} for path in args.inputs] or None,
     }
-    return [f"{key}={json.dumps(value)}" for key, value in fields.items() if value is not None] + args.overrides
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def _score(args: argparse.Namespace) -> int:
-    config = load_config(ScoreConfig, args.config, _score_overrides(args))
+    config = load_config(ScoreConfig, args.config, args.overrides, _score_flags(args))
     if args.print_config:
         return _print_config(config)
     start_reaper()

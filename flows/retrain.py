@@ -3,8 +3,6 @@ it evaluates at least as well as the current one (which scoring keeps using othe
 
 from __future__ import annotations
 
-import json
-
 from prefect import flow, get_run_logger
 
 from rnnlib.config import TrainFlowConfig, load_config
@@ -25,8 +23,8 @@ def retrain_flow(
     """dataset: a registered dataset (else the config file's source); config_file: a YAML recipe;
     registry: the model registry folder; overrides: `key=value` settings, as `--set` takes."""
     with holding_outputs():  # until the run ends, `prune` leaves what it made or reused
-        extra = [f"source.dataset={json.dumps(dataset)}"] if dataset else []
-        config = load_config(TrainFlowConfig, config_file, [*(overrides or []), *extra])
+        values = {"source.dataset": dataset} if dataset else None
+        config = load_config(TrainFlowConfig, config_file, overrides or [], values)
         trained = train_flow(config)
         decision = promote_task(registry, trained.evaluation.bundle, trained.data.ingest.path, trained.data.split.path)
         if decision.promoted and trained.tracking_run:

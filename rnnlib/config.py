@@ -6,6 +6,7 @@ from __future__ import annotations
 import codecs
 import os
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -545,14 +546,23 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
     set_dotted(data, key, _yaml(raw, f"override {assignment!r}"))
 
 
-def load_config(cls: type[ConfigT], path: str | os.PathLike[str] | None = None, overrides: list[str] = ()) -> ConfigT:
-    """Build a config from an optional YAML file plus `key=value` overrides."""
+def load_config(
+    cls: type[ConfigT],
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    values: dict[str, Any] | None = None,
+) -> ConfigT:
+    """Build a config from an optional YAML file, then `values` (dotted keys to values, as a
+    program holds them: the command line's flags), then `key=value` overrides (a YAML value each,
+    as a user types them)."""
     data: dict[str, Any] = {}
     if path is not None:
         with open(path, encoding="utf-8") as fh:
             data = _yaml(fh.read(), str(path)) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config file must hold a mapping")
+    for key, value in (values or {}).items():
+        set_dotted(data, key, value)
     for assignment in overrides:
         apply_override(data, assignment)
     return cls.model_validate(data)
