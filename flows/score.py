@@ -21,7 +21,7 @@ from rnnlib.errors import InputError
 from rnnlib.scoring.run import ScoreReport, ScoreRun, input_name, output_dir_for
 from rnnlib_flows.reports import publish_scoring
 from rnnlib_tasks.dask_clients import close_clients
-from rnnlib_tasks.score import plan_task, score_partition_task, stage_task
+from rnnlib_tasks.score import plan_task, read_input_task, score_partition_task
 
 
 class ScoringFailed(RuntimeError):
@@ -150,7 +150,8 @@ def _score(run: ScoreRun, config: ScoreConfig) -> ScoreReport:
     failed: dict[str, str] = {}
     staged, stats, done = [], [], 0
     reading = {
-        stage_task.submit(input_name(unit), i, run, config.dask): input_name(unit) for i, unit in enumerate(run.units)
+        read_input_task.submit(input_name(unit), i, run, config.dask): input_name(unit)
+        for i, unit in enumerate(run.units)
     }
     scoring = {}
     bar = tqdm(total=0, unit="partition", desc="scoring", disable=not sys.stderr.isatty())

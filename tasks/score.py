@@ -25,12 +25,12 @@ def plan_task(config: ScoreConfig) -> run.ScoreRun:
 
 
 @task(name="read-input", task_run_name="read {name}", **TASK_OPTIONS)
-def stage_task(name: str, index: int, scoring: run.ScoreRun, dask: DaskConfig) -> run.StagedInput:
+def read_input_task(name: str, index: int, scoring: run.ScoreRun, dask: DaskConfig) -> run.PartitionedInput:
     """Read one input into canonical partitions, on a Dask worker."""
     return (
         get_client(dask)
         .submit(
-            run.stage_unit,
+            run.partition_input,
             scoring.units[index],
             index,
             scoring.staging,

@@ -34,9 +34,9 @@ from rnnlib.scoring.run import (
     SCORES,
     STAGING,
     account,
+    partition_input,
     plan_run,
     score,
-    stage_unit,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -229,7 +229,9 @@ def test_model_is_loaded_once_per_worker(names_bundle, tmp_path, client):
     config = _config(names_bundle, tmp_path / "out", tmp_path / "many.txt", partition_rows=20)
     run = plan_run(config)
     assert run.open(overwrite=False) is None
-    staged = [stage_unit(u, i, run.staging, run.partition_rows, run.partition_bytes) for i, u in enumerate(run.units)]
+    staged = [
+        partition_input(u, i, run.staging, run.partition_rows, run.partition_bytes) for i, u in enumerate(run.units)
+    ]
     parts = run.pending(staged)
     client.run(worker_bundle.cache_clear)
     futures = [

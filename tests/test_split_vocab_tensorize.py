@@ -13,7 +13,7 @@ from rnnlib.errors import InputError
 from rnnlib.prepare.preprocess import TOKENS_SCHEMA
 from rnnlib.prepare.split import allocate, largest_remainder, split
 from rnnlib.prepare.tensorize import tensorize
-from rnnlib.prepare.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary, fit
+from rnnlib.prepare.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary, build_vocabulary
 
 
 def write_partitions(root, frame: pd.DataFrame, parts: int) -> None:
@@ -144,8 +144,13 @@ def test_vocab_fits_on_train_only(tmp_path, client):
         ]
     )
     write_assigned(tmp_path, pd.concat([frame, leak], ignore_index=True), parts=3)
-    manifest = fit(
-        tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v", cfg=VocabConfig(), fit_split="train", client=client
+    manifest = build_vocabulary(
+        tmp_path / "pre",
+        tmp_path / "s",
+        out_dir=tmp_path / "v",
+        cfg=VocabConfig(),
+        counted_split="train",
+        client=client,
     )
     vocab = Vocabulary.load(tmp_path / "v" / VOCAB_FILE)
     assert "valonly" not in vocab.tokens
@@ -160,21 +165,21 @@ def test_vocab_min_freq_and_max_size(tmp_path, client):
     frame = corpus({"A": 20})
     frame["split"] = "train"
     write_assigned(tmp_path, frame, parts=2)
-    fit(
+    build_vocabulary(
         tmp_path / "pre",
         tmp_path / "s",
         out_dir=tmp_path / "v1",
         cfg=VocabConfig(min_freq=3),
-        fit_split="train",
+        counted_split="train",
         client=client,
     )
     assert set(Vocabulary.load(tmp_path / "v1" / VOCAB_FILE).tokens[2:]) == {"a", "w0", "w1", "w2", "w3", "w4", "w5"}
-    fit(
+    build_vocabulary(
         tmp_path / "pre",
         tmp_path / "s",
         out_dir=tmp_path / "v2",
         cfg=VocabConfig(max_size=4),
-        fit_split="train",
+        counted_split="train",
         client=client,
     )
     assert Vocabulary.load(tmp_path / "v2" / VOCAB_FILE).tokens == ("<PAD>", "<UNK>", "a", "w0")
@@ -195,7 +200,14 @@ def test_shards_round_trip_and_manifests_add_up(tmp_path, client):
     )
     write_partitions(tmp_path / "pre", frame, parts=3)
     split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True, client=client)
-    fit(tmp_path / "pre", tmp_path / "s", out_dir=tmp_path / "v", cfg=VocabConfig(), fit_split="train", client=client)
+    build_vocabulary(
+        tmp_path / "pre",
+        tmp_path / "s",
+        out_dir=tmp_path / "v",
+        cfg=VocabConfig(),
+        counted_split="train",
+        client=client,
+    )
     cfg = TensorizeConfig(max_length=4, shard_rows=50)
     manifest = tensorize(
         tmp_path / "pre", tmp_path / "s", tmp_path / "v", out_dir=tmp_path / "t", cfg=cfg, labelled=True, client=client

@@ -33,7 +33,7 @@ from rnnlib.prepare.preprocess import preprocess
 from rnnlib.prepare.split import UNLABELLED_SPLIT, split
 from rnnlib.prepare.tensorize import tensorize
 from rnnlib.prepare.text import stopword_set
-from rnnlib.prepare.vocab import fit
+from rnnlib.prepare.vocab import build_vocabulary
 from rnnlib.sources.datasets import materialize
 from rnnlib.stages import IN_PROCESS, InProcess, StageOutput, holding_outputs, run_stage
 
@@ -92,13 +92,15 @@ def vocab_stage(
 ) -> StageOutput:
     """Fitted on the training split only; an unlabelled corpus (all of it in split `all`) on
     all of it."""
-    fit_split = "train" if labelled else UNLABELLED_SPLIT
-    params = {"tokens": tokens, "splits": splits, "fit_split": fit_split, "cfg": cfg, "work_dir": work_dir}
+    counted_split = "train" if labelled else UNLABELLED_SPLIT
+    params = {"tokens": tokens, "splits": splits, "counted_split": counted_split, "cfg": cfg, "work_dir": work_dir}
     return run_stage(
         "vocab",
         params,
-        lambda out: fit(tokens.path, splits.path, out_dir=out, cfg=cfg, fit_split=fit_split, client=connect()),
-        code=[fit],
+        lambda out: build_vocabulary(
+            tokens.path, splits.path, out_dir=out, cfg=cfg, counted_split=counted_split, client=connect()
+        ),
+        code=[build_vocabulary],
     )
 
 

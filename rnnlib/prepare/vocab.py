@@ -90,10 +90,10 @@ def load_fitted(vocab_dir: Path, stamp: int) -> tuple[Vocabulary, LabelEncoder]:
     return Vocabulary.load(vocab_dir / VOCAB_FILE), LabelEncoder.load(vocab_dir / LABELS_FILE)
 
 
-def count_partition(tokens_file: Path, split_dir: Path, fit_split: str) -> pa.Table:
+def count_partition(tokens_file: Path, split_dir: Path, counted_split: str) -> pa.Table:
     """(token, count) and (label, count) of one partition's fitting rows."""
     table = with_split(tokens_file, split_dir, columns=["tokens", "label"], read_dictionary=["tokens.list.element"])
-    table = table.filter(pc.equal(table["split"], fit_split))
+    table = table.filter(pc.equal(table["split"], counted_split))
     tokens = pc.list_flatten(table["tokens"].combine_chunks())  # dictionary-encoded
     occurrences = np.bincount(tokens.indices.to_numpy(zero_copy_only=False), minlength=len(tokens.dictionary))
     seen = occurrences > 0
@@ -115,23 +115,23 @@ def merge_counts(*tables: pa.Table) -> pa.Table:
     return pa.Table.from_pandas(summed, preserve_index=False)
 
 
-def fit(
+def build_vocabulary(
     tokens_dir: str | Path,
     split_dir: str | Path,
     *,
     out_dir: str | Path,
     cfg: VocabConfig,
-    fit_split: str,
+    counted_split: str,
     client: Client | None = None,
 ) -> dict[str, Any]:
-    """Fit the vocabulary and label encoder on the rows assigned to `fit_split`."""
+    """Fit the vocabulary and label encoder on the rows assigned to `counted_split`."""
     counts = map_reduce(
-        client, count_partition, partitions(tokens_dir), merge_counts, split_dir=split_dir, fit_split=fit_split
+        client, count_partition, partitions(tokens_dir), merge_counts, split_dir=split_dir, counted_split=counted_split
     )
     is_token = pc.equal(counts["kind"], "token")
     tokens = counts.filter(is_token).sort_by([("count", "descending"), ("value", "ascending")])
     if tokens.num_rows == 0:
-        raise InputError(f"the {fit_split!r} split has no tokens to fit a vocabulary on", file=str(tokens_dir))
+        raise InputError(f"the {counted_split!r} split has no tokens to fit a vocabulary on", file=str(tokens_dir))
     tokens = tokens.filter(pc.greater_equal(tokens["count"], cfg.min_freq))
     tokens = tokens.filter(pc.invert(pc.is_in(tokens["value"], value_set=pa.array(SPECIALS))))
     if cfg.max_size is not None:
@@ -140,7 +140,7 @@ def fit(
     labels = LabelEncoder(tuple(sorted(counts.filter(pc.invert(is_token))["value"].to_pylist())))
     if len(labels.labels) > cfg.max_labels:
         raise InputError(
-            f"{len(labels.labels)} distinct labels in the {fit_split!r} split, more than "
+            f"{len(labels.labels)} distinct labels in the {counted_split!r} split, more than "
             f"vocab.max_labels ({cfg.max_labels}): is the label column the right one?",
             file=str(tokens_dir),
         )
@@ -149,7 +149,7 @@ def fit(
         labels.save(scratch / LABELS_FILE)
         manifest = {
             "stage": "vocab",
-            "fit_split": fit_split,
+            "counted_split": counted_split,
             "vocab_size": len(vocab.tokens),
             "vocab_hash": vocab.hash,
             "labels": list(labels.labels),

@@ -92,7 +92,7 @@ class ScoreReport(BaseModel):
     already_complete: bool = False  # a finished run asked again: nothing was done
 
 
-class StagedInput(BaseModel):
+class PartitionedInput(BaseModel):
     """One read unit staged as canonical partitions."""
 
     input: str  # the input file (or folder) it is accounted under
@@ -140,12 +140,12 @@ class ScoreRun:
     def report(self) -> ScoreReport:
         return ScoreReport.model_validate(read_json(self.out / MANIFEST))
 
-    def pending(self, staged: list[StagedInput]) -> list[Path]:
+    def pending(self, staged: list[PartitionedInput]) -> list[Path]:
         """Staged partitions whose scores are not written yet."""
         return [Path(unit.dir) / part for unit in staged for part in unit.parts if not self.scores_file(part).exists()]
 
     def finish(
-        self, staged: list[StagedInput], failed: dict[str, str], stats: list[dict[str, Any]], seconds: float
+        self, staged: list[PartitionedInput], failed: dict[str, str], stats: list[dict[str, Any]], seconds: float
     ) -> ScoreReport:
         """Account for every row from what is on disk, and write the manifest."""
         return account(self, staged, failed, throughput(stats, seconds))
@@ -326,12 +326,14 @@ def input_name(unit: ReadUnit) -> str:
     return unit.source(unit.paths[0])
 
 
-def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int, partition_bytes: int) -> StagedInput:
+def partition_input(
+    unit: ReadUnit, index: int, staging: Path, partition_rows: int, partition_bytes: int
+) -> PartitionedInput:
     """Read one unit into canonical partitions under the staging folder (atomically, so a
     killed run re-reads only the units it had not finished)."""
     target = staging / f"unit-{index:05d}"
     if is_complete(target):
-        return StagedInput.model_validate(read_json(target / MANIFEST))
+        return PartitionedInput.model_validate(read_json(target / MANIFEST))
     with building(target) as scratch:
         result = ingest_unit(unit, index, scratch, partition_rows, partition_bytes, {}, labelled=False)
         manifest = {
@@ -341,10 +343,12 @@ def stage_unit(unit: ReadUnit, index: int, staging: Path, partition_rows: int, p
             "rows": sum(sum(c.values()) for c in result["per_file"].values()),
         }
         write_json(scratch / MANIFEST, manifest)
-    return StagedInput.model_validate(manifest)
+    return PartitionedInput.model_validate(manifest)
 
 
-def account(run: ScoreRun, staged: list[StagedInput], failed: dict[str, str], extra: dict[str, Any]) -> ScoreReport:
+def account(
+    run: ScoreRun, staged: list[PartitionedInput], failed: dict[str, str], extra: dict[str, Any]
+) -> ScoreReport:
     """The run's manifest, read back from what is on disk (so a resumed run counts the
     partitions of its earlier attempts too) and written as `_manifest.json`. Per input file:
     rows read = scored + rejected (+ unscored, only where a partition failed). Staging is
@@ -415,7 +419,7 @@ def score(config: ScoreConfig, client: Client | None = None) -> ScoreReport:
         start = time.perf_counter()
         staged = map_partitions(
             client,
-            stage_unit,
+            partition_input,
             run.units,
             range(len(run.units)),
             staging=run.staging,
