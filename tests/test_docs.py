@@ -41,22 +41,21 @@ def code_blocks(page: Path) -> list[tuple[str, str, int]]:
 
 
 def shell_commands(body: str) -> list[list[str]]:
-    """The simple commands of a shell block: continuations joined, comments dropped, split at
-    `&&`, `|`, `;` and `&`, leading `VAR=value` assignments left out."""
-    tokens = shlex.split(body.replace("\\\n", " ").replace("\n", " ; "), comments=False, posix=True)
-    commands, current = [], []
-    for token in tokens + [";"]:
-        if token in SEPARATORS or token.startswith("#"):
+    """The simple commands of a shell block: continuation lines joined, comments dropped, split
+    at `&&`, `||`, `|`, `;` and `&`, leading `VAR=value` assignments left out."""
+    commands = []
+    for line in body.replace("\\\n", " ").splitlines():
+        current: list[str] = []
+        for token in [*shlex.split(line, comments=True), ";"]:
+            if token not in SEPARATORS:
+                current.append(token)
+                continue
+            while current and re.fullmatch(r"[A-Za-z_]\w*=.*", current[0]):
+                current.pop(0)
             if current:
                 commands.append(current)
-            current = [] if token in SEPARATORS else ["#"]
-        elif current != ["#"]:
-            current.append(token)
-    return [[t for t in c if c != ["#"]] for c in commands if c != ["#"]]
-
-
-def _strip_comments(body: str) -> str:
-    return "\n".join(re.sub(r"\s+#\s.*$", "", line) for line in body.splitlines())
+            current = []
+    return commands
 
 
 def shown(language: str) -> list[tuple[str, list[str]]]:
@@ -65,7 +64,7 @@ def shown(language: str) -> list[tuple[str, list[str]]]:
     for page in PAGES:
         for block_language, body, line in code_blocks(page):
             if block_language == language:
-                found += [(f"{page.name}:{line}", c) for c in shell_commands(_strip_comments(body))]
+                found += [(f"{page.name}:{line}", c) for c in shell_commands(body)]
     return found
 
 
