@@ -13,7 +13,6 @@ Usage: python benchmarks/bench_train.py [--datasets ../shared/datasets] [--rows 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from torch import nn
 
+from rnnlib.common.storage import MANIFEST, write_json
 from rnnlib.config import (
     InputSpec,
     ModelConfig,
@@ -37,6 +37,7 @@ from rnnlib.modeling.batches import ShardBatches
 from rnnlib.modeling.device import pick_device
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.prepare.pipeline import prepare
+from rnnlib.prepare.tensorize import Shard, SplitTensors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,8 @@ def main() -> int:
         shards = prepare_imdb(args.datasets, args.rows, Path(tmp))
         first = sorted((shards / "train").glob("shard-*.parquet"))
         table = pq.read_table(first if args.rows else shards / "train").slice(0, args.rows or None)
-        vocab_size = json.loads((shards / "train" / "_manifest.json").read_text())["vocab_size"]
+        train_split = SplitTensors.read(shards / "train")
+        vocab_size = train_split.vocab_size
         sequences = [torch.tensor(s, dtype=torch.long) for s in table["ids"].to_pylist()]
         labels = torch.tensor(table["label"].to_pylist())
 
@@ -117,7 +119,8 @@ def main() -> int:
         subset = Path(tmp) / "subset" / "train"
         subset.mkdir(parents=True)
         pq.write_table(table, subset / "shard-0.parquet")
-        (subset / "_manifest.json").write_text(json.dumps({"shards": [{"file": "shard-0.parquet"}]}))
+        shard = Shard(file="shard-0.parquet", rows=table.num_rows)
+        write_json(subset / MANIFEST, train_split.model_copy(update={"rows": table.num_rows, "shards": [shard]}))
 
         def rnnlib_batches():
             for batch in ShardBatches(subset, args.batch_size, pool_batches=50, seed=0):

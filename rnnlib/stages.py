@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel
 
@@ -32,6 +32,7 @@ from rnnlib.sources.inputs import fingerprint_inputs
 NOT_IN_KEY = (DaskConfig,)  # where the work runs does not change its result
 
 T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
 _REUSE_ONLY = contextvars.ContextVar("reuse_only", default=False)
 
 
@@ -69,13 +70,14 @@ class InProcess:
 IN_PROCESS = InProcess()
 
 
-class StageOutput(BaseModel):
-    """What stages pass each other: where an output is and its manifest, never the data."""
+class StageOutput(BaseModel, Generic[M]):
+    """What stages pass each other: where an output is and its manifest, never the data. The
+    manifest is the stage's own typed model, validated once: when built, or when read back."""
 
     stage: str
     key: str
     path: str
-    manifest: dict[str, Any]
+    manifest: M
     cached: bool = False  # reused from an earlier run rather than built by this one
     seconds: float = 0.0  # what getting it took this run
 
@@ -118,10 +120,15 @@ def lock_file(stage_folder: str | Path) -> Path:
 
 
 def run_stage(
-    stage: str, params: dict[str, Any], build: Callable[[Path], dict[str, Any]], code: Sequence[Callable[..., Any]]
-) -> StageOutput:
+    stage: str,
+    params: dict[str, Any],
+    build: Callable[[Path], M],
+    code: Sequence[Callable[..., Any]],
+    manifest: type[M],
+) -> StageOutput[M]:
     """The stage's output for these parameters: reused when a complete one is on disk (a
-    deleted or half-written folder is rebuilt), else `build(out_dir)`, which returns the manifest.
+    deleted or half-written folder is rebuilt; its manifest read back as `manifest`), else
+    `build(out_dir)`, which writes the output and returns its manifest.
     `params` must hold `work_dir`; every other value goes into the key, and so does the source
     of the module `build` is written in and of everything the `code` functions' modules import.
 
@@ -138,32 +145,30 @@ def run_stage(
         ]
         for upstream in upstreams:
             locks.enter_context(file_lock(lock_file(upstream.path), shared=True))
-        manifest, cached = _reuse_or_build(out, stage, key, build)
+        written, cached = _reuse_or_build(out, stage, key, build, manifest)
     if (held := _HELD.get()) is not None:
         held.hold(out)
-    return StageOutput(
+    return StageOutput[manifest](
         stage=stage,
         key=key,
         path=str(out),
-        manifest=manifest,
+        manifest=written,
         cached=cached,
         seconds=round(time.perf_counter() - start, 3),
     )
 
 
-def _reuse_or_build(
-    out: Path, stage: str, key: str, build: Callable[[Path], dict[str, Any]]
-) -> tuple[dict[str, Any], bool]:
+def _reuse_or_build(out: Path, stage: str, key: str, build: Callable[[Path], M], manifest: type[M]) -> tuple[M, bool]:
     """A complete output is reused under a shared lock (readers never wait on each other, nor on
     a pipeline run holding it); building takes the exclusive one, then looks again."""
     with file_lock(lock_file(out), shared=True):
         if is_complete(out):
             os.utime(out / MANIFEST)  # last used now: what `prune` goes by
-            return read_json(out / MANIFEST), True
+            return manifest.model_validate(read_json(out / MANIFEST)), True
     with file_lock(lock_file(out)):
         if is_complete(out):  # built meanwhile
             os.utime(out / MANIFEST)
-            return read_json(out / MANIFEST), True
+            return manifest.model_validate(read_json(out / MANIFEST)), True
         if _REUSE_ONLY.get():
             raise NotCached(f"{stage}/{key}")
         return build(out), False

@@ -68,8 +68,8 @@ def test_corrupt_parquet(tmp_path):
 def test_csv_row_with_extra_fields_is_rejected_and_row_numbers_stay_true(tmp_path):
     (tmp_path / "m.csv").write_text('text,label\nok,1\nbroken,1,extra,fields\n"two\nlines",0\nlast,1\n')
     manifest = ingest_one(tmp_path, "m.csv")
-    assert manifest["rows"] == 4 and manifest["kept"] == 3
-    assert manifest["rejected"] == {"malformed row (more fields than the header)": 1}
+    assert manifest.rows == 4 and manifest.kept == 3
+    assert manifest.rejected == {"malformed row (more fields than the header)": 1}
     df = pq.read_table(tmp_path / "out").to_pandas().set_index("row")
     assert df.loc[2, "reject"].startswith("malformed row") and pd.isna(df.loc[2, "text"])
     assert df.loc[3, "text"] == "two\nlines" and df.loc[4, "text"] == "last"
@@ -85,8 +85,8 @@ def test_bad_rows_are_rejected_with_file_row_and_reason(tmp_path):
     data = b"text,label\ngood,1\n,1\n   ,0\nbad \xff\xfe bytes,0\nno label,\nfine,0\n"
     (tmp_path / "rows.csv").write_bytes(data)
     manifest = ingest_one(tmp_path, "rows.csv")
-    assert manifest["rows"] == 6 and manifest["kept"] == 2
-    assert manifest["rejected"] == {
+    assert manifest.rows == 6 and manifest.kept == 2
+    assert manifest.rejected == {
         "empty text": 2,
         "missing label": 1,
         "undecodable bytes (not UTF-8)": 1,
@@ -105,8 +105,8 @@ def test_bad_rows_are_rejected_with_file_row_and_reason(tmp_path):
 def test_malformed_and_null_json_lines_are_rejected(tmp_path):
     (tmp_path / "d.jsonl").write_text('{"text": "ok", "label": "a"}\n{"text": null, "label": "a"}\n{not json\n[1, 2]\n')
     manifest = ingest_one(tmp_path, "d.jsonl")
-    assert manifest["rows"] == 4 and manifest["kept"] == 1
-    assert manifest["rejected"] == {"malformed JSON": 2, "null text": 1}
+    assert manifest.rows == 4 and manifest.kept == 1
+    assert manifest.rejected == {"malformed JSON": 2, "null text": 1}
     df = pq.read_table(tmp_path / "out").to_pandas()
     assert df.loc[df["row"] == 3, "reject"].item() == "malformed JSON"
 
@@ -126,14 +126,14 @@ def test_every_json_fault_is_a_per_line_reject(tmp_path):
         + '{"text": "also ok", "label": "b"}\n'
     )
     manifest = ingest_one(tmp_path, "d.jsonl")
-    assert manifest["rows"] == 4 and manifest["kept"] == 2
-    assert manifest["rejected"] == {"JSON nested too deeply": 1, "malformed JSON": 1}
+    assert manifest.rows == 4 and manifest.kept == 2
+    assert manifest.rejected == {"JSON nested too deeply": 1, "malformed JSON": 1}
 
 
 def test_undecodable_line_in_plain_text(tmp_path):
     (tmp_path / "d.txt").write_bytes(b"fine\n\xc3\x28 broken\nalso fine\n")
     manifest = ingest_one(tmp_path, "d.txt", label_column=None)
-    assert manifest["kept"] == 2 and manifest["files"]["d.txt"]["rejected"] == {"undecodable bytes (not UTF-8)": 1}
+    assert manifest.kept == 2 and manifest.files["d.txt"].rejected == {"undecodable bytes (not UTF-8)": 1}
 
 
 def test_mixed_labelled_and_unlabelled_inputs_are_refused(tmp_path):
@@ -171,8 +171,8 @@ def test_keep_labels_counts_the_others_as_not_selected(datasets, tmp_path):
     manifest = ingest(
         SourceConfig(dataset="names", mirror=str(datasets), keep_labels=["German", "Italian"]), out_dir=tmp_path / "out"
     )
-    assert manifest["rows"] == 20074 and manifest["kept"] == 724 + 709
-    assert manifest["rejected"] == {"label not selected (source.keep_labels)": 20074 - 1433}
+    assert manifest.rows == 20074 and manifest.kept == 724 + 709
+    assert manifest.rejected == {"label not selected (source.keep_labels)": 20074 - 1433}
 
 
 def test_every_reject_keeps_its_reason_through_the_whole_pipeline(tmp_path, client):
@@ -190,9 +190,9 @@ def test_every_reject_keeps_its_reason_through_the_whole_pipeline(tmp_path, clie
         client,
     )
     pre = data.preprocess.manifest
-    assert pre["rejected"] == {"empty text": 1, "missing label": 1, "no tokens after preprocessing": 1}
+    assert pre.rejected == {"empty text": 1, "missing label": 1, "no tokens after preprocessing": 1}
     assert data.rows == 33 and data.kept == 30
-    assert data.rejected == pre["rejected"]
+    assert data.rejected == pre.rejected
     rejects = pq.read_table(f"{data.tensorize.path}/rejects").to_pandas().sort_values("row")
     assert rejects[["source", "row", "reason"]].values.tolist() == [
         ["train.csv", 31, "empty text"],
@@ -314,7 +314,7 @@ def test_an_over_long_csv_record_is_rejected_and_the_rest_read(tmp_path, name):
     manifest = ingest_one(tmp_path, name, max_record_bytes=1000)
     reason = "record longer than 1000 bytes (source's max_record_bytes)"
     wide = {"malformed row (more fields than the header)": 1} if name == "wide.csv" else {}
-    assert manifest["rejected"] == {reason: 2, **wide}
+    assert manifest.rejected == {reason: 2, **wide}
     df = pq.read_table(tmp_path / "out").to_pandas().sort_values("row")
     assert df.loc[df["reject"].isna(), "text"].tolist() == ["ok", "fine", "last"]
     assert df.loc[df["reject"] == reason, "row"].tolist() == ([2, 5] if name == "wide.csv" else [2, 4])
@@ -340,7 +340,7 @@ def test_a_csv_bomb_is_read_in_bounded_memory(tmp_path):
         f"m = ingest(SourceConfig(inputs=[{{'path': {str(tmp_path / 'bomb.csv.gz')!r}}}]), "
         f"out_dir={str(tmp_path / 'out')!r}); "
         "grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) >> 10; "
-        "print(json.dumps([m['kept'], m['rejected'], grown]))"
+        "print(json.dumps([m.kept, m.rejected, grown]))"
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -375,7 +375,7 @@ def test_an_over_long_record_is_rejected_and_the_rest_read(tmp_path, name, layou
     manifest = ingest_one(tmp_path, name, max_record_bytes=1000, **spec)
     reason = "record longer than 1000 bytes (source's max_record_bytes)"
     too_long = 2 if layout != "folder" else 1
-    assert manifest["rows"] == rows and manifest["rejected"] == {reason: too_long}
+    assert manifest.rows == rows and manifest.rejected == {reason: too_long}
     df = pq.read_table(tmp_path / "out").to_pandas()
     assert df.loc[df["reject"].isna(), "text"].str.len().max() < 1000
     if layout != "folder":
@@ -388,7 +388,7 @@ def test_a_csv_field_up_to_max_record_bytes_survives_a_bad_row(tmp_path):
     big = "w " * 100_000
     (tmp_path / "d.csv").write_text(f'text,label\n"{big}",a\nx,b,extra\ny,b\n')
     manifest = ingest_one(tmp_path, "d.csv")
-    assert manifest["rows"] == 3 and manifest["rejected"] == {"malformed row (more fields than the header)": 1}
+    assert manifest.rows == 3 and manifest.rejected == {"malformed row (more fields than the header)": 1}
 
 
 def test_a_json_line_nested_too_deep_for_arrow_is_rejected_not_a_crash(tmp_path):
@@ -405,7 +405,7 @@ def test_a_json_line_nested_too_deep_for_arrow_is_rejected_not_a_crash(tmp_path)
     script = (
         "import json, sys; from rnnlib.config import SourceConfig; from rnnlib.prepare.ingest import ingest; "
         f"m = ingest(SourceConfig(inputs=[{{'path': {str(tmp_path / 'rows.jsonl')!r}}}]), "
-        f"out_dir={str(tmp_path / 'out')!r}); print(json.dumps(m['rejected']), m['kept'])"
+        f"out_dir={str(tmp_path / 'out')!r}); print(json.dumps(m.rejected), m.kept)"
     )
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, (run.returncode, run.stderr[-2000:])
@@ -449,7 +449,5 @@ def test_the_row_by_row_csv_path_numbers_rows_as_pandas_does(tmp_path):
     table = pq.read_table(tmp_path / "out").to_pandas()
     kept = table[table["reject"].isna()]
     assert sorted(kept["id"]) == sorted([f"r{i}" for i in range(30)] + ["r-quoted"])
-    assert len(table) == manifest["rows"] == 32 and manifest["rejected"] == {
-        "malformed row (more fields than the header)": 1
-    }
+    assert len(table) == manifest.rows == 32 and manifest.rejected == {"malformed row (more fields than the header)": 1}
     assert kept.set_index("id").loc["r-quoted", "text"] == "two lines\n\n  \nwith blanks"

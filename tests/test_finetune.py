@@ -70,7 +70,7 @@ def test_gradual_unfreezing_trains_one_more_group_each_epoch(names_tensors, tmp_
             cfg=TrainConfig(epochs=epochs, lr=3e-3, patience=10, gradual_unfreezing=True),
         )
         changed.append(_changed(start, torch.load(tmp_path / LAST, weights_only=True)["model"]))
-    assert [h["trained_groups"] for h in summary["history"]] == [1, 2, 3]
+    assert [h["trained_groups"] for h in summary.history] == [1, 2, 3]
     assert changed[0]["head"] > 0 and changed[0]["recurrent"] == changed[0]["embedding"] == 0
     assert changed[1]["recurrent"] > 0 and changed[1]["embedding"] == 0
     assert changed[2]["embedding"] > 0

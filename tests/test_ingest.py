@@ -33,7 +33,7 @@ def test_csv_with_header_and_concatenated_columns(tmp_path):
     assert df["label"].tolist() == ["Business", "Sports"]
     assert df["source"].tolist() == ["news.csv"] * 2 and df["row"].tolist() == [1, 2]
     assert df["id"].tolist() == ["news.csv:1", "news.csv:2"]
-    assert manifest["rows"] == manifest["kept"] == 2
+    assert manifest.rows == manifest.kept == 2
 
 
 def test_headerless_csv_by_position_as_ag_news_is_laid_out(tmp_path):
@@ -61,7 +61,7 @@ def test_jsonl_and_zipped_jsonl(tmp_path):
         manifest, df = run(tmp_path / name.replace(".", "_"), InputSpec(path=str(tmp_path / name)))
         assert df["text"].tolist() == [f"doc {i}" for i in range(5)]
         assert df["label"].tolist() == ["0", "1", "0", "1", "0"]
-        assert manifest["kept"] == 5
+        assert manifest.kept == 5
 
 
 def test_jsonl_blocks_parsed_by_arrow_or_line_by_line_agree(tmp_path, monkeypatch):
@@ -82,7 +82,7 @@ def test_jsonl_blocks_parsed_by_arrow_or_line_by_line_agree(tmp_path, monkeypatc
     _, by_line = run(tmp_path / "lines", spec, partition_rows=7)
     pd.testing.assert_frame_equal(df, by_line)
     assert df["row"].tolist() == list(range(1, 41))
-    assert manifest["rejected"] == {"malformed JSON": 1, "undecodable bytes (not UTF-8)": 1, "missing label": 4}
+    assert manifest.rejected == {"malformed JSON": 1, "undecodable bytes (not UTF-8)": 1, "missing label": 4}
     kept = df[df["reject"].isna()]
     assert kept["id"].tolist() == [str(i) for i in range(40) if i % 10 != 7 and i not in (25, 33)]
     assert kept["label"].tolist() == [str(int(i) % 3) for i in kept["id"]]
@@ -99,7 +99,7 @@ def test_plain_text_is_unlabelled_one_document_per_line(tmp_path):
     (tmp_path / "dump.txt").write_text("first doc\nsecond doc\n")
     manifest, df = run(tmp_path, InputSpec(path=str(tmp_path / "dump.txt"), label_column=None))
     assert df["text"].tolist() == ["first doc", "second doc"]
-    assert df["label"].isna().all() and manifest["labelled"] is False
+    assert df["label"].isna().all() and manifest.labelled is False
 
 
 def _folder_layout(root: Path) -> None:
@@ -137,7 +137,7 @@ def test_partitions_are_bounded(tmp_path):
         SourceConfig(inputs=[InputSpec(path=str(tmp_path / "d.txt"), label_column=None)], partition_rows=10),
         out_dir=tmp_path / "out",
     )
-    sizes = [pq.read_metadata(tmp_path / "out" / p).num_rows for p in manifest["parts"]]
+    sizes = [pq.read_metadata(tmp_path / "out" / p).num_rows for p in manifest.parts]
     assert sizes == [10, 10, 5]
 
 
@@ -152,7 +152,7 @@ def test_partitions_are_bounded_by_text_bytes_too(tmp_path):
         ),
         out_dir=tmp_path / "out",
     )
-    parts = [pq.read_table(tmp_path / "out" / p)["text"].to_pylist() for p in manifest["parts"]]
+    parts = [pq.read_table(tmp_path / "out" / p)["text"].to_pylist() for p in manifest.parts]
     assert [[len(t) for t in part] for part in parts] == [[5, 40], [200], [10, 10, 10], [90, 1], [60], [60, 30]]
 
 
@@ -164,14 +164,14 @@ def test_folder_layout_partitions_are_bounded_and_even(tmp_path):
     manifest = ingest(
         SourceConfig(inputs=[InputSpec(path=str(tmp_path / "docs"))], partition_rows=10), out_dir=tmp_path / "out"
     )
-    sizes = [pq.read_metadata(tmp_path / "out" / p).num_rows for p in manifest["parts"]]
+    sizes = [pq.read_metadata(tmp_path / "out" / p).num_rows for p in manifest.parts]
     assert sizes == [8, 8, 9]  # three units of equal work, not 10, 10, 5
 
 
 def test_mirrored_surnames(datasets, tmp_path):
     manifest = ingest(SourceConfig(dataset="names", mirror=str(datasets)), out_dir=tmp_path / "out")
-    assert manifest["rows"] == manifest["kept"] == 20074
-    assert manifest["files"]["names/Russian.txt"]["rows"] == 9408
+    assert manifest.rows == manifest.kept == 20074
+    assert manifest.files["names/Russian.txt"].rows == 9408
     df = pq.read_table(tmp_path / "out").to_pandas()
     assert df["label"].nunique() == 18
 
@@ -179,7 +179,7 @@ def test_mirrored_surnames(datasets, tmp_path):
 def test_mirrored_tweets_keep_predefined_splits_and_label_names(datasets, tmp_path):
     manifest = ingest(SourceConfig(dataset="semeval2016_tweets", mirror=str(datasets)), out_dir=tmp_path / "o")
     df = pq.read_table(tmp_path / "o").to_pandas()
-    assert manifest["rows"] == 6000 + 1999 + 20632
+    assert manifest.rows == 6000 + 1999 + 20632
     assert df.groupby("split").size().to_dict() == {"train": 6000, "val": 1999, "test": 20632}
     assert df[df["split"] == "train"]["label"].value_counts().to_dict() == {
         "positive": 3094,
@@ -191,12 +191,12 @@ def test_mirrored_tweets_keep_predefined_splits_and_label_names(datasets, tmp_pa
 @pytest.mark.slow
 def test_mirrored_imdb_folders_and_unlabelled_dump(datasets, tmp_path):
     manifest = ingest(SourceConfig(dataset="imdb", mirror=str(datasets)), out_dir=tmp_path / "imdb")
-    assert manifest["rows"] == manifest["kept"] == 50000
+    assert manifest.rows == manifest.kept == 50000
     df = pq.read_table(tmp_path / "imdb", columns=["split", "label"]).to_pandas()
     assert df.groupby(["split", "label"]).size().tolist() == [12500] * 4
     dump = InputSpec(path=str(datasets / "imdb" / "unsup.jsonl.gz"), label_column=None)
     manifest = ingest(SourceConfig(inputs=[dump]), out_dir=tmp_path / "unsup")
-    assert manifest["rows"] == manifest["kept"] == 50000 and not manifest["labelled"]
+    assert manifest.rows == manifest.kept == 50000 and not manifest.labelled
 
 
 def test_fingerprint_follows_content_not_location(tmp_path):
@@ -231,7 +231,7 @@ def test_compressed_inputs_are_read_transparently(tmp_path, suffix, opener):
     manifest, df = run(
         tmp_path, InputSpec(path=str(tmp_path / f"d.csv{suffix}")), InputSpec(path=str(tmp_path / f"d.jsonl{suffix}"))
     )
-    assert manifest["kept"] == 3 and sorted(df["text"]) == ["first doc", "second doc", "third"]
+    assert manifest.kept == 3 and sorted(df["text"]) == ["first doc", "second doc", "third"]
 
 
 def test_an_input_in_another_encoding_is_read_in_it_and_its_bad_bytes_rejected(tmp_path):
@@ -241,10 +241,10 @@ def test_an_input_in_another_encoding_is_read_in_it_and_its_bad_bytes_rejected(t
     data = b"\n".join(line.encode("cp1252") for line in lines) + b"\nbad \x81 byte\n"
     (tmp_path / "pos.txt").write_bytes(data)
     as_utf8, _ = run(tmp_path, InputSpec(path=str(tmp_path / "pos.txt"), label_column=None))
-    assert as_utf8["rejected"] == {"undecodable bytes (not UTF-8)": 3}
+    assert as_utf8.rejected == {"undecodable bytes (not UTF-8)": 3}
     manifest, df = run(tmp_path, InputSpec(path=str(tmp_path / "pos.txt"), label_column=None, encoding="cp1252"))
-    assert df["text"].tolist()[:3] == lines and manifest["rejected"] == {"undecodable bytes (not cp1252)": 1}
-    assert manifest["encodings"] == {"pos.txt": "cp1252"}
+    assert df["text"].tolist()[:3] == lines and manifest.rejected == {"undecodable bytes (not cp1252)": 1}
+    assert manifest.encodings == {"pos.txt": "cp1252"}
 
 
 def test_encoding_auto_detects_each_file_and_the_manifest_records_it(tmp_path):
@@ -257,9 +257,9 @@ def test_encoding_auto_detects_each_file_and_the_manifest_records_it(tmp_path):
     (tmp_path / "data" / "wide.csv").write_text("text,label\nS\u00f8ren \u0160koda,b\n", encoding="utf-16")
     (tmp_path / "data" / "plain.csv").write_text("text,label\nna\u00efve \u2013 \u20ac,c\n", encoding="utf-8")
     manifest, df = run(tmp_path, InputSpec(path=str(tmp_path / "data" / "*.csv"), encoding="auto"))
-    assert manifest["kept"] == 52 and not manifest["rejected"]
-    assert manifest["encodings"]["plain.csv"] == "utf-8" and manifest["encodings"]["wide.csv"].startswith("utf-16")
-    assert manifest["encodings"]["win.csv"].startswith("cp125")
+    assert manifest.kept == 52 and not manifest.rejected
+    assert manifest.encodings["plain.csv"] == "utf-8" and manifest.encodings["wide.csv"].startswith("utf-16")
+    assert manifest.encodings["win.csv"].startswith("cp125")
     # a short single-byte text fits several code pages: which one is a guess, that it is read is not
     assert set(df["text"]) >= {"S\u00f8ren \u0160koda", "na\u00efve \u2013 \u20ac"}
 
@@ -286,7 +286,7 @@ def test_only_regular_files_are_read_and_paths_without_a_scheme_are_literal(tmp_
     (tmp_path / "classes" / "a.txt").write_text("one\ntwo\n")
     os.mkfifo(tmp_path / "classes" / "b.txt")
     manifest, _ = run(tmp_path, InputSpec(path=str(tmp_path / "classes"), format="file_per_class"))
-    assert manifest["kept"] == 2
+    assert manifest.kept == 2
     (tmp_path / "x.csv").write_text("text,label\nwrong,file\n")
     (tmp_path / "x.csv::y.csv").write_text("text,label\nright,file\n")
     _, df = run(tmp_path, InputSpec(path=str(tmp_path / "x.csv::y.csv"), glob=False))
@@ -304,7 +304,7 @@ def test_a_linked_class_folder_is_fingerprinted_as_it_is_read(tmp_path):
     (tmp_path / "elsewhere" / "neg" / "loop").symlink_to(tmp_path / "data")
     spec = InputSpec(path=str(tmp_path / "data"), format="folder_per_class")
     manifest, _ = run(tmp_path, spec)
-    assert manifest["kept"] == 2
+    assert manifest.kept == 2
     before = fingerprint_inputs(SourceConfig(inputs=[spec]))
     (tmp_path / "elsewhere" / "neg" / "1.txt").write_text("dull, and long")
     assert fingerprint_inputs(SourceConfig(inputs=[spec])) != before
@@ -326,7 +326,7 @@ def test_one_document_files_are_read_in_frames_bounded_by_bytes(tmp_path):
     assert sum(map(len, frames)) == 40 and len(frames) == 14
     assert max(frame["text"].str.len().sum() for frame in frames) <= 300_000
     manifest, _ = run(tmp_path, spec, partition_bytes=300_000)
-    assert manifest["kept"] == 40 and len(manifest["parts"]) >= 13
+    assert manifest.kept == 40 and len(manifest.parts) >= 13
 
 
 def test_a_glob_of_class_files_reads_each_as_its_class_and_a_file_is_no_class_folder(tmp_path):
@@ -342,7 +342,7 @@ def test_a_glob_of_class_files_reads_each_as_its_class_and_a_file_is_no_class_fo
         SourceConfig(inputs=[{"path": str(tmp_path / "*.txt"), "format": "file_per_class"}]), out_dir=tmp_path / "out"
     )
     rows = pq.read_table(tmp_path / "out").to_pandas()
-    assert manifest["kept"] == 3 and sorted(zip(rows["text"], rows["label"])) == [
+    assert manifest.kept == 3 and sorted(zip(rows["text"], rows["label"])) == [
         ("bad", "neg"),
         ("fine", "pos"),
         ("good", "pos"),

@@ -51,7 +51,7 @@ def test_training_starts_from_the_vectors_and_reports_coverage(names_data, tmp_p
     summary = train(names_data.tensorize.path, out_dir=tmp_path / "fit", model=model, cfg=ONE_EPOCH)
     found = [w for w in words if w in vectors or w.lower() in vectors]  # exactly, else lower-cased
     assert len(found) > len(chosen)  # upper-case characters found by their lower case
-    assert summary["initial"]["embeddings"] == {
+    assert summary.initial["embeddings"] == {
         "file": str(path),
         "found": len(found),
         "vocabulary": len(words),

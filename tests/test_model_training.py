@@ -191,8 +191,8 @@ SMALL = ModelConfig(cell="gru", embedding_dim=16, hidden_size=32)
 
 def test_training_streams_shards_and_learns(names_tensors, tmp_path):
     summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=TrainConfig(epochs=3, batch_size=64, lr=3e-3))
-    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3]
-    assert summary["history"][-1]["val_acc"] > 0.6  # majority class is 0.47
+    assert [h["epoch"] for h in summary.history] == [1, 2, 3]
+    assert summary.history[-1]["val_acc"] > 0.6  # majority class is 0.47
     assert (tmp_path / BEST).is_file() and (tmp_path / LAST).is_file()
 
 
@@ -204,7 +204,7 @@ def test_label_smoothing_is_applied(names_tensors, tmp_path):
     smoothed = train(
         names_tensors, out_dir=tmp_path / "smoothed", model=SMALL, cfg=cfg.model_copy(update={"label_smoothing": 0.5})
     )
-    assert plain["history"][0]["val_loss"] < 1.5 < 2.03 < smoothed["history"][0]["val_loss"]
+    assert plain.history[0]["val_loss"] < 1.5 < 2.03 < smoothed.history[0]["val_loss"]
 
 
 def test_batches_are_length_bucketed_and_cover_the_split(names_tensors):
@@ -244,12 +244,12 @@ def test_resume_after_kill_equals_an_uninterrupted_run(names_tensors, tmp_path):
     # it went on from the checkpoint: the killed run's epochs are kept as they were (timings
     # included), and only the epochs after them ran again
     assert f"resuming after epoch {done} from {checkpoint}" in messages
-    assert resumed["history"][:done] == saved["history"]
+    assert resumed.history[:done] == saved["history"]
     ran = [int(m.group(1)) for m in map(re.compile(r"epoch (\d+): train loss").match, messages) if m]
     assert ran == list(range(done + 1, 4))
     # equal up to float summation order (two processes may split CPU reductions differently)
-    assert resumed["best_epoch"] == straight["best_epoch"] and len(resumed["history"]) == 3
-    for a, b in zip(resumed["history"], straight["history"]):
+    assert resumed.best_epoch == straight.best_epoch and len(resumed.history) == 3
+    for a, b in zip(resumed.history, straight.history):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
     final_a = torch.load(tmp_path / "straight" / LAST, weights_only=True)["model"]
@@ -266,10 +266,10 @@ def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(
         json.dumps(
             {
-                "world": summary["world_size"],
-                "epochs": len(summary["history"]),
-                "rows": summary["history"][0]["rows"],
-                "weights": summary["weights_digest"],
+                "world": summary.world_size,
+                "epochs": len(summary.history),
+                "rows": summary.history[0]["rows"],
+                "weights": summary.weights_digest,
             }
         )
     )
@@ -456,10 +456,10 @@ def test_macro_f1_from_the_confusion_matrix_is_scikit_learns():
 def test_the_best_epoch_is_chosen_by_the_monitored_figure(names_tensors, tmp_path, monitor, column, pick):
     cfg = TrainConfig(epochs=4, batch_size=256, lr=3e-3, patience=10, monitor=monitor, label_smoothing=0.3)
     summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=cfg)
-    history = summary["history"]
+    history = summary.history
     best = pick(history, key=lambda h: h[column])
-    assert summary["best_epoch"] == best["epoch"] and summary["best_value"] == best[column]
-    assert summary["monitor"] == monitor
+    assert summary.best_epoch == best["epoch"] and summary.best_value == best[column]
+    assert summary.monitor == monitor
     best_weights = torch.load(tmp_path / BEST, weights_only=True)
     last_weights = torch.load(tmp_path / LAST, weights_only=True)["model"]
     same = all(torch.equal(best_weights[k], last_weights[k]) for k in best_weights)
@@ -470,9 +470,9 @@ def test_min_steps_train_past_the_epochs(names_tensors, tmp_path):
     per_epoch = -(-14052 // 1024)  # batches of 1,024 rows
     cfg = TrainConfig(epochs=1, batch_size=1024, min_steps=3 * per_epoch + 1)
     summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=cfg)
-    assert [h["steps"] for h in summary["history"]] == [per_epoch] * 4 and summary["steps"] == 4 * per_epoch
+    assert [h["steps"] for h in summary.history] == [per_epoch] * 4 and summary.steps == 4 * per_epoch
     plain = train(names_tensors, out_dir=tmp_path / "plain", model=SMALL, cfg=cfg.model_copy(update={"min_steps": 0}))
-    assert len(plain["history"]) == 1
+    assert len(plain.history) == 1
 
 
 @pytest.mark.parametrize(

@@ -66,7 +66,7 @@ def _corpus(tmp_path: Path) -> dict:
 def test_unlabelled_text_is_prepared_but_never_split_counted_or_evaluated(tmp_path):
     settings = _corpus(tmp_path)
     data = prepare(TrainFlowConfig.model_validate(settings))
-    assert data.unlabelled is not None and data.unlabelled.ingest.manifest["rows"] == 200
+    assert data.unlabelled is not None and data.unlabelled.ingest.manifest.rows == 200
     assert data.rows == 120 and data.splits["test"] == 30  # the labelled rows only
     tokens = Vocabulary.load(Path(data.vocab.path) / VOCAB_FILE).tokens
     assert "trainword" in tokens and "unlabelledonlyword" not in tokens and "testonlyword" not in tokens
@@ -86,8 +86,8 @@ def test_vectors_stage_feeds_the_embedding_and_is_rebuilt_only_when_its_text_cha
     trained = train_model(TrainFlowConfig.model_validate(settings))
     assert trained.vectors is not None and not trained.vectors.cached
     vectors_file = Path(trained.vectors.path) / VECTORS_FILE
-    assert vectors_file.read_text().splitlines()[0] == f"{trained.vectors.manifest['vocabulary']} 8"
-    assert trained.fit.manifest["initial"]["embeddings"]["coverage"] == 1.0  # subwords cover every token
+    assert vectors_file.read_text().splitlines()[0] == f"{trained.vectors.manifest.vocabulary} 8"
+    assert trained.fit.manifest.initial["embeddings"]["coverage"] == 1.0  # subwords cover every token
 
     again = train_model(TrainFlowConfig.model_validate(settings))
     assert again.vectors.cached and again.fit.cached and again.vectors.key == trained.vectors.key
@@ -128,19 +128,19 @@ def test_the_encoder_is_pretrained_as_a_language_model_and_starts_the_classifier
     settings = _encoder_settings(tmp_path)
     trained = train_model(TrainFlowConfig.model_validate(settings))
     lm = trained.language_model.manifest
-    assert lm["texts"] + lm["heldout_texts"] == trained.data.splits["train"] + 200  # no test text
-    assert [h["epoch"] for h in lm["history"]] == [1, 2]
-    assert lm["history"][-1]["heldout_perplexity"] < 0.5 * lm["untrained_perplexity"]
-    assert trained.fit.manifest["initial"]["encoder"]["tensors"] == 2 * 4 + 1  # embedding, 2 directions of 4 tensors
+    assert lm.texts + lm.heldout_texts == trained.data.splits["train"] + 200  # no test text
+    assert [h["epoch"] for h in lm.history] == [1, 2]
+    assert lm.history[-1]["heldout_perplexity"] < 0.5 * lm.untrained_perplexity
+    assert trained.fit.manifest.initial["encoder"]["tensors"] == 2 * 4 + 1  # embedding, 2 directions of 4 tensors
 
     config = TrainFlowConfig.model_validate(settings).model
-    network = RNNClassifier(trained.data.vocab.manifest["vocab_size"], 2, config)
+    network = RNNClassifier(trained.data.vocab.manifest.vocab_size, 2, config)
     load_encoder(network, str(Path(trained.language_model.path) / ENCODER_FILE))
     weights = load_file(Path(trained.language_model.path) / ENCODER_FILE)
     assert all(torch.equal(network.state_dict()[k], v) for k, v in weights.items())
     assert {k.split(".")[0] for k in weights} == {"embedding", "layers"}  # never the head
 
-    wider = RNNClassifier(trained.data.vocab.manifest["vocab_size"], 2, config.model_copy(update={"hidden_size": 9}))
+    wider = RNNClassifier(trained.data.vocab.manifest.vocab_size, 2, config.model_copy(update={"hidden_size": 9}))
     with pytest.raises(ConfigError, match="do not fit this model"):
         load_encoder(wider, str(Path(trained.language_model.path) / ENCODER_FILE))
 
@@ -168,7 +168,7 @@ def test_the_language_model_is_rebuilt_only_when_what_it_reads_changes(tmp_path)
     sampled = train_model(
         TrainFlowConfig.model_validate({**settings, "pretrain": {**settings["pretrain"], "encoder_max_texts": 100}})
     )
-    assert sampled.language_model.manifest["texts"] + sampled.language_model.manifest["heldout_texts"] == 100
+    assert sampled.language_model.manifest.texts + sampled.language_model.manifest.heldout_texts == 100
     with pytest.raises(ConfigError, match="bidirectional"):
         train_model(TrainFlowConfig.model_validate({**settings, "model": {**settings["model"], "num_layers": 2}}))
 
@@ -227,11 +227,11 @@ def test_a_killed_language_model_resumes_to_the_uninterrupted_result(tmp_path, m
         resumed = pretrain(tmp_path / "killed")
     assert "resuming the language model after epoch 1" in caplog.text  # not started afresh
     timing = {"seconds", "tokens_per_s"}
-    assert [{k: v for k, v in h.items() if k not in timing} for h in resumed["history"]] == [
-        {k: v for k, v in h.items() if k not in timing} for h in straight["history"]
+    assert [{k: v for k, v in h.items() if k not in timing} for h in resumed.history] == [
+        {k: v for k, v in h.items() if k not in timing} for h in straight.history
     ]
-    assert [h["heldout_perplexity"] for h in resumed["history"]] == [
-        h["heldout_perplexity"] for h in straight["history"]
+    assert [h["heldout_perplexity"] for h in resumed.history] == [
+        h["heldout_perplexity"] for h in straight.history
     ]
     a, b = load_file(tmp_path / "straight" / ENCODER_FILE), load_file(tmp_path / "killed" / ENCODER_FILE)
     assert all(torch.equal(a[k], b[k]) for k in a)

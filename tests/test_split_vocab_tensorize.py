@@ -69,7 +69,7 @@ def test_split_is_stratified_exact_and_deterministic(tmp_path, client):
     write_partitions(tmp_path / "pre", corpus({"A": 1000, "B": 140, "C": 73}), parts=4)
     cfg = SplitConfig(seed=7)
     manifest = split(tmp_path / "pre", out_dir=tmp_path / "s1", cfg=cfg, labelled=True, client=client)
-    counts = {s: v["class_counts"] for s, v in manifest["splits"].items()}
+    counts = {s: v.class_counts for s, v in manifest.splits.items()}
     assert counts["train"] == {"A": 700, "B": 98, "C": 51}
     assert counts["val"] == {"A": 150, "B": 21, "C": 11}
     assert counts["test"] == {"A": 150, "B": 21, "C": 11}
@@ -91,7 +91,7 @@ def test_predefined_test_kept_and_val_carved_from_train(tmp_path, client):
     )
     write_partitions(tmp_path / "pre", frame, parts=3)
     manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True, client=client)
-    rows = {s: v["rows"] for s, v in manifest["splits"].items()}
+    rows = {s: v.rows for s, v in manifest.splits.items()}
     assert rows == {"test": 100, "train": 164, "val": 36}  # 15/85 of 200 carved from train
     df = pq.read_table(tmp_path / "s").to_pandas()
     assert (df[df["id"].str.startswith("t")]["split"] == "test").all()
@@ -109,12 +109,12 @@ def test_a_sample_shrinks_train_and_val_alike_stratified_and_leaves_the_test_who
     manifest = split(
         tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(sample=200), labelled=True, client=client
     )
-    counts = {s: v["class_counts"] for s, v in manifest["splits"].items()}
+    counts = {s: v.class_counts for s, v in manifest.splits.items()}
     assert counts["train"] == {"A": 124, "B": 41} and counts["val"] == {"A": 26, "B": 9}  # 3:1; 70:15
     assert counts["test"] == {"A": 50, "B": 50}
-    assert counts["unused"] == {"A": 450, "B": 150} and manifest["kept"] == 900  # every row accounted
+    assert counts["unused"] == {"A": 450, "B": 150} and manifest.kept == 900  # every row accounted
     again = split(tmp_path / "pre", out_dir=tmp_path / "s2", cfg=SplitConfig(sample=200), labelled=True, client=client)
-    assert again == manifest | {"parts": again["parts"]}
+    assert again == manifest.model_copy(update={"parts": again.parts})
     assert pq.read_table(tmp_path / "s")["split"].equals(pq.read_table(tmp_path / "s2")["split"])
 
 
@@ -123,7 +123,7 @@ def test_rejected_rows_get_no_split_but_stay(tmp_path, client):
     manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True, client=client)
     df = pq.read_table(tmp_path / "s").to_pandas()
     rejected = pq.read_table(tmp_path / "pre")["reject"].is_valid().to_numpy(zero_copy_only=False)
-    assert len(df) == 30 and manifest["kept"] == 27 and df.loc[rejected, "split"].isna().all()
+    assert len(df) == 30 and manifest.kept == 27 and df.loc[rejected, "split"].isna().all()
 
 
 def test_vocab_fits_on_train_only(tmp_path, client):
@@ -156,7 +156,7 @@ def test_vocab_fits_on_train_only(tmp_path, client):
     assert "valonly" not in vocab.tokens
     assert vocab.tokens[:2] == ("<PAD>", "<UNK>")
     assert set(vocab.tokens[2:]) == {"a", "b"} | {f"w{i}" for i in range(7)}
-    assert manifest["labels"] == ["A", "B"]
+    assert manifest.labels == ["A", "B"]
     # most frequent first, ties broken alphabetically
     assert vocab.tokens[2:4] == ("a", "b")
 
@@ -212,13 +212,13 @@ def test_shards_round_trip_and_manifests_add_up(tmp_path, client):
     manifest = tensorize(
         tmp_path / "pre", tmp_path / "s", tmp_path / "v", out_dir=tmp_path / "t", cfg=cfg, labelled=True, client=client
     )
-    assert manifest["rows"] == 420 and manifest["kept"] + sum(manifest["rejected"].values()) == 420
-    assert manifest["rejected"] == {"empty text": 9}
+    assert manifest.rows == 420 and manifest.kept + sum(manifest.rejected.values()) == 420
+    assert manifest.rejected == {"empty text": 9}
     vocab = Vocabulary.load(tmp_path / "v" / VOCAB_FILE)
     labels = LabelEncoder.load(tmp_path / "v" / LABELS_FILE)
     source = pq.read_table(tmp_path / "pre").to_pandas().set_index("id")
     total = 0
-    for name, n in manifest["splits"].items():
+    for name, n in manifest.splits.items():
         split_manifest = pd.read_json(tmp_path / "t" / name / "_manifest.json", typ="series")
         shards = list((tmp_path / "t" / name).glob("shard-*.parquet"))
         assert len(shards) == len(split_manifest["shards"])
@@ -237,7 +237,7 @@ def test_shards_round_trip_and_manifests_add_up(tmp_path, client):
                 split_manifest["truncated"]
                 == (df["id"].isin(frame.loc[frame.index[:40], "id"]) & df["length"].eq(4)).sum()
             )
-    assert total == manifest["kept"]
+    assert total == manifest.kept
 
 
 def test_split_never_reads_the_tokens(tmp_path, monkeypatch):
@@ -255,7 +255,7 @@ def test_split_never_reads_the_tokens(tmp_path, monkeypatch):
 
     monkeypatch.setattr(split_module.pq, "read_table", spy)
     manifest = split(tmp_path / "pre", out_dir=tmp_path / "s", cfg=SplitConfig(), labelled=True)
-    assert manifest["kept"] == 60 and len(read) == 6  # two passes over three partitions
+    assert manifest.kept == 60 and len(read) == 6  # two passes over three partitions
     assert all(columns is not None and "tokens" not in columns and "text" not in columns for columns in read)
 
 

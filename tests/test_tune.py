@@ -70,7 +70,7 @@ def test_a_search_runs_its_trials_once_and_its_best_config_reproduces(tmp_path):
     best = search.config()
     assert best.model.hidden_size == search.best.params["model.hidden_size"]
     fitted = train_model(best)
-    assert fitted.fit.cached and fitted.fit.manifest["best_value"] == search.best.value
+    assert fitted.fit.cached and fitted.fit.manifest.best_value == search.best.value
 
 
 def test_another_space_is_another_study(tmp_path):

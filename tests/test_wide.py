@@ -117,13 +117,13 @@ def test_toggling_wide_reuses_the_recurrent_fit(wide_and_deep):
 def test_an_even_blend_unless_validation_clearly_prefers_another(wide_and_deep):
     """Two halves alike on validation are averaged; a recurrent half that is confidently wrong
     (its head turned around) beside the fitted linear one gets clearly less weight."""
-    from rnnlib.modeling.wide import WideFit, choose_blend
+    from rnnlib.modeling.wide import choose_blend
 
     _, trained = wide_and_deep
     data = trained.data
     val = Path(data.tensorize.path) / "val"
     model = load_bundle(trained.evaluation.bundle).model.eval()
-    fitted = WideFit.model_validate(trained.wide.manifest)
+    fitted = trained.wide.manifest
     alike = choose_blend(model, val, len(data.labels), 64, fitted)
     if abs(alike.deep_val_accuracy - alike.wide_val_accuracy) < 0.01:
         assert alike.weight == 0.5

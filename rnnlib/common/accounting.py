@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel
 
 KEPT = "kept"
 
@@ -18,16 +18,24 @@ def outcomes(reject: pa.Array | pa.ChunkedArray) -> Counter:
     return Counter({str(v["values"]): int(v["counts"]) for v in counts.to_pylist()})
 
 
-def summarise(counters: Iterable[Mapping[str, int]]) -> dict[str, Any]:
-    """Totals over partitions: rows = kept + sum(rejected)."""
+class Accounting(BaseModel):
+    """Where every row went: rows = kept + sum(rejected)."""
+
+    rows: int
+    kept: int
+    rejected: dict[str, int]  # reason -> rows
+
+
+def summarise(counters: Iterable[Mapping[str, int]]) -> Accounting:
+    """Totals over partitions."""
     total: Counter = Counter()
     for counts in counters:
         total.update(counts)
-    return {
-        "rows": sum(total.values()),
-        "kept": total.get(KEPT, 0),
-        "rejected": {k: v for k, v in sorted(total.items()) if k != KEPT},
-    }
+    return Accounting(
+        rows=sum(total.values()),
+        kept=total.get(KEPT, 0),
+        rejected={k: v for k, v in sorted(total.items()) if k != KEPT},
+    )
 
 
 class AccountingError(RuntimeError):

@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 MANIFEST = "_manifest.json"  # "_" keeps Parquet dataset readers off it
 
@@ -39,9 +40,12 @@ def durable_replace(src: str | Path, dst: str | Path) -> None:
 
 
 def write_json(path: str | Path, value: Any, compact: bool = False) -> None:
-    """Write JSON atomically (temporary name, then rename). Indented for people to read, or
-    `compact` for big values: only then does Python use its C encoder."""
+    """Write JSON (a typed model: its JSON form) atomically (temporary name, then rename).
+    Indented for people to read, or `compact` for big values: only then does Python use its C
+    encoder."""
     path = Path(path)
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json", by_alias=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     text = json.dumps(value, sort_keys=True) if compact else json.dumps(value, indent=2, sort_keys=True)
     tmp.write_text(text, encoding="utf-8")

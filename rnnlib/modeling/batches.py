@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from rnnlib.common.storage import MANIFEST, read_json
+from rnnlib.prepare.tensorize import SplitTensors
 
 OPEN_SHARDS = 64  # readers of 1,024 rows each: a few MB
 
@@ -37,8 +37,7 @@ class Batch:
 
 
 def shard_files(split_dir: str | Path) -> list[Path]:
-    manifest = read_json(Path(split_dir) / MANIFEST)
-    return [Path(split_dir) / s["file"] for s in manifest["shards"]]
+    return [Path(split_dir) / s.file for s in SplitTensors.read(split_dir).shards]
 
 
 def collate(ids: pa.ListArray, labels: np.ndarray) -> Batch:

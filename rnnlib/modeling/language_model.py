@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
@@ -162,6 +163,19 @@ def _epoch(
     }
 
 
+class LanguageModelManifest(BaseModel):
+    """The language model stage's manifest: the text it read and its per-epoch perplexity."""
+
+    texts: int
+    heldout_texts: int
+    tokens: int
+    vocabulary: int
+    embeddings: dict[str, Any] | None  # the learnt vectors it started from, if any
+    untrained_perplexity: float
+    history: list[dict[str, Any]]
+    seconds: float
+
+
 def pretrain_encoder(
     tokens_dir: str | Path,
     split_dir: str | Path,
@@ -175,7 +189,7 @@ def pretrain_encoder(
     batch_size: int,
     seed: int,
     device: str = "auto",
-) -> dict[str, Any]:
+) -> LanguageModelManifest:
     """Train the language model; write `encoder.safetensors` (the classifier's embedding and
     recurrent layers) and return the manifest: texts, tokens, per-epoch history with held-out
     perplexity. Checkpoints go to `out_dir` itself, which the caller renames when done."""
@@ -206,17 +220,16 @@ def pretrain_encoder(
                  "%(heldout_perplexity).1f, %(tokens_per_s).0f tokens/s", record)  # fmt: skip
     save_file(encoder_weights(lm.classifier), str(out_dir / ENCODER_FILE))
     (out_dir / CHECKPOINT).unlink()
-    return {
-        "stage": "language_model",
-        "texts": len(training),
-        "heldout_texts": len(heldout),
-        "tokens": int(sum(len(t) for t in training)),
-        "vocabulary": len(vocab.tokens),
-        "embeddings": initial,
-        "untrained_perplexity": state["untrained_perplexity"],
-        "history": state["history"],
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    return LanguageModelManifest(
+        texts=len(training),
+        heldout_texts=len(heldout),
+        tokens=int(sum(len(t) for t in training)),
+        vocabulary=len(vocab.tokens),
+        embeddings=initial,
+        untrained_perplexity=state["untrained_perplexity"],
+        history=state["history"],
+        seconds=round(time.perf_counter() - start, 1),
+    )
 
 
 def load_encoder(network: RNNClassifier, path: str) -> dict[str, Any]:

@@ -31,13 +31,14 @@ from rnnlib.modeling.bundle import save_bundle
 from rnnlib.modeling.card import CARD, model_card
 from rnnlib.modeling.evaluate import Evaluation, Selection, evaluate_bundle
 from rnnlib.modeling.initial import initial_identity
-from rnnlib.modeling.language_model import ENCODER_FILE, pretrain_encoder
+from rnnlib.modeling.language_model import ENCODER_FILE, LanguageModelManifest, pretrain_encoder
 from rnnlib.modeling.model import RNNClassifier
-from rnnlib.modeling.pretrain import VECTORS_FILE, train_vectors
-from rnnlib.modeling.train import BEST, train
+from rnnlib.modeling.pretrain import VECTORS_FILE, VectorsManifest, train_vectors
+from rnnlib.modeling.train import BEST, FitManifest, train
 from rnnlib.modeling.wide import WIDE_FILE, Blend, WideFit, choose_blend, fit_wide, load_wide
 from rnnlib.prepare.pipeline import PreparedData, prepare
-from rnnlib.stages import IN_PROCESS, InProcess, StageOutput, holding_outputs, run_stage
+from rnnlib.prepare.tensorize import TensorizeManifest
+from rnnlib.stages import IN_PROCESS, InProcess, M, StageOutput, holding_outputs, run_stage
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -61,13 +62,13 @@ ENCODER_OPTIONS = {
 
 
 def fit_stage(
-    tensors: StageOutput,
+    tensors: StageOutput[TensorizeManifest],
     *,
     model: ModelConfig,
     cfg: TrainConfig,
     work_dir: str,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> StageOutput:
+) -> StageOutput[FitManifest]:
     """Train. Checkpoints live in `<key>.partial/` until training ends, so a killed run that is
     started again resumes from its last epoch. `on_epoch` watches the epochs (not in the key)."""
 
@@ -84,14 +85,15 @@ def fit_stage(
         params,
         resumable(lambda partial: train(tensors.path, out_dir=partial, model=model, cfg=cfg, on_epoch=on_epoch)),
         code=[train],
+        manifest=FitManifest,
     )
 
 
-def resumable(make: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[str, Any]]:
+def resumable(make: Callable[[Path], M]) -> Callable[[Path], M]:
     """A build that checkpoints: `make` works in `<key>.partial/`, which is renamed into place
     once it ends, so a killed run started again finds its checkpoints there and resumes."""
 
-    def build(out: Path) -> dict[str, Any]:
+    def build(out: Path) -> M:
         partial = out.with_name(out.name + ".partial")
         manifest = make(partial)
         write_json(partial / MANIFEST, manifest)
@@ -103,7 +105,9 @@ def resumable(make: Callable[[Path], dict[str, Any]]) -> Callable[[Path], dict[s
     return build
 
 
-def vectors_stage(data: PreparedData, *, cfg: PretrainConfig, dim: int, seed: int, work_dir: str) -> StageOutput:
+def vectors_stage(
+    data: PreparedData, *, cfg: PretrainConfig, dim: int, seed: int, work_dir: str
+) -> StageOutput[VectorsManifest]:
     """Word vectors from the training split and the unlabelled text (see `pretrain`)."""
     unlabelled = [data.unlabelled.preprocess] if data.unlabelled else []
     params = {
@@ -130,10 +134,11 @@ def vectors_stage(data: PreparedData, *, cfg: PretrainConfig, dim: int, seed: in
             seed=seed,
         ),
         code=[train_vectors],
+        manifest=VectorsManifest,
     )
 
 
-def with_vectors(model: ModelConfig, vectors: StageOutput | None, cfg: PretrainConfig) -> ModelConfig:
+def with_vectors(model: ModelConfig, vectors: StageOutput[VectorsManifest] | None, cfg: PretrainConfig) -> ModelConfig:
     """The model configuration that starts its embedding from learnt vectors, if there are any."""
     if vectors is None:
         return model
@@ -151,7 +156,7 @@ def language_model_stage(
     seed: int,
     device: str,
     work_dir: str,
-) -> StageOutput:
+) -> StageOutput[LanguageModelManifest]:
     """The encoder pretrained as a language model on the training split and the unlabelled text
     (see `language_model`), starting from the learnt vectors if `model` has them. Checkpoints
     live in `<key>.partial/` until it ends, so a killed run resumes from its last epoch."""
@@ -188,17 +193,18 @@ def language_model_stage(
             )
         ),
         code=[pretrain_encoder],
+        manifest=LanguageModelManifest,
     )
 
 
-def with_encoder(model: ModelConfig, language_model: StageOutput | None) -> ModelConfig:
+def with_encoder(model: ModelConfig, language_model: StageOutput[LanguageModelManifest] | None) -> ModelConfig:
     """The model configuration that starts its encoder from the language model, if there is one."""
     if language_model is None:
         return model
     return model.model_copy(update={"encoder": str(Path(language_model.path) / ENCODER_FILE)})
 
 
-def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOutput:
+def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOutput[BaselineResult]:
     """TF-IDF + logistic regression on the prepared rows (see `baseline`). A stage of its own: it
     depends on the data only, so a change to the model or its training reuses it."""
     params = {
@@ -209,44 +215,43 @@ def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOut
         "work_dir": work_dir,
     }
 
-    def build(out: Path) -> dict[str, Any]:
+    def build(out: Path) -> BaselineResult:
         result = fit_baseline(data.preprocess.path, data.split.path, level=level, labels=data.labels)
-        manifest = result.model_dump(mode="json", by_alias=True)
         with building(out) as scratch:
-            write_json(scratch / MANIFEST, manifest)
-        return manifest
+            write_json(scratch / MANIFEST, result)
+        return result
 
-    return run_stage("baseline", params, build, code=[fit_baseline])
+    return run_stage("baseline", params, build, code=[fit_baseline], manifest=BaselineResult)
 
 
-def wide_stage(data: PreparedData, *, buckets: int, seed: int, work_dir: str) -> StageOutput:
+def wide_stage(data: PreparedData, *, buckets: int, seed: int, work_dir: str) -> StageOutput[WideFit]:
     """The linear half of a wide-and-deep model (see `wide`). A stage of its own: it depends on
     the data only, so a change to the recurrent model or its training reuses it."""
     params = {"tensors": data.tensorize, "buckets": buckets, "seed": seed, "work_dir": work_dir}
 
-    def build(out: Path) -> dict[str, Any]:
+    def build(out: Path) -> WideFit:
         with building(out) as scratch:
             fitted = fit_wide(
                 data.tensorize.path, data.vocab_size, len(data.labels), buckets, out_dir=scratch, seed=seed
             )
-            write_json(scratch / MANIFEST, fitted.model_dump(mode="json"))
-        return fitted.model_dump(mode="json")
+            write_json(scratch / MANIFEST, fitted)
+        return fitted
 
-    return run_stage("wide", params, build, code=[fit_wide])
+    return run_stage("wide", params, build, code=[fit_wide], manifest=WideFit)
 
 
 def evaluate_stage(
     data: PreparedData,
-    fitted: StageOutput,
-    baseline: StageOutput | None,
+    fitted: StageOutput[FitManifest],
+    baseline: StageOutput[BaselineResult] | None,
     *,
     preprocess: PreprocessConfig,
     model: ModelConfig,
     max_length: int | None,
     work_dir: str,
-    wide: StageOutput | None = None,
+    wide: StageOutput[WideFit] | None = None,
     batch_size: int = 64,
-) -> StageOutput:
+) -> StageOutput[Evaluation]:
     """Write the model bundle (best weights, vocabulary, labels, preprocessing; with `wide`, the
     linear model too, blended at the weight best on validation) and evaluate it on the test split,
     beside the `baseline` fitted on the same rows (if any); the manifest is the `Evaluation`."""
@@ -263,7 +268,7 @@ def evaluate_stage(
         "work_dir": work_dir,
     }
 
-    def build(out: Path) -> dict[str, Any]:
+    def build(out: Path) -> Evaluation:
         with building(out) as scratch:
             lineage = {
                 "tensors": tensors.key,
@@ -278,27 +283,31 @@ def evaluate_stage(
             if blend is not None:
                 weights.unlink()  # its tensors are in the bundle now
             fit = fitted.manifest
-            selection = Selection(monitor=fit["monitor"], epoch=fit["best_epoch"], value=fit["best_value"])
+            selection = Selection(monitor=fit.monitor, epoch=fit.best_epoch, value=fit.best_value)
             evaluation = evaluate_bundle(
                 scratch / BUNDLE,
                 Path(tensors.path) / "test",
-                history=fit["history"],
+                history=fit.history,
                 selection=selection,
                 blend=blend,
-                baseline=BaselineResult.model_validate(baseline.manifest) if baseline else None,
+                baseline=baseline.manifest if baseline else None,
             )
             (scratch / BUNDLE / CARD).write_text(model_card(scratch / BUNDLE, evaluation), encoding="utf-8")
-            manifest = evaluation.model_copy(update={"bundle": str(out / BUNDLE)}).model_dump(
-                mode="json", by_alias=True
-            )
-            write_json(scratch / MANIFEST, manifest)
-        return manifest
+            evaluation = evaluation.model_copy(update={"bundle": str(out / BUNDLE)})
+            write_json(scratch / MANIFEST, evaluation)
+        return evaluation
 
-    return run_stage("evaluate", params, build, code=[save_bundle, evaluate_bundle, model_card, choose_blend])
+    code = [save_bundle, evaluate_bundle, model_card, choose_blend]
+    return run_stage("evaluate", params, build, code=code, manifest=Evaluation)
 
 
 def blended_weights(
-    fitted: StageOutput, wide: StageOutput, data: PreparedData, model: ModelConfig, batch_size: int, scratch: Path
+    fitted: StageOutput[FitManifest],
+    wide: StageOutput[WideFit],
+    data: PreparedData,
+    model: ModelConfig,
+    batch_size: int,
+    scratch: Path,
 ) -> tuple[Path, Blend]:
     """The fitted recurrent weights with the wide model's beside them, blended at the weight best
     on the validation split; written to a checkpoint in `scratch`."""
@@ -306,9 +315,7 @@ def blended_weights(
     state = torch.load(Path(fitted.path) / BEST, map_location="cpu", weights_only=True)
     network.load_state_dict({**state, **load_wide(Path(wide.path) / WIDE_FILE), "blend": torch.ones(())})
     network.eval()
-    blend = choose_blend(
-        network, Path(data.tensorize.path) / "val", len(data.labels), batch_size, WideFit.model_validate(wide.manifest)
-    )
+    blend = choose_blend(network, Path(data.tensorize.path) / "val", len(data.labels), batch_size, wide.manifest)
     path = scratch / "blended.pt"
     torch.save(network.state_dict(), path)
     return path, blend
@@ -318,12 +325,12 @@ class TrainedModel(BaseModel):
     """The prepared data, the training run and the evaluated bundle."""
 
     data: PreparedData
-    vectors: StageOutput | None = None  # None: pretrain.vectors is off
-    language_model: StageOutput | None = None  # None: pretrain.encoder is off
-    fit: StageOutput
-    wide: StageOutput | None = None  # None: model.wide is off
-    baseline: StageOutput | None  # None: evaluate.baseline is off
-    evaluate: StageOutput
+    vectors: StageOutput[VectorsManifest] | None = None  # None: pretrain.vectors is off
+    language_model: StageOutput[LanguageModelManifest] | None = None  # None: pretrain.encoder is off
+    fit: StageOutput[FitManifest]
+    wide: StageOutput[WideFit] | None = None  # None: model.wide is off
+    baseline: StageOutput[BaselineResult] | None  # None: evaluate.baseline is off
+    evaluate: StageOutput[Evaluation]
     tracking_run: str | None = None  # the MLflow run it was logged as, if tracked
 
     @property
@@ -340,15 +347,15 @@ class TrainedModel(BaseModel):
 
     @property
     def evaluation(self) -> Evaluation:
-        return Evaluation.model_validate(self.evaluate.manifest)
+        return self.evaluate.manifest
 
     @property
     def history(self) -> list[dict[str, Any]]:
-        return self.fit.manifest["history"]
+        return self.fit.manifest.history
 
     @property
     def best_epoch(self) -> int:
-        return self.fit.manifest["best_epoch"]
+        return self.fit.manifest.best_epoch
 
 
 @holding_outputs()  # every stage's output stays until the run ends: never pruned meanwhile

@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from rnnlib.common.storage import MANIFEST, building, partitions, write_json
 from rnnlib.config import ConfigError, PretrainConfig
@@ -59,6 +60,18 @@ def _write_vectors(path: Path, tokens: list[str], vectors: Any, dim: int) -> Non
             fh.write(token + " " + " ".join(f"{v:.5g}" for v in vectors[token]) + "\n")
 
 
+class VectorsManifest(BaseModel):
+    """The vectors stage's manifest: the text learnt from and how the vocabulary was covered."""
+
+    texts: int
+    words: int
+    dim: int
+    vocabulary: int
+    learnt_as_words: int
+    from_subwords_only: int  # tokens too rare to learn, given vectors from their n-grams
+    seconds: float
+
+
 def train_vectors(
     tokens_dir: str | Path,
     split_dir: str | Path,
@@ -69,7 +82,7 @@ def train_vectors(
     cfg: PretrainConfig,
     dim: int,
     seed: int,
-) -> dict[str, Any]:
+) -> VectorsManifest:
     """Learn `dim`-sized vectors and write `vectors.txt` for every vocabulary token."""
     try:
         from gensim.models import FastText
@@ -97,24 +110,23 @@ def train_vectors(
         if t and not any(c.isspace() for c in t)
     ]  # a text vectors file cannot hold those
     known = sum(t in model.wv.key_to_index for t in tokens)
-    manifest = {
-        "stage": "vectors",
-        "texts": model.corpus_count,
-        "words": model.corpus_total_words,
-        "dim": dim,
-        "vocabulary": len(tokens),
-        "learnt_as_words": known,
-        "from_subwords_only": len(tokens) - known,
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    manifest = VectorsManifest(
+        texts=model.corpus_count,
+        words=model.corpus_total_words,
+        dim=dim,
+        vocabulary=len(tokens),
+        learnt_as_words=known,
+        from_subwords_only=len(tokens) - known,
+        seconds=round(time.perf_counter() - start, 1),
+    )
     with building(out_dir) as scratch:
         _write_vectors(scratch / VECTORS_FILE, tokens, model.wv, dim)
         write_json(scratch / MANIFEST, manifest)
     log.info(
         "word vectors from %d texts (%d words): %d of %d vocabulary tokens learnt as words, the rest "
         "from their character n-grams",
-        manifest["texts"],
-        manifest["words"],
+        manifest.texts,
+        manifest.words,
         known,
         len(tokens),
     )

@@ -22,12 +22,12 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from pydantic import BaseModel
 from torch import nn
 from torch.distributed.algorithms.join import Join
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from rnnlib.common.storage import MANIFEST, read_json
 from rnnlib.config import ModelConfig, TrainConfig
 from rnnlib.modeling.batches import ShardBatches
 from rnnlib.modeling.checkpoint import load_checkpoint, save_atomically, save_checkpoint
@@ -36,6 +36,7 @@ from rnnlib.modeling.finetune import layer_groups, optimizer_groups, unfreeze
 from rnnlib.modeling.initial import load_embeddings, warm_start
 from rnnlib.modeling.language_model import load_encoder
 from rnnlib.modeling.model import RNNClassifier
+from rnnlib.prepare.tensorize import SplitTensors
 from rnnlib.prepare.vocab import VOCAB_FILE, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,27 @@ def _distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
 
 
-def class_weights(train_manifest: dict[str, Any], labels: list[str]) -> torch.Tensor:
+class FitManifest(BaseModel):
+    """The fit stage's manifest: every epoch's record and the one kept, by the monitored figure."""
+
+    epoch: int  # epochs run
+    steps: int  # optimizer steps taken
+    history: list[dict[str, Any]]  # a record per epoch: training and validation figures
+    best: float  # the kept epoch's figure, signed so that higher is better
+    best_epoch: int
+    bad_epochs: int  # epochs since the kept one
+    monitor: str
+    best_value: float  # the kept epoch's figure as reported
+    initial: dict[str, Any]  # what the weights started from (vectors, encoder, warm start)
+    stopped_early: bool
+    device: str
+    world_size: int
+    weights_digest: str
+
+
+def class_weights(train_split: SplitTensors, labels: list[str]) -> torch.Tensor:
     """Inverse class frequency, normalised to mean 1."""
-    counts = torch.tensor([train_manifest["class_counts"].get(c, 0) for c in labels], dtype=torch.float)
+    counts = torch.tensor([train_split.class_counts.get(c, 0) for c in labels], dtype=torch.float)
     weights = counts.sum() / counts.clamp(min=1) / len(labels)
     return weights / weights.mean()
 
@@ -153,10 +172,10 @@ class Run:
         if device.type == "cuda" and self.world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
         self.device = device
-        manifest = read_json(tensors_dir / "train" / MANIFEST)
-        self.labels = manifest["labels"]
+        train_split = SplitTensors.read(tensors_dir / "train")
+        self.labels = train_split.labels
         torch.manual_seed(cfg.seed)
-        network = RNNClassifier(manifest["vocab_size"], len(self.labels), model)
+        network = RNNClassifier(train_split.vocab_size, len(self.labels), model)
         self.initial = initialise(network, tensors_dir, self.labels, model, cfg)
         self.network = network.to(device)
         self.groups = layer_groups(network)
@@ -175,7 +194,7 @@ class Run:
             self.optimizer, mode="max" if higher else "min", factor=cfg.lr_factor, patience=cfg.lr_patience
         )
         self.sign = 1.0 if higher else -1.0  # compare as "higher is better"
-        weight = class_weights(manifest, self.labels).to(device) if cfg.class_weights else None
+        weight = class_weights(train_split, self.labels).to(device) if cfg.class_weights else None
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.train_batches = ShardBatches(
             tensors_dir / "train",
@@ -303,18 +322,18 @@ class Run:
         if dist.is_initialized():
             dist.barrier()
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self) -> FitManifest:
         state = self.state
-        return {
+        return FitManifest(
             **state,
-            "monitor": self.cfg.monitor,
-            "best_value": self.sign * state["best"],
-            "initial": self.initial,
-            "stopped_early": state["bad_epochs"] >= self.cfg.patience,
-            "device": str(self.device),
-            "world_size": self.world,
-            "weights_digest": weights_digest(self.network),
-        }
+            monitor=self.cfg.monitor,
+            best_value=self.sign * state["best"],
+            initial=self.initial,
+            stopped_early=state["bad_epochs"] >= self.cfg.patience,
+            device=str(self.device),
+            world_size=self.world,
+            weights_digest=weights_digest(self.network),
+        )
 
 
 def train(
@@ -324,7 +343,7 @@ def train(
     model: ModelConfig,
     cfg: TrainConfig,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
+) -> FitManifest:
     """Train on `tensors_dir/train`, validate on `tensors_dir/val`; checkpoints in `out_dir`.
     Returns the history and the best epoch by `cfg.monitor`; `out_dir/best.pt` holds its weights.
     `on_epoch` sees each epoch's record once it is checkpointed (a search prunes a trial there)."""
@@ -382,12 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     summary = train(args.tensors, out_dir=args.out, model=config.model, cfg=config.train)
-    if summary["world_size"] == 1 or dist.get_rank() == 0:
+    if summary.world_size == 1 or dist.get_rank() == 0:
         log.info(
             "best epoch %d, validation %s %.4f; weights in %s",
-            summary["best_epoch"],
-            summary["monitor"],
-            summary["best_value"],
+            summary.best_epoch,
+            summary.monitor,
+            summary.best_value,
             Path(args.out) / BEST,
         )
     if dist.is_initialized():

@@ -159,10 +159,10 @@ def run_trials(
         model = with_vectors(chosen.model, vectors, chosen.pretrain)
         fitted = fit_stage(data.tensorize, model=model, cfg=chosen.train, work_dir=cfg.work_dir, on_epoch=report)
         fit = fitted.manifest
-        trial.set_user_attr("epochs", len(fit["history"]))
-        trial.set_user_attr("best_epoch", fit["best_epoch"])
+        trial.set_user_attr("epochs", len(fit.history))
+        trial.set_user_attr("best_epoch", fit.best_epoch)
         trial.set_user_attr("seconds", time.perf_counter() - start)
-        return fit["best_value"]
+        return fit.best_value
 
     before = len(study.trials)
     study.optimize(objective, n_trials=trials, timeout=seconds, catch=())

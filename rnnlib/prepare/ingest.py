@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rnnlib.common.accounting import KEPT, summarise
+from rnnlib.common.accounting import KEPT, Accounting, summarise
 from rnnlib.common.cluster import map_partitions
 from rnnlib.common.storage import MANIFEST, building, write_json
 from rnnlib.config import SourceConfig
@@ -204,7 +204,16 @@ def ingest_unit(
     return {"parts": writer.parts, "per_file": dict(per_file)}
 
 
-def ingest(source: SourceConfig, *, out_dir: str | Path, client: Client | None = None) -> dict[str, Any]:
+class IngestManifest(Accounting):
+    """The ingest stage's manifest: the rows read, per file too, and the partitions written."""
+
+    files: dict[str, Accounting]  # per input file (a folder-per-class input: per folder)
+    parts: list[str]
+    labelled: bool
+    encodings: dict[str, str] = {}  # file -> what it was read as, where not UTF-8
+
+
+def ingest(source: SourceConfig, *, out_dir: str | Path, client: Client | None = None) -> IngestManifest:
     """Read all inputs into canonical partitions under `out_dir`, one read unit per task on the
     cluster (or in this process without a client); return the stage manifest."""
     inputs, label_names = resolve_inputs(source)
@@ -235,9 +244,13 @@ def ingest(source: SourceConfig, *, out_dir: str | Path, client: Client | None =
         for result in results:
             for src, counts in result["per_file"].items():
                 per_file[src].update(counts)
-        manifest = _summarise(per_file, [p for r in results for p in r["parts"]], labelled)
-        if encodings:
-            manifest["encodings"] = encodings
+        manifest = IngestManifest(
+            **summarise(per_file.values()).model_dump(),
+            files={src: summarise([c]) for src, c in sorted(per_file.items())},
+            parts=[p for r in results for p in r["parts"]],
+            labelled=labelled,
+            encodings=encodings,
+        )
         write_json(scratch / MANIFEST, manifest)
     return manifest
 
@@ -249,13 +262,3 @@ def _count_outcomes(per_file: defaultdict[str, Counter], table: pa.Table, source
     sources = grouped.get("source", [source] * len(grouped["reject"]))
     for src, reason, n in zip(sources, grouped["reject"], grouped["count_all"]):
         per_file[src][reason or KEPT] += n
-
-
-def _summarise(per_file: dict[str, Counter], parts: list[str], labelled: bool) -> dict[str, Any]:
-    return {
-        "stage": "ingest",
-        **summarise(per_file.values()),
-        "files": {src: summarise([c]) for src, c in sorted(per_file.items())},
-        "parts": parts,
-        "labelled": labelled,
-    }

@@ -28,12 +28,12 @@ from rnnlib.config import (
     TensorizeConfig,
     VocabConfig,
 )
-from rnnlib.prepare.ingest import ingest
-from rnnlib.prepare.preprocess import preprocess
-from rnnlib.prepare.split import UNLABELLED_SPLIT, split
-from rnnlib.prepare.tensorize import tensorize
+from rnnlib.prepare.ingest import IngestManifest, ingest
+from rnnlib.prepare.preprocess import PreprocessManifest, preprocess
+from rnnlib.prepare.split import UNLABELLED_SPLIT, SplitManifest, split
+from rnnlib.prepare.tensorize import TensorizeManifest, tensorize
 from rnnlib.prepare.text import stopword_set
-from rnnlib.prepare.vocab import build_vocabulary
+from rnnlib.prepare.vocab import VocabManifest, build_vocabulary
 from rnnlib.sources.datasets import materialize
 from rnnlib.stages import IN_PROCESS, InProcess, StageOutput, holding_outputs, run_stage
 
@@ -48,18 +48,19 @@ def in_process() -> None:
     return None
 
 
-def ingest_stage(source: SourceConfig, *, work_dir: str, connect: Connect = in_process) -> StageOutput:
+def ingest_stage(source: SourceConfig, *, work_dir: str, connect: Connect = in_process) -> StageOutput[IngestManifest]:
     return run_stage(
         "ingest",
         {"source": source, "work_dir": work_dir},
         lambda out: ingest(source, out_dir=out, client=connect()),
         code=[ingest],
+        manifest=IngestManifest,
     )
 
 
 def preprocess_stage(
-    ingested: StageOutput, *, cfg: PreprocessConfig, work_dir: str, connect: Connect = in_process
-) -> StageOutput:
+    ingested: StageOutput[IngestManifest], *, cfg: PreprocessConfig, work_dir: str, connect: Connect = in_process
+) -> StageOutput[PreprocessManifest]:
     # NLTK's data is read, not imported: the stop words themselves are part of the key
     words = stopword_set(cfg.stopwords_language).to_pylist() if cfg.stopwords else None
     return run_stage(
@@ -67,29 +68,36 @@ def preprocess_stage(
         {"ingested": ingested, "cfg": cfg, "work_dir": work_dir, "stopwords": words},
         lambda out: preprocess(ingested.path, out_dir=out, cfg=cfg, client=connect()),
         code=[preprocess],
+        manifest=PreprocessManifest,
     )
 
 
 def split_stage(
-    tokens: StageOutput, *, labelled: bool, cfg: SplitConfig, work_dir: str, connect: Connect = in_process
-) -> StageOutput:
+    tokens: StageOutput[PreprocessManifest],
+    *,
+    labelled: bool,
+    cfg: SplitConfig,
+    work_dir: str,
+    connect: Connect = in_process,
+) -> StageOutput[SplitManifest]:
     return run_stage(
         "split",
         {"tokens": tokens, "labelled": labelled, "cfg": cfg, "work_dir": work_dir},
         lambda out: split(tokens.path, out_dir=out, cfg=cfg, labelled=labelled, client=connect()),
         code=[split],
+        manifest=SplitManifest,
     )
 
 
 def vocab_stage(
-    tokens: StageOutput,
-    splits: StageOutput,
+    tokens: StageOutput[PreprocessManifest],
+    splits: StageOutput[SplitManifest],
     *,
     labelled: bool,
     cfg: VocabConfig,
     work_dir: str,
     connect: Connect = in_process,
-) -> StageOutput:
+) -> StageOutput[VocabManifest]:
     """Fitted on the training split only; an unlabelled corpus (all of it in split `all`) on
     all of it."""
     counted_split = "train" if labelled else UNLABELLED_SPLIT
@@ -101,19 +109,20 @@ def vocab_stage(
             tokens.path, splits.path, out_dir=out, cfg=cfg, counted_split=counted_split, client=connect()
         ),
         code=[build_vocabulary],
+        manifest=VocabManifest,
     )
 
 
 def tensorize_stage(
-    tokens: StageOutput,
-    splits: StageOutput,
-    vocab: StageOutput,
+    tokens: StageOutput[PreprocessManifest],
+    splits: StageOutput[SplitManifest],
+    vocab: StageOutput[VocabManifest],
     *,
     labelled: bool,
     cfg: TensorizeConfig,
     work_dir: str,
     connect: Connect = in_process,
-) -> StageOutput:
+) -> StageOutput[TensorizeManifest]:
     params = {
         "tokens": tokens,
         "splits": splits,
@@ -129,6 +138,7 @@ def tensorize_stage(
             tokens.path, splits.path, vocab.path, out_dir=out, cfg=cfg, labelled=labelled, client=connect()
         ),
         code=[tensorize],
+        manifest=TensorizeManifest,
     )
 
 
@@ -143,25 +153,25 @@ def unlabelled_source(source: SourceConfig) -> SourceConfig | None:
 class UnlabelledText(BaseModel):
     """Unlabelled text ingested and preprocessed like the labelled rows, for pretraining only."""
 
-    ingest: StageOutput
-    preprocess: StageOutput
+    ingest: StageOutput[IngestManifest]
+    preprocess: StageOutput[PreprocessManifest]
 
 
 class PreparedData(BaseModel):
     """The prepare stages' outputs, checked to account for every input row."""
 
-    ingest: StageOutput
-    preprocess: StageOutput
-    split: StageOutput
-    vocab: StageOutput
-    tensorize: StageOutput
+    ingest: StageOutput[IngestManifest]
+    preprocess: StageOutput[PreprocessManifest]
+    split: StageOutput[SplitManifest]
+    vocab: StageOutput[VocabManifest]
+    tensorize: StageOutput[TensorizeManifest]
     unlabelled: UnlabelledText | None = None
 
     @model_validator(mode="after")
     def _every_row_accounted(self) -> PreparedData:
-        if self.tensorize.manifest["rows"] != self.ingest.manifest["rows"]:
+        if self.tensorize.manifest.rows != self.ingest.manifest.rows:
             raise AccountingError(
-                f"{self.ingest.manifest['rows']} rows ingested, {self.tensorize.manifest['rows']} accounted"
+                f"{self.ingest.manifest.rows} rows ingested, {self.tensorize.manifest.rows} accounted"
             )
         return self
 
@@ -172,31 +182,31 @@ class PreparedData(BaseModel):
 
     @property
     def labelled(self) -> bool:
-        return self.ingest.manifest["labelled"]
+        return self.ingest.manifest.labelled
 
     @property
     def rows(self) -> int:
-        return self.tensorize.manifest["rows"]
+        return self.tensorize.manifest.rows
 
     @property
     def kept(self) -> int:
-        return self.tensorize.manifest["kept"]
+        return self.tensorize.manifest.kept
 
     @property
     def rejected(self) -> dict[str, int]:
-        return self.tensorize.manifest["rejected"]
+        return self.tensorize.manifest.rejected
 
     @property
     def splits(self) -> dict[str, int]:
-        return self.tensorize.manifest["splits"]
+        return self.tensorize.manifest.splits
 
     @property
     def labels(self) -> list[str]:
-        return self.tensorize.manifest["labels"]
+        return self.tensorize.manifest.labels
 
     @property
     def vocab_size(self) -> int:
-        return self.tensorize.manifest["vocab_size"]
+        return self.tensorize.manifest.vocab_size
 
 
 @holding_outputs()  # evaluation reads them after a long fit: never pruned meanwhile
@@ -214,7 +224,7 @@ def prepare(
     connect = connect or (lambda: client)
     source = runner.run(materialize, cfg.source)
     ingested = runner.run(ingest_stage, source, work_dir=work, connect=connect)
-    labelled = ingested.manifest["labelled"]
+    labelled = ingested.manifest.labelled
     tokens = runner.run(preprocess_stage, ingested, cfg=cfg.preprocess, work_dir=work, connect=connect)
     splits = runner.run(split_stage, tokens, labelled=labelled, cfg=cfg.split, work_dir=work, connect=connect)
     vocab = runner.run(vocab_stage, tokens, splits, labelled=labelled, cfg=cfg.vocab, work_dir=work, connect=connect)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from rnnlib.common.accounting import outcomes, summarise
+from rnnlib.common.accounting import Accounting, outcomes, summarise
 from rnnlib.common.cluster import map_partitions
 from rnnlib.common.storage import MANIFEST, building, partitions, write_json
 from rnnlib.config import PreprocessConfig
@@ -58,18 +58,24 @@ def preprocess_partition(in_file: Path, out_file: Path, cfg: PreprocessConfig) -
     }
 
 
+class PreprocessManifest(Accounting):
+    """The preprocess stage's manifest: the rows tokenised and the partitions written."""
+
+    tokens: int
+    parts: list[str]
+
+
 def preprocess(
     in_dir: str | Path, *, out_dir: str | Path, cfg: PreprocessConfig, client: Client | None = None
-) -> dict[str, Any]:
+) -> PreprocessManifest:
     """Tokenise every partition on the cluster; the manifest carries the cumulative accounting."""
     files = partitions(in_dir)
     with building(out_dir) as scratch:
         stats = map_partitions(client, preprocess_partition, files, [scratch / f.name for f in files], cfg=cfg)
-        manifest = {
-            "stage": "preprocess",
-            **summarise(s["outcomes"] for s in stats),
-            "tokens": sum(s["tokens"] for s in stats),
-            "parts": [f.name for f in files],
-        }
+        manifest = PreprocessManifest(
+            **summarise(s["outcomes"] for s in stats).model_dump(),
+            tokens=sum(s["tokens"] for s in stats),
+            parts=[f.name for f in files],
+        )
         write_json(scratch / MANIFEST, manifest)
     return manifest

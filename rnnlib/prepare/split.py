@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 from rnnlib.common.cluster import map_partitions
 from rnnlib.common.storage import MANIFEST, building, partitions, write_json
@@ -137,6 +138,20 @@ def with_split(tokens_file: Path, split_dir: str | Path, **read_options: Any) ->
     return table.append_column("split", assigned)
 
 
+class SplitRows(BaseModel):
+    rows: int
+    class_counts: dict[str, int]
+
+
+class SplitManifest(BaseModel):
+    """The split stage's manifest: each split's rows and classes."""
+
+    splits: dict[str, SplitRows]
+    predefined: list[str]  # splits the input named itself
+    parts: list[str]
+    kept: int
+
+
 def split(
     in_dir: str | Path,
     *,
@@ -144,7 +159,7 @@ def split(
     cfg: SplitConfig,
     labelled: bool,
     client: Client | None = None,
-) -> dict[str, Any]:
+) -> SplitManifest:
     """Assign every kept row of the tokens partitions to train/val/test (`unused` when left out
     by `cfg.sample`; `all` when unlabelled); writes one row-aligned `id, split` partition per tokens partition."""
     files = partitions(in_dir)
@@ -170,15 +185,14 @@ def split(
             for name, labels in part.items():
                 for label, n in labels.items():
                     class_counts[name][label] += n
-        manifest = {
-            "stage": "split",
-            "splits": {
-                name: {"rows": sum(c.values()), "class_counts": dict(sorted(c.items()))}
+        manifest = SplitManifest(
+            splits={
+                name: SplitRows(rows=sum(c.values()), class_counts=dict(sorted(c.items())))
                 for name, c in sorted(class_counts.items())
             },
-            "predefined": sorted(predefined),
-            "parts": [f.name for f in files],
-            "kept": sum(sum(c.values()) for c in class_counts.values()),
-        }
+            predefined=sorted(predefined),
+            parts=[f.name for f in files],
+            kept=sum(sum(c.values()) for c in class_counts.values()),
+        )
         write_json(scratch / MANIFEST, manifest)
     return manifest

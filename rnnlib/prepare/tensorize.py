@@ -12,10 +12,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
-from rnnlib.common.accounting import outcomes, summarise
+from rnnlib.common.accounting import Accounting, outcomes, summarise
 from rnnlib.common.cluster import map_partitions
-from rnnlib.common.storage import MANIFEST, building, partitions, write_json
+from rnnlib.common.storage import MANIFEST, building, partitions, read_json, write_json
 from rnnlib.config import TensorizeConfig
 from rnnlib.prepare.split import with_split
 from rnnlib.prepare.vocab import (
@@ -41,6 +42,45 @@ SHARD_SCHEMA = pa.schema(
 REJECTS_SCHEMA = pa.schema([("id", pa.string()), ("source", pa.string()), ("row", pa.int64()), ("reason", pa.string())])
 REJECTS_DIR = "rejects"
 UNSEEN_LABEL = "label unseen at fit time"
+
+
+class TensorSpace(BaseModel):
+    """What the ids and label indices of the shards mean."""
+
+    schema_version: int
+    vocab_hash: str
+    vocab_size: int
+    labels: list[str]
+    labels_hash: str
+    max_length: int | None
+
+
+class Shard(BaseModel):
+    file: str
+    rows: int
+
+
+class SplitTensors(TensorSpace):
+    """One split's shards (`<split>/_manifest.json`), what reading its batches starts from."""
+
+    split: str
+    rows: int
+    tokens: int
+    unk_tokens: int
+    truncated: int
+    max_length_seen: int
+    class_counts: dict[str, int]
+    shards: list[Shard]
+
+    @classmethod
+    def read(cls, split_dir: str | Path) -> SplitTensors:
+        return cls.model_validate(read_json(Path(split_dir) / MANIFEST))
+
+
+class TensorizeManifest(Accounting, TensorSpace):
+    """The tensorize stage's manifest: where every row went, and each split's rows."""
+
+    splits: dict[str, int]
 
 
 def encode_ids(tokens: pa.Array, vocab: Vocabulary, max_length: int | None) -> tuple[pa.Array, np.ndarray]:
@@ -166,7 +206,7 @@ def tensorize(
     cfg: TensorizeConfig,
     labelled: bool,
     client: Client | None = None,
-) -> dict[str, Any]:
+) -> TensorizeManifest:
     """Write `<split>/shard-*.parquet` with a manifest per split, plus `rejects/` and the
     vocabulary the ids index."""
     files = partitions(tokens_dir)
@@ -189,26 +229,24 @@ def tensorize(
         for part in stats:
             for name, s in part["splits"].items():
                 by_split[name].append(s)
-        common = {
-            "schema_version": SCHEMA_VERSION,
-            "vocab_hash": vocab.hash,
-            "vocab_size": len(vocab.tokens),
-            "labels": list(encoder.labels),
-            "labels_hash": encoder.hash,
-            "max_length": cfg.max_length,
-        }
+        space = TensorSpace(
+            schema_version=SCHEMA_VERSION,
+            vocab_hash=vocab.hash,
+            vocab_size=len(vocab.tokens),
+            labels=list(encoder.labels),
+            labels_hash=encoder.hash,
+            max_length=cfg.max_length,
+        ).model_dump()
         split_manifests = {
-            name: {"split": name, **_merge_split(parts), **common} for name, parts in sorted(by_split.items())
+            name: SplitTensors(split=name, **_merge_split(parts), **space) for name, parts in sorted(by_split.items())
         }
-        for name, manifest in split_manifests.items():
-            write_json(scratch / name / MANIFEST, manifest)
-        accounting = summarise(s["outcomes"] for s in stats)
-        manifest = {
-            "stage": "tensorize",
-            **accounting,
-            "splits": {name: m["rows"] for name, m in split_manifests.items()},
-            **common,
-        }
+        for name, split_manifest in split_manifests.items():
+            write_json(scratch / name / MANIFEST, split_manifest)
+        manifest = TensorizeManifest(
+            **summarise(s["outcomes"] for s in stats).model_dump(),
+            splits={name: m.rows for name, m in split_manifests.items()},
+            **space,
+        )
         vocab.save(scratch / VOCAB_FILE)  # what the ids mean, beside them
         write_json(scratch / MANIFEST, manifest)
     return manifest

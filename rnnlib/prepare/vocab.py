@@ -9,12 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import BaseModel
 
 from rnnlib.common.cluster import map_reduce
 from rnnlib.common.fingerprint import digest_json
@@ -115,6 +116,18 @@ def merge_counts(*tables: pa.Table) -> pa.Table:
     return pa.Table.from_pandas(summed, preserve_index=False)
 
 
+class VocabManifest(BaseModel):
+    """The vocab stage's manifest: the vocabulary and labels, each with its digest."""
+
+    counted_split: str
+    vocab_size: int
+    vocab_hash: str
+    labels: list[str]
+    labels_hash: str
+    tokens_seen: int
+    distinct_tokens_seen: int
+
+
 def build_vocabulary(
     tokens_dir: str | Path,
     split_dir: str | Path,
@@ -123,7 +136,7 @@ def build_vocabulary(
     cfg: VocabConfig,
     counted_split: str,
     client: Client | None = None,
-) -> dict[str, Any]:
+) -> VocabManifest:
     """Fit the vocabulary and label encoder on the rows assigned to `counted_split`."""
     counts = map_reduce(
         client, count_partition, partitions(tokens_dir), merge_counts, split_dir=split_dir, counted_split=counted_split
@@ -147,15 +160,14 @@ def build_vocabulary(
     with building(out_dir) as scratch:
         vocab.save(scratch / VOCAB_FILE)
         labels.save(scratch / LABELS_FILE)
-        manifest = {
-            "stage": "vocab",
-            "counted_split": counted_split,
-            "vocab_size": len(vocab.tokens),
-            "vocab_hash": vocab.hash,
-            "labels": list(labels.labels),
-            "labels_hash": labels.hash,
-            "tokens_seen": int(pc.sum(counts.filter(is_token)["count"]).as_py()),
-            "distinct_tokens_seen": int(pc.sum(is_token).as_py()),
-        }
+        manifest = VocabManifest(
+            counted_split=counted_split,
+            vocab_size=len(vocab.tokens),
+            vocab_hash=vocab.hash,
+            labels=list(labels.labels),
+            labels_hash=labels.hash,
+            tokens_seen=int(pc.sum(counts.filter(is_token)["count"]).as_py()),
+            distinct_tokens_seen=int(pc.sum(is_token).as_py()),
+        )
         write_json(scratch / MANIFEST, manifest)
     return manifest

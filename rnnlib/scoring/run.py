@@ -374,9 +374,9 @@ def account(
         done = summarise([per_input[name]])
         files[name] = {
             "rows": rows,
-            "scored": done["kept"],
-            "rejected": done["rejected"],
-            "unscored": rows - done["rows"],
+            "scored": done.kept,
+            "rejected": done.rejected,
+            "unscored": rows - done.rows,
         }
     unscored = sum(f["unscored"] for f in files.values())
     if any(f["unscored"] < 0 for f in files.values()) or (unscored and not failed):
@@ -388,8 +388,8 @@ def account(
             "bundle_version": run.settings.version,
             "key": run.key,
             "rows": sum(read.values()),
-            "scored": total["kept"],
-            "rejected": total["rejected"],
+            "scored": total.kept,
+            "rejected": total.rejected,
             "unscored": unscored,
             "truncated": truncated,
             "labels": dict(sorted(labels.items())),
