@@ -54,7 +54,7 @@ def test_download_checked_extracted_and_cached(http_root, tmp_path, monkeypatch)
     resolved = materialize(source)
     assert resolved.dataset is None and Path(resolved.inputs[0].path).parent == tmp_path / "cache" / "tiny_names"
     assert sorted(p.name for p in Path(resolved.inputs[0].path).iterdir()) == ["Greek.txt", "Irish.txt"]
-    assert ingest(source, out_dir=tmp_path / "out")["kept"] == 3
+    assert ingest(source, out_dir=tmp_path / "out").kept == 3
     (root / "data.zip").unlink()  # the cached copy is used from now on
     assert materialize(source) == resolved
 
