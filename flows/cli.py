@@ -22,7 +22,14 @@ from rnnlib.config import (
 )
 from rnnlib.errors import InputError
 from rnnlib_flows.reaper import start_reaper
-from rnnlib_flows.render import data_summary, evaluation_summary, stage_table
+from rnnlib_flows.render import (
+    data_summary,
+    evaluation_summary,
+    markdown_table,
+    search_summary,
+    stage_table,
+    trial_rows,
+)
 
 if TYPE_CHECKING:
     from rnnlib.modeling.pipeline import TrainedModel
@@ -220,17 +227,7 @@ def _tune(args: argparse.Namespace) -> int:
     from rnnlib_flows.tune import tune_flow
 
     search, trained, path = tune_flow(config)
-    print(f"\n{'trial':>5} {'state':<9} {'validation ' + search.monitor:>20} {'epochs':>6}  settings")
-    for t in search.trials:
-        value = "" if t.value is None else f"{t.value:.4f}"
-        print(
-            f"{t.number:>5} {t.state:<9} {value:>20} {t.epochs or '':>6}  "
-            + ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in t.params.items())
-        )
-    result = trained.evaluation
-    print(f"\nbest: trial {search.best.number}, validation {search.monitor} {search.best.value:.4f}")
-    print("\n".join(evaluation_summary(result)))
-    print(f"best configuration: {path} (rnnlib train --config {path} reproduces it)\nmodel bundle: {result.bundle}")
+    print("\n".join(["", *markdown_table(trial_rows(search)), "", *search_summary(search, trained.evaluation, path)]))
     return 0
 
 

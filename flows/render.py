@@ -4,10 +4,11 @@ import, so a cached run's summary costs nothing to print."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's stack
     from rnnlib.modeling.evaluate import Evaluation
+    from rnnlib.modeling.tune import Search
     from rnnlib.prepare.pipeline import PreparedData
     from rnnlib.stages import StageOutput
 
@@ -53,3 +54,46 @@ def evaluation_summary(result: Evaluation) -> list[str]:
     if (halves := result.blend_summary()) is not None:
         lines.append(f"the model is {halves}")
     return lines
+
+
+def trial_rows(search: Search) -> list[dict[str, Any]]:
+    """A row per trial of a search: how it ended, its validation figure, epochs and settings."""
+    return [
+        {
+            "trial": t.number,
+            "state": t.state,
+            f"validation {search.monitor}": None if t.value is None else round(t.value, 4),
+            "epochs": t.epochs,
+            "best epoch": t.best_epoch,
+            **{k: round(v, 6) if isinstance(v, float) else v for k, v in t.params.items()},
+        }
+        for t in search.trials
+    ]
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Rows as a table, its columns every key met, in order; a missing or None value is blank."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cell = lambda v: "" if v is None else str(v)  # noqa: E731
+    return [
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        *("| " + " | ".join(cell(row.get(c)) for c in columns) + " |" for row in rows),
+    ]
+
+
+def search_summary(search: Search, best: Evaluation, config_path: str) -> list[str]:
+    """The best trial's settings, its model on the test split beside the baseline, and the
+    configuration file that reproduces it."""
+    return [
+        f"{len(search.trials)} trials; the best, trial {search.best.number}, reached validation "
+        f"{search.monitor} {search.best.value:.4f} with:",
+        "",
+        "| setting | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in search.best.params.items()),
+        "",
+        *evaluation_summary(best),
+        "",
+        f"`rnnlib train --config {config_path}` reproduces it (bundle `{best.bundle}`).",
+    ]

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from rnnlib_flows.render import count_table, data_summary, evaluation_summary, stage_table
+from rnnlib_flows.render import count_table, data_summary, evaluation_summary, search_summary, stage_table, trial_rows
 
 if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's stack
     from rnnlib.modeling.evaluate import Evaluation
@@ -153,39 +153,9 @@ def publish_search(search: Search, best: Evaluation, config_path: str) -> None:
     create_table_artifact(
         key="tune-trials",
         description=f"study {search.study}: every trial, its settings and how it ended",
-        table=[
-            {
-                "trial": t.number,
-                "state": t.state,
-                f"validation {search.monitor}": None if t.value is None else round(t.value, 4),
-                "epochs": t.epochs,
-                "best epoch": t.best_epoch,
-                **{k: round(v, 6) if isinstance(v, float) else v for k, v in t.params.items()},
-            }
-            for t in search.trials
-        ],
+        table=trial_rows(search),
     )
-    lines = [
-        f"# tune: study {search.study}",
-        "",
-        f"{len(search.trials)} trials; the best, trial {search.best.number}, reached validation "
-        f"{search.monitor} {search.best.value:.4f} with:",
-        "",
-        "| setting | value |",
-        "|---|---|",
-        *(f"| {k} | {v} |" for k, v in search.best.params.items()),
-        "",
-        f"On the test split ({best.rows} rows):",
-        "",
-        "| metric | model | baseline |",
-        "|---|---|---|",
-        *(
-            f"| {name} | {model:.4f} | {'' if base is None else f'{base:.4f}'} |"
-            for name, model, base in best.comparison()
-        ),
-        "",
-        f"`rnnlib train --config {config_path}` reproduces it (bundle `{best.bundle}`).",
-    ]
+    lines = [f"# tune: study {search.study}", "", *search_summary(search, best, config_path)]
     create_markdown_artifact(
         key="tune-summary",
         markdown="\n".join(lines),
