@@ -13,7 +13,7 @@ in this run:
   kernel      the limit: the model alone over the same reviews, tokenised beforehand, in
               length-sorted batches of 64 with one torch thread (per precision); each rnnlib run
               is shown as a share of it (N workers: N times the one-thread limit);
-  rnnlib-Nw   `rnnlib.scoring.run.score` on a LocalCluster of N worker processes (one torch thread
+  rnnlib-Nw   `rnnlib.scoring.pipeline.score` on a LocalCluster of N worker processes (one torch thread
               each): partitions, length-sorted batches, inference mode, per-partition Parquet;
               `-int8`: the model's recurrent and linear weights quantised to 8 bits; `-bf16`:
               the model in bf16, run only on a CPU with bf16 units (elsewhere it is emulated and
@@ -69,7 +69,8 @@ from rnnlib.prepare.vocab import (  # noqa: E402
     LabelEncoder,
     Vocabulary,
 )
-from rnnlib.scoring.run import ScoreReport, score  # noqa: E402
+from rnnlib.scoring.output import ScoreReport  # noqa: E402
+from rnnlib.scoring.pipeline import score  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_recipes import score_jsonl  # noqa: E402

@@ -323,7 +323,8 @@ def _score(args: argparse.Namespace) -> int:
     if args.print_config:
         return _print_config(config)
     start_reaper()
-    from rnnlib_flows.score import ScoringFailed, score_flow
+    from rnnlib.scoring.pipeline import ScoringFailed
+    from rnnlib_flows.score import score_flow
 
     try:
         result = score_flow(config)

@@ -17,8 +17,8 @@ if TYPE_CHECKING:  # the prepare flow must not pay for importing the model's sta
     from rnnlib.modeling.pipeline import TrainedModel
     from rnnlib.modeling.tune import Search
     from rnnlib.prepare.pipeline import PreparedData
+    from rnnlib.scoring.output import ScoreReport
     from rnnlib.scoring.registry import Decision
-    from rnnlib.scoring.run import ScoreReport
 
 
 def publish_prepared(data: PreparedData) -> None:

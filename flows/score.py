@@ -6,26 +6,22 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
-import time
 
 from prefect import flow, get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
-from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
-from tqdm import tqdm
 
 from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.errors import InputError
-from rnnlib.scoring.run import ScoreReport, ScoreRun, input_name, output_dir_for
+from rnnlib.scoring.output import ScoreReport, output_dir_for
+from rnnlib.scoring.pipeline import ScoringFailed, reason, score
 from rnnlib_flows.reports import publish_scoring
 from rnnlib_tasks.dask_clients import close_clients
-from rnnlib_tasks.score import plan_task, read_input_task, score_partition_task
+from rnnlib_tasks.score import PrefectScoring
 
 
-class ScoringFailed(RuntimeError):
-    """Some inputs or partitions failed; the others finished and are in the output."""
+class FilesFailed(RuntimeError):
+    """Some arrived files could not be scored; the others were."""
 
 
 class ArrivedFile(BaseModel):
@@ -99,12 +95,12 @@ def score_new_files_flow(
                     )
                 reports.append(report)
             except Exception as exc:  # noqa: BLE001 - a bad file is reported, the others go on
-                failed[file.path] = _reason(exc)
+                failed[file.path] = reason(exc)
                 log.error("%s: %s", file.path, failed[file.path])
     finally:
         close_clients()
     if failed:
-        raise ScoringFailed(
+        raise FilesFailed(
             f"{len(failed)} of {len(files)} files failed: "
             + "; ".join(f"{path}: {why}" for path, why in failed.items())
         )
@@ -112,73 +108,13 @@ def score_new_files_flow(
 
 
 def _score_output(config: ScoreConfig) -> ScoreReport:
-    """One output folder: score what is not scored yet, publish the report, and raise when any
-    input or partition failed."""
-    log = get_run_logger()
-    run = plan_task(config)
-    with run.lock():  # one run at a time per output directory
-        if (finished := run.open(config.overwrite)) is not None:
-            log.info(
-                "already complete: %s rows in %s were scored by this bundle with these options; "
-                "nothing to do (overwrite to redo)",
-                finished.rows,
-                run.out,
-            )
-            return finished
-        report = _score(run, config)
-    publish_scoring(report)
-    if report.failed:
-        raise ScoringFailed(
-            f"{len(report.failed)} failed (the rest is written to {run.out}): "
-            + "; ".join(v if v.startswith(k) else f"{k}: {v}" for k, v in report.failed.items())
-        )
-    log.info(
-        "scored %s rows, rejected %s, in %.1f s (%.0f rows/s); output in %s",
-        report.scored,
-        report.rejected or "none",
-        report.seconds,
-        report.rows_per_second,
-        run.out,
-    )
+    """One output folder: what is not scored yet scored, the report published (a run already
+    complete has nothing new to publish); raises when any input or partition failed."""
+    try:
+        report = score(config, steps=PrefectScoring(config.dask))
+    except ScoringFailed as failed:
+        publish_scoring(failed.report)
+        raise
+    if not report.already_complete:
+        publish_scoring(report)
     return report
-
-
-def _score(run: ScoreRun, config: ScoreConfig) -> ScoreReport:
-    """Read every input and score each partition as soon as its input is read; a failure is
-    recorded against its input or partition and the others go on."""
-    start = time.perf_counter()
-    failed: dict[str, str] = {}
-    staged, stats, done = [], [], 0
-    reading = {
-        read_input_task.submit(input_name(unit), i, run, config.dask): input_name(unit)
-        for i, unit in enumerate(run.units)
-    }
-    scoring = {}
-    bar = tqdm(total=0, unit="partition", desc="scoring", disable=not sys.stderr.isatty())
-    progress = create_progress_artifact(0.0, key="scoring-progress", description="partitions scored")
-    for future in as_completed(list(reading)):
-        try:
-            unit = future.result()
-        except Exception as exc:  # noqa: BLE001 - a bad input is reported, the others go on
-            failed[reading[future]] = _reason(exc)
-            continue
-        staged.append(unit)
-        for part in run.pending([unit]):
-            scoring[score_partition_task.submit(part, run, config.dask)] = part.name
-        bar.total = len(scoring)
-        bar.refresh()
-    for future in as_completed(list(scoring)):
-        try:
-            stats.append(future.result())
-        except Exception as exc:  # noqa: BLE001 - a bad partition is reported, the others go on
-            failed[scoring[future]] = _reason(exc)
-        done += 1
-        bar.update(1)
-        update_progress_artifact(progress, 100.0 * done / max(len(scoring), 1))
-    bar.close()
-    return run.finish(sorted(staged, key=lambda u: u.dir), failed, stats, time.perf_counter() - start)
-
-
-def _reason(exc: BaseException) -> str:
-    """Bad input says what and where itself; anything else also says what kind of error."""
-    return str(exc) if isinstance(exc, InputError) else f"{type(exc).__name__}: {exc}"

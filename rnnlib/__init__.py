@@ -4,7 +4,7 @@
     sources/   where text comes from: datasets, inputs, readers
     prepare/   ingest -> preprocess -> split -> vocab -> tensorize   (prepare.pipeline.prepare)
     modeling/  model, batches, train, evaluate, bundle               (modeling.pipeline.train_model)
-    scoring/   a bundle over new text, resumable; the model registry  (scoring.run.score)
+    scoring/   a bundle over new text, resumable; the model registry  (scoring.pipeline.score)
 
 beside `config` (every setting, typed), `errors`, `stages` (content-addressed stage outputs) and
 `common/` (storage, fingerprints, Dask, accounting).
@@ -29,8 +29,8 @@ PUBLIC: dict[str, str | tuple[str, str]] = {
     "train_model": "rnnlib.modeling.pipeline",
     "TrainedModel": "rnnlib.modeling.pipeline",
     "tune": "rnnlib.modeling.tune",
-    "score": "rnnlib.scoring.run",
-    "ScoreReport": "rnnlib.scoring.run",
+    "score": "rnnlib.scoring.pipeline",
+    "ScoreReport": "rnnlib.scoring.output",
     "Predictor": "rnnlib.scoring.predictor",
     "Prediction": "rnnlib.scoring.predictor",
     "InputError": "rnnlib.errors",
@@ -59,10 +59,10 @@ if TYPE_CHECKING:
     from rnnlib.modeling.tune import tune as tune
     from rnnlib.prepare.pipeline import PreparedData as PreparedData
     from rnnlib.prepare.pipeline import prepare as prepare_data  # noqa: F401 - the public name
+    from rnnlib.scoring.output import ScoreReport as ScoreReport
+    from rnnlib.scoring.pipeline import score as score
     from rnnlib.scoring.predictor import Prediction as Prediction
     from rnnlib.scoring.predictor import Predictor as Predictor
-    from rnnlib.scoring.run import ScoreReport as ScoreReport
-    from rnnlib.scoring.run import score as score
 
 
 def __getattr__(name: str) -> Any:

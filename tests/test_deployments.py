@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from rnnlib.scoring.run import MANIFEST, output_dir_for
+from rnnlib.scoring.output import MANIFEST, output_dir_for
 
 REPO = Path(__file__).resolve().parents[1]
 PREFECT = str(Path(sys.executable).with_name("prefect"))

@@ -26,7 +26,7 @@ import torch
 
 from rnnlib.common.storage import MANIFEST
 from rnnlib.config import InputSpec, ScoreConfig
-from rnnlib.scoring.run import REJECTS, SCORES
+from rnnlib.scoring.output import REJECTS, SCORES
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]

@@ -16,9 +16,10 @@ import pytest
 from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.modeling.bundle import load_bundle
 from rnnlib.modeling.inference import predict_proba
+from rnnlib.scoring.output import SCORES
+from rnnlib.scoring.pipeline import score
 from rnnlib.scoring.predictor import Predictor
 from rnnlib.scoring.registry import held_out_rows, promote
-from rnnlib.scoring.run import SCORES, score
 
 REPO = Path(__file__).resolve().parents[1]
 

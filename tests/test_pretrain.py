@@ -230,8 +230,6 @@ def test_a_killed_language_model_resumes_to_the_uninterrupted_result(tmp_path, m
     assert [{k: v for k, v in h.items() if k not in timing} for h in resumed.history] == [
         {k: v for k, v in h.items() if k not in timing} for h in straight.history
     ]
-    assert [h["heldout_perplexity"] for h in resumed.history] == [
-        h["heldout_perplexity"] for h in straight.history
-    ]
+    assert [h["heldout_perplexity"] for h in resumed.history] == [h["heldout_perplexity"] for h in straight.history]
     a, b = load_file(tmp_path / "straight" / ENCODER_FILE), load_file(tmp_path / "killed" / ENCODER_FILE)
     assert all(torch.equal(a[k], b[k]) for k in a)

@@ -21,8 +21,9 @@ from rnnlib.modeling.bundle import (
     save_bundle,
 )
 from rnnlib.modeling.model import RNNClassifier
+from rnnlib.scoring.output import SCORES, output_dir_for, output_lock
+from rnnlib.scoring.pipeline import score
 from rnnlib.scoring.registry import DECISIONS, accuracy, held_out_rows, promote
-from rnnlib.scoring.run import SCORES, output_dir_for, output_lock, score
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +165,7 @@ def test_a_second_scoring_run_into_the_same_output_is_refused_while_the_first_wr
         inputs=[InputSpec(path=str(datasets / "names"), label_column=None)],
     )
     script = (
-        "import sys; from rnnlib.config import ScoreConfig; from rnnlib.scoring.run import score\n"
+        "import sys; from rnnlib.config import ScoreConfig; from rnnlib.scoring.pipeline import score\n"
         f"score(ScoreConfig.model_validate_json({config.model_dump_json()!r}))"
     )
     first = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)

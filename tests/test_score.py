@@ -26,9 +26,7 @@ from rnnlib.errors import InputError
 from rnnlib.modeling.bundle import load_bundle
 from rnnlib.modeling.inference import predict_proba
 from rnnlib.modeling.pipeline import train_model
-from rnnlib.scoring.partition import score_partition, worker_bundle
-from rnnlib.scoring.registry import held_out_rows
-from rnnlib.scoring.run import (
+from rnnlib.scoring.output import (
     MANIFEST,
     REJECTS,
     SCORES,
@@ -36,8 +34,10 @@ from rnnlib.scoring.run import (
     account,
     partition_input,
     plan_run,
-    score,
 )
+from rnnlib.scoring.partition import score_partition, worker_bundle
+from rnnlib.scoring.pipeline import ScoringFailed, score
+from rnnlib.scoring.registry import held_out_rows
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -238,7 +238,7 @@ def test_model_is_loaded_once_per_worker(names_bundle, tmp_path, client):
         client.submit(score_partition, p, run.scores_file(p.name), run.rejects_file(p.name), run.settings, pure=False)
         for p in parts
     ]
-    assert sum(f.result()["scored"] for f in futures) == 300 and len(parts) == 15
+    assert sum(f.result().scored for f in futures) == 300 and len(parts) == 15
     loads = client.run(lambda: worker_bundle.cache_info().misses)
     assert sum(loads.values()) >= 1 and all(n <= 1 for n in loads.values())  # at most once per worker
     assert account(run, staged, {}, {}).scored == 300
@@ -260,6 +260,25 @@ def test_output_of_another_run_or_of_something_else_is_refused(names_bundle, tmp
     assert (tmp_path / "mine" / "precious.txt").exists()
     with pytest.raises(InputError, match="config.json is missing"):
         score(_config(tmp_path, tmp_path / "x", tmp_path / "a.txt"))
+
+
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["in process", "on a Dask cluster"])
+def test_the_library_run_reports_a_corrupt_file_keeps_the_rest_and_resumes(names_bundle, tmp_path, request, on_cluster):
+    """`score()` without Prefect isolates a failed input as the flow does: the rest is scored
+    and accounted, the run raises saying what failed, and a rerun scores only what is missing."""
+    client = request.getfixturevalue("client") if on_cluster else None
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "good.txt").write_text("".join(f"Surname{i}\n" for i in range(50)))
+    (data / "corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+    config = _config(names_bundle, tmp_path / "out", data, partition_rows=20)
+    with pytest.raises(ScoringFailed, match="data/corrupt.parquet") as failed:
+        score(config, client)
+    assert not failed.value.report.complete and failed.value.report.files["data/good.txt"].scored == 50
+    assert read_json(tmp_path / "out" / MANIFEST)["failed"].keys() == {"data/corrupt.parquet"}
+    with pytest.raises(ScoringFailed) as again:  # the same run resumed: the good file is not scored again
+        score(config, client)
+    assert again.value.report.rows_scored_now == 0 and again.value.report.files["data/good.txt"].scored == 50
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -370,7 +389,7 @@ def test_a_scoring_run_keeps_its_identity_across_edits_of_code_it_does_not_run(n
     import shutil
 
     from rnnlib.common import fingerprint
-    from rnnlib.scoring.run import plan_run
+    from rnnlib.scoring.output import plan_run
 
     (tmp_path / "names.txt").write_text("Smith\nRossi\n")
     config = _config(names_bundle, tmp_path / "out", tmp_path / "names.txt")

@@ -7,13 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from pydantic import BaseModel
 
 from rnnlib.common.storage import write_parquet
 from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
@@ -133,7 +133,17 @@ def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> t
     return scores, rejects
 
 
-def score_partition(staged: Path, scores_file: Path, rejects_file: Path, settings: ScoringSettings) -> dict[str, Any]:
+class PartitionScores(BaseModel):
+    """What scoring one partition did."""
+
+    partition: str
+    rows: int
+    scored: int
+    rejected: int
+    text_bytes: int
+
+
+def score_partition(staged: Path, scores_file: Path, rejects_file: Path, settings: ScoringSettings) -> PartitionScores:
     """Score one staged partition. Each file is written atomically, the rejects first: the scores
     file's existence is what marks the partition done."""
     bundle = worker_bundle(settings.bundle, settings.version, settings.device, settings.precision)
@@ -142,10 +152,10 @@ def score_partition(staged: Path, scores_file: Path, rejects_file: Path, setting
     if rejects.num_rows:
         write_parquet(rejects, rejects_file)
     write_parquet(scores, scores_file)
-    return {
-        "partition": staged.name,
-        "rows": table.num_rows,
-        "scored": scores.num_rows,
-        "rejected": rejects.num_rows,
-        "text_bytes": int(pc.sum(pc.binary_length(table["text"])).as_py() or 0),
-    }
+    return PartitionScores(
+        partition=staged.name,
+        rows=table.num_rows,
+        scored=scores.num_rows,
+        rejected=rejects.num_rows,
+        text_bytes=int(pc.sum(pc.binary_length(table["text"])).as_py() or 0),
+    )

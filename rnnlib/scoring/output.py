@@ -8,9 +8,8 @@
     <output>/.stat-index/      input digests by stat, so a rerun does not read unchanged inputs
 
 A run started again with the same identity skips the finished partitions; a finished run is a
-no-op; a different run never writes into another run's output. `score()` runs it all on a Dask
-client (or in this process); the `score` flow runs the same steps as Prefect tasks, one per
-input and per partition, adding retries, progress and failure isolation.
+no-op; a different run never writes into another run's output. `rnnlib.scoring.pipeline.score`
+runs it, on a Dask client, in this process or as the `score` flow's Prefect tasks.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ import logging
 import os
 import posixpath
 import shutil
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +33,6 @@ from fsspec.implementations.local import LocalFileSystem
 from pydantic import BaseModel
 
 from rnnlib.common.accounting import KEPT, AccountingError, summarise
-from rnnlib.common.cluster import map_partitions
 from rnnlib.common.fingerprint import code_version, digest_bytes, digest_json
 from rnnlib.common.stat_index import STAT_INDEX
 from rnnlib.common.storage import MANIFEST, building, is_complete, read_json, write_json
@@ -45,6 +42,7 @@ from rnnlib.modeling.bundle import CONFIG, locate_bundle
 from rnnlib.prepare.ingest import ingest_unit
 from rnnlib.scoring.partition import (
     DEFAULT_MAX_LENGTH,
+    PartitionScores,
     ScoringSettings,
     score_partition,
 )
@@ -52,7 +50,7 @@ from rnnlib.sources.inputs import URL, filesystem, fingerprint_inputs, resolve_i
 from rnnlib.sources.readers import COMPRESSIONS, SUFFIX_FORMATS, ReadUnit, plan_units
 
 if TYPE_CHECKING:
-    from distributed import Client
+    pass
 
 RUN_FILE = "_run.json"
 STAGING, SCORES, REJECTS = "_staging", "scores", "rejects"
@@ -145,7 +143,7 @@ class ScoreRun:
         return [Path(unit.dir) / part for unit in staged for part in unit.parts if not self.scores_file(part).exists()]
 
     def finish(
-        self, staged: list[PartitionedInput], failed: dict[str, str], stats: list[dict[str, Any]], seconds: float
+        self, staged: list[PartitionedInput], failed: dict[str, str], stats: list[PartitionScores], seconds: float
     ) -> ScoreReport:
         """Account for every row from what is on disk, and write the manifest."""
         return account(self, staged, failed, throughput(stats, seconds))
@@ -409,42 +407,13 @@ def _value_counts(column: Any) -> dict[str, int]:
     return {c["values"]: c["counts"] for c in pc.value_counts(column).to_pylist()}
 
 
-def score(config: ScoreConfig, client: Client | None = None) -> ScoreReport:
-    """A whole scoring run without orchestration: inputs read and partitions scored on the Dask
-    cluster (or in this process without a client)."""
-    run = plan_run(config)
-    with run.lock():
-        if (finished := run.open(config.overwrite)) is not None:
-            return finished
-        start = time.perf_counter()
-        staged = map_partitions(
-            client,
-            partition_input,
-            run.units,
-            range(len(run.units)),
-            staging=run.staging,
-            partition_rows=run.partition_rows,
-            partition_bytes=run.partition_bytes,
-        )
-        parts = run.pending(staged)
-        stats = map_partitions(
-            client,
-            score_partition,
-            parts,
-            [run.scores_file(p.name) for p in parts],
-            [run.rejects_file(p.name) for p in parts],
-            settings=run.settings,
-        )
-        return run.finish(staged, {}, stats, time.perf_counter() - start)
-
-
-def throughput(stats: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
+def throughput(stats: list[PartitionScores], seconds: float) -> dict[str, Any]:
     """What this run (or resumed attempt) did, and how fast."""
-    rows = sum(s["rows"] for s in stats)
+    rows = sum(s.rows for s in stats)
     return {
         "seconds": round(seconds, 3),
         "partitions_scored_now": len(stats),
         "rows_scored_now": rows,
         "rows_per_second": round(rows / seconds, 1),
-        "mb_per_second": round(sum(s["text_bytes"] for s in stats) / 1e6 / seconds, 2),
+        "mb_per_second": round(sum(s.text_bytes for s in stats) / 1e6 / seconds, 2),
     }
