@@ -1,6 +1,6 @@
 """Benchmark: batch scoring of the 50,000 unlabelled IMDB reviews (`imdb/unsup.jsonl.gz`).
 
-Every method scores the same reviews with the same model bundle in fp32 (the preprocessing and
+Every method scores the same reviews with the same model bundle (the preprocessing and
 recurrent model of configs/imdb.yaml without its n-gram bag: word level, HTML stripped,
 lower-cased, punctuation removed, a bidirectional GRU of 128 with max pooling; reviews truncated
 at 400 tokens; untrained unless --bundle is given: speed does not depend on the weights), timed
@@ -11,13 +11,14 @@ in this run:
               in file order and score them under torch.no_grad, in one process (torch's default
               threads), results to one Parquet file;
   kernel      the limit: the model alone over the same reviews, tokenised beforehand, in
-              length-sorted batches of 64 with one torch thread (per precision); each rnnlib run
-              is shown as a share of it (N workers: N times the one-thread limit);
-  rnnlib-Nw   `rnnlib.scoring.pipeline.score` on a LocalCluster of N worker processes (one torch thread
+              length-sorted batches of 64 with one thread, run by each scoring engine (fp32,
+              int8, onnx; bf16 only on a CPU with bf16 units: elsewhere it is emulated and far
+              slower); each rnnlib run is shown as a share of its engine's limit (N workers: N
+              times the one-thread limit);
+  rnnlib-Nw   `rnnlib.scoring.pipeline.score` on a LocalCluster of N worker processes (one thread
               each): partitions, length-sorted batches, inference mode, per-partition Parquet;
-              `-int8`: the model's recurrent and linear weights quantised to 8 bits; `-bf16`:
-              the model in bf16, run only on a CPU with bf16 units (elsewhere it is emulated and
-              far slower; see bench_kernel.py).
+              `-ENGINE`: run by that engine (`engine=...`); `-auto`: the engine `engine=auto`
+              measured and chose on this machine (its calibration, once, is not timed).
 
 With --memory GB the reviews are replicated into a JSONL file of at least GB gigabytes (in a
 temporary folder, deleted afterwards) and scored by rnnlib with a small model, sampling the
@@ -57,7 +58,8 @@ from rnnlib.config import (  # noqa: E402
     ScoreConfig,
 )
 from rnnlib.modeling.bundle import load_bundle, save_bundle  # noqa: E402
-from rnnlib.modeling.device import cpu_has_native_bf16, for_inference  # noqa: E402
+from rnnlib.modeling.device import cpu_has_native_bf16  # noqa: E402
+from rnnlib.modeling.engines import available_engines  # noqa: E402
 from rnnlib.modeling.inference import predict_proba  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 from rnnlib.prepare.tensorize import encode_ids  # noqa: E402
@@ -70,6 +72,7 @@ from rnnlib.prepare.vocab import (  # noqa: E402
     Vocabulary,
 )
 from rnnlib.scoring.output import ScoreReport  # noqa: E402
+from rnnlib.scoring.partition import ScoringSettings, load_model, onnx_graph  # noqa: E402
 from rnnlib.scoring.pipeline import score  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -111,25 +114,34 @@ def pretokenised(reviews: list[dict], bundle_dir: Path) -> pa.ListArray:
     return ids.filter(pa.array(lengths > 0))
 
 
-def kernel_seconds(ids: pa.ListArray, bundle_dir: Path, precision: str) -> float:
+def kernel_seconds(ids: pa.ListArray, bundle_dir: Path, engine: str, cache: Path) -> float:
     """Seconds the model alone takes over pre-tokenised reviews, in length-sorted batches of 64,
-    in this process with one torch thread: the most a scoring worker could do."""
+    run by `engine` in this process with one thread: the most a scoring worker could do."""
     bundle = load_bundle(bundle_dir)
-    model = for_inference(bundle.model, precision, torch.device("cpu"))
+    graph = None
+    if engine == "onnx":
+        graph = str(onnx_graph(ScoringSettings(str(bundle_dir), bundle.version, 1, MAX_LENGTH), cache))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
+        loaded = load_model(bundle_dir, "cpu", engine, graph)
         start = time.perf_counter()
-        predict_proba(model, ids, len(bundle.labels.labels), 64)
+        predict_proba(loaded.engine, ids, len(bundle.labels.labels), 64)
         return time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
 
 
 # ---------------------------------------------------------------- rnnlib
-def rnnlib_score(dump: Path, bundle_dir: Path, out: Path, client, precision: str = "auto") -> ScoreReport:
+def rnnlib_score(
+    dump: Path, bundle_dir: Path, out: Path, client, engine: str = "fp32", cache: Path | None = None
+) -> ScoreReport:
     config = ScoreConfig(
-        bundle=str(bundle_dir), inputs=[InputSpec(path=str(dump), id_column="id")], output=str(out), precision=precision
+        bundle=str(bundle_dir),
+        inputs=[InputSpec(path=str(dump), id_column="id")],
+        output=str(out),
+        engine=engine,
+        engine_cache=str(cache or out.parent / "engines"),
     )
     manifest = score(config, client)
     assert manifest.complete and manifest.rows == manifest.scored + sum(manifest.rejected.values())
@@ -214,37 +226,46 @@ def main() -> int:
         start = time.perf_counter()
         rows = score_jsonl(dump, args.rows, bundle_dir, tmp, MAX_LENGTH)
         results = {"baseline": (time.perf_counter() - start, rows)}
-        precisions = ["fp32", "int8"] + (["bf16"] if cpu_has_native_bf16() else [])
+        engines = [e for e in available_engines(torch.device("cpu")) if e != "bf16" or cpu_has_native_bf16()]
         ids = pretokenised(reviews, bundle_dir)
-        limits = {p: kernel_seconds(ids, bundle_dir, p) for p in precisions}
+        cache = tmp / "engines"
+        limits = {engine: kernel_seconds(ids, bundle_dir, engine, cache) for engine in engines}
         warm = tmp / "warm.jsonl"
-        warm.write_text("".join(json.dumps(r) + "\n" for r in reviews[:200]))
-        runs = [(1, "fp32"), (2, "fp32"), *((2, p) for p in precisions[1:])]
-        for workers, precision in runs:
-            method = f"rnnlib-{workers}w" + ("" if precision == "fp32" else f"-{precision}")
+        warm.write_text("".join(json.dumps(r) + "\n" for r in reviews[:600]))
+        runs = [(1, "fp32"), (2, "fp32"), *((2, engine) for engine in engines[1:]), (2, "auto")]
+        chosen = {}
+        for workers, engine in runs:
+            method = f"rnnlib-{workers}w" + ("" if engine == "fp32" else f"-{engine}")
             with dask_client(DaskConfig(n_workers=workers, processes=True)) as client:
                 threads = set(client.run(torch.get_num_threads).values())
-                rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}", client, precision)  # imports, model
+                # imports, the model loaded; auto's engine measured (on 512 of these rows) and cached
+                rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}", client, engine, cache)
                 start = time.perf_counter()
-                manifest = rnnlib_score(dump, bundle_dir, tmp / f"out-{method}", client, precision)
+                manifest = rnnlib_score(dump, bundle_dir, tmp / f"out-{method}", client, engine, cache)
                 results[method] = (time.perf_counter() - start, manifest.rows)
+                chosen[method] = manifest.engine
+                if engine == "auto":
+                    print(f"auto chose {manifest.engine}: {manifest.engine_reason}")
             assert threads == {1}, threads
         base = results["baseline"][0]
         print(
             f"{'method':<16} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11} {'of the kernel limit':>19}"
         )
-        for precision, seconds in limits.items():
+        for engine, seconds in limits.items():
             print(
-                f"{'kernel-1t-' + precision:<16} {seconds:>8.2f} {len(reviews) / seconds:>8.0f} {'':>6} {'':>11} "
+                f"{'kernel-1t-' + engine:<16} {seconds:>8.2f} {len(reviews) / seconds:>8.0f} {'':>6} {'':>11} "
                 f"{'(the limit)':>19}"
             )
-        for (method, (seconds, n)), (workers, precision) in zip(results.items(), [(2, "fp32"), *runs]):
-            share = "" if method == "baseline" else f"{limits[precision] / workers / seconds:>18.0%}"
+        for (method, (seconds, n)), (workers, _) in zip(results.items(), [(2, "fp32"), *runs]):
+            limit = limits.get(chosen.get(method, ""))
+            share = "" if limit is None else f"{limit / workers / seconds:>18.0%}"
             print(
                 f"{method:<16} {seconds:>8.2f} {n / seconds:>8.0f} {text_mb / seconds:>6.2f} "
                 f"{base / seconds:>10.2f}x {share:>19}"
             )
         print(f"scaling 1 -> 2 workers: {results['rnnlib-1w'][0] / results['rnnlib-2w'][0]:.2f}x")
+        auto = results["rnnlib-2w-auto"][0]
+        print(f"auto ({chosen['rnnlib-2w-auto']}) vs 2 workers fp32: {results['rnnlib-2w'][0] / auto:.2f}x")
         if args.memory:
             memory_profile(dump, reviews, args.memory, tmp)
     return 0

@@ -458,12 +458,17 @@ class ScoreConfig(_Strict):
     )
     overwrite: bool = Field(False, description="redo a finished run instead of skipping it")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
-    precision: Literal["auto", "fp32", "bf16", "int8"] = Field(
+    engine: Literal["auto", "fp32", "bf16", "int8", "onnx"] = Field(
         "auto",
-        description="auto: bf16 on a GPU and on a CPU with bf16 units (AVX512-BF16 or "
-        "AMX), where it is faster with probabilities close to fp32's; else fp32. bf16 asked for "
-        "on a CPU without them runs much slower, with a warning. int8: recurrent and linear "
-        "weights quantised to 8 bits, CPU only",
+        description="what runs the model: PyTorch in fp32, bf16 or int8 (recurrent and linear weights "
+        "quantised to 8 bits; CPU only), or ONNX Runtime (onnx: fp32, CPU only; needs the export "
+        "extra). auto: every engine measured on rows of the dump on first use on a machine, the "
+        "fastest that labels at least 99.5% of them as fp32 does is run; the choice is cached in "
+        "engine_cache and named in the run's manifest. On a GPU auto is bf16",
+    )
+    engine_cache: str = Field(
+        default_factory=lambda: os.environ.get("RNNLIB_ENGINE_CACHE", ".rnnlib/engines"),
+        description="where auto's measured choices and exported ONNX graphs are kept (env RNNLIB_ENGINE_CACHE)",
     )
     dask: DaskConfig = Field(default_factory=DaskConfig)
     roots: list[str] = Field(

@@ -15,6 +15,7 @@ os.environ["PREFECT_HOME"] = str(Path(_HOME) / "prefect")
 os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ["RNNLIB_CACHE_DIR"] = str(Path(_HOME) / "downloads")
+os.environ["RNNLIB_ENGINE_CACHE"] = str(Path(_HOME) / "engines")
 os.environ.pop("RNNLIB_DATASETS_MIRROR", None)
 
 import pytest  # noqa: E402

@@ -67,23 +67,58 @@ def test_int8_is_for_the_cpu_only():
 
 
 @pytest.mark.parametrize("native_bf16,expected", [(True, torch.bfloat16), (False, torch.float32)])
-def test_auto_precision_on_either_kind_of_cpu(monkeypatch, native_bf16, expected):
-    """What `auto` loads a model in, and what the evaluation reports it picks, for both answers
-    of the hardware probe, whatever this machine's CPU has."""
-    import pyarrow as pa
+def test_auto_number_format_on_either_kind_of_cpu(monkeypatch, native_bf16, expected):
+    """What `for_inference`'s auto loads a model in, for both answers of the hardware probe,
+    whatever this machine's CPU has."""
     from torch import nn
 
     from rnnlib.modeling import device
-    from rnnlib.modeling.inference import precision_report
-    from rnnlib.modeling.model import RNNClassifier
 
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native_bf16)
     assert next(device.for_inference(nn.Linear(2, 2), "auto", CPU).parameters()).dtype == expected
     assert next(device.for_inference(nn.Linear(2, 2), "fp32", CPU).parameters()).dtype == torch.float32
-    from rnnlib.config import ModelConfig
 
-    # the bag of n-grams too: its average must come out in the model's own format
+
+def test_every_engine_runs_a_model_with_a_bag_of_ngrams_on_either_kind_of_cpu():
+    """Each engine that runs here scores the model, the bag of n-grams included (its average must
+    come out in the model's own format), and is compared with fp32 on the rows."""
+    import pyarrow as pa
+
+    from rnnlib.config import ModelConfig
+    from rnnlib.modeling.inference import choose_engine, engines_for
+    from rnnlib.modeling.model import RNNClassifier
+
     model = RNNClassifier(10, 3, ModelConfig(embedding_dim=4, hidden_size=5, ngrams=2, ngram_buckets=16, ngram_dim=3))
-    report = precision_report(model, pa.array([[2, 3, 4], [5]], pa.list_(pa.int32())), 3)
-    assert report.auto == ("bf16" if native_bf16 else "fp32")
-    assert [a.precision for a in report.agreement] == ["bf16", "int8"]
+    choice = choose_engine(engines_for(model), pa.array([[2, 3, 4], [5]], pa.list_(pa.int32())), 3, 64)
+    assert [t.engine for t in choice.trials] == ["fp32", "bf16", "int8"]  # onnx needs the exported graph
+    assert choice.trial("fp32").labels_same == 1.0 and choice.engine in ("fp32", "bf16", "int8")
+
+
+def test_auto_picks_the_fastest_engine_that_labels_rows_as_fp32_does():
+    """The choice is made on measurements: an engine faster than all but unfaithful to fp32 is
+    passed over for the fastest faithful one, and the reason says why. Engines of known speed
+    and fidelity, so the verdict is the same on every CPU."""
+    import time
+
+    import pyarrow as pa
+
+    from rnnlib.modeling.engines import Engine
+    from rnnlib.modeling.inference import choose_engine
+
+    def engine(name: str, delay: float, flip: bool) -> Engine:
+        def forward(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+            time.sleep(delay)
+            p = torch.tensor([[0.8, 0.2]]).repeat(len(ids), 1)
+            return p.flip(1) if flip else p
+
+        return Engine(name, forward, CPU)
+
+    engines = {
+        "fp32": engine("fp32", 0.02, False),
+        "int8": engine("int8", 0.0, True),  # fastest, but every label differs
+        "onnx": engine("onnx", 0.005, False),
+        "bf16": engine("bf16", 0.01, False),
+    }
+    choice = choose_engine(engines, pa.array([[2, 3]] * 10, pa.list_(pa.int32())), 2, 4)
+    assert choice.engine == "onnx" and choice.trial("int8").labels_same == 0.0
+    assert choice.reason.startswith("onnx: ") and "too far from fp32: int8 (0.00%)" in choice.reason

@@ -30,7 +30,7 @@ def test_rows(names_data) -> pa.Table:
 
 
 def test_predictions_match_the_test_shards_and_a_scoring_run(names_bundle, names_data, test_rows, tmp_path):
-    predictor = Predictor.from_bundle(names_bundle, precision="fp32")  # the shards' own format
+    predictor = Predictor.from_bundle(names_bundle, engine="fp32")  # the shards' own format
     predictions = predictor.predict(test_rows["text"].to_pylist(), top_k=3)
     by_id = dict(zip(test_rows["id"].to_pylist(), predictions))
     shards = pq.read_table(f"{names_data.tensorize.path}/test")
@@ -47,7 +47,7 @@ def test_predictions_match_the_test_shards_and_a_scoring_run(names_bundle, names
         ScoreConfig(
             bundle=str(names_bundle),
             output=str(tmp_path / "out"),
-            precision="fp32",
+            engine="fp32",
             inputs=[InputSpec(path=str(tmp_path / "test.parquet"), id_column="id")],
         )
     )
@@ -100,17 +100,17 @@ def test_predict_command_reads_standard_input_and_prints_a_table(names_bundle):
     assert len(rows) == 2 and rows[0].endswith("Rossi") and rows[1].endswith("Nakamura")
 
 
-# The stated tolerance of the reduced formats, on the surnames test split (3,008 rows): the same
-# label for at least 99% of rows, every probability within 0.05 of fp32's. The same on any CPU:
-# without bf16 units bf16 is emulated, slower but no less exact.
+# The stated tolerance of the engines, on the surnames test split (3,008 rows): the same label for
+# at least 99% of rows, every probability within 0.05 of fp32's. The same on any CPU: without
+# bf16 units bf16 is emulated, slower but no less exact. auto picks among those.
 SAME_LABELS, PROBABILITY_CHANGE = 0.99, 0.05
 
 
-@pytest.mark.parametrize("precision", ["bf16", "int8"])
-def test_reduced_precisions_agree_with_fp32_within_the_stated_tolerance(names_bundle, test_rows, precision):
+@pytest.mark.parametrize("engine", ["bf16", "int8", "onnx", "auto"])
+def test_every_engine_agrees_with_fp32_within_the_stated_tolerance(names_bundle, test_rows, engine, tmp_path):
     texts = test_rows["text"].to_pylist()
-    fp32 = Predictor.from_bundle(names_bundle, precision="fp32").predict(texts, top_k=18)
-    reduced = Predictor.from_bundle(names_bundle, precision=precision).predict(texts, top_k=18)
+    fp32 = Predictor.from_bundle(names_bundle, engine="fp32").predict(texts, top_k=18)
+    reduced = Predictor.from_bundle(names_bundle, engine=engine, engine_cache=tmp_path).predict(texts, top_k=18)
     assert np.mean([a.label == b.label for a, b in zip(fp32, reduced)]) >= SAME_LABELS
     change = max(abs(dict(a.top_k)[label] - p) for a, b in zip(fp32, reduced) for label, p in b.top_k)
     assert change <= PROBABILITY_CHANGE

@@ -35,7 +35,7 @@ from rnnlib.scoring.output import (
     partition_input,
     plan_run,
 )
-from rnnlib.scoring.partition import score_partition, worker_bundle
+from rnnlib.scoring.partition import score_partition, worker_model
 from rnnlib.scoring.pipeline import ScoringFailed, score
 from rnnlib.scoring.registry import held_out_rows
 
@@ -170,7 +170,7 @@ def _assert_scoring_matches_the_shards(bundle_dir: Path, data, tmp_path: Path) -
     input_file = tmp_path / "test-text.parquet"
     pq.write_table(raw.select(["id", "text"]), input_file)
     out = tmp_path / "parity"
-    score(_config(bundle_dir, out, InputSpec(path=str(input_file), id_column="id"), precision="fp32"))
+    score(_config(bundle_dir, out, InputSpec(path=str(input_file), id_column="id"), engine="fp32"))
     scored = _scores(out).to_pandas().set_index("id")
     shards = pq.read_table(f"{data.tensorize.path}/test")
     bundle = load_bundle(bundle_dir)
@@ -233,15 +233,37 @@ def test_model_is_loaded_once_per_worker(names_bundle, tmp_path, client):
         partition_input(u, i, run.staging, run.partition_rows, run.partition_bytes) for i, u in enumerate(run.units)
     ]
     parts = run.pending(staged)
-    client.run(worker_bundle.cache_clear)
+    client.run(worker_model.cache_clear)
     futures = [
         client.submit(score_partition, p, run.scores_file(p.name), run.rejects_file(p.name), run.settings, pure=False)
         for p in parts
     ]
     assert sum(f.result().scored for f in futures) == 300 and len(parts) == 15
-    loads = client.run(lambda: worker_bundle.cache_info().misses)
+    loads = client.run(lambda: worker_model.cache_info().misses)
     assert sum(loads.values()) >= 1 and all(n <= 1 for n in loads.values())  # at most once per worker
     assert account(run, staged, {}, {}).scored == 300
+
+
+def test_auto_engine_is_measured_once_per_machine_then_reused_and_named_in_the_manifest(
+    names_bundle, tmp_path, monkeypatch
+):
+    from rnnlib.scoring import partition
+
+    (tmp_path / "many.txt").write_text("".join(f"Name{i}\n" for i in range(300)))
+    config = _config(names_bundle, tmp_path / "a", tmp_path / "many.txt", engine_cache=str(tmp_path / "engines"))
+    first = score(config)
+    assert first.engine in ("fp32", "bf16", "int8", "onnx") and "same label as fp32 on" in first.engine_reason
+    assert read_json(tmp_path / "a" / MANIFEST)["engine"] == first.engine
+    assert len(list((tmp_path / "engines").glob("choice-*.json"))) == 1
+
+    def measured_again(*args, **kwargs):
+        raise AssertionError("the choice was measured again")
+
+    monkeypatch.setattr(partition, "choose_engine", measured_again)
+    again = score(config.model_copy(update={"output": str(tmp_path / "b")}))
+    assert (again.engine, again.engine_reason) == (first.engine, first.engine_reason)
+    asked = score(config.model_copy(update={"output": str(tmp_path / "c"), "engine": "int8"}))
+    assert (asked.engine, asked.engine_reason) == ("int8", "asked for") and asked.scored == 300
 
 
 def test_output_of_another_run_or_of_something_else_is_refused(names_bundle, tmp_path):
@@ -419,10 +441,12 @@ def test_a_huge_document_is_cut_before_tokenising_and_flagged(names_bundle):
         MAX_CHARS_PER_TOKEN,
         ScoringSettings,
         cut_long_texts,
+        load_model,
         score_table,
     )
 
-    bundle = load_bundle(names_bundle)
+    loaded = load_model(names_bundle, "cpu", "fp32")
+    bundle = loaded.bundle
     settings = ScoringSettings(
         bundle=str(names_bundle),
         version=bundle.version,
@@ -430,7 +454,7 @@ def test_a_huge_document_is_cut_before_tokenising_and_flagged(names_bundle):
         max_length=20,
         batch_size=None,
         device="cpu",
-        precision="fp32",
+        engine="fp32",
     )
     huge = "Rossi" * 400_000
     from rnnlib.prepare.ingest import CANONICAL_SCHEMA
@@ -449,10 +473,10 @@ def test_a_huge_document_is_cut_before_tokenising_and_flagged(names_bundle):
     )
     cut, flags = cut_long_texts(table, 20)
     assert len(cut["text"][0].as_py()) == 20 * MAX_CHARS_PER_TOKEN and flags.to_pylist() == [True, False]
-    scores, rejects = score_table(table, bundle, settings)
+    scores, rejects = score_table(table, loaded, settings)
     assert scores["truncated"].to_pylist() == [True, False] and rejects.num_rows == 0
     first = table.slice(0, 1)
-    alone, _ = score_table(first.set_column(1, "text", pa.array([huge[: 20 * MAX_CHARS_PER_TOKEN]])), bundle, settings)
+    alone, _ = score_table(first.set_column(1, "text", pa.array([huge[: 20 * MAX_CHARS_PER_TOKEN]])), loaded, settings)
     assert scores["probability"][0].as_py() == pytest.approx(alone["probability"][0].as_py())
 
 

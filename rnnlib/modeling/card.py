@@ -10,6 +10,7 @@ from typing import Any
 from rnnlib.common.storage import read_json
 from rnnlib.modeling.bundle import CONFIG, METRICS
 from rnnlib.modeling.evaluate import Evaluation
+from rnnlib.modeling.inference import MIN_AGREEMENT
 
 CARD = "README.md"
 
@@ -30,23 +31,34 @@ def _max_length(tokens: int | None) -> str:
     return f"{tokens} tokens (longer texts are truncated)" if tokens else "none (texts are read whole)"
 
 
-def _precision(evaluation: Evaluation) -> list[str]:
-    """What scoring in a reduced number format changes, and what `auto` picks where evaluated."""
-    report = evaluation.precision
-    if report is None:
+def _engines(evaluation: Evaluation) -> list[str]:
+    """Each scoring engine against fp32 on the test rows, and what `engine: auto` picks where
+    the model was evaluated."""
+    choice = evaluation.engines
+    if choice is None:
         return []
+    auto = choice.trial(choice.engine)
     return [
-        "## Number formats",
+        "## Scoring engines",
         "",
-        f"The figures above are fp32's. Scoring's `precision: auto` runs in {report.auto} on the "
-        f"CPU this model was evaluated on ({report.cpu}): bf16 on a GPU or a CPU with bf16 units, "
-        "else fp32. Predictions of the reduced formats against fp32's, on the CPU:",
+        f"The figures above are fp32's. Scoring's `engine: auto` measures every engine on the "
+        f"machine that scores, once, and runs the fastest that labels at least {MIN_AGREEMENT:.1%} of "
+        f"the rows as fp32 does. Among PyTorch's engines, on the CPU this model was evaluated on "
+        f"({choice.cpu}) it picks **{choice.engine}**, which gives fp32's label to "
+        f"{auto.labels_same:.2%} of {choice.rows} test rows (ONNX Runtime is measured where "
+        "scoring runs). Each engine there:",
         "",
         *_table(
-            ["precision", "test rows", "same label as fp32", "largest probability change"],
+            ["engine", "test rows", "same label as fp32", "largest probability change", "tokens/s"],
             [
-                [a.precision, a.rows, f"{a.labels_same:.2%}", f"{a.max_probability_change:.4f}"]
-                for a in report.agreement
+                [
+                    t.engine,
+                    choice.rows,
+                    f"{t.labels_same:.2%}",
+                    f"{t.max_probability_change:.4f}",
+                    f"{t.tokens_per_second:,.0f}",
+                ]  # fmt: skip
+                for t in choice.trials
             ],
         ),
         "",
@@ -105,7 +117,7 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
         *_training(report["history"], report["selection"]),
         *_evaluation(evaluation, report["per_class"]),
         *_blend(evaluation),
-        *_precision(evaluation),
+        *_engines(evaluation),
         *_limits(evaluation),
     ]
     return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import pyarrow as pa  # noqa: E402
 import torch  # noqa: E402
 from pydantic import BaseModel  # noqa: E402
 
@@ -21,8 +22,8 @@ from rnnlib.common.storage import write_json  # noqa: E402
 from rnnlib.modeling.baseline import BaselineResult  # noqa: E402
 from rnnlib.modeling.batches import ShardBatches  # noqa: E402
 from rnnlib.modeling.bundle import METRICS, load_bundle  # noqa: E402
-from rnnlib.modeling.device import DeviceChoice, pick_device  # noqa: E402
-from rnnlib.modeling.inference import PrecisionReport, held_out_ids, precision_report  # noqa: E402
+from rnnlib.modeling.device import DeviceChoice, default_batch_rows, pick_device  # noqa: E402
+from rnnlib.modeling.inference import EngineChoice, choose_engine, engines_for, held_out_ids  # noqa: E402
 from rnnlib.modeling.metrics import Averages, metrics  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 from rnnlib.modeling.wide import Blend  # noqa: E402
@@ -40,7 +41,7 @@ class Evaluation(BaseModel):
     macro: Averages
     weighted: Averages
     baseline: BaselineResult | None = None  # TF-IDF + logistic regression on the same rows
-    precision: PrecisionReport | None = None  # what scoring in bf16 or int8 changes
+    engines: EngineChoice | None = None  # each scoring engine against fp32, and what `auto` picks
     blend: Blend | None = None  # wide and deep: the weight, and each half alone
 
     def blend_summary(self) -> str | None:
@@ -126,8 +127,8 @@ def evaluate_bundle(
     device: DeviceChoice = "auto",
 ) -> Evaluation:
     """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
-    `history` and the epoch `selection`, the `baseline` fitted on the same rows and what scoring in bf16 or int8 would
-    change; for a wide-and-deep model the `blend` and each half's test accuracy alone), the
+    `history` and the epoch `selection`, the `baseline` fitted on the same rows and how each
+    scoring engine compares with fp32; for a wide-and-deep model the `blend` and each half's test accuracy alone), the
     confusion matrix and the learning curves into the bundle."""
     bundle_dir = Path(bundle_dir)
     target = pick_device(device)
@@ -136,7 +137,7 @@ def evaluate_bundle(
     result = metrics(truth, predicted, list(bundle.labels.labels))
     if baseline is not None and baseline.rows != result["rows"]:
         raise AccountingError(f"the baseline scored {baseline.rows} test rows, the model {result['rows']}")
-    precision = precision_report(bundle.model, held_out_ids(test_dir), len(bundle.labels.labels))
+    engines = measure_engines(bundle.model, held_out_ids(test_dir), len(bundle.labels.labels))
     if blend is not None:
         blend = blend.model_copy(update=halves_alone(bundle.model, test_dir, target))
     report = {
@@ -144,7 +145,7 @@ def evaluate_bundle(
         "history": history,
         "selection": selection.model_dump(),
         "blend": blend.model_dump(mode="json") if blend else None,
-        "precision": precision.model_dump(mode="json"),
+        "engines": engines.model_dump(mode="json"),
         "baseline": baseline.model_dump(mode="json", by_alias=True) if baseline else None,
     }
     write_json(bundle_dir / METRICS, report)
@@ -154,10 +155,17 @@ def evaluate_bundle(
         bundle=str(bundle_dir),
         version=bundle.version,
         baseline=baseline,
-        precision=precision,
+        engines=engines,
         blend=blend,
         **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")},
     )
+
+
+def measure_engines(model: RNNClassifier, ids: pa.ListArray, num_classes: int) -> EngineChoice:
+    """PyTorch's scoring engines on the CPU, on test rows: agreement with fp32 and speed, and
+    which `engine: auto` would pick among them on this CPU. ONNX Runtime is left to the
+    scoring machine's own measurement: exporting costs more than evaluating a small model."""
+    return choose_engine(engines_for(model), ids, num_classes, default_batch_rows(torch.device("cpu")))
 
 
 def halves_alone(model: RNNClassifier, test_dir: str | Path, device: torch.device) -> dict[str, float]:

@@ -13,6 +13,8 @@ shape and must match PyTorch within `tolerance`.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -80,6 +82,20 @@ def _export(module: nn.Module, bundle: Bundle, vocab_size: int, path: Path) -> N
     onnx.save(graph, path)
 
 
+def trace_in_own_process(bundle_dir: str | Path, path: Path) -> None:
+    """`_export` of the bundle's model, run in a fresh Python process: torch's exporter fixes the
+    sequence length of every export after the first in a process (seen with torch 2.13), so
+    each export traces where none has before."""
+    script = (
+        "import sys; from rnnlib.modeling.bundle import load_bundle; from rnnlib.modeling import export as e; "
+        "b = load_bundle(sys.argv[1]); e._export(e.Probabilities(b.model).eval(), b, len(b.vocab.tokens), "
+        "e.Path(sys.argv[2]))"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(bundle_dir), str(path)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ExportError(f"the model could not be traced: {done.stderr.strip()[-500:]}", file=str(bundle_dir))
+
+
 def export_onnx(bundle_dir: str | Path, out: str | Path, tolerance: float = 1e-4) -> Path:
     """Write the bundle's model as ONNX to `out` (atomically), checked against PyTorch."""
     import onnxruntime
@@ -93,7 +109,7 @@ def export_onnx(bundle_dir: str | Path, out: str | Path, tolerance: float = 1e-4
     # exporter's side files (weights written as external data) go with the folder
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
         tmp = Path(scratch) / out.name
-        _export(module, bundle, vocab_size, tmp)
+        trace_in_own_process(bundle_dir, tmp)
         ids, lengths = example_batch(7, 23, vocab_size, seed=1)  # another shape than the traced one
         try:
             got = onnxruntime.InferenceSession(str(tmp)).run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]

@@ -1,11 +1,14 @@
-"""A model's probabilities over token ids, and how far the reduced number formats that scoring
-may run in (`precision`: bf16, int8) move them from fp32's: what `auto` costs, measured on the
-model's own test rows rather than assumed."""
+"""A model's probabilities over token ids from any engine (`engines`), and which engine
+`engine: auto` runs: every engine timed on real rows and compared with fp32, the fastest that
+labels them as fp32 does chosen, rather than assumed from the CPU's name."""
 
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -14,20 +17,24 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel
 
+from rnnlib.common.fingerprint import digest_json
+from rnnlib.common.storage import read_json, write_json
 from rnnlib.modeling.batches import collate
-from rnnlib.modeling.device import for_inference, inference_dtype
+from rnnlib.modeling.engines import Engine, available_engines, machine, onnx_engine, torch_engine
 from rnnlib.modeling.model import RNNClassifier
 
-REDUCED_PRECISIONS = ("bf16", "int8")  # what a CPU can score in besides fp32
 AGREEMENT_ROWS = 2000  # test rows (a seeded sample of larger splits): bf16 is emulated, slowly, without bf16 units
+MIN_AGREEMENT = 0.995  # share of rows an engine must label as fp32 does for `auto` to choose it
+TIMED_PASSES = 3
 
 
 @torch.inference_mode()
-def predict_proba(model: RNNClassifier, ids: pa.ListArray, num_classes: int, batch_size: int) -> np.ndarray:
-    """(rows, classes) probabilities, computed in the model's own precision. Rows are scored in
-    length order, so a batch pads little; on GPU the next batch is built while the current one
-    runs (its results are fetched only after the next is launched)."""
-    device = next(model.parameters()).device
+def predict_proba(model: RNNClassifier | Engine, ids: pa.ListArray, num_classes: int, batch_size: int) -> np.ndarray:
+    """(rows, classes) probabilities from an engine (a model: in its own precision). Rows are
+    scored in length order, so a batch pads little; on GPU the next batch is built while the
+    current one runs (its results are fetched only after the next is launched)."""
+    engine = model if isinstance(model, Engine) else torch_engine(model, "as is")
+    device = engine.device
     lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False)
     order = np.argsort(lengths, kind="stable")
     ordered = ids.take(pa.array(order))
@@ -37,7 +44,7 @@ def predict_proba(model: RNNClassifier, ids: pa.ListArray, num_classes: int, bat
         rows = slice(start, min(start + batch_size, len(ids)))
         batch = collate(ordered.slice(start, rows.stop - start), np.zeros(rows.stop - start, np.int64))
         batch = batch.to(device)
-        probabilities = model(batch.ids, batch.lengths).float().softmax(1)
+        probabilities = engine(batch.ids, batch.lengths)
         if pending is not None:
             out[order[pending[0]]] = pending[1].cpu().numpy()
         pending = (rows, probabilities)
@@ -46,22 +53,26 @@ def predict_proba(model: RNNClassifier, ids: pa.ListArray, num_classes: int, bat
     return out
 
 
-class Agreement(BaseModel):
-    """One number format's predictions against fp32's on the same rows."""
+class EngineTrial(BaseModel):
+    """One engine on the calibration rows, against fp32 on the same rows."""
 
-    precision: str
-    rows: int
+    engine: str
+    tokens_per_second: float
     labels_same: float  # share of rows given fp32's label
     max_probability_change: float  # largest |p - p_fp32| over every row and class
 
 
-class PrecisionReport(BaseModel):
-    """What scoring's `precision: auto` picks on the CPU that evaluated the model, and what each
-    reduced format costs in agreement with fp32 (the same on any CPU: only their speed differs)."""
+class EngineChoice(BaseModel):
+    """What `engine: auto` runs on a machine, why, and what every engine measured there."""
 
+    engine: str
+    reason: str
     cpu: str  # torch's CPU capability, e.g. AVX512
-    auto: str  # what `auto` scores in on that CPU
-    agreement: list[Agreement]
+    rows: int
+    trials: list[EngineTrial]
+
+    def trial(self, engine: str) -> EngineTrial:
+        return next(t for t in self.trials if t.engine == engine)
 
 
 def held_out_ids(test_dir: str | Path, max_rows: int = AGREEMENT_ROWS, seed: int = 0) -> pa.ListArray:
@@ -73,28 +84,64 @@ def held_out_ids(test_dir: str | Path, max_rows: int = AGREEMENT_ROWS, seed: int
     return ids.take(pa.array(picked))
 
 
-def precision_report(
-    model: RNNClassifier, ids: pa.ListArray, num_classes: int, batch_size: int = 64
-) -> PrecisionReport:
-    """Each reduced format's agreement with fp32 over `ids`, on the CPU (where they run)."""
-    fp32 = copy.deepcopy(model).cpu().float()
-    expected = predict_proba(fp32, ids, num_classes, batch_size)
-    agreement = []
-    for precision in REDUCED_PRECISIONS:
-        # native_bf16: measured knowingly, so no warning about emulated bf16's speed
-        reduced = for_inference(copy.deepcopy(fp32), precision, torch.device("cpu"), native_bf16=True)
-        got = predict_proba(reduced, ids, num_classes, batch_size)
-        agreement.append(
-            Agreement(
-                precision=precision,
-                rows=len(ids),
+def choose_engine(engines: dict[str, Engine], ids: pa.ListArray, num_classes: int, batch_size: int) -> EngineChoice:
+    """Score `ids` with every engine (`engines` holds fp32): the fastest whose labels agree with
+    fp32's on at least MIN_AGREEMENT of the rows. A first pass warms each up and is compared with
+    fp32's; its speed is the best of TIMED_PASSES more (timings on a shared machine are noisy)."""
+    tokens = int(pc.sum(pc.list_value_length(ids)).as_py() or 0)
+    expected = predict_proba(engines["fp32"], ids, num_classes, batch_size)
+    trials = []
+    for name, engine in engines.items():
+        got = predict_proba(engine, ids, num_classes, batch_size)
+        seconds = min(
+            _timed(lambda e=engine: predict_proba(e, ids, num_classes, batch_size)) for _ in range(TIMED_PASSES)
+        )
+        trials.append(
+            EngineTrial(
+                engine=name,
+                tokens_per_second=round(tokens / max(seconds, 1e-9), 1),
                 labels_same=float((got.argmax(1) == expected.argmax(1)).mean()) if len(ids) else 1.0,
                 max_probability_change=float(np.abs(got - expected).max(initial=0.0)),
             )
         )
-    auto = inference_dtype("auto", torch.device("cpu"))
-    return PrecisionReport(
-        cpu=torch.backends.cpu.get_cpu_capability(),
-        auto="bf16" if auto == torch.bfloat16 else "fp32",
-        agreement=agreement,
+    faithful = [t for t in trials if t.labels_same >= MIN_AGREEMENT]  # fp32 always is
+    best = max(faithful, key=lambda t: t.tokens_per_second)
+    fp32 = next(t for t in trials if t.engine == "fp32")
+    left_out = [f"{t.engine} ({t.labels_same:.2%})" for t in trials if t not in faithful]
+    reason = (
+        f"{best.engine}: {best.tokens_per_second:,.0f} tokens/s, "
+        f"{best.tokens_per_second / fp32.tokens_per_second:.2f}x fp32, "
+        f"same label as fp32 on {best.labels_same:.2%} of {len(ids)} rows"
+        + (f"; too far from fp32: {', '.join(left_out)}" if left_out else "")
     )
+    cpu = torch.backends.cpu.get_cpu_capability()
+    return EngineChoice(engine=best.engine, reason=reason, cpu=cpu, rows=len(ids), trials=trials)
+
+
+def _timed(run: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def cached_choice(cache_dir: str | Path, identity: dict[str, Any], choose: Callable[[], EngineChoice]) -> EngineChoice:
+    """`choose()`'s result, measured once per `identity` on this machine (its CPU, library
+    versions and threads are part of the key) and kept under `cache_dir`."""
+    path = Path(cache_dir) / f"choice-{digest_json({**identity, **machine()})}.json"
+    if path.is_file():
+        return EngineChoice.model_validate(read_json(path))
+    choice = choose()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, choice)
+    return choice
+
+
+def engines_for(model: RNNClassifier, graph: Path | None = None) -> dict[str, Engine]:
+    """Every engine that runs on the CPU, on copies of `model` (fp32 first); onnx with `graph`,
+    the model exported."""
+    fp32 = copy.deepcopy(model).cpu().float().eval()
+    names = available_engines(torch.device("cpu"))
+    engines = {name: torch_engine(copy.deepcopy(fp32), name) for name in names if name != "onnx"}
+    if graph is not None and "onnx" in names:
+        engines["onnx"] = onnx_engine(graph)
+    return engines

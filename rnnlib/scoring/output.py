@@ -23,10 +23,11 @@ import shutil
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from fsspec.implementations.local import LocalFileSystem
@@ -44,6 +45,7 @@ from rnnlib.scoring.partition import (
     DEFAULT_MAX_LENGTH,
     PartitionScores,
     ScoringSettings,
+    resolve_engine,
     score_partition,
 )
 from rnnlib.sources.inputs import URL, filesystem, fingerprint_inputs, resolve_inputs
@@ -81,6 +83,8 @@ class ScoreReport(BaseModel):
     files: dict[str, FileAccount]
     failed: dict[str, str]  # input or partition -> why it could not be scored
     ignored: list[str]  # files under input directories that are not a known format
+    engine: str = ""  # what ran the model (`auto` resolved), and why
+    engine_reason: str = ""
     # what this attempt did (a resumed run counts only its own work here)
     seconds: float = 0.0
     partitions_scored_now: int = 0
@@ -110,6 +114,9 @@ class ScoreRun:
     ignored: tuple[str, ...]  # files under input directories that are not a known format
     partition_rows: int
     partition_bytes: int
+    engine: str  # as configured; `settings.engine` is what runs once `with_engine` resolved it
+    engine_cache: Path
+    engine_reason: str = ""
 
     @property
     def staging(self) -> Path:
@@ -138,6 +145,14 @@ class ScoreRun:
     def report(self) -> ScoreReport:
         return ScoreReport.model_validate(read_json(self.out / MANIFEST))
 
+    def with_engine(self, staged: PartitionedInput) -> ScoreRun:
+        """The run with the engine it scores with: as configured, or `auto` measured on the
+        rows of a staged input (see `resolve_engine`); said in the log and the manifest."""
+        sample = pq.read_table(Path(staged.dir) / staged.parts[0]) if staged.parts else pa.table({"text": []})
+        settings, reason = resolve_engine(self.settings, self.engine, sample, self.engine_cache)
+        log.info("scoring engine %s (%s)", settings.engine, reason)
+        return replace(self, settings=settings, engine_reason=reason)
+
     def pending(self, staged: list[PartitionedInput]) -> list[Path]:
         """Staged partitions whose scores are not written yet."""
         return [Path(unit.dir) / part for unit in staged for part in unit.parts if not self.scores_file(part).exists()]
@@ -146,7 +161,8 @@ class ScoreRun:
         self, staged: list[PartitionedInput], failed: dict[str, str], stats: list[PartitionScores], seconds: float
     ) -> ScoreReport:
         """Account for every row from what is on disk, and write the manifest."""
-        return account(self, staged, failed, throughput(stats, seconds))
+        engine = {"engine": self.settings.engine, "engine_reason": self.engine_reason}
+        return account(self, staged, failed, {**throughput(stats, seconds), **engine})
 
 
 def _known_format(path: str) -> bool:
@@ -210,7 +226,6 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
         max_length=max_length,
         batch_size=config.batch_size,
         device=config.device,
-        precision=config.precision,
     )
     identity = {
         "bundle_version": bundle["version"],
@@ -219,7 +234,7 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
         ),
         "top_k": config.top_k,
         "max_length": max_length,
-        "precision": config.precision,
+        "engine": config.engine,
         "partition_rows": config.partition_rows,
         "partition_bytes": config.partition_bytes,
         # the code that reads and scores rows: an edit elsewhere leaves a killed run resumable
@@ -233,6 +248,8 @@ def plan_run(config: ScoreConfig) -> ScoreRun:
         tuple(ignored),
         config.partition_rows,
         config.partition_bytes,
+        config.engine,
+        Path(config.engine_cache),
     )
 
 

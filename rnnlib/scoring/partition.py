@@ -1,6 +1,7 @@
 """A model bundle applied to canonical text partitions: the bundle's own preprocessing and
-vocabulary (so scoring matches training exactly), length-sorted batches in inference mode, and
-every row either scored or rejected with its reason."""
+vocabulary (so scoring matches training exactly), length-sorted batches run by the scoring
+engine (`resolve_engine`: as asked, or `auto`'s measured choice), and every row either scored
+or rejected with its reason."""
 
 from __future__ import annotations
 
@@ -17,8 +18,10 @@ from pydantic import BaseModel
 
 from rnnlib.common.storage import write_parquet
 from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
-from rnnlib.modeling.device import default_batch_rows, for_inference, pick_device
-from rnnlib.modeling.inference import predict_proba
+from rnnlib.modeling.device import default_batch_rows, pick_device
+from rnnlib.modeling.engines import Engine, onnx_engine, torch_engine
+from rnnlib.modeling.export import export_onnx
+from rnnlib.modeling.inference import EngineChoice, cached_choice, choose_engine, engines_for, predict_proba
 from rnnlib.prepare.preprocess import preprocess_table
 from rnnlib.prepare.tensorize import REJECTS_SCHEMA, encode_ids
 
@@ -52,29 +55,93 @@ class ScoringSettings:
     max_length: int
     batch_size: int | None = None  # default: by device
     device: str = "auto"
-    precision: str = "auto"
+    engine: str = "fp32"  # fp32, bf16, int8 or onnx: `auto` is resolved before scoring
+    graph: str | None = None  # the onnx engine's graph
 
     def batch_rows(self, device: torch.device) -> int:
         return self.batch_size or default_batch_rows(device)
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A bundle (vocabulary, labels, preprocessing) and the engine that runs its model."""
+
+    bundle: Bundle
+    engine: Engine
+
+
 @lru_cache(maxsize=2)
-def worker_bundle(path: str, version: str, device: str, precision: str = "auto") -> Bundle:
-    """The bundle, loaded once per worker process rather than per partition, in the precision
-    asked for (see `inference_dtype`). A bundle rewritten under the same path during a run is
-    refused: one run scores with one model."""
-    bundle = load_for_inference(path, device, precision)
-    if bundle.version != version:
+def worker_model(path: str, version: str, device: str, engine: str, graph: str | None) -> LoadedModel:
+    """The bundle and its engine, loaded once per worker process rather than per partition. A
+    bundle rewritten under the same path during a run is refused: one run scores with one model."""
+    loaded = load_model(path, device, engine, graph)
+    if loaded.bundle.version != version:
         raise BundleError(
-            f"the bundle changed during the run (version {bundle.version}, run started with {version})", file=path
+            f"the bundle changed during the run (version {loaded.bundle.version}, run started with {version})",
+            file=path,
         )
-    return bundle
+    return loaded
 
 
-def load_for_inference(path: str | Path, device: str = "auto", precision: str = "auto") -> Bundle:
-    """A bundle on its device, in the number format scoring runs in (see `for_inference`)."""
+def load_model(path: str | Path, device: str = "auto", engine: str = "fp32", graph: str | None = None) -> LoadedModel:
+    """A bundle on its device, its model run by `engine` (onnx: the exported `graph`)."""
     bundle = load_bundle(path, pick_device(device))
-    return replace(bundle, model=for_inference(bundle.model, precision, pick_device(device)))
+    run = onnx_engine(graph) if engine == "onnx" else torch_engine(bundle.model, engine)
+    return LoadedModel(bundle, run)
+
+
+CALIBRATION_ROWS = 512  # rows of the dump itself that `auto` measures the engines on
+MIN_CALIBRATION_ROWS = 64  # fewer: too few to time; fp32 unless a choice is cached
+
+
+def resolve_engine(
+    settings: ScoringSettings, asked: str, sample: pa.Table, cache_dir: str | Path
+) -> tuple[ScoringSettings, str]:
+    """`settings` with the engine to run and the reason: `asked` itself, or for `auto` the
+    engine measured fastest among those faithful to fp32 on `sample`'s rows (a canonical
+    table; see `choose_engine`), cached under `cache_dir` per machine and bundle. The onnx
+    engine's graph is exported once per bundle into `cache_dir`."""
+    reason = "asked for"
+    if asked == "auto" and pick_device(settings.device).type != "cpu":
+        asked, reason = "bf16", "on a GPU: bf16"
+    elif asked == "auto":
+        choice = _auto_choice(settings, sample, cache_dir)
+        asked, reason = (choice.engine, choice.reason) if choice else ("fp32", "too few rows to measure on")
+    graph = str(onnx_graph(settings, cache_dir)) if asked == "onnx" else None
+    return replace(settings, engine=asked, graph=graph), reason
+
+
+def onnx_graph(settings: ScoringSettings, cache_dir: str | Path) -> Path:
+    """The bundle's model as ONNX, exported (and checked) once per bundle version."""
+    path = Path(cache_dir) / f"model-{settings.version}.onnx"
+    return path if path.is_file() else export_onnx(settings.bundle, path)
+
+
+def _auto_choice(settings: ScoringSettings, sample: pa.Table, cache_dir: str | Path) -> EngineChoice | None:
+    identity = {"bundle": settings.version, "batch": settings.batch_rows(torch.device("cpu")), "worker_threads": 1}
+
+    def measure() -> EngineChoice:
+        bundle = load_bundle(settings.bundle)
+        tokens = preprocess_table(sample.slice(0, CALIBRATION_ROWS), bundle.preprocess)
+        ids, _ = encode_ids(tokens.filter(pc.is_null(tokens["reject"]))["tokens"], bundle.vocab, settings.max_length)
+        if len(ids) < MIN_CALIBRATION_ROWS:
+            raise _TooFew
+        graph = onnx_graph(settings, cache_dir)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as a scoring worker runs: one thread each
+        try:
+            return choose_engine(engines_for(bundle.model, graph), ids, len(bundle.labels.labels), identity["batch"])
+        finally:
+            torch.set_num_threads(threads)
+
+    try:
+        return cached_choice(cache_dir, identity, measure)
+    except _TooFew:
+        return None
+
+
+class _TooFew(Exception):
+    """Too few rows to measure the engines on."""
 
 
 def _top_k(probabilities: np.ndarray, labels: tuple[str, ...], k: int) -> tuple[np.ndarray, np.ndarray, pa.Array]:
@@ -101,15 +168,16 @@ def cut_long_texts(table: pa.Table, max_tokens: int) -> tuple[pa.Table, pa.Array
     return table.set_column(table.schema.get_field_index("text"), "text", text), cut
 
 
-def score_table(table: pa.Table, bundle: Bundle, settings: ScoringSettings) -> tuple[pa.Table, pa.Table]:
+def score_table(table: pa.Table, loaded: LoadedModel, settings: ScoringSettings) -> tuple[pa.Table, pa.Table]:
     """A canonical table (ingest's schema) -> (scores, rejects); together they hold every row."""
+    bundle = loaded.bundle
     table, cut = cut_long_texts(table, settings.max_length)
     tokens = preprocess_table(table, bundle.preprocess)  # rejects rows left with no token
     kept = pc.is_null(tokens["reject"])
     kept_rows = tokens.filter(kept)
     ids, lengths = encode_ids(kept_rows["tokens"], bundle.vocab, settings.max_length)
-    device = next(bundle.model.parameters()).device
-    probabilities = predict_proba(bundle.model, ids, len(bundle.labels.labels), settings.batch_rows(device))
+    batch_rows = settings.batch_rows(loaded.engine.device)
+    probabilities = predict_proba(loaded.engine, ids, len(bundle.labels.labels), batch_rows)
     best, best_p, top_k = _top_k(probabilities, bundle.labels.labels, settings.top_k)
     scores = pa.table(
         {
@@ -146,9 +214,9 @@ class PartitionScores(BaseModel):
 def score_partition(staged: Path, scores_file: Path, rejects_file: Path, settings: ScoringSettings) -> PartitionScores:
     """Score one staged partition. Each file is written atomically, the rejects first: the scores
     file's existence is what marks the partition done."""
-    bundle = worker_bundle(settings.bundle, settings.version, settings.device, settings.precision)
+    loaded = worker_model(settings.bundle, settings.version, settings.device, settings.engine, settings.graph)
     table = pq.read_table(staged)
-    scores, rejects = score_table(table, bundle, settings)
+    scores, rejects = score_table(table, loaded, settings)
     if rejects.num_rows:
         write_parquet(rejects, rejects_file)
     write_parquet(scores, scores_file)

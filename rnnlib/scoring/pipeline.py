@@ -140,6 +140,8 @@ def _score(run: ScoreRun, steps: ScoringSteps) -> ScoreReport:
             failed[name] = reason(unit)
             continue
         staged.append(unit)
+        if not run.engine_reason:  # the engine, fixed before any partition is scored
+            run = run.with_engine(unit)
         for part in run.pending([unit]):
             steps.submit(run, part)
             submitted += 1

@@ -7,6 +7,7 @@ label and probability here as in a scoring run.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,13 +15,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from rnnlib.modeling.bundle import Bundle, locate_bundle
-from rnnlib.modeling.device import DeviceChoice, Precision
+from rnnlib.modeling.bundle import Bundle, load_bundle, locate_bundle
+from rnnlib.modeling.device import DeviceChoice
+from rnnlib.modeling.engines import EngineName
 from rnnlib.prepare.ingest import canonicalize
 from rnnlib.scoring.partition import (
     DEFAULT_MAX_LENGTH,
+    LoadedModel,
     ScoringSettings,
-    load_for_inference,
+    load_model,
+    resolve_engine,
     score_table,
 )
 
@@ -40,8 +44,13 @@ class Prediction:
 class Predictor:
     """A loaded bundle, ready to label texts in this process."""
 
-    def __init__(self, bundle: Bundle, settings: ScoringSettings) -> None:
-        self.bundle, self.settings = bundle, settings
+    def __init__(self, bundle: Bundle, settings: ScoringSettings, engine: str, engine_cache: str | Path) -> None:
+        self.bundle, self.settings, self.engine, self.engine_cache = bundle, settings, engine, Path(engine_cache)
+        self.loaded: LoadedModel | None = None  # on the first texts: `auto` measures on them
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.bundle.labels.labels
 
     @classmethod
     def from_bundle(
@@ -49,13 +58,16 @@ class Predictor:
         path: str | Path,
         *,
         device: DeviceChoice = "auto",
-        precision: Precision = "auto",
+        engine: EngineName = "auto",
         batch_size: int | None = None,
         max_length: int | None = None,
+        engine_cache: str | Path | None = None,
     ) -> Predictor:
-        """`path`: a bundle folder, or a model registry folder (its current model)."""
+        """`path`: a bundle folder, or a model registry folder (its current model). `engine`:
+        as in `score`; `auto` uses the choice measured on this machine before, else measures
+        on the first texts given when there are enough of them, else runs fp32."""
         bundle_dir = locate_bundle(path)
-        bundle = load_for_inference(bundle_dir, device, precision)
+        bundle = load_bundle(bundle_dir)
         settings = ScoringSettings(
             bundle=str(bundle_dir),
             version=bundle.version,
@@ -63,13 +75,8 @@ class Predictor:
             max_length=max_length or bundle.max_length or DEFAULT_MAX_LENGTH,
             batch_size=batch_size,
             device=device,
-            precision=precision,
         )
-        return cls(bundle, settings)
-
-    @property
-    def labels(self) -> tuple[str, ...]:
-        return self.bundle.labels.labels
+        return cls(bundle, settings, engine, engine_cache or os.environ.get("RNNLIB_ENGINE_CACHE", ".rnnlib/engines"))
 
     def predict(self, texts: Iterable[str], top_k: int = 1) -> list[Prediction]:
         """One prediction per text, in order."""
@@ -84,7 +91,11 @@ class Predictor:
             }
         )
         table = canonicalize(frame, None, {}, labelled=False)
-        scores, rejects = score_table(table, self.bundle, replace(self.settings, top_k=top_k))
+        if self.loaded is None:
+            self.settings, self.engine_reason = resolve_engine(self.settings, self.engine, table, self.engine_cache)
+            s = self.settings
+            self.loaded = load_model(s.bundle, s.device, s.engine, s.graph)
+        scores, rejects = score_table(table, self.loaded, replace(self.settings, top_k=top_k))
         out: list[Prediction | None] = [None] * len(texts)
         columns = scores.select(["row", "label", "probability", "top_k", "truncated"]).to_pydict()
         for row, label, probability, best, truncated in zip(*columns.values()):

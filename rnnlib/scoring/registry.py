@@ -24,9 +24,9 @@ from pydantic import BaseModel
 from rnnlib.common.locks import file_lock
 from rnnlib.common.storage import durable_replace, partitions, read_json, write_json
 from rnnlib.errors import InputError
-from rnnlib.modeling.bundle import CONFIG, CURRENT, current_bundle, load_bundle
+from rnnlib.modeling.bundle import CONFIG, CURRENT, current_bundle
 from rnnlib.prepare.split import with_split
-from rnnlib.scoring.partition import DEFAULT_MAX_LENGTH, ScoringSettings, score_table
+from rnnlib.scoring.partition import DEFAULT_MAX_LENGTH, ScoringSettings, load_model, score_table
 
 BUNDLES, DECISIONS, LOCK = "bundles", "decisions.jsonl", ".lock"
 
@@ -55,11 +55,12 @@ def held_out_rows(ingest_dir: str | Path, split_dir: str | Path) -> pa.Table:
 
 def accuracy(bundle_dir: str | Path, rows: pa.Table) -> float:
     """Share of `rows` whose label the bundle predicts; a row it rejects counts as wrong."""
-    bundle = load_bundle(bundle_dir)
+    loaded = load_model(bundle_dir)  # fp32: the model as evaluated
+    bundle = loaded.bundle
     settings = ScoringSettings(
         bundle=str(bundle_dir), version=bundle.version, top_k=1, max_length=bundle.max_length or DEFAULT_MAX_LENGTH
     )
-    scores, _ = score_table(rows, bundle, settings)
+    scores, _ = score_table(rows, loaded, settings)
     truth = rows.select(["source", "row", "label"]).rename_columns(["source", "row", "truth"])
     joined = scores.select(["source", "row", "label"]).join(truth, ["source", "row"])  # unique keys
     correct = pc.sum(pc.equal(joined["label"], joined["truth"])).as_py() or 0

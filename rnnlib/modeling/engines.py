@@ -1,0 +1,103 @@
+"""What runs a bundle's model to probabilities when scoring, behind one interface:
+
+    fp32, bf16, int8   PyTorch (int8: the recurrent and linear layers' weights quantised to 8
+                       bits by dynamic quantisation; CPU only)
+    onnx               ONNX Runtime on the graph `rnnlib export` writes (fp32; CPU only)
+
+No engine wins everywhere: bf16 is fast on a CPU with bf16 units and far slower than fp32 without
+them, and ONNX Runtime's recurrent kernels beat PyTorch's on some CPUs. So `auto` is chosen by
+measurement (`rnnlib.modeling.inference.choose_engine`), once per machine and bundle.
+"""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Callable
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from rnnlib.modeling.device import for_inference
+
+EngineName = Literal["auto", "fp32", "bf16", "int8", "onnx"]
+ENGINES = ("fp32", "bf16", "int8", "onnx")
+# a probability table, rows x classes, from padded ids (batch x steps, int64) and lengths (batch)
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Engine:
+    """A model run by one engine: a batch of padded ids and lengths -> probabilities."""
+
+    def __init__(self, name: str, forward: Forward, device: torch.device) -> None:
+        self.name, self.forward, self.device = name, forward, device
+
+    def __call__(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.forward(ids, lengths)
+
+
+def torch_engine(model: torch.nn.Module, name: str = "fp32") -> Engine:
+    """The model in PyTorch, in the number format `name` (fp32, bf16 or int8; "as is": left in
+    its own), converted in place."""
+    device = next(model.parameters()).device
+    if name != "as is":  # native_bf16: asked for by name, it is measured or chosen knowingly; no warning
+        model = for_inference(model, name, device, native_bf16=True)
+    return Engine(name, lambda ids, lengths: model(ids, lengths).float().softmax(1), device)
+
+
+def onnx_engine(graph: str | Path) -> Engine:
+    """The ONNX graph (`rnnlib export`'s) in ONNX Runtime, on the CPU, with as many threads as
+    PyTorch uses in this process (one per Dask worker)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+    def forward(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        (probabilities,) = session.run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})
+        return torch.from_numpy(probabilities)
+
+    return Engine("onnx", forward, torch.device("cpu"))
+
+
+def available_engines(device: torch.device) -> list[str]:
+    """The engines that can run here: on a GPU, PyTorch's fp32 and bf16; on a CPU all four
+    (onnx when ONNX Runtime is installed)."""
+    if device.type != "cpu":
+        return ["fp32", "bf16"]
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return ["fp32", "bf16", "int8"]
+    return list(ENGINES)
+
+
+def machine() -> dict[str, str]:
+    """What an engine's speed depends on besides the model: the CPU and the libraries."""
+    try:
+        import onnxruntime
+
+        ort = onnxruntime.__version__
+    except ImportError:
+        ort = "none"
+    return {
+        "cpu": cpu_name(),
+        "capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "onnxruntime": ort,
+        "threads": str(torch.get_num_threads()),
+    }
+
+
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
