@@ -288,6 +288,12 @@ class TrainConfig(_Strict):
         description="train at least this many optimizer steps, however many epochs that "
         "takes (early stopping waits for them too): a small set otherwise ends after few updates",
     )
+    refit: bool = Field(
+        False,
+        description="once the best epoch is chosen on validation, train afresh on train + validation "
+        "for that many epochs at the same rates, and ship that model (a small set gains its "
+        "validation rows; the card keeps the chosen fit's figures beside it)",
+    )
     seed: int = Field(0, description="weights, dropout and batch order")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
     mixed_precision: bool = Field(True, description="bf16 autocast on GPU (ignored on CPU)")

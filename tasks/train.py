@@ -26,11 +26,14 @@ language_model_task = task(
 fit_task = task(name="fit", task_run_name="fit {model.cell} {model.num_layers}x{model.hidden_size}", **TASK_OPTIONS)(
     pipeline.fit_stage
 )
+refit_task = task(
+    name="refit", task_run_name="refit {model.cell} {model.num_layers}x{model.hidden_size}", **TASK_OPTIONS
+)(pipeline.refit_stage)
 wide_task = task(name="wide", task_run_name="wide tf-idf", **TASK_OPTIONS)(pipeline.wide_stage)
 baseline_task = task(name="baseline", task_run_name="baseline tf-idf {level}", **TASK_OPTIONS)(pipeline.baseline_stage)
 evaluate_task = task(name="evaluate", task_run_name="evaluate", **TASK_OPTIONS)(pipeline.evaluate_stage)
 
-MODELLING_TASKS = [vectors_task, language_model_task, fit_task, wide_task, baseline_task, evaluate_task]
+MODELLING_TASKS = [vectors_task, language_model_task, fit_task, refit_task, wide_task, baseline_task, evaluate_task]
 TRAIN_TASKS = PrefectTasks([*PREPARE_TASKS.tasks.values(), *MODELLING_TASKS])
 
 

@@ -8,7 +8,7 @@ Everything is seeded by (seed, epoch).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,8 +36,9 @@ class Batch:
         return Batch(*(t.pin_memory().to(device, non_blocking=True) for t in (self.ids, self.lengths, self.labels)))
 
 
-def shard_files(split_dir: str | Path) -> list[Path]:
-    return [Path(split_dir) / s.file for s in SplitTensors.read(split_dir).shards]
+def shard_files(*split_dirs: str | Path) -> list[Path]:
+    """The shards of one or more splits (a refit trains on train and validation together)."""
+    return [Path(split_dir) / s.file for split_dir in split_dirs for s in SplitTensors.read(split_dir).shards]
 
 
 def collate(ids: pa.ListArray, labels: np.ndarray) -> Batch:
@@ -78,11 +79,12 @@ class _ShardReader:
 
 
 class ShardBatches:
-    """Iterable of length-bucketed batches over a split's shards (a rank's share of them)."""
+    """Iterable of length-bucketed batches over a split's shards (a rank's share of them); a
+    sequence of split folders reads them all as one."""
 
     def __init__(
         self,
-        split_dir: str | Path,
+        split_dir: str | Path | Sequence[str | Path],
         batch_size: int,
         pool_batches: int = 50,
         shuffle: bool = True,
@@ -90,7 +92,8 @@ class ShardBatches:
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        self.files = shard_files(split_dir)[rank::world_size]
+        dirs = [split_dir] if isinstance(split_dir, (str, Path)) else split_dir
+        self.files = shard_files(*dirs)[rank::world_size]
         self.batch_size, self.pool_rows = batch_size, batch_size * pool_batches
         self.shuffle, self.seed, self.epoch = shuffle, seed, 0
 

@@ -90,6 +90,31 @@ def _blend(evaluation: Evaluation) -> list[str]:
     ]
 
 
+def _refit(evaluation: Evaluation) -> list[str]:
+    """What a refit model was trained on, beside the chosen fit it replaced."""
+    refit = evaluation.refit
+    if refit is None:
+        return []
+    return [
+        "## Refit on train + validation",
+        "",
+        f"After the epoch above was chosen on validation, the model was trained again from the start on the "
+        f"training and validation rows together ({refit.rows} rows an epoch) for {refit.epochs} epochs "
+        f"({refit.steps} optimizer steps), at the rates the chosen run used epoch by epoch"
+        + (", its linear half fitted again on the same rows with the same C" if evaluation.blend else "")
+        + ". The bundle holds that model; the validation figures on this card are the chosen run's.",
+        "",
+        *_table(
+            ["model", "test accuracy"],
+            [
+                ["chosen on validation (train rows only)", f"{refit.chosen_test_accuracy:.4f}"],
+                ["refit on train + validation (this bundle)", f"{evaluation.accuracy:.4f}"],
+            ],
+        ),
+        "",
+    ]
+
+
 def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
     config, report = read_json(Path(bundle_dir) / CONFIG), read_json(Path(bundle_dir) / METRICS)
     labels = report["labels"]
@@ -116,6 +141,7 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
         "",
         *_training(report["history"], report["selection"]),
         *_evaluation(evaluation, report["per_class"]),
+        *_refit(evaluation),
         *_blend(evaluation),
         *_engines(evaluation),
         *_limits(evaluation),

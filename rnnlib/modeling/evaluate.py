@@ -26,6 +26,7 @@ from rnnlib.modeling.device import DeviceChoice, default_batch_rows, pick_device
 from rnnlib.modeling.inference import EngineChoice, choose_engine, engines_for, held_out_ids  # noqa: E402
 from rnnlib.modeling.metrics import Averages, metrics  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
+from rnnlib.modeling.train import RefitManifest  # noqa: E402
 from rnnlib.modeling.wide import Blend  # noqa: E402
 
 CONFUSION_PNG, CURVES_PNG = "confusion.png", "curves.png"
@@ -43,6 +44,7 @@ class Evaluation(BaseModel):
     baseline: BaselineResult | None = None  # TF-IDF + logistic regression on the same rows
     engines: EngineChoice | None = None  # each scoring engine against fp32, and what `auto` picks
     blend: Blend | None = None  # wide and deep: the weight, and each half alone
+    refit: Refit | None = None  # trained again on train + validation: what, and the chosen fit's figure
 
     def blend_summary(self) -> str | None:
         """One line on a wide-and-deep model's halves, or None for a recurrent model alone."""
@@ -116,6 +118,30 @@ class Selection(BaseModel):
     value: float
 
 
+class Refit(BaseModel):
+    """A model trained again on train + validation after the chosen fit (`train.refit`)."""
+
+    epochs: int
+    steps: int
+    rows: int  # training rows an epoch: train + validation
+    chosen_test_accuracy: float  # the chosen fit's own (blended) model on the same test rows
+
+    @classmethod
+    def of(cls, manifest: RefitManifest, *, chosen_test_accuracy: float) -> Refit:
+        return cls(
+            epochs=manifest.epochs,
+            steps=manifest.steps,
+            rows=manifest.rows,
+            chosen_test_accuracy=round(chosen_test_accuracy, 4),
+        )
+
+
+def accuracy_on_test(model: RNNClassifier, tensors_dir: str | Path) -> float:
+    """`model`'s accuracy on the test split's shards."""
+    truth, predicted = predict(model, ShardBatches(Path(tensors_dir) / "test", 512, shuffle=False), torch.device("cpu"))
+    return float((truth == predicted).mean())
+
+
 def evaluate_bundle(
     bundle_dir: str | Path,
     test_dir: str | Path,
@@ -124,6 +150,7 @@ def evaluate_bundle(
     selection: Selection,
     baseline: BaselineResult | None = None,
     blend: Blend | None = None,
+    refit: Refit | None = None,
     device: DeviceChoice = "auto",
 ) -> Evaluation:
     """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
@@ -145,6 +172,7 @@ def evaluate_bundle(
         "history": history,
         "selection": selection.model_dump(),
         "blend": blend.model_dump(mode="json") if blend else None,
+        "refit": refit.model_dump(mode="json") if refit else None,
         "engines": engines.model_dump(mode="json"),
         "baseline": baseline.model_dump(mode="json", by_alias=True) if baseline else None,
     }
@@ -157,6 +185,7 @@ def evaluate_bundle(
         baseline=baseline,
         engines=engines,
         blend=blend,
+        refit=refit,
         **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")},
     )
 

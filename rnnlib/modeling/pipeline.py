@@ -1,8 +1,8 @@
 """The modelling stages, each cached by content, and `train_model()`, which runs them after the
 prepare stages.
 
-    (prepare) -> [vectors] -> [language model] -> fit, [wide], baseline -> evaluate (bundle, metrics
-    beside the baseline's, plots, card)
+    (prepare) -> [vectors] -> [language model] -> fit -> [refit], [wide], baseline -> evaluate
+    (bundle, metrics beside the baseline's, plots, card)
 
 As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions one each.
 """
@@ -29,13 +29,13 @@ from rnnlib.config import (
 from rnnlib.modeling.baseline import BaselineResult, fit_baseline
 from rnnlib.modeling.bundle import save_bundle
 from rnnlib.modeling.card import CARD, model_card
-from rnnlib.modeling.evaluate import Evaluation, Selection, evaluate_bundle
+from rnnlib.modeling.evaluate import Evaluation, Refit, Selection, accuracy_on_test, evaluate_bundle
 from rnnlib.modeling.initial import initial_identity
 from rnnlib.modeling.language_model import ENCODER_FILE, LanguageModelManifest, pretrain_encoder
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.modeling.pretrain import VECTORS_FILE, VectorsManifest, train_vectors
-from rnnlib.modeling.train import BEST, FitManifest, train
-from rnnlib.modeling.wide import WIDE_FILE, Blend, WideFit, choose_blend, fit_wide, load_wide
+from rnnlib.modeling.train import BEST, FitManifest, RefitManifest, refit, train
+from rnnlib.modeling.wide import REFIT_WIDE_FILE, WIDE_FILE, Blend, WideFit, choose_blend, fit_wide, load_wide
 from rnnlib.prepare.pipeline import PreparedData, prepare
 from rnnlib.prepare.tensorize import TensorizeManifest
 from rnnlib.stages import IN_PROCESS, InProcess, M, StageOutput, holding_outputs, run_stage
@@ -73,6 +73,7 @@ def fit_stage(
     started again resumes from its last epoch. `on_epoch` watches the epochs (not in the key)."""
 
     model = model.model_copy(update={"wide": False})  # fitted on its own: toggling it reuses this
+    cfg = cfg.model_copy(update={"refit": False})  # a later stage: toggling it reuses this
     params = {
         "tensors": tensors,
         "model": model,
@@ -86,6 +87,34 @@ def fit_stage(
         resumable(lambda partial: train(tensors.path, out_dir=partial, model=model, cfg=cfg, on_epoch=on_epoch)),
         code=[train],
         manifest=FitManifest,
+    )
+
+
+def refit_stage(
+    tensors: StageOutput[TensorizeManifest],
+    fitted: StageOutput[FitManifest],
+    *,
+    model: ModelConfig,
+    cfg: TrainConfig,
+    work_dir: str,
+) -> StageOutput[RefitManifest]:
+    """Train again on train + validation for the epochs `fitted` kept (see `refit`); resumes
+    from its checkpoints like the fit."""
+    model = model.model_copy(update={"wide": False})
+    params = {
+        "tensors": tensors,
+        "fitted": fitted,
+        "model": model,
+        "cfg": cfg,
+        "work_dir": work_dir,
+        "initial": initial_identity(model.embeddings, cfg.init_from, model.encoder),
+    }
+    return run_stage(
+        "refit",
+        params,
+        resumable(lambda partial: refit(tensors.path, out_dir=partial, model=model, cfg=cfg, chosen=fitted.manifest)),
+        code=[refit, train],
+        manifest=RefitManifest,
     )
 
 
@@ -224,15 +253,24 @@ def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOut
     return run_stage("baseline", params, build, code=[fit_baseline], manifest=BaselineResult)
 
 
-def wide_stage(data: PreparedData, *, buckets: int, seed: int, work_dir: str) -> StageOutput[WideFit]:
-    """The linear half of a wide-and-deep model (see `wide`). A stage of its own: it depends on
-    the data only, so a change to the recurrent model or its training reuses it."""
-    params = {"tensors": data.tensorize, "buckets": buckets, "seed": seed, "work_dir": work_dir}
+def wide_stage(
+    data: PreparedData, *, buckets: int, seed: int, work_dir: str, refit: bool = False
+) -> StageOutput[WideFit]:
+    """The linear half of a wide-and-deep model (see `wide`), and with `refit` the same fitted
+    again on train + validation. A stage of its own: it depends on the data only, so a change to
+    the recurrent model or its training reuses it."""
+    params = {"tensors": data.tensorize, "buckets": buckets, "seed": seed, "refit": refit, "work_dir": work_dir}
 
     def build(out: Path) -> WideFit:
         with building(out) as scratch:
             fitted = fit_wide(
-                data.tensorize.path, data.vocab_size, len(data.labels), buckets, out_dir=scratch, seed=seed
+                data.tensorize.path,
+                data.vocab_size,
+                len(data.labels),
+                buckets,
+                out_dir=scratch,
+                seed=seed,
+                refit=refit,
             )
             write_json(scratch / MANIFEST, fitted)
         return fitted
@@ -250,11 +288,13 @@ def evaluate_stage(
     max_length: int | None,
     work_dir: str,
     wide: StageOutput[WideFit] | None = None,
+    refitted: StageOutput[RefitManifest] | None = None,
     batch_size: int = 64,
 ) -> StageOutput[Evaluation]:
     """Write the model bundle (best weights, vocabulary, labels, preprocessing; with `wide`, the
-    linear model too, blended at the weight best on validation) and evaluate it on the test split,
-    beside the `baseline` fitted on the same rows (if any); the manifest is the `Evaluation`."""
+    linear model too, blended at the weight best on validation; with `refitted`, the weights
+    trained again on train + validation) and evaluate it on the test split, beside the
+    `baseline` fitted on the same rows (if any); the manifest is the `Evaluation`."""
     tensors, vocab = data.tensorize, data.vocab
     params = {
         "tensors": tensors,
@@ -262,6 +302,7 @@ def evaluate_stage(
         "fitted": fitted,
         "baseline": baseline,
         "wide": wide,
+        "refitted": refitted,
         "preprocess": preprocess,
         "model": model,
         "max_length": max_length,
@@ -275,21 +316,27 @@ def evaluate_stage(
                 "vocab": vocab.key,
                 "fit": fitted.key,
                 **({"wide": wide.key} if wide else {}),
+                **({"refit": refitted.key} if refitted else {}),
             }
-            weights, blend = Path(fitted.path) / BEST, None
-            if wide is not None:
-                weights, blend = blended_weights(fitted, wide, data, model, batch_size, scratch)
+            network, blend = chosen_network(fitted, wide, data, model, batch_size)
+            refit_summary = None
+            if refitted is not None:
+                refit_summary = Refit.of(
+                    refitted.manifest, chosen_test_accuracy=accuracy_on_test(network, tensors.path)
+                )
+                network = refit_network(refitted, wide, data, model, blend)
+            weights = scratch / "weights.pt"
+            torch.save(network.state_dict(), weights)
             save_bundle(scratch / BUNDLE, weights, Path(vocab.path), preprocess, model, max_length, lineage)
-            if blend is not None:
-                weights.unlink()  # its tensors are in the bundle now
+            weights.unlink()  # its tensors are in the bundle now
             fit = fitted.manifest
-            selection = Selection(monitor=fit.monitor, epoch=fit.best_epoch, value=fit.best_value)
             evaluation = evaluate_bundle(
                 scratch / BUNDLE,
                 Path(tensors.path) / "test",
                 history=fit.history,
-                selection=selection,
+                selection=Selection(monitor=fit.monitor, epoch=fit.best_epoch, value=fit.best_value),
                 blend=blend,
+                refit=refit_summary,
                 baseline=baseline.manifest if baseline else None,
             )
             (scratch / BUNDLE / CARD).write_text(model_card(scratch / BUNDLE, evaluation), encoding="utf-8")
@@ -297,28 +344,44 @@ def evaluate_stage(
             write_json(scratch / MANIFEST, evaluation)
         return evaluation
 
-    code = [save_bundle, evaluate_bundle, model_card, choose_blend]
+    code = [save_bundle, evaluate_bundle, model_card, choose_blend, chosen_network, refit_network]
     return run_stage("evaluate", params, build, code=code, manifest=Evaluation)
 
 
-def blended_weights(
+def chosen_network(
     fitted: StageOutput[FitManifest],
-    wide: StageOutput[WideFit],
+    wide: StageOutput[WideFit] | None,
     data: PreparedData,
     model: ModelConfig,
     batch_size: int,
-    scratch: Path,
-) -> tuple[Path, Blend]:
-    """The fitted recurrent weights with the wide model's beside them, blended at the weight best
-    on the validation split; written to a checkpoint in `scratch`."""
+) -> tuple[RNNClassifier, Blend | None]:
+    """The fit's kept weights; with `wide`, the linear half beside them, blended at the weight
+    best on the validation split."""
     network = RNNClassifier(data.vocab_size, len(data.labels), model)
     state = torch.load(Path(fitted.path) / BEST, map_location="cpu", weights_only=True)
+    if wide is None:
+        network.load_state_dict(state)
+        return network.eval(), None
     network.load_state_dict({**state, **load_wide(Path(wide.path) / WIDE_FILE), "blend": torch.ones(())})
     network.eval()
     blend = choose_blend(network, Path(data.tensorize.path) / "val", len(data.labels), batch_size, wide.manifest)
-    path = scratch / "blended.pt"
-    torch.save(network.state_dict(), path)
-    return path, blend
+    return network, blend
+
+
+def refit_network(
+    refitted: StageOutput[RefitManifest],
+    wide: StageOutput[WideFit] | None,
+    data: PreparedData,
+    model: ModelConfig,
+    blend: Blend | None,
+) -> RNNClassifier:
+    """The refit weights; with `wide`, its refit linear half beside them at the chosen `blend`."""
+    network = RNNClassifier(data.vocab_size, len(data.labels), model)
+    state = torch.load(Path(refitted.path) / BEST, map_location="cpu", weights_only=True)
+    if wide is not None and blend is not None:
+        state = {**state, **load_wide(Path(wide.path) / REFIT_WIDE_FILE), "blend": torch.tensor(blend.weight)}
+    network.load_state_dict(state)
+    return network.eval()
 
 
 class TrainedModel(BaseModel):
@@ -328,6 +391,7 @@ class TrainedModel(BaseModel):
     vectors: StageOutput[VectorsManifest] | None = None  # None: pretrain.vectors is off
     language_model: StageOutput[LanguageModelManifest] | None = None  # None: pretrain.encoder is off
     fit: StageOutput[FitManifest]
+    refit: StageOutput[RefitManifest] | None = None  # None: train.refit is off
     wide: StageOutput[WideFit] | None = None  # None: model.wide is off
     baseline: StageOutput[BaselineResult] | None  # None: evaluate.baseline is off
     evaluate: StageOutput[Evaluation]
@@ -340,6 +404,7 @@ class TrainedModel(BaseModel):
             *([self.vectors] if self.vectors else []),
             *([self.language_model] if self.language_model else []),
             self.fit,
+            *([self.refit] if self.refit else []),
             *([self.wide] if self.wide else []),
             *([self.baseline] if self.baseline else []),
             self.evaluate,
@@ -392,7 +457,7 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
     )
     model = with_encoder(model, language_model)
     pending_wide = (
-        runner.start(wide_stage, data, buckets=cfg.model.ngram_buckets, seed=seed, work_dir=work)
+        runner.start(wide_stage, data, buckets=cfg.model.ngram_buckets, seed=seed, work_dir=work, refit=cfg.train.refit)
         if cfg.model.wide
         else None
     )
@@ -400,6 +465,11 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         runner.start(baseline_stage, data, level=cfg.preprocess.level, work_dir=work) if cfg.evaluate.baseline else None
     )
     fitted = runner.run(fit_stage, data.tensorize, model=model, cfg=cfg.train, work_dir=work)
+    refitted = (
+        runner.run(refit_stage, data.tensorize, fitted, model=model, cfg=cfg.train, work_dir=work)
+        if cfg.train.refit
+        else None
+    )
     wide = pending_wide() if pending_wide else None
     baseline = pending_baseline() if pending_baseline else None
     evaluated = runner.run(
@@ -412,6 +482,7 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         max_length=cfg.tensorize.max_length,
         work_dir=work,
         wide=wide,
+        refitted=refitted,
         batch_size=cfg.train.batch_size,
     )
     return TrainedModel(
@@ -419,6 +490,7 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         vectors=vectors,
         language_model=language_model,
         fit=fitted,
+        refit=refitted,
         wide=wide,
         baseline=baseline,
         evaluate=evaluated,

@@ -15,7 +15,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -69,9 +69,9 @@ class FitManifest(BaseModel):
     weights_digest: str
 
 
-def class_weights(train_split: SplitTensors, labels: list[str]) -> torch.Tensor:
-    """Inverse class frequency, normalised to mean 1."""
-    counts = torch.tensor([train_split.class_counts.get(c, 0) for c in labels], dtype=torch.float)
+def class_weights(splits: Sequence[SplitTensors], labels: list[str]) -> torch.Tensor:
+    """Inverse class frequency over the splits trained on, normalised to mean 1."""
+    counts = torch.tensor([sum(s.class_counts.get(c, 0) for s in splits) for c in labels], dtype=torch.float)
     weights = counts.sum() / counts.clamp(min=1) / len(labels)
     return weights / weights.mean()
 
@@ -163,19 +163,29 @@ def initialise(
 class Run:
     """What one training run works with: the model (wrapped by DDP under torchrun), its optimizer,
     scheduler and loss, the batches, and `state` (epochs done, history, the best so far), which
-    with the weights, optimizer, scheduler and RNG is all a checkpoint holds."""
+    with the weights, optimizer, scheduler and RNG is all a checkpoint holds. It trains on the
+    `splits` named and validates on `validation`; without one (a refit) it does not validate."""
 
-    def __init__(self, tensors_dir: Path, out_dir: Path, model: ModelConfig, cfg: TrainConfig) -> None:
+    def __init__(
+        self,
+        tensors_dir: Path,
+        out_dir: Path,
+        model: ModelConfig,
+        cfg: TrainConfig,
+        *,
+        splits: Sequence[str] = ("train",),
+        validation: str | None = "val",
+    ) -> None:
         self.out_dir, self.cfg = out_dir, cfg
         self.rank, self.world = _distributed()
         device = pick_device(cfg.device)
         if device.type == "cuda" and self.world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
         self.device = device
-        train_split = SplitTensors.read(tensors_dir / "train")
-        self.labels = train_split.labels
+        trained_on = [SplitTensors.read(tensors_dir / split) for split in splits]
+        self.labels = trained_on[0].labels
         torch.manual_seed(cfg.seed)
-        network = RNNClassifier(train_split.vocab_size, len(self.labels), model)
+        network = RNNClassifier(trained_on[0].vocab_size, len(self.labels), model)
         self.initial = initialise(network, tensors_dir, self.labels, model, cfg)
         self.network = network.to(device)
         self.groups = layer_groups(network)
@@ -189,15 +199,16 @@ class Run:
         self.optimizer = torch.optim.Adam(
             optimizer_groups(self.groups, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True
         )
+        self.base_rates = [group["lr"] for group in self.optimizer.param_groups]
         self.column, higher = MONITORED[cfg.monitor]
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             self.optimizer, mode="max" if higher else "min", factor=cfg.lr_factor, patience=cfg.lr_patience
         )
         self.sign = 1.0 if higher else -1.0  # compare as "higher is better"
-        weight = class_weights(train_split, self.labels).to(device) if cfg.class_weights else None
+        weight = class_weights(trained_on, self.labels).to(device) if cfg.class_weights else None
         self.loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
         self.train_batches = ShardBatches(
-            tensors_dir / "train",
+            [tensors_dir / split for split in splits],
             cfg.batch_size,
             cfg.pool_batches,
             shuffle=True,
@@ -205,14 +216,16 @@ class Run:
             rank=self.rank,
             world_size=self.world,
         )
-        self.val_batches = ShardBatches(
-            tensors_dir / "val",
-            cfg.batch_size * 4,
-            cfg.pool_batches,
-            shuffle=False,
-            rank=self.rank,
-            world_size=self.world,
-        )
+        self.val_batches = None
+        if validation is not None:
+            self.val_batches = ShardBatches(
+                tensors_dir / validation,
+                cfg.batch_size * 4,
+                cfg.pool_batches,
+                shuffle=False,
+                rank=self.rank,
+                world_size=self.world,
+            )
         self.state: dict[str, Any] = {
             "epoch": 0,
             "steps": 0,
@@ -277,8 +290,10 @@ class Run:
         # every rank steps together (Join), so rank 0's steps are the run's
         total, correct, count, tokens = _sum_across_ranks(total, correct, count, tokens)
         seconds = time.perf_counter() - start
-        validation = validate(self.network, self.val_batches, self.loss_fn, len(self.labels), device, cfg)
-        self.scheduler.step(validation[self.column])
+        validation = {}
+        if self.val_batches is not None:
+            validation = validate(self.network, self.val_batches, self.loss_fn, len(self.labels), device, cfg)
+            self.scheduler.step(validation[self.column])
         return {
             "epoch": epoch,
             "rows": int(count),
@@ -291,6 +306,11 @@ class Run:
             "seconds": seconds,
             "tokens_per_s": tokens / seconds,
         }
+
+    def set_rate(self, scale: float) -> None:
+        """Every parameter group at `scale` times its starting rate."""
+        for group, base in zip(self.optimizer.param_groups, self.base_rates):
+            group["lr"] = base * scale
 
     def record(self, record: dict[str, Any]) -> bool:
         """Add an epoch to the state; whether it is the best so far by the monitored figure."""
@@ -370,6 +390,70 @@ def train(
         if on_epoch is not None:
             on_epoch(record)
     return run.summary()
+
+
+class RefitManifest(BaseModel):
+    """The refit stage's manifest: the chosen fit's epochs replayed on train + validation."""
+
+    epochs: int  # the chosen fit's best epoch
+    steps: int  # optimizer steps taken
+    rows: int  # rows an epoch (train + validation)
+    history: list[dict[str, Any]]  # a record per epoch: training figures and the rate
+    device: str
+    world_size: int
+    weights_digest: str
+
+
+def replayed_rates(chosen: FitManifest, start: float) -> list[float]:
+    """Each of the chosen fit's kept epochs' rate as a share of its `start`ing one: the history
+    records the rate after each epoch's plateau step, so epoch e trained at epoch e - 1's."""
+    after = [record["lr"] / start for record in chosen.history]
+    return [1.0, *after][: chosen.best_epoch]
+
+
+def refit(
+    tensors_dir: str | Path, *, out_dir: str | Path, model: ModelConfig, cfg: TrainConfig, chosen: FitManifest
+) -> RefitManifest:
+    """Train afresh on train + validation for as many epochs as the `chosen` fit kept, at the
+    rates it trained at epoch by epoch (with validation in the training rows there is nothing
+    left to lower them on, or to stop on). `out_dir/best.pt` holds the last epoch's weights;
+    like `train`, it checkpoints every epoch and resumes."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(Path(tensors_dir), out_dir, model, cfg, splits=("train", "val"), validation=None)
+    run.resume()
+    rates = replayed_rates(chosen, run.base_rates[0])
+    while run.state["epoch"] < chosen.best_epoch:
+        epoch = run.state["epoch"] + 1
+        run.set_rate(rates[epoch - 1])
+        record = run.run_epoch(epoch)
+        state = run.state
+        run.state = {
+            **state,
+            "epoch": epoch,
+            "steps": state["steps"] + record["steps"],
+            "history": [*state["history"], record],
+        }
+        run.checkpoint(improved=epoch == chosen.best_epoch)
+        log.info(
+            "refit epoch %d of %d: train loss %.4f acc %.4f | lr %.2g | %d steps",
+            epoch,
+            chosen.best_epoch,
+            record["train_loss"],
+            record["train_acc"],
+            record["lr"],
+            run.state["steps"],
+        )
+    history = run.state["history"]
+    return RefitManifest(
+        epochs=chosen.best_epoch,
+        steps=run.state["steps"],
+        rows=history[-1]["rows"],
+        history=history,
+        device=str(run.device),
+        world_size=run.world,
+        weights_digest=weights_digest(run.network),
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

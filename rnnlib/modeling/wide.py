@@ -14,6 +14,7 @@ and prediction need nothing new.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 WIDE_FILE = "wide.safetensors"
+REFIT_WIDE_FILE = "wide_refit.safetensors"  # fitted again on train + validation
 HASH_MULTIPLIER = 1_000_003  # a prime; hashes stay below 2**63 for any bucket count up to 2**40
 C_GRID = (1.0, 3.0, 10.0, 30.0)  # inverse regularisation strengths tried on validation
 BLEND_GRID = np.linspace(0.0, 1.0, 21)  # the deep model's share
@@ -101,43 +103,78 @@ def _tfidf(matrix: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
     return sp.diags(1 / np.maximum(norm, 1e-12)) @ scaled
 
 
-def fit_wide(
-    tensors_dir: str | Path, vocab_size: int, num_classes: int, buckets: int, *, out_dir: Path, seed: int = 0
-) -> WideFit:
-    """Fit the wide model on the training split, C chosen by validation accuracy; its tensors go
-    to `out_dir/wide.safetensors`."""
+@dataclass(frozen=True)
+class _Linear:
+    """A fitted logistic regression and the idf its features were scaled by."""
+
+    model: Any
+    idf: np.ndarray
+    features: int
+
+
+def _idf(train_counts: sp.csr_matrix) -> tuple[np.ndarray, int]:
+    document_frequency = np.asarray((train_counts > 0).sum(0)).ravel()
+    idf = np.log((1 + train_counts.shape[0]) / (1 + document_frequency)) + 1
+    return idf, int((document_frequency > 0).sum())
+
+
+def _fit(train_counts: sp.csr_matrix, labels: np.ndarray, C: float, seed: int) -> _Linear:
     from sklearn.linear_model import LogisticRegression
 
-    tensors_dir = Path(tensors_dir)
-    train_rows, train_labels = _rows(tensors_dir / "train")
-    val_rows, val_labels = _rows(tensors_dir / "val")
-    train_counts = counts(train_rows, vocab_size, buckets)
-    document_frequency = np.asarray((train_counts > 0).sum(0)).ravel()
-    idf = np.log((1 + len(train_rows)) / (1 + document_frequency)) + 1
-    train_x, val_x = _tfidf(train_counts, idf), _tfidf(counts(val_rows, vocab_size, buckets), idf)
-    best: tuple[float, float, Any] | None = None
-    for C in C_GRID:
-        model = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(train_x, train_labels)
-        accuracy = float((model.predict(val_x) == val_labels).mean())
-        if best is None or accuracy > best[0]:
-            best = (accuracy, C, model)
-    accuracy, C, model = best
-    coef = np.zeros((num_classes, vocab_size + buckets))
+    idf, features = _idf(train_counts)
+    model = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(_tfidf(train_counts, idf), labels)
+    return _Linear(model=model, idf=idf, features=features)
+
+
+def _save(fitted: _Linear, num_classes: int, path: Path) -> None:
+    """The fitted model as `WideLinear`'s tensors, one row of scores per class."""
+    model, idf = fitted.model, fitted.idf
+    coef = np.zeros((num_classes, len(idf)))
     intercept = np.zeros(num_classes)
     if model.coef_.shape[0] == 1:  # two classes: one row, the second class's log-odds
         coef[model.classes_[1]], intercept[model.classes_[1]] = model.coef_[0], model.intercept_[0]
     else:
         coef[model.classes_], intercept[model.classes_] = model.coef_, model.intercept_
-    out_dir.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
     save_file(
         {
             "scores": torch.from_numpy((coef * idf).T.astype(np.float32)).contiguous(),
             "idf_squared": torch.from_numpy((idf**2).astype(np.float32)),
             "intercept": torch.from_numpy(intercept.astype(np.float32)),
         },
-        out_dir / WIDE_FILE,
+        path,
     )
-    return WideFit(C=C, val_accuracy=round(accuracy, 4), features=int((document_frequency > 0).sum()))
+
+
+def fit_wide(
+    tensors_dir: str | Path,
+    vocab_size: int,
+    num_classes: int,
+    buckets: int,
+    *,
+    out_dir: Path,
+    seed: int = 0,
+    refit: bool = False,
+) -> WideFit:
+    """Fit the wide model on the training split, C chosen by validation accuracy; its tensors go
+    to `out_dir/wide.safetensors`. With `refit`, the same C fitted again on train + validation
+    goes to `out_dir/wide_refit.safetensors`, the linear half of a refit model."""
+    tensors_dir = Path(tensors_dir)
+    train_rows, train_labels = _rows(tensors_dir / "train")
+    val_rows, val_labels = _rows(tensors_dir / "val")
+    train_counts, val_counts = counts(train_rows, vocab_size, buckets), counts(val_rows, vocab_size, buckets)
+    best: tuple[float, float, _Linear] | None = None
+    for C in C_GRID:
+        fitted = _fit(train_counts, train_labels, C, seed)
+        accuracy = float((fitted.model.predict(_tfidf(val_counts, fitted.idf)) == val_labels).mean())
+        if best is None or accuracy > best[0]:
+            best = (accuracy, C, fitted)
+    accuracy, C, fitted = best
+    _save(fitted, num_classes, out_dir / WIDE_FILE)
+    if refit:
+        both = _fit(sp.vstack([train_counts, val_counts]).tocsr(), np.concatenate([train_labels, val_labels]), C, seed)
+        _save(both, num_classes, out_dir / REFIT_WIDE_FILE)
+    return WideFit(C=C, val_accuracy=round(accuracy, 4), features=fitted.features)
 
 
 def load_wide(path: str | Path) -> dict[str, torch.Tensor]:
