@@ -58,6 +58,8 @@ def test_a_search_runs_its_trials_once_and_its_best_config_reproduces(tmp_path):
         for t in search.trials
     )
     assert search.best.value == max(t.value for t in search.trials)  # accuracy: higher is better
+    own = {"model.hidden_size": 8, "model.dropout": config.model.dropout, "model.pooling": config.model.pooling}
+    assert search.trials[0].params == own  # the configuration it started from is tried first
     db = Path(config.work_dir) / "tune.db"
     with sqlite3.connect(db) as connection:
         assert connection.execute("select count(*) from trials").fetchone()[0] == 3

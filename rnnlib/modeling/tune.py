@@ -1,7 +1,8 @@
 """Hyperparameter search on the validation split: Optuna's TPE sampler proposes settings from
 `tune.space`, each trial is a fit stage on the prepared data (built once, shared by every
 trial, and cached by content, so a trial that was already run is not run again), and a trial
-whose per-epoch validation figure falls behind the others' is pruned. The study lives in a real
+whose per-epoch validation figure falls behind the others' is pruned. The first trial is the
+configuration's own settings. The study lives in a real
 database (SQLite in the work dir by default), so a killed search resumes: its unfinished trials
 are retried, and their fit stages resume from their checkpoints. The test split is never looked
 at here: the best configuration is evaluated on it afterwards, beside the baseline, as any other.
@@ -76,6 +77,25 @@ def suggest(trial: optuna.Trial, space: dict[str, SearchRange]) -> dict[str, Any
         else:
             settings[key] = trial.suggest_float(key, r.low, r.high, log=r.log)
     return settings
+
+
+def starting_point(cfg: TrainFlowConfig) -> dict[str, Any]:
+    """The configuration's own values of the searched settings, those inside the space: tried
+    first, so a search never ends below the configuration it started from (on validation)."""
+    data = cfg.model_dump(mode="json")
+    point = {}
+    for key, r in cfg.tune.space.items():
+        value: Any = data
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if r.choices is not None:
+            inside = value in r.choices
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            inside = number and r.low <= value <= r.high
+        if inside:
+            point[key] = value
+    return point
 
 
 def storage_url(cfg: TrainFlowConfig) -> str:
@@ -183,6 +203,7 @@ def tune(
     with warnings.catch_warnings():  # experimental in Optuna, and what heartbeats are for
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # a killed search's trials: failed, to be retried
+    study.enqueue_trial(starting_point(cfg), skip_if_exists=True)
     finished = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     remaining = cfg.tune.trials - sum(t.state in finished for t in study.trials)
     seconds = cfg.tune.minutes * 60 if cfg.tune.minutes else None
