@@ -3,8 +3,9 @@ baseline and fastText.
 
 Prepares the recipe's data (reused from the work folder when already prepared), fits
 `rnnlib.modeling.baseline` on the training split (C chosen on validation) and fastText
-(`fasttext_peer`: n-grams, epochs and rate chosen on validation), and scores the test split the
-recurrent model is evaluated on. Prints accuracy, macro recall and macro F1 of each, and the
+(`fasttext_peer`: n-grams, epochs and rate chosen on validation), each fitted again on train +
+validation when the recipe refits (`train.refit`), and scores the test split the recurrent model
+is evaluated on. Prints accuracy, macro recall and macro F1 of each, and the
 seconds each took. fastText needs the `bench` extra.
 
 Usage: python benchmarks/bench_baseline.py --config configs/tweets.yaml [--datasets ../shared/datasets]
@@ -43,16 +44,25 @@ def main() -> int:
     cfg = PrepareConfig.model_validate(recipe.model_dump(include=set(PrepareConfig.model_fields)))
     data = prepare(cfg)
     start = time.perf_counter()
-    result = fit_baseline(data.preprocess.path, data.split.path, level=cfg.preprocess.level, labels=data.labels)
+    refit = recipe.train.refit  # the peers use the rows the recipe's model does
+    result = fit_baseline(
+        data.preprocess.path, data.split.path, level=cfg.preprocess.level, labels=data.labels, refit=refit
+    )
     print(
-        f"{args.config.name}: {result.features} (C={result.c}), {result.train_rows} training rows, "
+        f"{args.config.name}: {result.features} (C={result.c}{', refit on train + validation' if refit else ''}), "
+        f"{result.train_rows} training rows, "
         f"{result.rows} test rows: accuracy {result.accuracy:.4f}, macro recall {result.macro.recall:.4f}, "
         f"macro F1 {result.macro.f1:.4f} ({time.perf_counter() - start:.0f} s)"
     )
     for seed in args.seeds:
         start = time.perf_counter()
         peer = fit_fasttext(
-            data.preprocess.path, data.split.path, level=cfg.preprocess.level, labels=data.labels, seed=seed
+            data.preprocess.path,
+            data.split.path,
+            level=cfg.preprocess.level,
+            labels=data.labels,
+            seed=seed,
+            refit=refit,
         )
         print(
             f"{args.config.name}: {peer.features}, seed {seed}: accuracy {peer.accuracy:.4f}, macro recall "

@@ -49,13 +49,28 @@ def _predict(model, documents: list[str], level: str) -> list[str]:
     return [p[0].removeprefix("__label__") for p in predicted]
 
 
-def fit_fasttext(
-    tokens_dir: str | Path, split_dir: str | Path, *, level: str, labels: list[str], seed: int = 0
-) -> PeerResult:
-    """Train on `train` for every setting of the grid, keep the best on `val`, score `test`. One
-    thread, so a seed gives one result."""
+def _train(documents: list[str], labels: list[str], level: str, seed: int, folder: str, **settings):
     import fasttext
 
+    order = list(range(len(documents)))
+    random.Random(seed).shuffle(order)  # fastText reads its file in order: rows grouped by class would skew it
+    path = Path(folder) / "train.txt"
+    path.write_text(_lines([documents[i] for i in order], [labels[i] for i in order], level), encoding="utf-8")
+    return fasttext.train_supervised(str(path), thread=1, seed=seed, verbose=0, **settings)
+
+
+def fit_fasttext(
+    tokens_dir: str | Path,
+    split_dir: str | Path,
+    *,
+    level: str,
+    labels: list[str],
+    seed: int = 0,
+    refit: bool = False,
+) -> PeerResult:
+    """Train on `train` for every setting of the grid, keep the best on `val`, score `test`; with
+    `refit` (as the model does with `train.refit`), the chosen setting is trained again on train +
+    validation first. One thread, so a seed gives one result."""
     documents = split_documents(tokens_dir, split_dir, level)
     (train_docs, train_labels), (val_docs, val_labels), (test_docs, test_labels) = (
         documents["train"],
@@ -64,30 +79,29 @@ def fit_fasttext(
     )
     original = {label.replace(" ", "_"): label for label in labels}
     grid = WORD_GRID if level == "word" else CHAR_GRID
-    order = list(range(len(train_docs)))
-    random.Random(seed).shuffle(order)  # fastText reads its file in order: rows grouped by class would skew it
     with tempfile.TemporaryDirectory() as folder:
-        train_file = Path(folder) / "train.txt"
-        train_file.write_text(
-            _lines([train_docs[i] for i in order], [train_labels[i] for i in order], level), encoding="utf-8"
-        )
         best, best_score, best_settings = None, -1.0, {}
         for values in itertools.product(*grid.values()):
             settings = dict(zip(grid, values))
             try:
-                model = fasttext.train_supervised(str(train_file), thread=1, seed=seed, verbose=0, **settings)
+                model = _train(train_docs, train_labels, level, seed, folder, **settings)
             except RuntimeError:  # "Encountered NaN": the rate is too high for this data
                 continue
             score = float(np.mean([original[p] == t for p, t in zip(_predict(model, val_docs, level), val_labels)]))
             if score > best_score:
                 best, best_score, best_settings = model, score, settings
+        if refit:
+            train_docs, train_labels = train_docs + val_docs, train_labels + val_labels
+            best = _train(train_docs, train_labels, level, seed, folder, **best_settings)
     index = {label: i for i, label in enumerate(labels)}
     known = [i for i, label in enumerate(test_labels) if label in index]  # as the test shards hold
     predicted = _predict(best, [test_docs[i] for i in known], level)
     result = metrics(
         np.array([index[test_labels[i]] for i in known]), np.array([index[original[p]] for p in predicted]), labels
     )
-    described = ", ".join(f"{k} {v}" for k, v in best_settings.items())
+    described = ", ".join(f"{k} {v}" for k, v in best_settings.items()) + (
+        ", refit on train + validation" if refit else ""
+    )
     return PeerResult(
         features=f"fastText ({described})",
         train_rows=len(train_docs),

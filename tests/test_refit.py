@@ -94,9 +94,20 @@ def test_the_refit_linear_half_is_fitted_on_train_and_validation(refitted):
         np.testing.assert_allclose(saved, idf**2, rtol=1e-5)
 
 
+def test_the_baseline_is_fitted_again_on_the_same_rows_as_the_model(refitted):
+    """Beside a refit model, the TF-IDF + LR baseline is refit too: the comparison stays on the
+    same training rows, and the card says which."""
+    _, trained = refitted
+    splits, baseline = trained.data.splits, trained.evaluation.baseline
+    assert baseline.refit and baseline.train_rows == splits["train"] + splits["val"]
+    card = (Path(trained.evaluation.bundle) / "README.md").read_text()
+    assert f"{baseline.train_rows} training and validation rows" in card
+
+
 def test_toggling_refit_reuses_the_fit(refitted):
     config, trained = refitted
     plain = train_model(config.model_copy(update={"train": config.train.model_copy(update={"refit": False})}))
     assert plain.fit.cached and plain.fit.key == trained.fit.key
     assert plain.refit is None and plain.evaluation.refit is None
+    assert not plain.evaluation.baseline.refit and plain.evaluation.baseline.train_rows == trained.data.splits["train"]
     assert plain.evaluate.key != trained.evaluate.key

@@ -32,6 +32,7 @@ class BaselineResult(BaseModel):
     features: str
     c: float
     train_rows: int
+    refit: bool = False  # fitted again on train + validation with the chosen C: train_rows counts both
     rows: int
     accuracy: float
     macro: Averages
@@ -66,8 +67,11 @@ def vectorizer(level: str) -> TfidfVectorizer:
     return TfidfVectorizer(analyzer="char", lowercase=False, ngram_range=(1, 4), sublinear_tf=True)
 
 
-def fit_baseline(tokens_dir: str | Path, split_dir: str | Path, *, level: str, labels: list[str]) -> BaselineResult:
-    """Fit on `train`, choose C on `val` (if there is one), score `test`."""
+def fit_baseline(
+    tokens_dir: str | Path, split_dir: str | Path, *, level: str, labels: list[str], refit: bool = False
+) -> BaselineResult:
+    """Fit on `train`, choose C on `val` (if there is one), score `test`. With `refit` (as the
+    model does with `train.refit`), the chosen C is fitted again on train + validation first."""
     documents = split_documents(tokens_dir, split_dir, level)
     (train_docs, train_labels), (val_docs, val_labels), (test_docs, test_labels) = (
         documents["train"],
@@ -88,6 +92,10 @@ def fit_baseline(tokens_dir: str | Path, split_dir: str | Path, *, level: str, l
     else:
         best_c = C_GRID[1]
         model = fitted(best_c)
+    if refit and val_docs:
+        train_docs, train_labels = train_docs + val_docs, train_labels + val_labels
+        features = vectorizer(level)
+        model = LogisticRegression(C=best_c, max_iter=2000).fit(features.fit_transform(train_docs), train_labels)
     index = {label: i for i, label in enumerate(labels)}
     known = [i for i, label in enumerate(test_labels) if label in index]  # as the test shards hold
     test_docs, test_labels = [test_docs[i] for i in known], [test_labels[i] for i in known]
@@ -98,6 +106,7 @@ def fit_baseline(tokens_dir: str | Path, split_dir: str | Path, *, level: str, l
         features=f"TF-IDF {name} + logistic regression",
         c=best_c,
         train_rows=len(train_docs),
+        refit=refit and bool(val_docs),
         rows=result["rows"],
         accuracy=result["accuracy"],
         macro=result["macro"],

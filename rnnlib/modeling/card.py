@@ -183,7 +183,8 @@ def _evaluation(evaluation: Evaluation, per_class: dict[str, dict[str, float]]) 
     if base is not None:
         lines += [
             f"Beside its baseline, {base.features} (C={base.c}), fitted on the same "
-            f"{base.train_rows} training rows and scored on the same test rows:",
+            f"{base.train_rows} {'training and validation' if base.refit else 'training'} rows and scored on "
+            "the same test rows:",
             "",
             *_table(
                 ["metric", "model", "baseline", "model - baseline"],

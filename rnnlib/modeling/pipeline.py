@@ -233,19 +233,23 @@ def with_encoder(model: ModelConfig, language_model: StageOutput[LanguageModelMa
     return model.model_copy(update={"encoder": str(Path(language_model.path) / ENCODER_FILE)})
 
 
-def baseline_stage(data: PreparedData, *, level: str, work_dir: str) -> StageOutput[BaselineResult]:
-    """TF-IDF + logistic regression on the prepared rows (see `baseline`). A stage of its own: it
-    depends on the data only, so a change to the model or its training reuses it."""
+def baseline_stage(
+    data: PreparedData, *, level: str, work_dir: str, refit: bool = False
+) -> StageOutput[BaselineResult]:
+    """TF-IDF + logistic regression on the prepared rows (see `baseline`), with `refit` fitted
+    again on train + validation as the model is. A stage of its own: it depends on the data only,
+    so a change to the model or its training reuses it."""
     params = {
         "tokens": data.preprocess,
         "splits": data.split,
         "vocab": data.vocab,
         "level": level,
+        "refit": refit,
         "work_dir": work_dir,
     }
 
     def build(out: Path) -> BaselineResult:
-        result = fit_baseline(data.preprocess.path, data.split.path, level=level, labels=data.labels)
+        result = fit_baseline(data.preprocess.path, data.split.path, level=level, labels=data.labels, refit=refit)
         with building(out) as scratch:
             write_json(scratch / MANIFEST, result)
         return result
@@ -462,7 +466,9 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         else None
     )
     pending_baseline = (
-        runner.start(baseline_stage, data, level=cfg.preprocess.level, work_dir=work) if cfg.evaluate.baseline else None
+        runner.start(baseline_stage, data, level=cfg.preprocess.level, work_dir=work, refit=cfg.train.refit)
+        if cfg.evaluate.baseline
+        else None
     )
     fitted = runner.run(fit_stage, data.tensorize, model=model, cfg=cfg.train, work_dir=work)
     refitted = (
