@@ -76,12 +76,9 @@ def main() -> int:
         )
         if (halves := result.blend_summary()) is not None:
             print(f"  {halves}")
-        if result.refit is not None:
+        if (refit := result.refit_summary()) is not None:
             chosen.append(result.refit.chosen_test_accuracy)
-            print(
-                f"  refit on train + validation ({result.refit.epochs} epochs, {result.refit.steps} steps); "
-                f"the run chosen on validation alone: accuracy {chosen[-1]:.4f}"
-            )
+            print(f"  {refit}")
     print(f"{'metric':<14} {'rnnlib (mean ± sd)':>20} {'TF-IDF+LR baseline':>20}")
     for m in METRICS:
         print(f"{m:<14} {spread(model[m]):>20} {spread(baseline[m]):>20}")

@@ -42,7 +42,8 @@ def publish_training(trained: TrainedModel) -> None:
         key="training-history",
         table=history_table(trained.history, trained.best_epoch),
         description=f"per-epoch figures; the model kept is epoch {trained.best_epoch} "
-        f"(best validation {trained.fit.manifest.monitor})",
+        f"(best validation {trained.fit.manifest.monitor})"
+        + ("; the bundle holds that many epochs refit on train + validation" if trained.refit else ""),
     )
     publish_evaluation(result)
     report = json.loads((Path(result.bundle) / "metrics.json").read_text(encoding="utf-8"))

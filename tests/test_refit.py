@@ -20,6 +20,7 @@ from rnnlib.modeling.bundle import METRICS, load_bundle
 from rnnlib.modeling.pipeline import train_model
 from rnnlib.modeling.train import BEST, FitManifest, replayed_rates
 from rnnlib.modeling.wide import REFIT_WIDE_FILE, WIDE_FILE, _idf, counts
+from rnnlib_flows.render import evaluation_summary
 from tests.test_wide import _headlines
 
 
@@ -78,6 +79,8 @@ def test_the_bundle_holds_the_refit_model_and_says_so(refitted):
     card = (Path(evaluation.bundle) / "README.md").read_text()
     assert "## Refit on train + validation" in card
     assert f"for {trained.refit.manifest.epochs} epochs" in card
+    summary = evaluation_summary(evaluation)  # what the train command prints and publishes
+    assert any(f"before it: accuracy {evaluation.refit.chosen_test_accuracy:.4f}" in line for line in summary)
 
 
 def test_the_refit_linear_half_is_fitted_on_train_and_validation(refitted):

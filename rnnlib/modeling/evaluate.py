@@ -56,6 +56,16 @@ class Evaluation(BaseModel):
             f"linear TF-IDF alone {blend.wide_test_accuracy:.4f} (test accuracy)"
         )
 
+    def refit_summary(self) -> str | None:
+        """One line on a refit model, or None when it was not refit."""
+        refit = self.refit
+        if refit is None:
+            return None
+        return (
+            f"refit on train + validation ({refit.rows} rows, {refit.epochs} epochs, {refit.steps} steps); the run "
+            f"chosen on validation, before it: accuracy {refit.chosen_test_accuracy:.4f}"
+        )
+
     def comparison(self) -> list[tuple[str, float, float | None]]:
         """(metric, model, baseline or None) for the headline metrics."""
         base = self.baseline
