@@ -27,9 +27,10 @@ def tune_flow(config: TrainFlowConfig = TrainFlowConfig()) -> tuple[Search, Trai
     Returns the search, the trained best model and where its YAML is."""
     with holding_outputs():  # until the run ends, `prune` leaves what it made or reused
         data = prepare_as_tasks(config)
-        pretrain, seed, work = config.pretrain, config.train.seed, config.work_dir
-        dim = config.model.embedding_dim
-        vectors = vectors_task(data, cfg=pretrain, dim=dim, seed=seed, work_dir=work) if pretrain.vectors else None
+        pretrain, work, dim = config.pretrain, config.work_dir, config.model.embedding_dim
+        vectors = (
+            vectors_task(data, cfg=pretrain, dim=dim, seed=pretrain.seed, work_dir=work) if pretrain.vectors else None
+        )
         search = search_task(config, data, vectors)
         best = search.config()
         trained = train_flow(best)

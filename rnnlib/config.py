@@ -368,6 +368,11 @@ class PretrainConfig(_Strict):
         ge=2,
         description="about one text in N (drawn at random) is held out to measure the language model's perplexity",
     )
+    seed: int = Field(
+        0,
+        description="the vectors' and the language model's seed, apart from `train.seed`: the seeds "
+        "of a recipe share what was learnt before training instead of learning it again each",
+    )
 
 
 class SearchRange(_Strict):

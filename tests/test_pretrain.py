@@ -91,6 +91,10 @@ def test_vectors_stage_feeds_the_embedding_and_is_rebuilt_only_when_its_text_cha
 
     again = train_model(TrainFlowConfig.model_validate(settings))
     assert again.vectors.cached and again.fit.cached and again.vectors.key == trained.vectors.key
+    reseeded = train_model(TrainFlowConfig.model_validate({**settings, "train": {"epochs": 1, "seed": 1}}))
+    assert reseeded.vectors.cached and not reseeded.fit.cached  # seeds of a recipe share its vectors
+    other = train_model(TrainFlowConfig.model_validate({**settings, "pretrain": {**settings["pretrain"], "seed": 1}}))
+    assert not other.vectors.cached
 
     with open(tmp_path / "unsup.jsonl", "a") as fh:  # more unlabelled text: new vectors, new model
         fh.write(json.dumps({"text": "great plot more text"}) + "\n")
@@ -161,6 +165,8 @@ def test_the_language_model_is_rebuilt_only_when_what_it_reads_changes(tmp_path)
     )
     assert head.language_model.key == first.language_model.key and head.language_model.cached
     assert not head.fit.cached
+    reseeded = train_model(TrainFlowConfig.model_validate({**settings, "train": {**settings["train"], "seed": 1}}))
+    assert reseeded.language_model.cached and not reseeded.fit.cached
     longer = train_model(
         TrainFlowConfig.model_validate({**settings, "pretrain": {**settings["pretrain"], "encoder_epochs": 3}})
     )

@@ -439,7 +439,9 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
     Prefect tasks, the baseline and the wide half beside the fit, as they need only the data)."""
     work, seed = cfg.work_dir, cfg.train.seed
     vectors = (
-        runner.run(vectors_stage, data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=seed, work_dir=work)
+        runner.run(
+            vectors_stage, data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=cfg.pretrain.seed, work_dir=work
+        )
         if cfg.pretrain.vectors
         else None
     )
@@ -452,7 +454,7 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
             cfg=cfg.pretrain,
             max_length=cfg.tensorize.max_length,
             batch_size=cfg.train.batch_size,
-            seed=seed,
+            seed=cfg.pretrain.seed,
             device=cfg.train.device,
             work_dir=work,
         )
