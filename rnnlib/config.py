@@ -162,6 +162,13 @@ class SplitConfig(_Strict):
 class VocabConfig(_Strict):
     min_freq: int = Field(1, ge=1, description="rarer training tokens become <UNK>")
     max_size: int | None = Field(None, ge=2, description="including <PAD> and <UNK>")
+    unlabelled_min_freq: int | None = Field(
+        None,
+        ge=1,
+        description="also keep the words of `source.unlabelled` seen there at least this often, after "
+        "the training split's: with learnt vectors, a word of new text that the training split never "
+        "had starts from its vector instead of reading as <UNK> (null: training words only)",
+    )
     max_labels: int = Field(
         1000,
         ge=2,

@@ -81,6 +81,22 @@ def test_unlabelled_text_is_prepared_but_never_split_counted_or_evaluated(tmp_pa
     assert all(stage.cached for stage in without.stages)  # unlabelled text changes no labelled stage
 
 
+def test_the_words_of_unlabelled_text_can_follow_the_training_words_in_the_vocabulary(tmp_path):
+    settings = _corpus(tmp_path)
+    settings["vocab"] = {"min_freq": 1, "unlabelled_min_freq": 100}
+    trained = train_model(TrainFlowConfig.model_validate(settings))
+    tokens = Vocabulary.load(Path(trained.data.vocab.path) / VOCAB_FILE).tokens
+    assert tokens[-1] == "unlabelledonlyword" and "testonlyword" not in tokens  # 200 times: kept, last
+    assert trained.data.vocab.manifest.unlabelled_tokens == 1
+    assert trained.fit.manifest.initial["embeddings"]["coverage"] == 1.0  # the vectors cover it too
+
+    rare = {**settings, "vocab": {"min_freq": 1, "unlabelled_min_freq": 201}}
+    assert (
+        "unlabelledonlyword"
+        not in Vocabulary.load(Path(prepare(TrainFlowConfig.model_validate(rare)).vocab.path) / VOCAB_FILE).tokens
+    )
+
+
 def test_vectors_stage_feeds_the_embedding_and_is_rebuilt_only_when_its_text_changes(tmp_path):
     settings = _corpus(tmp_path)
     trained = train_model(TrainFlowConfig.model_validate(settings))

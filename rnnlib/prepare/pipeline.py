@@ -96,17 +96,32 @@ def vocab_stage(
     labelled: bool,
     cfg: VocabConfig,
     work_dir: str,
+    unlabelled: StageOutput[PreprocessManifest] | None = None,
     connect: Connect = in_process,
 ) -> StageOutput[VocabManifest]:
     """Fitted on the training split only; an unlabelled corpus (all of it in split `all`) on
-    all of it."""
+    all of it. With `cfg.unlabelled_min_freq`, the words of the `unlabelled` text follow."""
     counted_split = "train" if labelled else UNLABELLED_SPLIT
-    params = {"tokens": tokens, "splits": splits, "counted_split": counted_split, "cfg": cfg, "work_dir": work_dir}
+    extra = [unlabelled] if unlabelled is not None and cfg.unlabelled_min_freq is not None else []
+    params = {
+        "tokens": tokens,
+        "splits": splits,
+        "counted_split": counted_split,
+        "cfg": cfg,
+        "unlabelled": extra,
+        "work_dir": work_dir,
+    }
     return run_stage(
         "vocab",
         params,
         lambda out: build_vocabulary(
-            tokens.path, splits.path, out_dir=out, cfg=cfg, counted_split=counted_split, client=connect()
+            tokens.path,
+            splits.path,
+            out_dir=out,
+            cfg=cfg,
+            counted_split=counted_split,
+            unlabelled_dirs=[u.path for u in extra],
+            client=connect(),
         ),
         code=[build_vocabulary],
         manifest=VocabManifest,
@@ -227,17 +242,26 @@ def prepare(
     labelled = ingested.manifest.labelled
     tokens = runner.run(preprocess_stage, ingested, cfg=cfg.preprocess, work_dir=work, connect=connect)
     splits = runner.run(split_stage, tokens, labelled=labelled, cfg=cfg.split, work_dir=work, connect=connect)
-    vocab = runner.run(vocab_stage, tokens, splits, labelled=labelled, cfg=cfg.vocab, work_dir=work, connect=connect)
-    tensors = runner.run(
-        tensorize_stage, tokens, splits, vocab, labelled=labelled, cfg=cfg.tensorize, work_dir=work, connect=connect
-    )
     extra = unlabelled_source(source)
     unlabelled = None
-    if extra is not None:  # for pretraining only
+    if extra is not None:  # for pretraining (and words for the vocabulary) only
         raw = runner.run(ingest_stage, extra, work_dir=work, connect=connect)
         unlabelled = UnlabelledText(
             ingest=raw, preprocess=runner.run(preprocess_stage, raw, cfg=cfg.preprocess, work_dir=work, connect=connect)
         )
+    vocab = runner.run(
+        vocab_stage,
+        tokens,
+        splits,
+        labelled=labelled,
+        cfg=cfg.vocab,
+        work_dir=work,
+        unlabelled=unlabelled.preprocess if unlabelled else None,
+        connect=connect,
+    )
+    tensors = runner.run(
+        tensorize_stage, tokens, splits, vocab, labelled=labelled, cfg=cfg.tensorize, work_dir=work, connect=connect
+    )
     return PreparedData(
         ingest=ingested, preprocess=tokens, split=splits, vocab=vocab, tensorize=tensors, unlabelled=unlabelled
     )

@@ -1,4 +1,5 @@
-"""Vocabulary and label encoder, fitted on the training split only (never validation/test).
+"""Vocabulary and label encoder, fitted on the training split only (never validation/test),
+optionally followed by the words of unlabelled text (`vocab.unlabelled_min_freq`).
 
 Token counts are a Dask reduction: each partition counts its own training tokens, the partial
 tables are merged on the cluster, and only the final (token, count) table reaches the driver.
@@ -6,6 +7,7 @@ tables are merged on the cluster, and only the final (token, count) table reache
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from pathlib import Path
@@ -15,6 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from rnnlib.common.cluster import map_reduce
@@ -23,7 +26,7 @@ from rnnlib.common.storage import MANIFEST, building, partitions, read_json, wri
 from rnnlib.config import VocabConfig
 from rnnlib.errors import InputError
 from rnnlib.prepare.specials import SPECIALS, UNK_ID
-from rnnlib.prepare.split import with_split
+from rnnlib.prepare.split import UNLABELLED_SPLIT, with_split
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -91,10 +94,15 @@ def load_fitted(vocab_dir: Path, stamp: int) -> tuple[Vocabulary, LabelEncoder]:
     return Vocabulary.load(vocab_dir / VOCAB_FILE), LabelEncoder.load(vocab_dir / LABELS_FILE)
 
 
-def count_partition(tokens_file: Path, split_dir: Path, counted_split: str) -> pa.Table:
-    """(token, count) and (label, count) of one partition's fitting rows."""
-    table = with_split(tokens_file, split_dir, columns=["tokens", "label"], read_dictionary=["tokens.list.element"])
-    table = table.filter(pc.equal(table["split"], counted_split))
+def count_partition(tokens_file: Path, split_dir: Path | None, counted_split: str) -> pa.Table:
+    """(token, count) and (label, count) of one partition's fitting rows (every row of an
+    unlabelled corpus's partition: `split_dir` None)."""
+    options = {"columns": ["tokens", "label"], "read_dictionary": ["tokens.list.element"]}
+    if split_dir is None:
+        table = pq.read_table(tokens_file, **options)
+    else:
+        table = with_split(tokens_file, split_dir, **options)
+        table = table.filter(pc.equal(table["split"], counted_split))
     tokens = pc.list_flatten(table["tokens"].combine_chunks())  # dictionary-encoded
     occurrences = np.bincount(tokens.indices.to_numpy(zero_copy_only=False), minlength=len(tokens.dictionary))
     seen = occurrences > 0
@@ -126,6 +134,21 @@ class VocabManifest(BaseModel):
     labels_hash: str
     tokens_seen: int
     distinct_tokens_seen: int
+    unlabelled_tokens: int = 0  # vocabulary entries added from the unlabelled text
+
+
+def unlabelled_words(
+    tokens_dirs: Sequence[str | Path], min_freq: int, known: pa.ChunkedArray, client: Client | None
+) -> pa.Table:
+    """(value, count) of the unlabelled corpora's words seen at least `min_freq` times and not
+    `known`, most frequent first."""
+    parts = [part for folder in tokens_dirs for part in partitions(folder)]
+    counts = map_reduce(client, count_partition, parts, merge_counts, split_dir=None, counted_split=UNLABELLED_SPLIT)
+    words = counts.filter(pc.equal(counts["kind"], "token"))
+    words = words.filter(pc.greater_equal(words["count"], min_freq))
+    known_words = pa.concat_arrays([pa.array(SPECIALS, known.type), *known.chunks])
+    words = words.filter(pc.invert(pc.is_in(words["value"], value_set=known_words)))
+    return words.sort_by([("count", "descending"), ("value", "ascending")])
 
 
 def build_vocabulary(
@@ -135,9 +158,12 @@ def build_vocabulary(
     out_dir: str | Path,
     cfg: VocabConfig,
     counted_split: str,
+    unlabelled_dirs: Sequence[str | Path] = (),
     client: Client | None = None,
 ) -> VocabManifest:
-    """Fit the vocabulary and label encoder on the rows assigned to `counted_split`."""
+    """Fit the vocabulary and label encoder on the rows assigned to `counted_split`; with
+    `cfg.unlabelled_min_freq`, the words of the unlabelled corpora in `unlabelled_dirs` follow
+    (so `max_size` cuts them first)."""
     counts = map_reduce(
         client, count_partition, partitions(tokens_dir), merge_counts, split_dir=split_dir, counted_split=counted_split
     )
@@ -147,6 +173,10 @@ def build_vocabulary(
         raise InputError(f"the {counted_split!r} split has no tokens to fit a vocabulary on", file=str(tokens_dir))
     tokens = tokens.filter(pc.greater_equal(tokens["count"], cfg.min_freq))
     tokens = tokens.filter(pc.invert(pc.is_in(tokens["value"], value_set=pa.array(SPECIALS))))
+    from_training = tokens.num_rows
+    if cfg.unlabelled_min_freq is not None and unlabelled_dirs:
+        extra = unlabelled_words(unlabelled_dirs, cfg.unlabelled_min_freq, tokens["value"], client)
+        tokens = pa.concat_tables([tokens, extra.select(tokens.column_names)])
     if cfg.max_size is not None:
         tokens = tokens.slice(0, cfg.max_size - len(SPECIALS))
     vocab = Vocabulary(SPECIALS + tuple(tokens["value"].to_pylist()))
@@ -168,6 +198,7 @@ def build_vocabulary(
             labels_hash=labels.hash,
             tokens_seen=int(pc.sum(counts.filter(is_token)["count"]).as_py()),
             distinct_tokens_seen=int(pc.sum(is_token).as_py()),
+            unlabelled_tokens=max(0, len(vocab.tokens) - len(SPECIALS) - from_training),
         )
         write_json(scratch / MANIFEST, manifest)
     return manifest
