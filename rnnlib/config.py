@@ -220,11 +220,11 @@ class ModelConfig(_Strict):
 
     cell: Literal["rnn_tanh", "rnn_relu", "lstm", "gru"] = Field("gru", description="recurrent cell")
     embedding_dim: int = Field(64, gt=0, description="size of a token's embedding")
-    hidden_size: int = Field(128, gt=0, description="recurrent state size (per direction)")
+    hidden_size: int = Field(256, gt=0, description="recurrent state size (per direction)")
     num_layers: int = Field(1, ge=1, description="stacked recurrent layers")
-    bidirectional: bool = Field(False, description="also read each text backwards")
-    dropout: float = Field(0.0, ge=0, lt=1, description="between layers and before the head")
-    embedding_dropout: float = Field(0.0, ge=0, lt=1, description="on the embedded tokens")
+    bidirectional: bool = Field(True, description="also read each text backwards")
+    dropout: float = Field(0.5, ge=0, lt=1, description="between layers and before the head")
+    embedding_dropout: float = Field(0.2, ge=0, lt=1, description="on the embedded tokens")
     unk_dropout: float = Field(
         0.0,
         ge=0,
@@ -234,7 +234,7 @@ class ModelConfig(_Strict):
         "text's tokens can be",
     )
     pooling: Literal["last", "mean", "max", "concat"] = Field(
-        "last", description="concat: last, max and mean side by side (ULMFiT's concat pooling)"
+        "max", description="concat: last, max and mean side by side (ULMFiT's concat pooling)"
     )
     head_hidden: int | None = Field(None, gt=0, description="a hidden layer in the head")
     ngrams: int = Field(
@@ -266,7 +266,7 @@ class ModelConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    epochs: int = Field(10, ge=1, description="most epochs (early stopping may end sooner)")
+    epochs: int = Field(30, ge=1, description="most epochs (early stopping may end sooner)")
     batch_size: int = Field(64, ge=1, description="texts per training batch")
     pool_batches: int = Field(50, ge=1, description="batches per length-sorted shuffling pool")
     lr: float = Field(1e-3, gt=0, description="Adam's learning rate")
@@ -274,7 +274,7 @@ class TrainConfig(_Strict):
     clip_norm: float | None = Field(5.0, gt=0, description="clip the gradient norm to this (null: never)")
     class_weights: bool = Field(False, description="weight the loss by inverse class frequency")
     label_smoothing: float = Field(
-        0.0,
+        0.1,
         ge=0,
         lt=1,
         description="spread this much of each target over all classes: keeps the "
@@ -282,7 +282,7 @@ class TrainConfig(_Strict):
     )
     lr_patience: int = Field(1, ge=0, description="ReduceLROnPlateau patience (epochs)")
     lr_factor: float = Field(0.5, gt=0, lt=1, description="ReduceLROnPlateau: multiply the rate by this")
-    patience: int = Field(3, ge=1, description="early stopping patience (epochs)")
+    patience: int = Field(5, ge=1, description="early stopping patience (epochs)")
     monitor: Literal["loss", "accuracy", "macro_f1"] = Field(
         "accuracy",
         description="the validation figure that picks the best epoch, stops early and "
