@@ -128,8 +128,8 @@ def test_an_even_blend_unless_validation_clearly_prefers_another(wide_and_deep):
     if abs(alike.deep_val_accuracy - alike.wide_val_accuracy) < 0.01:
         assert alike.weight == 0.5
     with torch.no_grad():
-        model.head.weight.mul_(-5.0)
-        model.head.bias.mul_(-5.0)
+        model.head.weight.mul_(-20.0)
+        model.head.bias.mul_(-20.0)
     wrong = choose_blend(model, val, len(data.labels), 64, fitted)
     assert wrong.deep_val_accuracy < 0.5 < wrong.wide_val_accuracy and wrong.weight < 0.5
     assert wrong.val_accuracy > 0.9
