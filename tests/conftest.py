@@ -21,7 +21,22 @@ os.environ.pop("RNNLIB_DATASETS_MIRROR", None)
 import pytest  # noqa: E402
 
 from rnnlib.common.cluster import dask_client  # noqa: E402
-from rnnlib.config import DaskConfig  # noqa: E402
+from rnnlib.config import DaskConfig, ModelConfig  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def small_model() -> ModelConfig:
+    """A model that learns the surnames in an epoch or two (one direction, its last state, no
+    dropout), named in full so that tests of training do not move with the defaults."""
+    return ModelConfig(
+        cell="gru",
+        embedding_dim=16,
+        hidden_size=32,
+        bidirectional=False,
+        pooling="last",
+        dropout=0.0,
+        embedding_dropout=0.0,
+    )
 
 
 @pytest.fixture(scope="session")

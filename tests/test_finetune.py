@@ -13,16 +13,6 @@ from rnnlib.modeling.finetune import layer_groups, optimizer_groups, unfreeze
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.modeling.train import LAST, train
 
-SMALL = ModelConfig(  # one direction, last state, no dropout: learns in an epoch or two
-    cell="gru",
-    embedding_dim=16,
-    hidden_size=32,
-    bidirectional=False,
-    pooling="last",
-    dropout=0.0,
-    embedding_dropout=0.0,
-)
-
 
 def test_groups_hold_every_parameter_once_from_the_top():
     network = RNNClassifier(
@@ -38,8 +28,8 @@ def test_groups_hold_every_parameter_once_from_the_top():
     assert rates == [0.01, 0.005, 0.0025, 0.00125]
 
 
-def test_a_frozen_embedding_stays_frozen_when_its_turn_comes():
-    network = RNNClassifier(50, 3, SMALL)
+def test_a_frozen_embedding_stays_frozen_when_its_turn_comes(small_model):
+    network = RNNClassifier(50, 3, small_model)
     network.embedding.weight.requires_grad_(False)  # as model.embeddings with freeze: true does
     groups, cfg = layer_groups(network), TrainConfig(gradual_unfreezing=True)
     assert unfreeze(groups, 1, cfg, {id(network.embedding.weight)}) == 1
@@ -49,11 +39,11 @@ def test_a_frozen_embedding_stays_frozen_when_its_turn_comes():
     assert not network.embedding.weight.requires_grad
 
 
-def _initial(tensors: Path, seed: int) -> dict[str, torch.Tensor]:
+def _initial(tensors: Path, seed: int, model: ModelConfig) -> dict[str, torch.Tensor]:
     """The weights a training run starts from (it seeds, then builds the model)."""
     manifest = read_json(tensors / "train" / MANIFEST)
     torch.manual_seed(seed)
-    return RNNClassifier(manifest["vocab_size"], len(manifest["labels"]), SMALL).state_dict()
+    return RNNClassifier(manifest["vocab_size"], len(manifest["labels"]), model).state_dict()
 
 
 def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -65,16 +55,16 @@ def _changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) ->
     }
 
 
-def test_gradual_unfreezing_trains_one_more_group_each_epoch(names_tensors, tmp_path):
+def test_gradual_unfreezing_trains_one_more_group_each_epoch(names_tensors, tmp_path, small_model):
     """Epoch by epoch (each run resumes the last): the head alone, then the recurrent layer too,
     then the embedding too."""
-    start = _initial(names_tensors, seed=0)
+    start = _initial(names_tensors, 0, small_model)
     changed = []
     for epochs in (1, 2, 3):
         summary = train(
             names_tensors,
             out_dir=tmp_path,
-            model=SMALL,
+            model=small_model,
             cfg=TrainConfig(epochs=epochs, lr=3e-3, patience=10, gradual_unfreezing=True),
         )
         changed.append(_changed(start, torch.load(tmp_path / LAST, weights_only=True)["model"]))
@@ -84,14 +74,14 @@ def test_gradual_unfreezing_trains_one_more_group_each_epoch(names_tensors, tmp_
     assert changed[2]["embedding"] > 0
 
 
-def test_discriminative_rates_slow_the_lower_layers(names_tensors, tmp_path):
+def test_discriminative_rates_slow_the_lower_layers(names_tensors, tmp_path, small_model):
     """One epoch with every layer at the same rate, one with each layer at a hundredth of the
     rate above it: Adam's steps scale with the rate, so the embedding moves far less."""
-    start = _initial(names_tensors, seed=0)
+    start = _initial(names_tensors, 0, small_model)
     moved = {}
     for decay in (1.0, 0.01):
         out = tmp_path / str(decay)
-        train(names_tensors, out_dir=out, model=SMALL, cfg=TrainConfig(epochs=1, lr=3e-3, layer_lr_decay=decay))
+        train(names_tensors, out_dir=out, model=small_model, cfg=TrainConfig(epochs=1, lr=3e-3, layer_lr_decay=decay))
         moved[decay] = _changed(start, torch.load(out / LAST, weights_only=True)["model"])
     assert moved[0.01]["embedding"] < moved[1.0]["embedding"] / 20
     assert moved[0.01]["recurrent"] < moved[1.0]["recurrent"] / 5

@@ -193,31 +193,25 @@ def logged(name: str) -> Iterator[list[str]]:
         logger.setLevel(level)
 
 
-SMALL = ModelConfig(  # one direction, last state, no dropout: learns in an epoch or two
-    cell="gru",
-    embedding_dim=16,
-    hidden_size=32,
-    bidirectional=False,
-    pooling="last",
-    dropout=0.0,
-    embedding_dropout=0.0,
-)
-
-
-def test_training_streams_shards_and_learns(names_tensors, tmp_path):
-    summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=TrainConfig(epochs=3, batch_size=64, lr=3e-3))
+def test_training_streams_shards_and_learns(names_tensors, tmp_path, small_model):
+    summary = train(
+        names_tensors, out_dir=tmp_path, model=small_model, cfg=TrainConfig(epochs=3, batch_size=64, lr=3e-3)
+    )
     assert [h["epoch"] for h in summary.history] == [1, 2, 3]
     assert summary.history[-1]["val_acc"] > 0.6  # majority class is 0.47
     assert (tmp_path / BEST).is_file() and (tmp_path / LAST).is_file()
 
 
-def test_label_smoothing_is_applied(names_tensors, tmp_path):
+def test_label_smoothing_is_applied(names_tensors, tmp_path, small_model):
     """With half of each target spread over the 18 classes no prediction can score below the
     smoothed target's entropy (2.03 nats); unsmoothed, one epoch already gets well under it."""
     cfg = TrainConfig(epochs=1, batch_size=64, lr=3e-3, label_smoothing=0.0)
-    plain = train(names_tensors, out_dir=tmp_path / "plain", model=SMALL, cfg=cfg)
+    plain = train(names_tensors, out_dir=tmp_path / "plain", model=small_model, cfg=cfg)
     smoothed = train(
-        names_tensors, out_dir=tmp_path / "smoothed", model=SMALL, cfg=cfg.model_copy(update={"label_smoothing": 0.5})
+        names_tensors,
+        out_dir=tmp_path / "smoothed",
+        model=small_model,
+        cfg=cfg.model_copy(update={"label_smoothing": 0.5}),
     )
     assert plain.history[0]["val_loss"] < 1.5 < 2.03 < smoothed.history[0]["val_loss"]
 
@@ -281,11 +275,11 @@ def test_resume_after_kill_equals_an_uninterrupted_run(names_tensors, tmp_path):
     assert all(torch.allclose(final_a[k], final_b[k], atol=1e-5) for k in final_a)
 
 
-def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str) -> None:
+def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str, model: ModelConfig) -> None:
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
-    summary = train(tensors, out_dir=out, model=SMALL, cfg=TrainConfig(epochs=1, batch_size=64))
+    summary = train(tensors, out_dir=out, model=model, cfg=TrainConfig(epochs=1, batch_size=64))
     model_state = torch.load(Path(out) / LAST, weights_only=True)["model"] if rank == 0 else None
     Path(out, f"rank{rank}.json").write_text(
         json.dumps(
@@ -301,11 +295,13 @@ def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str) -> None:
         torch.save(model_state, Path(out) / "rank0-final.pt")
 
 
-def test_distributed_data_parallel_on_two_gloo_processes(names_tensors, tmp_path):
+def test_distributed_data_parallel_on_two_gloo_processes(names_tensors, tmp_path, small_model):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_rank, args=(2, port, str(names_tensors), str(tmp_path)), nprocs=2, join=True)
+    torch.multiprocessing.spawn(
+        _ddp_rank, args=(2, port, str(names_tensors), str(tmp_path), small_model), nprocs=2, join=True
+    )
     ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [(r["world"], r["epochs"]) for r in ranks] == [(2, 1), (2, 1)]
     # together the ranks trained on the split once: each read shards of its own, none twice
@@ -314,22 +310,22 @@ def test_distributed_data_parallel_on_two_gloo_processes(names_tensors, tmp_path
     assert (tmp_path / BEST).is_file() and (tmp_path / "rank0-final.pt").is_file()
 
 
-def test_bundle_round_trip_and_mismatch_refusal(names_tensors, names_data, tmp_path):
-    train(names_tensors, out_dir=tmp_path / "fit", model=SMALL, cfg=TrainConfig(epochs=1))
+def test_bundle_round_trip_and_mismatch_refusal(names_tensors, names_data, tmp_path, small_model):
+    train(names_tensors, out_dir=tmp_path / "fit", model=small_model, cfg=TrainConfig(epochs=1))
     bundle_dir = tmp_path / "bundle"
     version = save_bundle(
         bundle_dir,
         tmp_path / "fit" / BEST,
         Path(names_data.vocab.path),
         PreprocessConfig(level="char"),
-        SMALL,
+        small_model,
         None,
         {"tensors": "k"},
         {"accuracy": 0.5},
     )
     bundle = load_bundle(bundle_dir)
     assert bundle.version == version and bundle.preprocess.level == "char"
-    reference = RNNClassifier(len(bundle.vocab.tokens), len(bundle.labels.labels), SMALL).eval()
+    reference = RNNClassifier(len(bundle.vocab.tokens), len(bundle.labels.labels), small_model).eval()
     reference.load_state_dict(torch.load(tmp_path / "fit" / BEST, weights_only=True))
     ids, lengths = torch.tensor([[5, 6, 7, 0], [8, 9, 10, 11]]), torch.tensor([3, 4])
     assert torch.equal(bundle.model(ids, lengths), reference(ids, lengths))
@@ -369,7 +365,7 @@ def test_bundle_round_trip_and_mismatch_refusal(names_tensors, names_data, tmp_p
         load_bundle(bundle_dir)
 
 
-def test_train_model_without_prefect_reuses_what_is_prepared(names_data, datasets):
+def test_train_model_without_prefect_reuses_what_is_prepared(names_data, datasets, small_model):
     """The library's driver: prepare (served from the work folder the fixture prepared),
     fit, evaluate into a bundle; a second call is served from cache entirely."""
     cfg = TrainFlowConfig.model_validate(
@@ -377,7 +373,7 @@ def test_train_model_without_prefect_reuses_what_is_prepared(names_data, dataset
             "source": {"dataset": "names", "mirror": str(datasets)},
             "work_dir": str(Path(names_data.ingest.path).parents[1]),
             "tensorize": {"shard_rows": 2000},
-            "model": SMALL.model_dump(),
+            "model": small_model.model_dump(),
             "train": {"epochs": 1, "lr": 3e-3},
         }
     )
@@ -477,9 +473,9 @@ def test_macro_f1_from_the_confusion_matrix_is_scikit_learns():
 @pytest.mark.parametrize(
     "monitor,column,pick", [("loss", "val_loss", min), ("accuracy", "val_acc", max), ("macro_f1", "val_macro_f1", max)]
 )
-def test_the_best_epoch_is_chosen_by_the_monitored_figure(names_tensors, tmp_path, monitor, column, pick):
+def test_the_best_epoch_is_chosen_by_the_monitored_figure(names_tensors, tmp_path, monitor, column, pick, small_model):
     cfg = TrainConfig(epochs=4, batch_size=256, lr=3e-3, patience=10, monitor=monitor, label_smoothing=0.3)
-    summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=cfg)
+    summary = train(names_tensors, out_dir=tmp_path, model=small_model, cfg=cfg)
     history = summary.history
     best = pick(history, key=lambda h: h[column])
     assert summary.best_epoch == best["epoch"] and summary.best_value == best[column]
@@ -490,12 +486,14 @@ def test_the_best_epoch_is_chosen_by_the_monitored_figure(names_tensors, tmp_pat
     assert same == (best["epoch"] == 4)
 
 
-def test_min_steps_train_past_the_epochs(names_tensors, tmp_path):
+def test_min_steps_train_past_the_epochs(names_tensors, tmp_path, small_model):
     per_epoch = -(-14052 // 1024)  # batches of 1,024 rows
     cfg = TrainConfig(epochs=1, batch_size=1024, min_steps=3 * per_epoch + 1)
-    summary = train(names_tensors, out_dir=tmp_path, model=SMALL, cfg=cfg)
+    summary = train(names_tensors, out_dir=tmp_path, model=small_model, cfg=cfg)
     assert [h["steps"] for h in summary.history] == [per_epoch] * 4 and summary.steps == 4 * per_epoch
-    plain = train(names_tensors, out_dir=tmp_path / "plain", model=SMALL, cfg=cfg.model_copy(update={"min_steps": 0}))
+    plain = train(
+        names_tensors, out_dir=tmp_path / "plain", model=small_model, cfg=cfg.model_copy(update={"min_steps": 0})
+    )
     assert len(plain.history) == 1
 
 
