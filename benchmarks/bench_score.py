@@ -12,7 +12,7 @@ in this run:
               threads), results to one Parquet file;
   kernel      the limit: the model alone over the same reviews, tokenised beforehand, in
               length-sorted batches of 64 with one thread, run by each scoring engine (fp32,
-              int8, onnx; bf16 only on a CPU with bf16 units: elsewhere it is emulated and far
+              int8, onnx, onnx-int8; bf16 only on a CPU with bf16 units: elsewhere it is emulated and far
               slower); each rnnlib run is shown as a share of its engine's limit (N workers: N
               times the one-thread limit);
   rnnlib-Nw   `rnnlib.scoring.pipeline.score` on a LocalCluster of N worker processes (one thread
@@ -59,7 +59,7 @@ from rnnlib.config import (  # noqa: E402
 )
 from rnnlib.modeling.bundle import load_bundle, save_bundle  # noqa: E402
 from rnnlib.modeling.device import cpu_has_native_bf16  # noqa: E402
-from rnnlib.modeling.engines import available_engines  # noqa: E402
+from rnnlib.modeling.engines import ONNX_ENGINES, available_engines  # noqa: E402
 from rnnlib.modeling.inference import predict_proba  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 from rnnlib.prepare.tensorize import encode_ids  # noqa: E402
@@ -119,8 +119,8 @@ def kernel_seconds(ids: pa.ListArray, bundle_dir: Path, engine: str, cache: Path
     run by `engine` in this process with one thread: the most a scoring worker could do."""
     bundle = load_bundle(bundle_dir)
     graph = None
-    if engine == "onnx":
-        graph = str(onnx_graph(ScoringSettings(str(bundle_dir), bundle.version, 1, MAX_LENGTH), cache))
+    if engine in ONNX_ENGINES:
+        graph = str(onnx_graph(ScoringSettings(str(bundle_dir), bundle.version, 1, MAX_LENGTH), cache, engine))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -106,7 +106,7 @@ def test_predict_command_reads_standard_input_and_prints_a_table(names_bundle):
 SAME_LABELS, PROBABILITY_CHANGE = 0.99, 0.05
 
 
-@pytest.mark.parametrize("engine", ["bf16", "int8", "onnx", "auto"])
+@pytest.mark.parametrize("engine", ["bf16", "int8", "onnx", "onnx-int8", "auto"])
 def test_every_engine_agrees_with_fp32_within_the_stated_tolerance(names_bundle, test_rows, engine, tmp_path):
     texts = test_rows["text"].to_pylist()
     fp32 = Predictor.from_bundle(names_bundle, engine="fp32").predict(texts, top_k=18)
@@ -114,6 +114,52 @@ def test_every_engine_agrees_with_fp32_within_the_stated_tolerance(names_bundle,
     assert np.mean([a.label == b.label for a, b in zip(fp32, reduced)]) >= SAME_LABELS
     change = max(abs(dict(a.top_k)[label] - p) for a, b in zip(fp32, reduced) for label, p in b.top_k)
     assert change <= PROBABILITY_CHANGE
+
+
+def test_onnx_int8_runs_an_lstm_in_8_bits_within_the_stated_tolerance(names_data, test_rows, tmp_path):
+    """ONNX Runtime's 8-bit LSTM and matrix products replace the fp32 ones in the graph the
+    onnx-int8 engine runs (a GRU has no 8-bit kernel there: the parametrised test above runs
+    one), and the labels stay as fp32's within the stated tolerance."""
+    import onnx
+
+    from rnnlib.config import ModelConfig, PreprocessConfig, TrainConfig
+    from rnnlib.modeling.bundle import save_bundle
+    from rnnlib.modeling.train import BEST, train
+
+    model = ModelConfig(cell="lstm", embedding_dim=16, hidden_size=32, bidirectional=True)
+    train(names_data.tensorize.path, out_dir=tmp_path / "fit", model=model, cfg=TrainConfig(epochs=1, lr=3e-3))
+    bundle = tmp_path / "bundle"
+    save_bundle(
+        bundle, tmp_path / "fit" / BEST, Path(names_data.vocab.path), PreprocessConfig(level="char"), model, None, {}
+    )
+    texts = test_rows["text"].to_pylist()
+    fp32 = Predictor.from_bundle(bundle, engine="fp32").predict(texts, top_k=18)
+    int8 = Predictor.from_bundle(bundle, engine="onnx-int8", engine_cache=tmp_path / "engines")
+    reduced = int8.predict(texts, top_k=18)
+    operators = {node.op_type for node in onnx.load(int8.settings.graph).graph.node}
+    assert {"DynamicQuantizeLSTM", "MatMulInteger"} <= operators and not {"LSTM", "Gemm", "MatMul"} & operators
+    assert np.mean([a.label == b.label for a, b in zip(fp32, reduced)]) >= SAME_LABELS
+    change = max(abs(dict(a.top_k)[label] - p) for a, b in zip(fp32, reduced) for label, p in b.top_k)
+    assert 0 < change <= PROBABILITY_CHANGE  # changed (8 bits), but within the tolerance
+
+
+def test_auto_measures_the_pytorch_engines_without_onnx_runtime(names_bundle, test_rows, tmp_path):
+    """ONNX Runtime is an extra (`export`): without it `auto` measures and chooses among the
+    PyTorch engines instead of failing to export a graph."""
+    texts = test_rows["text"].to_pylist()[:600]  # enough rows to measure on
+    script = (
+        "import sys; sys.modules['onnxruntime'] = None; "  # import onnxruntime now raises ImportError
+        "from rnnlib.scoring.predictor import Predictor; "
+        f"p = Predictor.from_bundle({str(names_bundle)!r}, engine='auto', engine_cache={str(tmp_path)!r}); "
+        f"p.predict({texts!r}); print(p.settings.engine, p.settings.graph)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    engine, graph = done.stdout.split()[-2:]
+    assert engine in ("fp32", "bf16", "int8") and graph == "None"
+    (choice,) = tmp_path.glob("choice-*.json")
+    assert [t["engine"] for t in json.loads(choice.read_text())["trials"]] == ["fp32", "bf16", "int8"]
+    assert not list(tmp_path.glob("*.onnx"))
 
 
 def test_onnx_export_matches_torch_on_the_test_split(names_bundle, names_data, tmp_path):

@@ -3,6 +3,9 @@
     fp32, bf16, int8   PyTorch (int8: the recurrent and linear layers' weights quantised to 8
                        bits by dynamic quantisation; CPU only)
     onnx               ONNX Runtime on the graph `rnnlib export` writes (fp32; CPU only)
+    onnx-int8          the same graph with its LSTM and linear weights quantised to 8 bits by
+                       ONNX Runtime's dynamic quantisation (it has no 8-bit GRU: a GRU's
+                       recurrent weights stay fp32; CPU only)
 
 No engine wins everywhere: bf16 is fast on a CPU with bf16 units and far slower than fp32 without
 them, and ONNX Runtime's recurrent kernels beat PyTorch's on some CPUs. So `auto` is chosen by
@@ -21,8 +24,9 @@ import torch
 
 from rnnlib.modeling.device import for_inference
 
-EngineName = Literal["auto", "fp32", "bf16", "int8", "onnx"]
-ENGINES = ("fp32", "bf16", "int8", "onnx")
+EngineName = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8"]
+ENGINES = ("fp32", "bf16", "int8", "onnx", "onnx-int8")
+ONNX_ENGINES = ("onnx", "onnx-int8")  # run by ONNX Runtime on a graph exported from the bundle
 # a probability table, rows x classes, from padded ids (batch x steps, int64) and lengths (batch)
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -46,9 +50,9 @@ def torch_engine(model: torch.nn.Module, name: str = "fp32") -> Engine:
     return Engine(name, lambda ids, lengths: model(ids, lengths).float().softmax(1), device)
 
 
-def onnx_engine(graph: str | Path) -> Engine:
-    """The ONNX graph (`rnnlib export`'s) in ONNX Runtime, on the CPU, with as many threads as
-    PyTorch uses in this process (one per Dask worker)."""
+def onnx_engine(graph: str | Path, name: str = "onnx") -> Engine:
+    """An ONNX graph (`rnnlib export`'s, or its 8-bit version for onnx-int8) in ONNX Runtime,
+    on the CPU, with as many threads as PyTorch uses in this process (one per Dask worker)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -60,12 +64,12 @@ def onnx_engine(graph: str | Path) -> Engine:
         (probabilities,) = session.run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})
         return torch.from_numpy(probabilities)
 
-    return Engine("onnx", forward, torch.device("cpu"))
+    return Engine(name, forward, torch.device("cpu"))
 
 
 def available_engines(device: torch.device) -> list[str]:
-    """The engines that can run here: on a GPU, PyTorch's fp32 and bf16; on a CPU all four
-    (onnx when ONNX Runtime is installed)."""
+    """The engines that can run here: on a GPU, PyTorch's fp32 and bf16; on a CPU every one
+    (onnx and onnx-int8 when ONNX Runtime is installed)."""
     if device.type != "cpu":
         return ["fp32", "bf16"]
     try:

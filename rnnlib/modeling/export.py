@@ -7,7 +7,8 @@ maximum length. Turning text into ids is the consumer's job: the bundle's `confi
 (`preprocess`) and `vocab.json` say exactly how.
 
 Every export is checked before it is kept: the file is run in ONNX Runtime on a batch of another
-shape and must match PyTorch within `tolerance`.
+shape and must match PyTorch within `tolerance`. `quantise_onnx` makes the 8-bit graph the
+onnx-int8 scoring engine runs.
 """
 
 from __future__ import annotations
@@ -125,5 +126,20 @@ def export_onnx(bundle_dir: str | Path, out: str | Path, tolerance: float = 1e-4
             raise ExportError(
                 f"the exported graph differs from PyTorch by {np.abs(got - want).max():.2e}", file=str(bundle_dir)
             )
+        durable_replace(tmp, out)
+    return out
+
+
+def quantise_onnx(graph: str | Path, out: str | Path) -> Path:
+    """`graph` with its LSTM and linear weights in 8 bits (ONNX Runtime's dynamic quantisation:
+    activations are quantised batch by batch, so no calibration data is needed), written
+    atomically to `out`."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
+        tmp = Path(scratch) / out.name
+        quantize_dynamic(graph, tmp, weight_type=QuantType.QInt8)
         durable_replace(tmp, out)
     return out

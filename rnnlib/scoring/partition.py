@@ -19,8 +19,8 @@ from pydantic import BaseModel
 from rnnlib.common.storage import write_parquet
 from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
 from rnnlib.modeling.device import default_batch_rows, pick_device
-from rnnlib.modeling.engines import Engine, onnx_engine, torch_engine
-from rnnlib.modeling.export import export_onnx
+from rnnlib.modeling.engines import ONNX_ENGINES, Engine, available_engines, onnx_engine, torch_engine
+from rnnlib.modeling.export import export_onnx, quantise_onnx
 from rnnlib.modeling.inference import EngineChoice, cached_choice, choose_engine, engines_for, predict_proba
 from rnnlib.prepare.preprocess import preprocess_table
 from rnnlib.prepare.tensorize import REJECTS_SCHEMA, encode_ids
@@ -55,8 +55,8 @@ class ScoringSettings:
     max_length: int
     batch_size: int | None = None  # default: by device
     device: str = "auto"
-    engine: str = "fp32"  # fp32, bf16, int8 or onnx: `auto` is resolved before scoring
-    graph: str | None = None  # the onnx engine's graph
+    engine: str = "fp32"  # fp32, bf16, int8, onnx or onnx-int8: `auto` is resolved before scoring
+    graph: str | None = None  # the ONNX engines' graph
 
     def batch_rows(self, device: torch.device) -> int:
         return self.batch_size or default_batch_rows(device)
@@ -84,9 +84,9 @@ def worker_model(path: str, version: str, device: str, engine: str, graph: str |
 
 
 def load_model(path: str | Path, device: str = "auto", engine: str = "fp32", graph: str | None = None) -> LoadedModel:
-    """A bundle on its device, its model run by `engine` (onnx: the exported `graph`)."""
+    """A bundle on its device, its model run by `engine` (onnx, onnx-int8: on `graph`)."""
     bundle = load_bundle(path, pick_device(device))
-    run = onnx_engine(graph) if engine == "onnx" else torch_engine(bundle.model, engine)
+    run = onnx_engine(graph, engine) if engine in ONNX_ENGINES else torch_engine(bundle.model, engine)
     return LoadedModel(bundle, run)
 
 
@@ -99,22 +99,27 @@ def resolve_engine(
 ) -> tuple[ScoringSettings, str]:
     """`settings` with the engine to run and the reason: `asked` itself, or for `auto` the
     engine measured fastest among those faithful to fp32 on `sample`'s rows (a canonical
-    table; see `choose_engine`), cached under `cache_dir` per machine and bundle. The onnx
-    engine's graph is exported once per bundle into `cache_dir`."""
+    table; see `choose_engine`), cached under `cache_dir` per machine and bundle. The ONNX
+    engines' graphs are exported once per bundle into `cache_dir`."""
     reason = "asked for"
     if asked == "auto" and pick_device(settings.device).type != "cpu":
         asked, reason = "bf16", "on a GPU: bf16"
     elif asked == "auto":
         choice = _auto_choice(settings, sample, cache_dir)
         asked, reason = (choice.engine, choice.reason) if choice else ("fp32", "too few rows to measure on")
-    graph = str(onnx_graph(settings, cache_dir)) if asked == "onnx" else None
+    graph = str(onnx_graph(settings, cache_dir, asked)) if asked in ONNX_ENGINES else None
     return replace(settings, engine=asked, graph=graph), reason
 
 
-def onnx_graph(settings: ScoringSettings, cache_dir: str | Path) -> Path:
-    """The bundle's model as ONNX, exported (and checked) once per bundle version."""
+def onnx_graph(settings: ScoringSettings, cache_dir: str | Path, engine: str = "onnx") -> Path:
+    """The graph `engine` runs, made once per bundle version: the bundle's model as ONNX
+    (exported and checked), or for onnx-int8 that graph quantised."""
     path = Path(cache_dir) / f"model-{settings.version}.onnx"
-    return path if path.is_file() else export_onnx(settings.bundle, path)
+    path = path if path.is_file() else export_onnx(settings.bundle, path)
+    if engine == "onnx":
+        return path
+    quantised = path.with_name(f"model-{settings.version}-int8.onnx")
+    return quantised if quantised.is_file() else quantise_onnx(path, quantised)
 
 
 def _auto_choice(settings: ScoringSettings, sample: pa.Table, cache_dir: str | Path) -> EngineChoice | None:
@@ -126,11 +131,12 @@ def _auto_choice(settings: ScoringSettings, sample: pa.Table, cache_dir: str | P
         ids, _ = encode_ids(tokens.filter(pc.is_null(tokens["reject"]))["tokens"], bundle.vocab, settings.max_length)
         if len(ids) < MIN_CALIBRATION_ROWS:
             raise _TooFew
-        graph = onnx_graph(settings, cache_dir)
+        onnx = [engine for engine in available_engines(torch.device("cpu")) if engine in ONNX_ENGINES]
+        graphs = {engine: onnx_graph(settings, cache_dir, engine) for engine in onnx}  # none without ONNX Runtime
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as a scoring worker runs: one thread each
         try:
-            return choose_engine(engines_for(bundle.model, graph), ids, len(bundle.labels.labels), identity["batch"])
+            return choose_engine(engines_for(bundle.model, graphs), ids, len(bundle.labels.labels), identity["batch"])
         finally:
             torch.set_num_threads(threads)
 
