@@ -24,8 +24,11 @@ With --memory GB the reviews are replicated into a JSONL file of at least GB gig
 temporary folder, deleted afterwards) and scored by rnnlib with a small model, sampling the
 peak resident memory of the driver and workers together, next to the same for one copy.
 
+With --cell lstm the untrained bundle's cell is an LSTM: ONNX Runtime quantises LSTMs to 8 bits
+(onnx-int8) but not GRUs.
+
 Usage: python benchmarks/bench_score.py [--datasets ../shared/datasets] [--rows 50000]
-                                        [--bundle DIR] [--memory 1.0]
+                                        [--bundle DIR] [--cell gru|lstm] [--memory 1.0]
 """
 
 from __future__ import annotations
@@ -207,6 +210,12 @@ def main() -> int:
     parser.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
     parser.add_argument("--rows", type=int, default=50_000)
     parser.add_argument("--bundle", type=Path, help="a trained bundle (default: an untrained IMDB-recipe one)")
+    parser.add_argument(
+        "--cell",
+        choices=["gru", "lstm"],
+        default="gru",
+        help="the untrained bundle's cell (onnx-int8 quantises LSTMs only)",
+    )
     parser.add_argument("--memory", type=float, metavar="GB", help="also profile memory on a GB-sized input")
     args = parser.parse_args()
     source = args.datasets / "imdb" / "unsup.jsonl.gz"
@@ -217,10 +226,11 @@ def main() -> int:
         with gzip.open(dump, "wt", encoding="utf-8") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in reviews)
         text_mb = sum(len(r["text"].encode()) for r in reviews) / 1e6
-        bundle_dir = args.bundle or make_bundle(reviews, tmp / "recipe", MODEL)
+        model = MODEL.model_copy(update={"cell": args.cell})
+        bundle_dir = args.bundle or make_bundle(reviews, tmp / "recipe", model)
         print(
-            f"{len(reviews)} reviews ({text_mb:.0f} MB of text), model {MODEL.cell} bidirectional "
-            f"{MODEL.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{len(reviews)} reviews ({text_mb:.0f} MB of text), model {model.cell} bidirectional "
+            f"{model.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}"
         )
         start = time.perf_counter()

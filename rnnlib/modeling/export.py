@@ -133,13 +133,20 @@ def export_onnx(bundle_dir: str | Path, out: str | Path, tolerance: float = 1e-4
 def quantise_onnx(graph: str | Path, out: str | Path) -> Path:
     """`graph` with its LSTM and linear weights in 8 bits (ONNX Runtime's dynamic quantisation:
     activations are quantised batch by batch, so no calibration data is needed), written
-    atomically to `out`."""
+    atomically to `out`. The exporter folds only small constants: a larger LSTM's weights are
+    computed in the graph (its gates reordered), where the quantiser leaves them in fp32, so
+    ONNX Runtime's basic optimisations (standard ONNX operators only) fold them first."""
+    import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
-        tmp = Path(scratch) / out.name
-        quantize_dynamic(graph, tmp, weight_type=QuantType.QInt8)
+        folded, tmp = Path(scratch) / "folded.onnx", Path(scratch) / out.name
+        options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        options.optimized_model_filepath = str(folded)
+        onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        quantize_dynamic(folded, tmp, weight_type=QuantType.QInt8)
         durable_replace(tmp, out)
     return out
