@@ -135,18 +135,15 @@ def quantise_onnx(graph: str | Path, out: str | Path) -> Path:
     activations are quantised batch by batch, so no calibration data is needed), written
     atomically to `out`. The exporter folds only small constants: a larger LSTM's weights are
     computed in the graph (its gates reordered), where the quantiser leaves them in fp32, so
-    ONNX Runtime's basic optimisations (standard ONNX operators only) fold them first."""
-    import onnxruntime
+    ONNX Runtime's pre-processing folds them first."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
         folded, tmp = Path(scratch) / "folded.onnx", Path(scratch) / out.name
-        options = onnxruntime.SessionOptions()
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        options.optimized_model_filepath = str(folded)
-        onnxruntime.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        quant_pre_process(graph, folded, skip_symbolic_shape=True)  # the shapes are dynamic anyway
         quantize_dynamic(folded, tmp, weight_type=QuantType.QInt8)
         durable_replace(tmp, out)
     return out
