@@ -53,8 +53,8 @@ COMMANDS = {
 
 ENGINE_CHOICES = ["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8"]
 ENGINE_HELP = (
-    "what runs the model: PyTorch fp32/bf16/int8 or ONNX Runtime (onnx); auto (default): the fastest "
-    "engine that labels rows as fp32 does, measured on this machine once"
+    "what runs the model: PyTorch fp32/bf16/int8 or ONNX Runtime (onnx, onnx-int8); auto (default): "
+    "the fastest engine that labels rows as fp32 does, measured on this machine once"
 )
 
 
