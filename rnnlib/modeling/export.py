@@ -144,6 +144,8 @@ def quantise_onnx(graph: str | Path, out: str | Path) -> Path:
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as scratch:
         folded, tmp = Path(scratch) / "folded.onnx", Path(scratch) / out.name
         quant_pre_process(graph, folded, skip_symbolic_shape=True)  # the shapes are dynamic anyway
-        quantize_dynamic(folded, tmp, weight_type=QuantType.QInt8)
+        # 7-bit weights: without VNNI units the 8-bit kernels can saturate, and the graph may be
+        # made on one CPU and run on another
+        quantize_dynamic(folded, tmp, weight_type=QuantType.QInt8, reduce_range=True)
         durable_replace(tmp, out)
     return out
