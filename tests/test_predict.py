@@ -163,6 +163,31 @@ def test_auto_measures_the_pytorch_engines_without_onnx_runtime(names_bundle, te
     assert not list(tmp_path.glob("*.onnx"))
 
 
+def test_a_cached_graph_is_made_again_after_an_upgrade_of_onnx_runtime(names_bundle, tmp_path, monkeypatch):
+    """The engine cache keys a graph by the bundle and by the code that made it, libraries
+    included: a graph exported or quantised by an older ONNX Runtime is not reused after an
+    upgrade (simulated: its installed version is reported as another)."""
+    import importlib.metadata
+
+    from rnnlib.common.fingerprint import code_version
+    from rnnlib.scoring.partition import ScoringSettings, onnx_graph
+
+    settings = ScoringSettings(str(names_bundle), load_bundle(names_bundle).version, top_k=1, max_length=64)
+    graph = onnx_graph(settings, tmp_path, "onnx-int8")
+    made = graph.stat().st_mtime_ns
+    assert onnx_graph(settings, tmp_path, "onnx-int8") == graph and graph.stat().st_mtime_ns == made  # reused
+
+    installed = importlib.metadata.version
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: "9.9" if name == "onnxruntime" else installed(name))
+    code_version.cache_clear()
+    try:
+        upgraded = onnx_graph(settings, tmp_path, "onnx-int8")
+    finally:
+        monkeypatch.undo()
+        code_version.cache_clear()
+    assert upgraded != graph and upgraded.is_file() and len(list(tmp_path.glob("*.onnx"))) == 4
+
+
 def test_onnx_export_matches_torch_on_the_test_split(names_bundle, names_data, tmp_path):
     import onnx
     import onnxruntime

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import torch
 from pydantic import BaseModel
 
+from rnnlib.common.fingerprint import code_version
 from rnnlib.common.storage import write_parquet
 from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
 from rnnlib.modeling.device import default_batch_rows, pick_device
@@ -112,13 +113,16 @@ def resolve_engine(
 
 
 def onnx_graph(settings: ScoringSettings, cache_dir: str | Path, engine: str = "onnx") -> Path:
-    """The graph `engine` runs, made once per bundle version: the bundle's model as ONNX
-    (exported and checked), or for onnx-int8 that graph quantised."""
-    path = Path(cache_dir) / f"model-{settings.version}.onnx"
+    """The graph `engine` runs, made once per bundle version and exporting code: the bundle's
+    model as ONNX (exported and checked), or for onnx-int8 that graph quantised. The exporting
+    code's digest (rnnlib's export module and what it imports, the versions of torch, onnx and
+    ONNX Runtime among them) is in the name, so an upgrade makes the graph again."""
+    stem = f"model-{settings.version}-{code_version(export_onnx.__module__)[:16]}"
+    path = Path(cache_dir) / f"{stem}.onnx"
     path = path if path.is_file() else export_onnx(settings.bundle, path)
     if engine == "onnx":
         return path
-    quantised = path.with_name(f"model-{settings.version}-int8.onnx")
+    quantised = path.with_name(f"{stem}-int8.onnx")
     return quantised if quantised.is_file() else quantise_onnx(path, quantised)
 
 
