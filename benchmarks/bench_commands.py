@@ -62,8 +62,8 @@ def run(command: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def stage_seconds(output: str) -> float:
-    """The sum of the stage table's seconds that `rnnlib prepare` prints."""
-    return sum(float(m.group(1)) for m in re.finditer(r"^\w+\s+(?:True|False)\s+([\d.]+)$", output, re.M))
+    """The sum of the stage table's seconds that `rnnlib prepare` prints (`| stage | built | 1.23 |`)."""
+    return sum(float(m.group(1)) for m in re.finditer(r"^\| \w+ \| (?:built|reused) \| ([\d.]+) \|$", output, re.M))
 
 
 def free_port() -> int:

@@ -27,7 +27,10 @@ peak resident memory of the driver and workers together, next to the same for on
 With --cell lstm the untrained bundle's cell is an LSTM: ONNX Runtime quantises LSTMs to 8 bits
 (onnx-int8) but not GRUs.
 
-Usage: python benchmarks/bench_score.py [--datasets ../shared/datasets] [--rows 50000]
+With --repeat N the rnnlib runs are repeated in N interleaved rounds and their medians shown
+(this machine drifts by more than the engines differ within a run of a few minutes).
+
+Usage: python benchmarks/bench_score.py [--datasets ../shared/datasets] [--rows 50000] [--repeat 1]
                                         [--bundle DIR] [--cell gru|lstm] [--memory 1.0]
 """
 
@@ -38,6 +41,7 @@ import gzip
 import itertools
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -216,6 +220,7 @@ def main() -> int:
         default="gru",
         help="the untrained bundle's cell (onnx-int8 quantises LSTMs only)",
     )
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of the rnnlib runs, interleaved (medians)")
     parser.add_argument("--memory", type=float, metavar="GB", help="also profile memory on a GB-sized input")
     args = parser.parse_args()
     source = args.datasets / "imdb" / "unsup.jsonl.gz"
@@ -243,20 +248,27 @@ def main() -> int:
         warm = tmp / "warm.jsonl"
         warm.write_text("".join(json.dumps(r) + "\n" for r in reviews[:600]))
         runs = [(1, "fp32"), (2, "fp32"), *((2, engine) for engine in engines[1:]), (2, "auto")]
-        chosen = {}
-        for workers, engine in runs:
-            method = f"rnnlib-{workers}w" + ("" if engine == "fp32" else f"-{engine}")
-            with dask_client(DaskConfig(n_workers=workers, processes=True)) as client:
-                threads = set(client.run(torch.get_num_threads).values())
-                # imports, the model loaded; auto's engine measured (on 512 of these rows) and cached
-                rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}", client, engine, cache)
-                start = time.perf_counter()
-                manifest = rnnlib_score(dump, bundle_dir, tmp / f"out-{method}", client, engine, cache)
-                results[method] = (time.perf_counter() - start, manifest.rows)
-                chosen[method] = manifest.engine
-                if engine == "auto":
-                    print(f"auto chose {manifest.engine}: {manifest.engine_reason}")
-            assert threads == {1}, threads
+        chosen, rounds = {}, {}
+        for round_ in range(args.repeat):  # the methods interleaved, so a drifting machine favours none
+            for workers, engine in runs:
+                method = f"rnnlib-{workers}w" + ("" if engine == "fp32" else f"-{engine}")
+                with dask_client(DaskConfig(n_workers=workers, processes=True)) as client:
+                    threads = set(client.run(torch.get_num_threads).values())
+                    # imports, the model loaded; auto's engine measured (on 512 of these rows) and cached
+                    rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}-{round_}", client, engine, cache)
+                    start = time.perf_counter()
+                    manifest = rnnlib_score(dump, bundle_dir, tmp / f"out-{method}-{round_}", client, engine, cache)
+                    rounds.setdefault(method, []).append(time.perf_counter() - start)
+                    results[method] = (statistics.median(rounds[method]), manifest.rows)
+                    chosen[method] = manifest.engine
+                    if engine == "auto" and round_ == 0:
+                        print(f"auto chose {manifest.engine}: {manifest.engine_reason}")
+                assert threads == {1}, threads
+        if args.repeat > 1:
+            print(f"{args.repeat} rounds, medians below; each round's seconds:")
+            print(
+                "\n".join(f"  {method:<16} {' '.join(f'{s:.2f}' for s in times)}" for method, times in rounds.items())
+            )
         base = results["baseline"][0]
         print(
             f"{'method':<16} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11} {'of the kernel limit':>19}"
