@@ -134,7 +134,19 @@ class PreprocessConfig(_Strict):
     )
     stopwords: bool = Field(False, description="drop NLTK stop words (needs NLTK's corpus)")
     stopwords_language: str = Field("english", description="NLTK stop-word list to use")
+    stopword_list: list[str] | None = Field(
+        None,
+        description="the stop words dropped (with stopwords): null means NLTK's list for "
+        "stopwords_language, written in here when the text is prepared, so the cache key holds the words "
+        "themselves and a model bundle scores without NLTK; or a list of your own",
+    )
     stem: bool = Field(False, description="Porter stemming (word level)")
+
+    @model_validator(mode="after")
+    def _stopword_list_needs_stopwords(self) -> PreprocessConfig:
+        if self.stopword_list is not None and not self.stopwords:
+            raise ValueError("stopword_list is given but stopwords is false: set stopwords: true to drop them")
+        return self
 
 
 class SplitConfig(_Strict):

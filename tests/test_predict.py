@@ -188,6 +188,36 @@ def test_a_cached_graph_is_made_again_after_an_upgrade_of_onnx_runtime(names_bun
     assert upgraded != graph and upgraded.is_file() and len(list(tmp_path.glob("*.onnx"))) == 4
 
 
+def test_a_bundle_keeps_its_stop_words_and_scores_without_nltk(names_bundle, names_data, tmp_path):
+    """A bundle trained with NLTK's stop words holds the words themselves: the machine that
+    scores with it needs neither NLTK's corpus nor NLTK, and NLTK's list changing later does not
+    change what the model is given."""
+    from rnnlib.config import ModelConfig, PreprocessConfig
+    from rnnlib.modeling.bundle import save_bundle
+    from rnnlib.modeling.train import BEST
+
+    model = ModelConfig(cell="gru", embedding_dim=16, hidden_size=32, bidirectional=True)  # names_bundle's
+    save_bundle(
+        tmp_path / "bundle",
+        names_bundle.parent / "fit" / BEST,
+        Path(names_data.vocab.path),
+        PreprocessConfig(level="word", stopwords=True),
+        model,
+        None,
+        {},
+    )
+    assert "the" in load_bundle(tmp_path / "bundle").preprocess.stopword_list
+    script = (
+        "import sys; sys.modules['nltk'] = None; "  # importing nltk now raises ImportError
+        "from rnnlib.scoring.predictor import Predictor; "
+        f"p = Predictor.from_bundle({str(tmp_path / 'bundle')!r}, engine='fp32'); "
+        "print([r.rejected for r in p.predict(['the smith', 'the'])])"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("\n")[-2] == "[None, 'no tokens after preprocessing']"  # "the" was dropped
+
+
 def test_onnx_export_matches_torch_on_the_test_split(names_bundle, names_data, tmp_path):
     import onnx
     import onnxruntime

@@ -296,7 +296,7 @@ def test_keys_follow_the_libraries_and_the_stop_words_the_code_uses(tmp_path, mo
 
     from rnnlib.common import fingerprint
     from rnnlib.config import PrepareConfig
-    from rnnlib.prepare import pipeline
+    from rnnlib.prepare import pipeline, text
 
     versions = fingerprint.library_versions({fingerprint.module_file("rnnlib.prepare.text")})
     assert {"pyarrow", "nltk"} <= set(versions) and "rnnlib" not in versions
@@ -309,7 +309,7 @@ def test_keys_follow_the_libraries_and_the_stop_words_the_code_uses(tmp_path, mo
         }
     )
     first = pipeline.prepare(config)
-    monkeypatch.setattr(pipeline, "stopword_set", lambda language: pa.array(["the"]))
+    monkeypatch.setattr(text, "stopword_set", lambda language: pa.array(["the"]))
     fewer_stop_words = pipeline.prepare(config)
     assert fewer_stop_words.preprocess.key != first.preprocess.key and fewer_stop_words.ingest.cached
     monkeypatch.setattr(fingerprint, "library_versions", lambda files: {**versions, "pyarrow": "0.0.1"})

@@ -21,6 +21,7 @@ from rnnlib.common.storage import read_json, write_json
 from rnnlib.config import ModelConfig, PreprocessConfig
 from rnnlib.errors import InputError
 from rnnlib.modeling.model import RNNClassifier
+from rnnlib.prepare.text import with_stopword_list
 from rnnlib.prepare.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary
 
 WEIGHTS, CONFIG, METRICS = "weights.safetensors", "config.json", "metrics.json"
@@ -59,7 +60,7 @@ def save_bundle(
     for name in (VOCAB_FILE, LABELS_FILE):
         shutil.copyfile(vocab_dir / name, out_dir / name)
     config = {
-        "preprocess": preprocess.model_dump(mode="json"),
+        "preprocess": with_stopword_list(preprocess).model_dump(mode="json"),  # scores without NLTK
         "model": model.model_dump(mode="json"),
         "max_length": max_length,
         "vocab_hash": Vocabulary.load(vocab_dir / VOCAB_FILE).hash,

@@ -32,7 +32,7 @@ from rnnlib.prepare.ingest import IngestManifest, ingest
 from rnnlib.prepare.preprocess import PreprocessManifest, preprocess
 from rnnlib.prepare.split import UNLABELLED_SPLIT, SplitManifest, split
 from rnnlib.prepare.tensorize import TensorizeManifest, tensorize
-from rnnlib.prepare.text import stopword_set
+from rnnlib.prepare.text import with_stopword_list
 from rnnlib.prepare.vocab import VocabManifest, build_vocabulary
 from rnnlib.sources.datasets import materialize
 from rnnlib.stages import IN_PROCESS, InProcess, StageOutput, holding_outputs, run_stage
@@ -61,11 +61,11 @@ def ingest_stage(source: SourceConfig, *, work_dir: str, connect: Connect = in_p
 def preprocess_stage(
     ingested: StageOutput[IngestManifest], *, cfg: PreprocessConfig, work_dir: str, connect: Connect = in_process
 ) -> StageOutput[PreprocessManifest]:
-    # NLTK's data is read, not imported: the stop words themselves are part of the key
-    words = stopword_set(cfg.stopwords_language).to_pylist() if cfg.stopwords else None
+    # NLTK's data is read, not imported: the stop words themselves go into the key (and to the workers)
+    cfg = with_stopword_list(cfg)
     return run_stage(
         "preprocess",
-        {"ingested": ingested, "cfg": cfg, "work_dir": work_dir, "stopwords": words},
+        {"ingested": ingested, "cfg": cfg, "work_dir": work_dir},
         lambda out: preprocess(ingested.path, out_dir=out, cfg=cfg, client=connect()),
         code=[preprocess],
         manifest=PreprocessManifest,

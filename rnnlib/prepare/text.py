@@ -47,6 +47,19 @@ def stopword_set(language: str) -> pa.Array:
         ) from None
 
 
+def with_stopword_list(cfg: PreprocessConfig) -> PreprocessConfig:
+    """`cfg` with its stop words written out: NLTK's list read here, once, so the processes that
+    tokenise (Dask workers, a scoring machine) need neither NLTK, slow to import, nor its corpus."""
+    if not cfg.stopwords or cfg.stopword_list is not None:
+        return cfg
+    return cfg.model_copy(update={"stopword_list": stopword_set(cfg.stopwords_language).to_pylist()})
+
+
+@lru_cache(maxsize=8)
+def _listed(words: tuple[str, ...]) -> pa.Array:
+    return pa.array(sorted(set(words)), pa.string())
+
+
 @lru_cache(maxsize=1)
 def _stemmer():
     from nltk.stem import PorterStemmer
@@ -214,7 +227,9 @@ def tokenize(text: pa.Array, cfg: PreprocessConfig) -> pa.Array:
     words, indices = encoded.dictionary, encoded.indices
     parents = pc.list_parent_indices(lists).to_numpy()
     if cfg.stopwords:
-        keep = pc.invert(pc.is_in(words, value_set=stopword_set(cfg.stopwords_language)))
+        listed = cfg.stopword_list
+        stop = _listed(tuple(listed)) if listed is not None else stopword_set(cfg.stopwords_language)
+        keep = pc.invert(pc.is_in(words, value_set=stop))
         kept = keep.take(indices)
         indices, parents = indices.filter(kept), parents[kept.to_numpy(zero_copy_only=False)]
     if cfg.stem:
