@@ -21,8 +21,10 @@ in this run:
               measured and chose on this machine (its calibration, once, is not timed).
 
 With --memory GB the reviews are replicated into a JSONL file of at least GB gigabytes (in a
-temporary folder, deleted afterwards) and scored by rnnlib with a small model, sampling the
-peak resident memory of the driver and workers together, next to the same for one copy.
+temporary folder, deleted afterwards) and scored by rnnlib with the same model, engine `auto`, on
+all cores, sampling the peak resident memory of the driver and workers together, next to the same
+for one copy: the dump rate of a large dump, its share of the chosen engine's kernel limit × workers
+(the limit of one copy times the copies), and whether memory stays flat with input size.
 
 With --cell lstm the untrained bundle's cell is an LSTM: ONNX Runtime quantises LSTMs to 8 bits
 (onnx-int8) but not GRUs.
@@ -87,7 +89,6 @@ from plain_recipes import score_jsonl  # noqa: E402
 
 PREPROCESS = PreprocessConfig(level="word", strip_html=True, lowercase=True, keep_emoticons=True, punctuation="remove")
 MODEL = ModelConfig(cell="gru", bidirectional=True, embedding_dim=128, hidden_size=128, dropout=0.5, pooling="max")
-SMALL = ModelConfig(cell="gru", embedding_dim=32, hidden_size=32)
 MAX_LENGTH = 400
 
 
@@ -183,8 +184,9 @@ class PeakMemory:
         self._thread.join()
 
 
-def memory_profile(dump: Path, reviews: list[dict], gigabytes: float, tmp: Path) -> None:
-    bundle_dir = make_bundle(reviews, tmp / "small", SMALL)
+def memory_profile(
+    reviews: list[dict], gigabytes: float, tmp: Path, bundle_dir: Path, cache: Path, limits: dict[str, float]
+) -> None:
     one = tmp / "one.jsonl"
     with open(one, "w", encoding="utf-8") as fh:
         for r in reviews:
@@ -196,17 +198,25 @@ def memory_profile(dump: Path, reviews: list[dict], gigabytes: float, tmp: Path)
             for r in reviews:  # a fresh id per copy: ids stay unique
                 fh.write((json.dumps({"id": f"{copy}-{r['id']}", "text": r["text"]}) + "\n").encode())
             copy += 1
-    print(f"\npeak resident memory (driver + {os.cpu_count()} workers), small model {SMALL.cell} {SMALL.hidden_size}:")
+    workers = os.cpu_count() or 1
+    print(f"\nlarge dump, engine auto, peak resident memory (driver + {workers} workers):")
     with dask_client(DaskConfig(processes=True)) as client:
-        for name, path in (
-            (f"1 copy ({one.stat().st_size / 1e6:.0f} MB)", one),
-            (f"{copy} copies ({big.stat().st_size / 1e9:.2f} GB)", big),
+        for name, path, copies in (
+            (f"1 copy ({one.stat().st_size / 1e6:.0f} MB)", one, 1),
+            (f"{copy} copies ({big.stat().st_size / 1e9:.2f} GB)", big, copy),
         ):
             with PeakMemory() as peak:
                 start = time.perf_counter()
-                manifest = rnnlib_score(path, bundle_dir, tmp / f"out-{path.stem}", client)
+                manifest = rnnlib_score(path, bundle_dir, tmp / f"out-{path.stem}", client, "auto", cache)
                 seconds = time.perf_counter() - start
-            print(f"  {name:<24} rows {manifest.rows:>9}  {seconds:7.1f} s  peak RSS {peak.peak / 2**20:7.0f} MiB")
+            limit = limits.get(manifest.engine)
+            share = (
+                "" if limit is None else f"  {limit * copies / workers / seconds:.0%} of the {manifest.engine} limit"
+            )
+            print(
+                f"  {name:<24} rows {manifest.rows:>9}  {seconds:7.1f} s  {manifest.rows / seconds:6.0f} docs/s"
+                f"  peak RSS {peak.peak / 2**20:7.0f} MiB{share}"
+            )
 
 
 def main() -> int:
@@ -289,7 +299,7 @@ def main() -> int:
         auto = results["rnnlib-2w-auto"][0]
         print(f"auto ({chosen['rnnlib-2w-auto']}) vs 2 workers fp32: {results['rnnlib-2w'][0] / auto:.2f}x")
         if args.memory:
-            memory_profile(dump, reviews, args.memory, tmp)
+            memory_profile(reviews, args.memory, tmp, bundle_dir, cache, limits)
     return 0
 
 

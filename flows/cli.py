@@ -156,9 +156,16 @@ def _prepare(args: argparse.Namespace) -> int:
     data = None if args.flow else _reused_prepare(config)
     if data is None:
         start_reaper()
-        from rnnlib_flows.prepare import prepare_flow
+        from rnnlib_tasks.dask_clients import close_clients, start_client
 
-        data = prepare_flow(config)
+        if not args.flow:  # a stage has to be built, so the cluster will be needed
+            start_client(config.dask)
+        try:
+            from rnnlib_flows.prepare import prepare_flow
+
+            data = prepare_flow(config)
+        finally:
+            close_clients()  # a flow run that failed to start leaves no cluster behind
     _print_summary(data, data.stages)
     return 0
 

@@ -28,6 +28,12 @@ def get_client(cfg: DaskConfig) -> Client:
         return _clients[key]
 
 
+def start_client(cfg: DaskConfig) -> None:
+    """Start the client in the background, for a run known to have work for it: the cluster
+    starts while Prefect starts the flow run and the stages compute their keys."""
+    threading.Thread(target=get_client, args=(cfg,), name="dask-start", daemon=True).start()
+
+
 def connector(cfg: DaskConfig) -> Callable[[], Client]:
     """What a library stage calls for its client, only if it has work to do."""
     return lambda: get_client(cfg)
