@@ -4,6 +4,8 @@ test server per session (a fresh Prefect database takes ~20 s to create)."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -22,6 +24,20 @@ import pytest  # noqa: E402
 
 from rnnlib.common.cluster import dask_client  # noqa: E402
 from rnnlib.config import DaskConfig, ModelConfig  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def run_without():
+    """Runs Python code in a fresh interpreter in which `module` cannot be imported (an extra
+    not installed, or a library a process must not need); returns the last line it printed."""
+
+    def run(module: str, code: str) -> str:
+        script = f"import sys; sys.modules[{module!r}] = None  # importing it raises ImportError\n{code}"
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.strip().splitlines()[-1]
+
+    return run
 
 
 @pytest.fixture(scope="session")

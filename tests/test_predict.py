@@ -144,19 +144,17 @@ def test_onnx_int8_runs_an_lstm_in_8_bits_within_the_stated_tolerance(names_data
     assert 0 < change <= PROBABILITY_CHANGE  # changed (8 bits), but within the tolerance
 
 
-def test_auto_measures_the_pytorch_engines_without_onnx_runtime(names_bundle, test_rows, tmp_path):
+def test_auto_measures_the_pytorch_engines_without_onnx_runtime(names_bundle, test_rows, tmp_path, run_without):
     """ONNX Runtime is an extra (`export`): without it `auto` measures and chooses among the
     PyTorch engines instead of failing to export a graph."""
     texts = test_rows["text"].to_pylist()[:600]  # enough rows to measure on
-    script = (
-        "import sys; sys.modules['onnxruntime'] = None; "  # import onnxruntime now raises ImportError
+    printed = run_without(
+        "onnxruntime",
         "from rnnlib.scoring.predictor import Predictor; "
         f"p = Predictor.from_bundle({str(names_bundle)!r}, engine='auto', engine_cache={str(tmp_path)!r}); "
-        f"p.predict({texts!r}); print(p.settings.engine, p.settings.graph)"
+        f"p.predict({texts!r}); print(p.settings.engine, p.settings.graph)",
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    engine, graph = done.stdout.split()[-2:]
+    engine, graph = printed.split()
     assert engine in ("fp32", "bf16", "int8") and graph == "None"
     (choice,) = tmp_path.glob("choice-*.json")
     assert [t["engine"] for t in json.loads(choice.read_text())["trials"]] == ["fp32", "bf16", "int8"]
@@ -188,7 +186,7 @@ def test_a_cached_graph_is_made_again_after_an_upgrade_of_onnx_runtime(names_bun
     assert upgraded != graph and upgraded.is_file() and len(list(tmp_path.glob("*.onnx"))) == 4
 
 
-def test_a_bundle_keeps_its_stop_words_and_scores_without_nltk(names_bundle, names_data, tmp_path):
+def test_a_bundle_keeps_its_stop_words_and_scores_without_nltk(names_bundle, names_data, tmp_path, run_without):
     """A bundle trained with NLTK's stop words holds the words themselves: the machine that
     scores with it needs neither NLTK's corpus nor NLTK, and NLTK's list changing later does not
     change what the model is given."""
@@ -207,15 +205,13 @@ def test_a_bundle_keeps_its_stop_words_and_scores_without_nltk(names_bundle, nam
         {},
     )
     assert "the" in load_bundle(tmp_path / "bundle").preprocess.stopword_list
-    script = (
-        "import sys; sys.modules['nltk'] = None; "  # importing nltk now raises ImportError
+    printed = run_without(
+        "nltk",
         "from rnnlib.scoring.predictor import Predictor; "
         f"p = Predictor.from_bundle({str(tmp_path / 'bundle')!r}, engine='fp32'); "
-        "print([r.rejected for r in p.predict(['the smith', 'the'])])"
+        "print([r.rejected for r in p.predict(['the smith', 'the'])])",
     )
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[-2] == "[None, 'no tokens after preprocessing']"  # "the" was dropped
+    assert printed == "[None, 'no tokens after preprocessing']"  # "the" was dropped
 
 
 def test_onnx_export_matches_torch_on_the_test_split(names_bundle, names_data, tmp_path):
