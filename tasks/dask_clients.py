@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _stack = ExitStack()
 _clients: dict[str, Client] = {}
+_starting: list[threading.Thread] = []  # started in the background, perhaps not yet in _clients
 
 
 def get_client(cfg: DaskConfig) -> Client:
@@ -31,7 +32,9 @@ def get_client(cfg: DaskConfig) -> Client:
 def start_client(cfg: DaskConfig) -> None:
     """Start the client in the background, for a run known to have work for it: the cluster
     starts while Prefect starts the flow run and the stages compute their keys."""
-    threading.Thread(target=get_client, args=(cfg,), name="dask-start", daemon=True).start()
+    thread = threading.Thread(target=get_client, args=(cfg,), name="dask-start", daemon=True)
+    thread.start()
+    _starting.append(thread)
 
 
 def connector(cfg: DaskConfig) -> Callable[[], Client]:
@@ -40,6 +43,10 @@ def connector(cfg: DaskConfig) -> Callable[[], Client]:
 
 
 def close_clients() -> None:
+    """Close every client and the clusters they started, waiting first for one still starting
+    (a run that failed early would otherwise leave it running)."""
+    while _starting:
+        _starting.pop().join()
     with _lock:
         _clients.clear()
         _stack.close()
