@@ -11,10 +11,10 @@ in this run:
               in file order and score them under torch.no_grad, in one process (torch's default
               threads), results to one Parquet file;
   kernel      the limit: the model alone over the same reviews, tokenised beforehand, in
-              length-sorted batches of 64 with one thread, run by each scoring engine (fp32,
-              int8, onnx, onnx-int8; bf16 only on a CPU with bf16 units: elsewhere it is emulated and far
-              slower); each rnnlib run is shown as a share of its engine's limit (N workers: N
-              times the one-thread limit);
+              length-sorted batches of 64 with one thread, run by each scoring engine installed
+              (fp32, int8, onnx, onnx-int8, openvino; bf16 and openvino-bf16 only on a CPU with
+              bf16 units: elsewhere bf16 is emulated and far slower); each rnnlib run is shown as
+              a share of its engine's limit (N workers: N times the one-thread limit);
   rnnlib-Nw   `rnnlib.scoring.pipeline.score` on a LocalCluster of N worker processes (one thread
               each): partitions, length-sorted batches, inference mode, per-partition Parquet;
               `-ENGINE`: run by that engine (`engine=...`); `-auto`: the engine `engine=auto`
@@ -68,7 +68,7 @@ from rnnlib.config import (  # noqa: E402
 )
 from rnnlib.modeling.bundle import load_bundle, save_bundle  # noqa: E402
 from rnnlib.modeling.device import cpu_has_native_bf16  # noqa: E402
-from rnnlib.modeling.engines import ONNX_ENGINES, available_engines  # noqa: E402
+from rnnlib.modeling.engines import GRAPH_ENGINES, available_engines  # noqa: E402
 from rnnlib.modeling.inference import predict_proba  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
 from rnnlib.prepare.tensorize import encode_ids  # noqa: E402
@@ -127,7 +127,7 @@ def kernel_seconds(ids: pa.ListArray, bundle_dir: Path, engine: str, cache: Path
     run by `engine` in this process with one thread: the most a scoring worker could do."""
     bundle = load_bundle(bundle_dir)
     graph = None
-    if engine in ONNX_ENGINES:
+    if engine in GRAPH_ENGINES:
         graph = str(onnx_graph(ScoringSettings(str(bundle_dir), bundle.version, 1, MAX_LENGTH), cache, engine))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -277,22 +277,22 @@ def main() -> int:
         if args.repeat > 1:
             print(f"{args.repeat} rounds, medians below; each round's seconds:")
             print(
-                "\n".join(f"  {method:<16} {' '.join(f'{s:.2f}' for s in times)}" for method, times in rounds.items())
+                "\n".join(f"  {method:<24} {' '.join(f'{s:.2f}' for s in times)}" for method, times in rounds.items())
             )
         base = results["baseline"][0]
         print(
-            f"{'method':<16} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11} {'of the kernel limit':>19}"
+            f"{'method':<24} {'seconds':>8} {'docs/s':>8} {'MB/s':>6} {'vs baseline':>11} {'of the kernel limit':>19}"
         )
         for engine, seconds in limits.items():
             print(
-                f"{'kernel-1t-' + engine:<16} {seconds:>8.2f} {len(reviews) / seconds:>8.0f} {'':>6} {'':>11} "
+                f"{'kernel-1t-' + engine:<24} {seconds:>8.2f} {len(reviews) / seconds:>8.0f} {'':>6} {'':>11} "
                 f"{'(the limit)':>19}"
             )
         for (method, (seconds, n)), (workers, _) in zip(results.items(), [(2, "fp32"), *runs]):
             limit = limits.get(chosen.get(method, ""))
             share = "" if limit is None else f"{limit / workers / seconds:>18.0%}"
             print(
-                f"{method:<16} {seconds:>8.2f} {n / seconds:>8.0f} {text_mb / seconds:>6.2f} "
+                f"{method:<24} {seconds:>8.2f} {n / seconds:>8.0f} {text_mb / seconds:>6.2f} "
                 f"{base / seconds:>10.2f}x {share:>19}"
             )
         print(f"scaling 1 -> 2 workers: {results['rnnlib-1w'][0] / results['rnnlib-2w'][0]:.2f}x")

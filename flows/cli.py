@@ -51,9 +51,10 @@ COMMANDS = {
 }
 
 
-ENGINE_CHOICES = ["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8"]
+ENGINE_CHOICES = ["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
 ENGINE_HELP = (
-    "what runs the model: PyTorch fp32/bf16/int8 or ONNX Runtime (onnx, onnx-int8); auto (default): "
+    "what runs the model: PyTorch fp32/bf16/int8, ONNX Runtime (onnx, onnx-int8) or OpenVINO "
+    "(openvino, openvino-bf16); auto (default): "
     "the fastest engine that labels rows as fp32 does, measured on this machine once"
 )
 

@@ -106,7 +106,7 @@ def test_predict_command_reads_standard_input_and_prints_a_table(names_bundle):
 SAME_LABELS, PROBABILITY_CHANGE = 0.99, 0.05
 
 
-@pytest.mark.parametrize("engine", ["bf16", "int8", "onnx", "onnx-int8", "auto"])
+@pytest.mark.parametrize("engine", ["bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16", "auto"])
 def test_every_engine_agrees_with_fp32_within_the_stated_tolerance(names_bundle, test_rows, engine, tmp_path):
     texts = test_rows["text"].to_pylist()
     fp32 = Predictor.from_bundle(names_bundle, engine="fp32").predict(texts, top_k=18)
@@ -114,6 +114,10 @@ def test_every_engine_agrees_with_fp32_within_the_stated_tolerance(names_bundle,
     assert np.mean([a.label == b.label for a, b in zip(fp32, reduced)]) >= SAME_LABELS
     change = max(abs(dict(a.top_k)[label] - p) for a, b in zip(fp32, reduced) for label, p in b.top_k)
     assert change <= PROBABILITY_CHANGE
+    if engine == "auto":  # it measured every engine installed (the dev extras: OpenVINO's too)
+        (choice,) = tmp_path.glob("choice-*.json")
+        measured = {trial["engine"] for trial in json.loads(choice.read_text())["trials"]}
+        assert {"fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino"} <= measured
 
 
 def test_onnx_int8_runs_an_lstm_in_8_bits_within_the_stated_tolerance(names_data, test_rows, tmp_path):

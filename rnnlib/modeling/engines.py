@@ -6,15 +6,20 @@
     onnx-int8          the same graph with its LSTM and linear weights quantised to 8 bits by
                        ONNX Runtime's dynamic quantisation (it has no 8-bit GRU: a GRU's
                        recurrent weights stay fp32; CPU only)
+    openvino           OpenVINO on the same graph, compiled for this CPU (fused recurrent kernels;
+    openvino-bf16      fp32, or bf16 where the CPU has bf16 units: elsewhere OpenVINO runs it in
+                       fp32; CPU only)
 
 No engine wins everywhere: bf16 is fast on a CPU with bf16 units and far slower than fp32 without
-them, and ONNX Runtime's recurrent kernels beat PyTorch's on some CPUs. So `auto` is chosen by
+them, and ONNX Runtime's and OpenVINO's recurrent kernels beat PyTorch's on some CPUs. So `auto` is chosen by
 measurement (`rnnlib.modeling.inference.choose_engine`), once per machine and bundle.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import platform
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -24,9 +29,10 @@ import torch
 
 from rnnlib.modeling.device import for_inference
 
-EngineName = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8"]
-ENGINES = ("fp32", "bf16", "int8", "onnx", "onnx-int8")
-ONNX_ENGINES = ("onnx", "onnx-int8")  # run by ONNX Runtime on a graph exported from the bundle
+EngineName = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
+ENGINES = ("fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16")
+GRAPH_ENGINES = ("onnx", "onnx-int8", "openvino", "openvino-bf16")  # run on a graph exported from the bundle
+OPENVINO_ENGINES = ("openvino", "openvino-bf16")
 # a probability table, rows x classes, from padded ids (batch x steps, int64) and lengths (batch)
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -67,33 +73,75 @@ def onnx_engine(graph: str | Path, name: str = "onnx") -> Engine:
     return Engine(name, forward, torch.device("cpu"))
 
 
+def openvino_engine(graph: str | Path, name: str = "openvino") -> Engine:
+    """The exported ONNX graph compiled by OpenVINO for this CPU, in fp32 or (openvino-bf16) bf16,
+    with as many threads as PyTorch uses in this process and no pinning to cores (two workers
+    on one machine would otherwise pin to the same ones). fp32 is asked for explicitly: on a
+    CPU with bf16 units OpenVINO would otherwise run bf16."""
+    import openvino
+
+    core = openvino.Core()
+    config = {
+        "INFERENCE_PRECISION_HINT": "bf16" if name == "openvino-bf16" else "f32",
+        "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        "NUM_STREAMS": 1,
+        "ENABLE_CPU_PINNING": False,
+    }
+    compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
+    request, output = compiled.create_infer_request(), compiled.output(0)
+    lock = threading.Lock()  # an infer request runs one batch at a time
+
+    def forward(ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        with lock:
+            result = request.infer({"ids": ids.numpy(), "lengths": lengths.numpy()})
+            return torch.from_numpy(result[output].copy())  # the request reuses its buffers
+
+    return Engine(name, forward, torch.device("cpu"))
+
+
+def graph_engine(graph: str | Path, name: str) -> Engine:
+    """The engine `name` of GRAPH_ENGINES on an exported graph."""
+    return openvino_engine(graph, name) if name in OPENVINO_ENGINES else onnx_engine(graph, name)
+
+
 def available_engines(device: torch.device) -> list[str]:
-    """The engines that can run here: on a GPU, PyTorch's fp32 and bf16; on a CPU every one
-    (onnx and onnx-int8 when ONNX Runtime is installed)."""
+    """The engines that can run here: on a GPU, PyTorch's fp32 and bf16; on a CPU PyTorch's
+    three, onnx and onnx-int8 when ONNX Runtime is installed (it checks every exported graph),
+    and with OpenVINO too openvino, and openvino-bf16 where OpenVINO finds bf16 units."""
     if device.type != "cpu":
         return ["fp32", "bf16"]
+    names = ["fp32", "bf16", "int8"]
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return ["fp32", "bf16", "int8"]
-    return list(ENGINES)
+        return names
+    names += ["onnx", "onnx-int8"]
+    try:
+        import openvino
+    except ImportError:
+        return names
+    bf16 = "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return names + ["openvino"] + (["openvino-bf16"] if bf16 else [])
 
 
 def machine() -> dict[str, str]:
     """What an engine's speed depends on besides the model: the CPU and the libraries."""
-    try:
-        import onnxruntime
-
-        ort = onnxruntime.__version__
-    except ImportError:
-        ort = "none"
     return {
         "cpu": cpu_name(),
         "capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
-        "onnxruntime": ort,
+        "onnxruntime": _version("onnxruntime"),
+        "openvino": _version("openvino"),
         "threads": str(torch.get_num_threads()),
     }
+
+
+def _version(package: str) -> str:
+    """The installed version of `package`, or "none" (read without importing it)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "none"
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from rnnlib.common.fingerprint import digest_json
 from rnnlib.common.storage import read_json, write_json
 from rnnlib.modeling.batches import collate
-from rnnlib.modeling.engines import ONNX_ENGINES, Engine, available_engines, machine, onnx_engine, torch_engine
+from rnnlib.modeling.engines import GRAPH_ENGINES, Engine, available_engines, graph_engine, machine, torch_engine
 from rnnlib.modeling.model import RNNClassifier
 
 AGREEMENT_ROWS = 2000  # test rows (a seeded sample of larger splits): bf16 is emulated, slowly, without bf16 units
@@ -137,12 +137,12 @@ def cached_choice(cache_dir: str | Path, identity: dict[str, Any], choose: Calla
 
 
 def engines_for(model: RNNClassifier, graphs: dict[str, Path] | None = None) -> dict[str, Engine]:
-    """Every engine that runs on the CPU, on copies of `model` (fp32 first); the ONNX Runtime
-    engines for which `graphs` holds the model exported (onnx) or quantised (onnx-int8)."""
+    """Every engine that runs on the CPU, on copies of `model` (fp32 first); the graph engines
+    (ONNX Runtime, OpenVINO) for which `graphs` holds the model exported or quantised (onnx-int8)."""
     fp32 = copy.deepcopy(model).cpu().float().eval()
     names = available_engines(torch.device("cpu"))
-    engines = {name: torch_engine(copy.deepcopy(fp32), name) for name in names if name not in ONNX_ENGINES}
+    engines = {name: torch_engine(copy.deepcopy(fp32), name) for name in names if name not in GRAPH_ENGINES}
     for name, graph in (graphs or {}).items():
         if name in names:
-            engines[name] = onnx_engine(graph, name)
+            engines[name] = graph_engine(graph, name)
     return engines

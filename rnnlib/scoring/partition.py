@@ -20,7 +20,7 @@ from rnnlib.common.fingerprint import code_version
 from rnnlib.common.storage import write_parquet
 from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
 from rnnlib.modeling.device import default_batch_rows, pick_device
-from rnnlib.modeling.engines import ONNX_ENGINES, Engine, available_engines, onnx_engine, torch_engine
+from rnnlib.modeling.engines import GRAPH_ENGINES, Engine, available_engines, graph_engine, torch_engine
 from rnnlib.modeling.export import export_onnx, quantise_onnx
 from rnnlib.modeling.inference import EngineChoice, cached_choice, choose_engine, engines_for, predict_proba
 from rnnlib.prepare.preprocess import preprocess_table
@@ -56,7 +56,7 @@ class ScoringSettings:
     max_length: int
     batch_size: int | None = None  # default: by device
     device: str = "auto"
-    engine: str = "fp32"  # fp32, bf16, int8, onnx or onnx-int8: `auto` is resolved before scoring
+    engine: str = "fp32"  # one of ENGINES: `auto` is resolved before scoring
     graph: str | None = None  # the ONNX engines' graph
 
     def batch_rows(self, device: torch.device) -> int:
@@ -85,9 +85,9 @@ def worker_model(path: str, version: str, device: str, engine: str, graph: str |
 
 
 def load_model(path: str | Path, device: str = "auto", engine: str = "fp32", graph: str | None = None) -> LoadedModel:
-    """A bundle on its device, its model run by `engine` (onnx, onnx-int8: on `graph`)."""
+    """A bundle on its device, its model run by `engine` (the ONNX Runtime and OpenVINO engines: on `graph`)."""
     bundle = load_bundle(path, pick_device(device))
-    run = onnx_engine(graph, engine) if engine in ONNX_ENGINES else torch_engine(bundle.model, engine)
+    run = graph_engine(graph, engine) if engine in GRAPH_ENGINES else torch_engine(bundle.model, engine)
     return LoadedModel(bundle, run)
 
 
@@ -100,7 +100,7 @@ def resolve_engine(
 ) -> tuple[ScoringSettings, str]:
     """`settings` with the engine to run and the reason: `asked` itself, or for `auto` the
     engine measured fastest among those faithful to fp32 on `sample`'s rows (a canonical
-    table; see `choose_engine`), cached under `cache_dir` per machine and bundle. The ONNX
+    table; see `choose_engine`), cached under `cache_dir` per machine and bundle. The graph
     engines' graphs are exported once per bundle into `cache_dir`."""
     reason = "asked for"
     if asked == "auto" and pick_device(settings.device).type != "cpu":
@@ -108,19 +108,20 @@ def resolve_engine(
     elif asked == "auto":
         choice = _auto_choice(settings, sample, cache_dir)
         asked, reason = (choice.engine, choice.reason) if choice else ("fp32", "too few rows to measure on")
-    graph = str(onnx_graph(settings, cache_dir, asked)) if asked in ONNX_ENGINES else None
+    graph = str(onnx_graph(settings, cache_dir, asked)) if asked in GRAPH_ENGINES else None
     return replace(settings, engine=asked, graph=graph), reason
 
 
 def onnx_graph(settings: ScoringSettings, cache_dir: str | Path, engine: str = "onnx") -> Path:
     """The graph `engine` runs, made once per bundle version and exporting code: the bundle's
-    model as ONNX (exported and checked), or for onnx-int8 that graph quantised. The exporting
+    model as ONNX (exported and checked; onnx and the OpenVINO engines), or for onnx-int8 that
+    graph quantised. The exporting
     code's digest (rnnlib's export module and what it imports, the versions of torch, onnx and
     ONNX Runtime among them) is in the name, so an upgrade makes the graph again."""
     stem = f"model-{settings.version}-{code_version(export_onnx.__module__)[:16]}"
     path = Path(cache_dir) / f"{stem}.onnx"
     path = path if path.is_file() else export_onnx(settings.bundle, path)
-    if engine == "onnx":
+    if engine != "onnx-int8":
         return path
     quantised = path.with_name(f"{stem}-int8.onnx")
     return quantised if quantised.is_file() else quantise_onnx(path, quantised)
@@ -135,8 +136,8 @@ def _auto_choice(settings: ScoringSettings, sample: pa.Table, cache_dir: str | P
         ids, _ = encode_ids(tokens.filter(pc.is_null(tokens["reject"]))["tokens"], bundle.vocab, settings.max_length)
         if len(ids) < MIN_CALIBRATION_ROWS:
             raise _TooFew
-        onnx = [engine for engine in available_engines(torch.device("cpu")) if engine in ONNX_ENGINES]
-        graphs = {engine: onnx_graph(settings, cache_dir, engine) for engine in onnx}  # none without ONNX Runtime
+        on_graphs = [engine for engine in available_engines(torch.device("cpu")) if engine in GRAPH_ENGINES]
+        graphs = {engine: onnx_graph(settings, cache_dir, engine) for engine in on_graphs}  # none without ONNX Runtime
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as a scoring worker runs: one thread each
         try:
