@@ -32,7 +32,7 @@ With --cell lstm the untrained bundle's cell is an LSTM: ONNX Runtime quantises 
 With --repeat N the rnnlib runs are repeated in N interleaved rounds and their medians shown
 (this machine drifts by more than the engines differ within a run of a few minutes).
 
-Usage: python benchmarks/bench_score.py [--datasets ../shared/datasets] [--rows 50000] [--repeat 1]
+Usage: python benchmarks/bench_score.py [--datasets ../shared/datasets] [--rows 50000] [--repeat 1] [--engines a,b]
                                         [--bundle DIR] [--cell gru|lstm] [--memory 1.0]
 """
 
@@ -232,6 +232,9 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=1, help="rounds of the rnnlib runs, interleaved (medians)")
     parser.add_argument("--memory", type=float, metavar="GB", help="also profile memory on a GB-sized input")
+    parser.add_argument(
+        "--engines", help="comma-separated engines to run beside fp32 and auto (default: every one installed)"
+    )
     args = parser.parse_args()
     source = args.datasets / "imdb" / "unsup.jsonl.gz"
     reviews = read_reviews(source, args.rows)
@@ -252,6 +255,8 @@ def main() -> int:
         rows = score_jsonl(dump, args.rows, bundle_dir, tmp, MAX_LENGTH)
         results = {"baseline": (time.perf_counter() - start, rows)}
         engines = [e for e in available_engines(torch.device("cpu")) if e != "bf16" or cpu_has_native_bf16()]
+        if args.engines:
+            engines = ["fp32", *(e for e in engines if e in args.engines.split(",") and e != "fp32")]
         ids = pretokenised(reviews, bundle_dir)
         cache = tmp / "engines"
         limits = {engine: kernel_seconds(ids, bundle_dir, engine, cache) for engine in engines}
