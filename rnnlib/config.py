@@ -493,8 +493,8 @@ class ScoreConfig(_Strict):
         description="what runs the model: PyTorch in fp32, bf16 or int8 (recurrent and linear weights "
         "quantised to 8 bits; CPU only), ONNX Runtime (onnx: fp32; onnx-int8: LSTM and linear "
         "weights in 8 bits, a GRU's stay fp32; CPU only; both need the export extra), or OpenVINO "
-        "on the same graph (openvino: fp32; openvino-bf16: bf16 on a CPU with bf16 units, fp32 "
-        "elsewhere; CPU only; the openvino extra). auto: every "
+        "on the same graph (openvino: fp32; openvino-bf16: bf16 where OpenVINO supports it on the "
+        "CPU, fp32 elsewhere; CPU only; the openvino extra). auto: every "
         "engine measured on rows of the dump on first use on a machine, the fastest that labels at "
         "least 99.5% of them as fp32 does is run; the choice is cached in engine_cache and named "
         "in the run's manifest. On a GPU auto is bf16",

@@ -7,8 +7,8 @@
                        ONNX Runtime's dynamic quantisation (it has no 8-bit GRU: a GRU's
                        recurrent weights stay fp32; CPU only)
     openvino           OpenVINO on the same graph, compiled for this CPU (fused recurrent kernels;
-    openvino-bf16      fp32, or bf16 where the CPU has bf16 units: elsewhere OpenVINO runs it in
-                       fp32; CPU only)
+    openvino-bf16      fp32, or bf16 where OpenVINO supports it on the CPU: where it does not, as
+                       on AVX2 CPUs, OpenVINO runs it in fp32; CPU only)
 
 No engine wins everywhere: bf16 is fast on a CPU with bf16 units and far slower than fp32 without
 them, and ONNX Runtime's and OpenVINO's recurrent kernels beat PyTorch's on some CPUs. So `auto` is chosen by
@@ -107,7 +107,7 @@ def graph_engine(graph: str | Path, name: str) -> Engine:
 def available_engines(device: torch.device) -> list[str]:
     """The engines that can run here: on a GPU, PyTorch's fp32 and bf16; on a CPU PyTorch's
     three, onnx and onnx-int8 when ONNX Runtime is installed (it checks every exported graph),
-    and with OpenVINO too openvino, and openvino-bf16 where OpenVINO finds bf16 units."""
+    and with OpenVINO too openvino, and openvino-bf16 where OpenVINO supports bf16 on the CPU."""
     if device.type != "cpu":
         return ["fp32", "bf16"]
     names = ["fp32", "bf16", "int8"]
