@@ -12,8 +12,9 @@ in this run:
               threads), results to one Parquet file;
   kernel      the limit: the model alone over the same reviews, tokenised beforehand, in
               length-sorted batches of 64 with one thread, run by each scoring engine installed
-              (fp32, int8, onnx, onnx-int8, openvino; bf16 and openvino-bf16 only on a CPU with
-              bf16 units: elsewhere bf16 is emulated and far slower); each rnnlib run is shown as
+              (fp32, int8, onnx, onnx-int8, openvino; bf16 only on a CPU with bf16 units, where
+              PyTorch's is not emulated and far slower; openvino-bf16 where OpenVINO reports bf16
+              support); each rnnlib run is shown as
               a share of its engine's limit (N workers: N times the one-thread limit);
   rnnlib-Nw   `rnnlib.scoring.pipeline.score` on a LocalCluster of N worker processes (one thread
               each): partitions, length-sorted batches, inference mode, per-partition Parquet;
