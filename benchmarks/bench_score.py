@@ -21,6 +21,11 @@ in this run:
               `-ENGINE`: run by that engine (`engine=...`); `-auto`: the engine `engine=auto`
               measured and chose on this machine (its calibration, once, is not timed).
 
+On a GPU (--device auto finds one; cuda asks for it) every method runs its model there: the plain
+recipe moves its model and batches to the GPU; the kernel limit is each GPU engine (fp32, bf16)
+over batches of 1,024, the scoring default there, after a warm-up batch; the N workers share the
+one GPU, so their limit is the kernel's, not N times it. --workers sets N (default: the cores).
+
 With --memory GB the reviews are replicated into a JSONL file of at least GB gigabytes (in a
 temporary folder, deleted afterwards) and scored by rnnlib with the same model, engine `auto`, on
 all cores, sampling the peak resident memory of the driver and workers together, next to the same
@@ -35,6 +40,7 @@ With --repeat N the rnnlib runs are repeated in N interleaved rounds and their m
 
 Usage: python benchmarks/bench_score.py [--datasets ../shared/datasets] [--rows 50000] [--repeat 1] [--engines a,b]
                                         [--bundle DIR] [--cell gru|lstm] [--memory 1.0]
+                                        [--device auto|cpu|cuda] [--workers N]
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ from rnnlib.config import (  # noqa: E402
     ScoreConfig,
 )
 from rnnlib.modeling.bundle import load_bundle, save_bundle  # noqa: E402
-from rnnlib.modeling.device import cpu_has_native_bf16  # noqa: E402
+from rnnlib.modeling.device import cpu_has_native_bf16, default_batch_rows, pick_device  # noqa: E402
 from rnnlib.modeling.engines import GRAPH_ENGINES, available_engines  # noqa: E402
 from rnnlib.modeling.inference import predict_proba  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
@@ -123,19 +129,25 @@ def pretokenised(reviews: list[dict], bundle_dir: Path) -> pa.ListArray:
     return ids.filter(pa.array(lengths > 0))
 
 
-def kernel_seconds(ids: pa.ListArray, bundle_dir: Path, engine: str, cache: Path) -> float:
-    """Seconds the model alone takes over pre-tokenised reviews, in length-sorted batches of 64,
-    run by `engine` in this process with one thread: the most a scoring worker could do."""
+def kernel_seconds(ids: pa.ListArray, bundle_dir: Path, engine: str, cache: Path, device: torch.device) -> float:
+    """Seconds the model alone takes over pre-tokenised reviews, in length-sorted batches of the
+    device's scoring size, run by `engine` in this process: on a CPU with one thread, the most a
+    scoring worker could do; on a GPU after a warm-up batch (CUDA's and cuDNN's start-up), the
+    most the GPU could do."""
     bundle = load_bundle(bundle_dir)
     graph = None
     if engine in GRAPH_ENGINES:
         graph = str(onnx_graph(ScoringSettings(str(bundle_dir), bundle.version, 1, MAX_LENGTH), cache, engine))
+    classes, batch = len(bundle.labels.labels), default_batch_rows(device)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
     try:
-        loaded = load_model(bundle_dir, "cpu", engine, graph)
+        loaded = load_model(bundle_dir, device.type, engine, graph)
+        if device.type != "cpu":
+            predict_proba(loaded.engine, ids.slice(max(0, len(ids) - batch)), classes, batch)
         start = time.perf_counter()
-        predict_proba(loaded.engine, ids, len(bundle.labels.labels), 64)
+        predict_proba(loaded.engine, ids, classes, batch)
         return time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
@@ -143,12 +155,19 @@ def kernel_seconds(ids: pa.ListArray, bundle_dir: Path, engine: str, cache: Path
 
 # ---------------------------------------------------------------- rnnlib
 def rnnlib_score(
-    dump: Path, bundle_dir: Path, out: Path, client, engine: str = "fp32", cache: Path | None = None
+    dump: Path,
+    bundle_dir: Path,
+    out: Path,
+    client,
+    engine: str = "fp32",
+    cache: Path | None = None,
+    device: str = "cpu",
 ) -> ScoreReport:
     config = ScoreConfig(
         bundle=str(bundle_dir),
         inputs=[InputSpec(path=str(dump), id_column="id")],
         output=str(out),
+        device=device,
         engine=engine,
         engine_cache=str(cache or out.parent / "engines"),
     )
@@ -186,7 +205,13 @@ class PeakMemory:
 
 
 def memory_profile(
-    reviews: list[dict], gigabytes: float, tmp: Path, bundle_dir: Path, cache: Path, limits: dict[str, float]
+    reviews: list[dict],
+    gigabytes: float,
+    tmp: Path,
+    bundle_dir: Path,
+    cache: Path,
+    limits: dict[str, float],
+    device: torch.device,
 ) -> None:
     one = tmp / "one.jsonl"
     with open(one, "w", encoding="utf-8") as fh:
@@ -200,6 +225,7 @@ def memory_profile(
                 fh.write((json.dumps({"id": f"{copy}-{r['id']}", "text": r["text"]}) + "\n").encode())
             copy += 1
     workers = os.cpu_count() or 1
+    parallel = workers if device.type == "cpu" else 1  # the workers share one GPU
     print(f"\nlarge dump, engine auto, peak resident memory (driver + {workers} workers):")
     with dask_client(DaskConfig(processes=True)) as client:
         for name, path, copies in (
@@ -208,11 +234,11 @@ def memory_profile(
         ):
             with PeakMemory() as peak:
                 start = time.perf_counter()
-                manifest = rnnlib_score(path, bundle_dir, tmp / f"out-{path.stem}", client, "auto", cache)
+                manifest = rnnlib_score(path, bundle_dir, tmp / f"out-{path.stem}", client, "auto", cache, device.type)
                 seconds = time.perf_counter() - start
             limit = limits.get(manifest.engine)
             share = (
-                "" if limit is None else f"  {limit * copies / workers / seconds:.0%} of the {manifest.engine} limit"
+                "" if limit is None else f"  {limit * copies / parallel / seconds:.0%} of the {manifest.engine} limit"
             )
             print(
                 f"  {name:<24} rows {manifest.rows:>9}  {seconds:7.1f} s  {manifest.rows / seconds:6.0f} docs/s"
@@ -236,7 +262,10 @@ def main() -> int:
     parser.add_argument(
         "--engines", help="comma-separated engines to run beside fp32 and auto (default: every one installed)"
     )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: the GPU if any")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring workers (default: cores)")
     args = parser.parse_args()
+    device, workers = pick_device(args.device), args.workers
     source = args.datasets / "imdb" / "unsup.jsonl.gz"
     reviews = read_reviews(source, args.rows)
     with tempfile.TemporaryDirectory() as tmp:
@@ -250,20 +279,21 @@ def main() -> int:
         print(
             f"{len(reviews)} reviews ({text_mb:.0f} MB of text), model {model.cell} bidirectional "
             f"{model.hidden_size}, max length {MAX_LENGTH}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}"
+            f"CPU capability {torch.backends.cpu.get_cpu_capability()}, bf16 units: {cpu_has_native_bf16()}, "
+            f"device {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}"
         )
         start = time.perf_counter()
-        rows = score_jsonl(dump, args.rows, bundle_dir, tmp, MAX_LENGTH)
+        rows = score_jsonl(dump, args.rows, bundle_dir, tmp, MAX_LENGTH, device.type)
         results = {"baseline": (time.perf_counter() - start, rows)}
-        engines = [e for e in available_engines(torch.device("cpu")) if e != "bf16" or cpu_has_native_bf16()]
+        engines = [e for e in available_engines(device) if e != "bf16" or device.type != "cpu" or cpu_has_native_bf16()]
         if args.engines:
             engines = ["fp32", *(e for e in engines if e in args.engines.split(",") and e != "fp32")]
         ids = pretokenised(reviews, bundle_dir)
         cache = tmp / "engines"
-        limits = {engine: kernel_seconds(ids, bundle_dir, engine, cache) for engine in engines}
+        limits = {engine: kernel_seconds(ids, bundle_dir, engine, cache, device) for engine in engines}
         warm = tmp / "warm.jsonl"
         warm.write_text("".join(json.dumps(r) + "\n" for r in reviews[:600]))
-        runs = [(1, "fp32"), (2, "fp32"), *((2, engine) for engine in engines[1:]), (2, "auto")]
+        runs = [(1, "fp32"), (workers, "fp32"), *((workers, engine) for engine in engines[1:]), (workers, "auto")]
         chosen, rounds = {}, {}
         for round_ in range(args.repeat):  # the methods interleaved, so a drifting machine favours none
             for workers, engine in runs:
@@ -271,9 +301,11 @@ def main() -> int:
                 with dask_client(DaskConfig(n_workers=workers, processes=True)) as client:
                     threads = set(client.run(torch.get_num_threads).values())
                     # imports, the model loaded; auto's engine measured (on 512 of these rows) and cached
-                    rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}-{round_}", client, engine, cache)
+                    rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}-{round_}", client, engine, cache, device.type)
                     start = time.perf_counter()
-                    manifest = rnnlib_score(dump, bundle_dir, tmp / f"out-{method}-{round_}", client, engine, cache)
+                    manifest = rnnlib_score(
+                        dump, bundle_dir, tmp / f"out-{method}-{round_}", client, engine, cache, device.type
+                    )
                     rounds.setdefault(method, []).append(time.perf_counter() - start)
                     results[method] = (statistics.median(rounds[method]), manifest.rows)
                     chosen[method] = manifest.engine
@@ -294,18 +326,20 @@ def main() -> int:
                 f"{'kernel-1t-' + engine:<24} {seconds:>8.2f} {len(reviews) / seconds:>8.0f} {'':>6} {'':>11} "
                 f"{'(the limit)':>19}"
             )
-        for (method, (seconds, n)), (workers, _) in zip(results.items(), [(2, "fp32"), *runs]):
+        for (method, (seconds, n)), (run_workers, _) in zip(results.items(), [(workers, "fp32"), *runs]):
             limit = limits.get(chosen.get(method, ""))
-            share = "" if limit is None else f"{limit / workers / seconds:>18.0%}"
+            parallel = run_workers if device.type == "cpu" else 1  # the workers share one GPU
+            share = "" if limit is None else f"{limit / parallel / seconds:>18.0%}"
             print(
                 f"{method:<24} {seconds:>8.2f} {n / seconds:>8.0f} {text_mb / seconds:>6.2f} "
                 f"{base / seconds:>10.2f}x {share:>19}"
             )
-        print(f"scaling 1 -> 2 workers: {results['rnnlib-1w'][0] / results['rnnlib-2w'][0]:.2f}x")
-        auto = results["rnnlib-2w-auto"][0]
-        print(f"auto ({chosen['rnnlib-2w-auto']}) vs 2 workers fp32: {results['rnnlib-2w'][0] / auto:.2f}x")
+        many = f"rnnlib-{workers}w"
+        print(f"scaling 1 -> {workers} workers: {results['rnnlib-1w'][0] / results[many][0]:.2f}x")
+        auto = results[f"{many}-auto"][0]
+        print(f"auto ({chosen[f'{many}-auto']}) vs {workers} workers fp32: {results[many][0] / auto:.2f}x")
         if args.memory:
-            memory_profile(reviews, args.memory, tmp, bundle_dir, cache, limits)
+            memory_profile(reviews, args.memory, tmp, bundle_dir, cache, limits, device)
     return 0
 
 

@@ -70,17 +70,18 @@ def prepare(frame_reader, out: Path, stopwords: str = "regex") -> int:
     return len(df)
 
 
-def score_jsonl(dump: Path, rows: int, bundle_dir: Path, out: Path, max_length: int = 400) -> int:
+def score_jsonl(dump: Path, rows: int, bundle_dir: Path, out: Path, max_length: int = 400, device: str = "cpu") -> int:
     """Read the gzip JSONL in a Python loop, clean and tokenize each review with regexes, map
     tokens to ids with a dict, pad mini-batches of 64 in file order and score them under
-    torch.no_grad in one process (torch's default threads); results to one Parquet file."""
+    torch.no_grad in one process (torch's default threads; on a GPU, model and batches moved
+    there); results to one Parquet file."""
     import torch
     from torch.nn.utils.rnn import pad_sequence
 
     from rnnlib.modeling.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
-    model, stoi = bundle.model.eval(), {t: i for i, t in enumerate(bundle.vocab.tokens)}
+    model, stoi = bundle.model.to(device).eval(), {t: i for i, t in enumerate(bundle.vocab.tokens)}
     labels = bundle.labels.labels
 
     def clean(text: str) -> list[str]:
@@ -93,7 +94,7 @@ def score_jsonl(dump: Path, rows: int, bundle_dir: Path, out: Path, max_length: 
             records = [json.loads(line) for line in batch]
             ids = [torch.tensor([stoi.get(t, 1) for t in clean(r["text"])] or [1]) for r in records]
             lengths = torch.tensor([len(i) for i in ids])
-            probabilities = model(pad_sequence(ids, batch_first=True), lengths).softmax(1)
+            probabilities = model(pad_sequence(ids, batch_first=True).to(device), lengths.to(device)).softmax(1).cpu()
             best = probabilities.max(1)
             results += [
                 {"id": r["id"], "label": labels[int(i)], "probability": float(p)}
