@@ -497,7 +497,8 @@ class ScoreConfig(_Strict):
         "CPU, fp32 elsewhere; CPU only; the openvino extra). auto: every "
         "engine measured on rows of the dump on first use on a machine, the fastest that labels at "
         "least 99.5% of them as fp32 does is run; the choice is cached in engine_cache and named "
-        "in the run's manifest. On a GPU auto is bf16",
+        "in the run's manifest; on a GPU the same between fp32 and bf16. With device auto the "
+        "CPU-only engines run on the CPU",
     )
     engine_cache: str = Field(
         default_factory=lambda: os.environ.get("RNNLIB_ENGINE_CACHE", ".rnnlib/engines"),

@@ -279,7 +279,7 @@ def _ddp_rank(rank: int, world: int, port: int, tensors: str, out: str, model: M
     os.environ.update(
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
-    summary = train(tensors, out_dir=out, model=model, cfg=TrainConfig(epochs=1, batch_size=64))
+    summary = train(tensors, out_dir=out, model=model, cfg=TrainConfig(epochs=1, batch_size=64, device="cpu"))
     model_state = torch.load(Path(out) / LAST, weights_only=True)["model"] if rank == 0 else None
     Path(out, f"rank{rank}.json").write_text(
         json.dumps(
@@ -308,6 +308,25 @@ def test_distributed_data_parallel_on_two_gloo_processes(names_tensors, tmp_path
     assert ranks[0]["rows"] == ranks[1]["rows"] == 14052
     assert ranks[0]["weights"] == ranks[1]["weights"]  # gradients all-reduced: the same model
     assert (tmp_path / BEST).is_file() and (tmp_path / "rank0-final.pt").is_file()
+
+
+def test_each_rank_takes_a_gpu_of_its_own_or_says_why_it_cannot(monkeypatch):
+    """Under torchrun, rank k of a machine trains on GPU k; a rank without one is told how to
+    start the run instead of failing deep in CUDA; CPU ranks stay on the CPU (gloo)."""
+    from rnnlib.modeling.train import rank_device
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert rank_device("cuda") == torch.device("cuda", 0)
+    assert rank_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(
+        ValueError, match=r"local rank 1 has no GPU of its own \(1 on this machine\).*--nproc-per-node 1"
+    ):
+        rank_device("cuda")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert rank_device("cuda") == torch.device("cuda")
 
 
 def test_bundle_round_trip_and_mismatch_refusal(names_tensors, names_data, tmp_path, small_model):

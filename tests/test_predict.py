@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from rnnlib.config import InputSpec, ScoreConfig
 from rnnlib.modeling.bundle import load_bundle
@@ -30,7 +31,8 @@ def test_rows(names_data) -> pa.Table:
 
 
 def test_predictions_match_the_test_shards_and_a_scoring_run(names_bundle, names_data, test_rows, tmp_path):
-    predictor = Predictor.from_bundle(names_bundle, engine="fp32")  # the shards' own format
+    """Exactly, on the CPU, as the shards' probabilities are computed here (a GPU's differ in the last bits)."""
+    predictor = Predictor.from_bundle(names_bundle, engine="fp32", device="cpu")  # the shards' own format
     predictions = predictor.predict(test_rows["text"].to_pylist(), top_k=3)
     by_id = dict(zip(test_rows["id"].to_pylist(), predictions))
     shards = pq.read_table(f"{names_data.tensorize.path}/test")
@@ -48,6 +50,7 @@ def test_predictions_match_the_test_shards_and_a_scoring_run(names_bundle, names
             bundle=str(names_bundle),
             output=str(tmp_path / "out"),
             engine="fp32",
+            device="cpu",
             inputs=[InputSpec(path=str(tmp_path / "test.parquet"), id_column="id")],
         )
     )
@@ -109,15 +112,46 @@ SAME_LABELS, PROBABILITY_CHANGE = 0.99, 0.05
 @pytest.mark.parametrize("engine", ["bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16", "auto"])
 def test_every_engine_agrees_with_fp32_within_the_stated_tolerance(names_bundle, test_rows, engine, tmp_path):
     texts = test_rows["text"].to_pylist()
-    fp32 = Predictor.from_bundle(names_bundle, engine="fp32").predict(texts, top_k=18)
-    reduced = Predictor.from_bundle(names_bundle, engine=engine, engine_cache=tmp_path).predict(texts, top_k=18)
-    assert np.mean([a.label == b.label for a, b in zip(fp32, reduced)]) >= SAME_LABELS
-    change = max(abs(dict(a.top_k)[label] - p) for a, b in zip(fp32, reduced) for label, p in b.top_k)
-    assert change <= PROBABILITY_CHANGE
+    fp32 = Predictor.from_bundle(names_bundle, engine="fp32", device="cpu").predict(texts, top_k=18)
+    reduced = Predictor.from_bundle(names_bundle, engine=engine, engine_cache=tmp_path, device="cpu").predict(
+        texts, top_k=18
+    )
+    assert_within_tolerance(fp32, reduced)
     if engine == "auto":  # it measured every engine installed (the dev extras: OpenVINO's too)
         (choice,) = tmp_path.glob("choice-*.json")
         measured = {trial["engine"] for trial in json.loads(choice.read_text())["trials"]}
         assert {"fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino"} <= measured
+
+
+def assert_within_tolerance(fp32: list, reduced: list) -> None:
+    assert np.mean([a.label == b.label for a, b in zip(fp32, reduced)]) >= SAME_LABELS
+    change = max(abs(dict(a.top_k)[label] - p) for a, b in zip(fp32, reduced) for label, p in b.top_k)
+    assert change <= PROBABILITY_CHANGE
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (CI has none; run where one is lent)")
+@pytest.mark.parametrize("engine", ["fp32", "bf16", "auto"])
+def test_on_a_gpu_every_engine_agrees_with_the_cpu_and_auto_measures_them(names_bundle, test_rows, engine, tmp_path):
+    texts = test_rows["text"].to_pylist()
+    cpu = Predictor.from_bundle(names_bundle, engine="fp32", device="cpu").predict(texts, top_k=18)
+    gpu = Predictor.from_bundle(names_bundle, engine=engine, engine_cache=tmp_path, device="cuda")
+    assert_within_tolerance(cpu, gpu.predict(texts, top_k=18))
+    assert gpu.loaded.engine.device.type == "cuda"
+    if engine == "auto":
+        (choice,) = tmp_path.glob("choice-*.json")
+        assert {trial["engine"] for trial in json.loads(choice.read_text())["trials"]} == {"fp32", "bf16"}
+
+
+def test_with_device_auto_the_cpu_only_engines_stay_on_the_cpu(monkeypatch):
+    """On a GPU machine `device: auto` runs fp32 and bf16 on the GPU and int8 and the graph
+    engines on the CPU, where they run, instead of refusing them."""
+    from rnnlib.modeling.engines import CPU_ONLY_ENGINES, engine_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert {engine_device("auto", e).type for e in ("fp32", "bf16")} == {"cuda"}
+    assert {engine_device("auto", e).type for e in CPU_ONLY_ENGINES} == {"cpu"}
+    assert engine_device("cuda", "int8").type == "cuda"  # asked for: for_inference says int8 cannot run there
+    assert engine_device("cpu", "fp32").type == "cpu"
 
 
 def test_onnx_int8_runs_an_lstm_in_8_bits_within_the_stated_tolerance(names_data, test_rows, tmp_path):

@@ -27,12 +27,13 @@ from typing import Literal
 
 import torch
 
-from rnnlib.modeling.device import for_inference
+from rnnlib.modeling.device import for_inference, pick_device
 
 EngineName = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
 ENGINES = ("fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16")
 GRAPH_ENGINES = ("onnx", "onnx-int8", "openvino", "openvino-bf16")  # run on a graph exported from the bundle
 OPENVINO_ENGINES = ("openvino", "openvino-bf16")
+CPU_ONLY_ENGINES = ("int8", *GRAPH_ENGINES)
 # a probability table, rows x classes, from padded ids (batch x steps, int64) and lengths (batch)
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -102,6 +103,14 @@ def openvino_engine(graph: str | Path, name: str = "openvino") -> Engine:
 def graph_engine(graph: str | Path, name: str) -> Engine:
     """The engine `name` of GRAPH_ENGINES on an exported graph."""
     return openvino_engine(graph, name) if name in OPENVINO_ENGINES else onnx_engine(graph, name)
+
+
+def engine_device(choice: str, engine: str) -> torch.device:
+    """Where `engine` runs: on the device asked for; with `auto`, on the GPU when there is one,
+    except the engines that run on the CPU only (int8, the graph engines), which stay there."""
+    if choice == "auto" and engine in CPU_ONLY_ENGINES:
+        return torch.device("cpu")
+    return pick_device(choice)
 
 
 def available_engines(device: torch.device) -> list[str]:

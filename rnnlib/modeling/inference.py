@@ -136,11 +136,14 @@ def cached_choice(cache_dir: str | Path, identity: dict[str, Any], choose: Calla
     return choice
 
 
-def engines_for(model: RNNClassifier, graphs: dict[str, Path] | None = None) -> dict[str, Engine]:
-    """Every engine that runs on the CPU, on copies of `model` (fp32 first); the graph engines
-    (ONNX Runtime, OpenVINO) for which `graphs` holds the model exported or quantised (onnx-int8)."""
-    fp32 = copy.deepcopy(model).cpu().float().eval()
-    names = available_engines(torch.device("cpu"))
+def engines_for(
+    model: RNNClassifier, graphs: dict[str, Path] | None = None, device: torch.device = torch.device("cpu")
+) -> dict[str, Engine]:
+    """Every engine that runs on `device`, on copies of `model` (fp32 first); on the CPU, the
+    graph engines (ONNX Runtime, OpenVINO) for which `graphs` holds the model exported or
+    quantised (onnx-int8)."""
+    fp32 = copy.deepcopy(model).to(device).float().eval()
+    names = available_engines(device)
     engines = {name: torch_engine(copy.deepcopy(fp32), name) for name in names if name not in GRAPH_ENGINES}
     for name, graph in (graphs or {}).items():
         if name in names:

@@ -43,11 +43,29 @@ log = logging.getLogger(__name__)
 LAST, BEST = "last.pt", "best.pt"
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size); joins the process group that torchrun describes."""
+def rank_device(choice: str) -> torch.device:
+    """This process's device. Under torchrun on GPUs each process takes the GPU of its local
+    rank: one GPU per process, as NCCL requires."""
+    device = pick_device(choice)
+    if device.type != "cuda" or int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        return device
+    local_rank, gpus = int(os.environ.get("LOCAL_RANK", os.environ.get("RANK", "0"))), torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise ValueError(
+            f"local rank {local_rank} has no GPU of its own ({gpus} on this machine): start one process per GPU "
+            f"(torchrun --nproc-per-node {gpus}), or train on the CPU (train.device: cpu)"
+        )
+    return torch.device("cuda", local_rank)
+
+
+def _distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); joins the process group that torchrun describes, over NCCL between
+    GPUs and gloo between CPU processes."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if world > 1 else (0, 1)
 
 
@@ -177,11 +195,8 @@ class Run:
         validation: str | None = "val",
     ) -> None:
         self.out_dir, self.cfg = out_dir, cfg
-        self.rank, self.world = _distributed()
-        device = pick_device(cfg.device)
-        if device.type == "cuda" and self.world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
-        self.device = device
+        self.device = device = rank_device(cfg.device)
+        self.rank, self.world = _distributed(device)
         trained_on = [SplitTensors.read(tensors_dir / split) for split in splits]
         self.labels = trained_on[0].labels
         torch.manual_seed(cfg.seed)

@@ -20,7 +20,14 @@ from rnnlib.common.fingerprint import code_version
 from rnnlib.common.storage import write_parquet
 from rnnlib.modeling.bundle import Bundle, BundleError, load_bundle
 from rnnlib.modeling.device import default_batch_rows, pick_device
-from rnnlib.modeling.engines import GRAPH_ENGINES, Engine, available_engines, graph_engine, torch_engine
+from rnnlib.modeling.engines import (
+    GRAPH_ENGINES,
+    Engine,
+    available_engines,
+    engine_device,
+    graph_engine,
+    torch_engine,
+)
 from rnnlib.modeling.export import export_onnx, quantise_onnx
 from rnnlib.modeling.inference import EngineChoice, cached_choice, choose_engine, engines_for, predict_proba
 from rnnlib.prepare.preprocess import preprocess_table
@@ -86,7 +93,7 @@ def worker_model(path: str, version: str, device: str, engine: str, graph: str |
 
 def load_model(path: str | Path, device: str = "auto", engine: str = "fp32", graph: str | None = None) -> LoadedModel:
     """A bundle on its device, its model run by `engine` (the ONNX Runtime and OpenVINO engines: on `graph`)."""
-    bundle = load_bundle(path, pick_device(device))
+    bundle = load_bundle(path, engine_device(device, engine))
     run = graph_engine(graph, engine) if engine in GRAPH_ENGINES else torch_engine(bundle.model, engine)
     return LoadedModel(bundle, run)
 
@@ -103,9 +110,7 @@ def resolve_engine(
     table; see `choose_engine`), cached under `cache_dir` per machine and bundle. The graph
     engines' graphs are exported once per bundle into `cache_dir`."""
     reason = "asked for"
-    if asked == "auto" and pick_device(settings.device).type != "cpu":
-        asked, reason = "bf16", "on a GPU: bf16"
-    elif asked == "auto":
+    if asked == "auto":
         choice = _auto_choice(settings, sample, cache_dir)
         asked, reason = (choice.engine, choice.reason) if choice else ("fp32", "too few rows to measure on")
     graph = str(onnx_graph(settings, cache_dir, asked)) if asked in GRAPH_ENGINES else None
@@ -128,7 +133,10 @@ def onnx_graph(settings: ScoringSettings, cache_dir: str | Path, engine: str = "
 
 
 def _auto_choice(settings: ScoringSettings, sample: pa.Table, cache_dir: str | Path) -> EngineChoice | None:
-    identity = {"bundle": settings.version, "batch": settings.batch_rows(torch.device("cpu")), "worker_threads": 1}
+    device = pick_device(settings.device)
+    identity = {"bundle": settings.version, "batch": settings.batch_rows(device), "worker_threads": 1}
+    if device.type == "cuda":  # which engine is faster depends on the GPU and the model's size
+        identity["gpu"] = torch.cuda.get_device_name(device)
 
     def measure() -> EngineChoice:
         bundle = load_bundle(settings.bundle)
@@ -136,12 +144,13 @@ def _auto_choice(settings: ScoringSettings, sample: pa.Table, cache_dir: str | P
         ids, _ = encode_ids(tokens.filter(pc.is_null(tokens["reject"]))["tokens"], bundle.vocab, settings.max_length)
         if len(ids) < MIN_CALIBRATION_ROWS:
             raise _TooFew
-        on_graphs = [engine for engine in available_engines(torch.device("cpu")) if engine in GRAPH_ENGINES]
+        on_graphs = [engine for engine in available_engines(device) if engine in GRAPH_ENGINES]
         graphs = {engine: onnx_graph(settings, cache_dir, engine) for engine in on_graphs}  # none without ONNX Runtime
+        engines = engines_for(bundle.model, graphs, device)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as a scoring worker runs: one thread each
         try:
-            return choose_engine(engines_for(bundle.model, graphs), ids, len(bundle.labels.labels), identity["batch"])
+            return choose_engine(engines, ids, len(bundle.labels.labels), identity["batch"])
         finally:
             torch.set_num_threads(threads)
 
