@@ -296,9 +296,9 @@ def main() -> int:
         runs = [(1, "fp32"), (workers, "fp32"), *((workers, engine) for engine in engines[1:]), (workers, "auto")]
         chosen, rounds = {}, {}
         for round_ in range(args.repeat):  # the methods interleaved, so a drifting machine favours none
-            for workers, engine in runs:
-                method = f"rnnlib-{workers}w" + ("" if engine == "fp32" else f"-{engine}")
-                with dask_client(DaskConfig(n_workers=workers, processes=True)) as client:
+            for run_workers, engine in runs:
+                method = f"rnnlib-{run_workers}w" + ("" if engine == "fp32" else f"-{engine}")
+                with dask_client(DaskConfig(n_workers=run_workers, processes=True)) as client:
                     threads = set(client.run(torch.get_num_threads).values())
                     # imports, the model loaded; auto's engine measured (on 512 of these rows) and cached
                     rnnlib_score(warm, bundle_dir, tmp / f"warm-{method}-{round_}", client, engine, cache, device.type)
