@@ -7,12 +7,13 @@ import argparse
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 from pydantic import ValidationError
 
 from rnnlib.config import (
     ConfigError,
+    EngineName,
     PrepareConfig,
     ScoreConfig,
     TrainFlowConfig,
@@ -51,7 +52,7 @@ COMMANDS = {
 }
 
 
-ENGINE_CHOICES = ["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
+ENGINE_CHOICES = list(get_args(EngineName))
 ENGINE_HELP = (
     "what runs the model: PyTorch fp32/bf16/int8, ONNX Runtime (onnx, onnx-int8) or OpenVINO "
     "(openvino, openvino-bf16); auto (default): "

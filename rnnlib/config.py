@@ -17,6 +17,8 @@ Format = Literal["auto", "csv", "tsv", "jsonl", "parquet", "text", "folder_per_c
 SplitName = Literal["train", "val", "test"]
 SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
 Placeholder = Literal["url", "mention", "hashtag", "digit"]
+# what runs a bundle's model when scoring (see rnnlib.modeling.engines); auto: chosen by measurement
+EngineName = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
 DEFAULT_DATASET = "names"
 PARTITION_BYTES = 64 << 20
 
@@ -488,7 +490,7 @@ class ScoreConfig(_Strict):
     )
     overwrite: bool = Field(False, description="redo a finished run instead of skipping it")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: the GPU when there is one")
-    engine: Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16"] = Field(
+    engine: EngineName = Field(
         "auto",
         description="what runs the model: PyTorch in fp32, bf16 or int8 (recurrent and linear weights "
         "quantised to 8 bits; CPU only), ONNX Runtime (onnx: fp32; onnx-int8: LSTM and linear "

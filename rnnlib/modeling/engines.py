@@ -23,14 +23,14 @@ import threading
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import get_args
 
 import torch
 
+from rnnlib.config import EngineName
 from rnnlib.modeling.device import for_inference, pick_device
 
-EngineName = Literal["auto", "fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16"]
-ENGINES = ("fp32", "bf16", "int8", "onnx", "onnx-int8", "openvino", "openvino-bf16")
+ENGINES: tuple[str, ...] = tuple(name for name in get_args(EngineName) if name != "auto")
 GRAPH_ENGINES = ("onnx", "onnx-int8", "openvino", "openvino-bf16")  # run on a graph exported from the bundle
 OPENVINO_ENGINES = ("openvino", "openvino-bf16")
 CPU_ONLY_ENGINES = ("int8", *GRAPH_ENGINES)

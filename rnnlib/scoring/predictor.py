@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from rnnlib.config import EngineName
 from rnnlib.modeling.bundle import Bundle, load_bundle, locate_bundle
 from rnnlib.modeling.device import DeviceChoice
-from rnnlib.modeling.engines import EngineName
 from rnnlib.prepare.ingest import canonicalize
 from rnnlib.scoring.partition import (
     DEFAULT_MAX_LENGTH,
