@@ -344,6 +344,11 @@ class EvaluateConfig(_Strict):
         description="also fit TF-IDF n-grams + logistic regression on the same training rows "
         "and score the same test rows, reported beside the model",
     )
+    graph_engines: bool = Field(
+        True,
+        description="measure ONNX Runtime's and OpenVINO's scoring engines (where installed) on the test rows "
+        "beside PyTorch's, for the model card: the model is exported for it (seconds); scoring measures its own",
+    )
 
 
 class TrackingConfig(_Strict):

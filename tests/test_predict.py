@@ -274,20 +274,45 @@ def test_onnx_export_matches_torch_on_the_test_split(names_bundle, names_data, t
     assert props["rnnlib_bundle_version"] == bundle.version
 
 
-def test_a_model_that_cannot_be_exported_faithfully_is_refused(names_data, tmp_path):
-    import torch
-
+def unexportable_bundle(names_data, folder: Path) -> Path:
+    """An untrained plain-RNN bundle: torch exports such cells with a fixed length."""
     from rnnlib.config import ModelConfig, PreprocessConfig
     from rnnlib.modeling.bundle import save_bundle
-    from rnnlib.modeling.export import ExportError, export_onnx
     from rnnlib.modeling.model import RNNClassifier
 
     cfg = ModelConfig(cell="rnn_tanh", bidirectional=True, embedding_dim=8, hidden_size=8)
-    torch.save(RNNClassifier(names_data.vocab_size, len(names_data.labels), cfg).state_dict(), tmp_path / "w.pt")
-    save_bundle(tmp_path / "bundle", tmp_path / "w.pt", Path(names_data.vocab.path), PreprocessConfig(), cfg, None, {})
+    torch.save(RNNClassifier(names_data.vocab_size, len(names_data.labels), cfg).state_dict(), folder / "w.pt")
+    save_bundle(folder / "bundle", folder / "w.pt", Path(names_data.vocab.path), PreprocessConfig(), cfg, None, {})
+    return folder / "bundle"
+
+
+def test_a_model_that_cannot_be_exported_faithfully_is_refused(names_data, tmp_path):
+    from rnnlib.modeling.export import ExportError, export_onnx
+
+    bundle = unexportable_bundle(names_data, tmp_path)
     with pytest.raises(ExportError, match="does not run on other shapes"):
-        export_onnx(tmp_path / "bundle", tmp_path / "model.onnx")
+        export_onnx(bundle, tmp_path / "model.onnx")
     assert not list(tmp_path.glob("*.onnx")) and not list(tmp_path.glob(".*"))  # nothing left behind
+
+
+def test_the_model_card_of_a_model_that_cannot_be_exported_measures_pytorch_and_says_why(names_data, tmp_path):
+    """The card's engine table covers the graph engines where the model exports (the train flow's
+    test); where it does not, evaluation goes on with PyTorch's engines and the card says why."""
+    from rnnlib.modeling.card import model_card
+    from rnnlib.modeling.engines import GRAPH_ENGINES, available_engines
+    from rnnlib.modeling.evaluate import Selection, evaluate_bundle
+
+    bundle = unexportable_bundle(names_data, tmp_path)
+    figures = {"train_loss": 2.0, "val_loss": 2.0, "train_acc": 0.1, "val_acc": 0.1, "val_macro_f1": 0.1}
+    history = [{"epoch": 1, "seconds": 1.0, **figures}]
+    selection = Selection(monitor="loss", epoch=1, value=2.0)
+    evaluation = evaluate_bundle(bundle, Path(names_data.tensorize.path) / "test", history=history, selection=selection)
+    engines = evaluation.engines
+    assert [t.engine for t in engines.trials] == ["fp32", "bf16", "int8"]
+    graphs = [name for name in available_engines(torch.device("cpu")) if name in GRAPH_ENGINES]
+    assert list(engines.not_measured) == graphs and {"onnx", "openvino"} <= set(graphs)  # the dev extras
+    assert all("does not run on other shapes" in why for why in engines.not_measured.values())
+    assert f"Not measured: {', '.join(graphs)} (" in model_card(bundle, evaluation)
 
 
 def test_two_exports_of_one_output_at_once_both_succeed(names_bundle, tmp_path):

@@ -38,15 +38,15 @@ def _engines(evaluation: Evaluation) -> list[str]:
     if choice is None:
         return []
     auto = choice.trial(choice.engine)
+    measured = ", ".join(t.engine for t in choice.trials)
     return [
         "## Scoring engines",
         "",
-        f"The figures above are fp32's. Scoring's `engine: auto` measures every engine on the "
+        f"The figures above are fp32's. Scoring's `engine: auto` measures every engine installed on the "
         f"machine that scores, once, and runs the fastest that labels at least {MIN_AGREEMENT:.1%} of "
-        f"the rows as fp32 does. Among PyTorch's engines, on the CPU this model was evaluated on "
-        f"({choice.cpu}) it picks **{choice.engine}**, which gives fp32's label to "
-        f"{auto.labels_same:.2%} of {choice.rows} test rows (ONNX Runtime is measured where "
-        "scoring runs). Each engine there:",
+        f"the rows as fp32 does. On the CPU this model was evaluated on ({choice.cpu}; engines "
+        f"{measured}) it picks **{choice.engine}**, which gives fp32's label to "
+        f"{auto.labels_same:.2%} of {choice.rows} test rows. Each engine there:",
         "",
         *_table(
             ["engine", "test rows", "same label as fp32", "largest probability change", "tokens/s"],
@@ -62,7 +62,15 @@ def _engines(evaluation: Evaluation) -> list[str]:
             ],
         ),
         "",
+        *(f"Not measured: {', '.join(names)} ({why})." for why, names in _by_reason(choice.not_measured).items()),
     ]
+
+
+def _by_reason(not_measured: dict[str, str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, why in not_measured.items():
+        grouped.setdefault(why, []).append(name)
+    return grouped
 
 
 def _blend(evaluation: Evaluation) -> list[str]:

@@ -4,6 +4,7 @@ those of exactly what users will load."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from rnnlib.modeling.baseline import BaselineResult  # noqa: E402
 from rnnlib.modeling.batches import ShardBatches  # noqa: E402
 from rnnlib.modeling.bundle import METRICS, load_bundle  # noqa: E402
 from rnnlib.modeling.device import DeviceChoice, default_batch_rows, pick_device  # noqa: E402
+from rnnlib.modeling.engines import GRAPH_ENGINES, available_engines  # noqa: E402
+from rnnlib.modeling.export import ExportError, export_onnx, quantise_onnx  # noqa: E402
 from rnnlib.modeling.inference import EngineChoice, choose_engine, engines_for, held_out_ids  # noqa: E402
 from rnnlib.modeling.metrics import Averages, metrics  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
@@ -162,11 +165,13 @@ def evaluate_bundle(
     blend: Blend | None = None,
     refit: Refit | None = None,
     device: DeviceChoice = "auto",
+    graph_engines: bool = True,
 ) -> Evaluation:
     """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
     `history` and the epoch `selection`, the `baseline` fitted on the same rows and how each
-    scoring engine compares with fp32; for a wide-and-deep model the `blend` and each half's test accuracy alone), the
-    confusion matrix and the learning curves into the bundle."""
+    scoring engine compares with fp32, the `graph_engines` too; for a wide-and-deep model the
+    `blend` and each half's test accuracy alone), the confusion matrix and the learning curves
+    into the bundle."""
     bundle_dir = Path(bundle_dir)
     target = pick_device(device)
     bundle = load_bundle(bundle_dir, target)
@@ -174,7 +179,9 @@ def evaluate_bundle(
     result = metrics(truth, predicted, list(bundle.labels.labels))
     if baseline is not None and baseline.rows != result["rows"]:
         raise AccountingError(f"the baseline scored {baseline.rows} test rows, the model {result['rows']}")
-    engines = measure_engines(bundle.model, held_out_ids(test_dir), len(bundle.labels.labels))
+    engines = measure_engines(
+        bundle_dir, bundle.model, held_out_ids(test_dir), len(bundle.labels.labels), graphs=graph_engines
+    )
     if blend is not None:
         blend = blend.model_copy(update=halves_alone(bundle.model, test_dir, target))
     report = {
@@ -200,11 +207,27 @@ def evaluate_bundle(
     )
 
 
-def measure_engines(model: RNNClassifier, ids: pa.ListArray, num_classes: int) -> EngineChoice:
-    """PyTorch's scoring engines on the CPU, on test rows: agreement with fp32 and speed, and
-    which `engine: auto` would pick among them on this CPU. ONNX Runtime is left to the
-    scoring machine's own measurement: exporting costs more than evaluating a small model."""
-    return choose_engine(engines_for(model), ids, num_classes, default_batch_rows(torch.device("cpu")))
+def measure_engines(
+    bundle_dir: Path, model: RNNClassifier, ids: pa.ListArray, num_classes: int, *, graphs: bool
+) -> EngineChoice:
+    """The scoring engines on the CPU, on test rows: agreement with fp32 and speed, and which
+    `engine: auto` would pick among them on this CPU. PyTorch's always; with `graphs` ONNX
+    Runtime's and OpenVINO's too where installed, on the bundle exported into a scratch folder
+    (scoring exports its own), so the card covers what `auto` may run. A model the exporter
+    refuses is measured on PyTorch's engines, and the card says why."""
+    cpu = torch.device("cpu")
+    wanted = [name for name in available_engines(cpu) if name in GRAPH_ENGINES] if graphs else []
+    with tempfile.TemporaryDirectory(prefix="rnnlib-engines-") as scratch:
+        exported, not_measured = {}, {}
+        if wanted:
+            try:
+                graph = export_onnx(bundle_dir, Path(scratch) / "model.onnx")
+                quantised = quantise_onnx(graph, Path(scratch) / "model-int8.onnx") if "onnx-int8" in wanted else None
+                exported = {name: quantised if name == "onnx-int8" else graph for name in wanted}
+            except ExportError as exc:
+                not_measured = dict.fromkeys(wanted, str(exc))
+        choice = choose_engine(engines_for(model, exported), ids, num_classes, default_batch_rows(cpu))
+    return choice.model_copy(update={"not_measured": not_measured})
 
 
 def halves_alone(model: RNNClassifier, test_dir: str | Path, device: torch.device) -> dict[str, float]:

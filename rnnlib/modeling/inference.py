@@ -70,6 +70,7 @@ class EngineChoice(BaseModel):
     cpu: str  # torch's CPU capability, e.g. AVX512
     rows: int
     trials: list[EngineTrial]
+    not_measured: dict[str, str] = {}  # engines installed but not measured, and why
 
     def trial(self, engine: str) -> EngineTrial:
         return next(t for t in self.trials if t.engine == engine)

@@ -294,6 +294,7 @@ def evaluate_stage(
     wide: StageOutput[WideFit] | None = None,
     refitted: StageOutput[RefitManifest] | None = None,
     batch_size: int = 64,
+    graph_engines: bool = True,
 ) -> StageOutput[Evaluation]:
     """Write the model bundle (best weights, vocabulary, labels, preprocessing; with `wide`, the
     linear model too, blended at the weight best on validation; with `refitted`, the weights
@@ -311,6 +312,7 @@ def evaluate_stage(
         "model": model,
         "max_length": max_length,
         "work_dir": work_dir,
+        "graph_engines": graph_engines,
     }
 
     def build(out: Path) -> Evaluation:
@@ -342,6 +344,7 @@ def evaluate_stage(
                 blend=blend,
                 refit=refit_summary,
                 baseline=baseline.manifest if baseline else None,
+                graph_engines=graph_engines,
             )
             (scratch / BUNDLE / CARD).write_text(model_card(scratch / BUNDLE, evaluation), encoding="utf-8")
             evaluation = evaluation.model_copy(update={"bundle": str(out / BUNDLE)})
@@ -492,6 +495,7 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         wide=wide,
         refitted=refitted,
         batch_size=cfg.train.batch_size,
+        graph_engines=cfg.evaluate.graph_engines,
     )
     return TrainedModel(
         data=data,
