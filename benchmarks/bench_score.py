@@ -35,8 +35,9 @@ for one copy: the dump rate of a large dump, its share of the chosen engine's ke
 With --cell lstm the untrained bundle's cell is an LSTM: ONNX Runtime quantises LSTMs to 8 bits
 (onnx-int8) but not GRUs.
 
-With --repeat N the rnnlib runs are repeated in N interleaved rounds and their medians shown
-(this machine drifts by more than the engines differ within a run of a few minutes).
+With --repeat N the rnnlib runs are repeated in N interleaved rounds, each round starting one
+method later, and their medians shown (this machine drifts by more than the engines differ within
+a run of a few minutes, and no method should always run last).
 
 Usage: python benchmarks/bench_score.py [--datasets ../shared/datasets] [--rows 50000] [--repeat 1] [--engines a,b]
                                         [--bundle DIR] [--cell gru|lstm] [--memory 1.0]
@@ -295,8 +296,10 @@ def main() -> int:
         warm.write_text("".join(json.dumps(r) + "\n" for r in reviews[:600]))
         runs = [(1, "fp32"), (workers, "fp32"), *((workers, engine) for engine in engines[1:]), (workers, "auto")]
         chosen, rounds = {}, {}
-        for round_ in range(args.repeat):  # the methods interleaved, so a drifting machine favours none
-            for run_workers, engine in runs:
+        for round_ in range(args.repeat):
+            # the methods interleaved, each round starting one method later: neither a drifting
+            # machine nor a method's place in the order favours one
+            for run_workers, engine in runs[round_ % len(runs) :] + runs[: round_ % len(runs)]:
                 method = f"rnnlib-{run_workers}w" + ("" if engine == "fp32" else f"-{engine}")
                 with dask_client(DaskConfig(n_workers=run_workers, processes=True)) as client:
                     threads = set(client.run(torch.get_num_threads).values())
