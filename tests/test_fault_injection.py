@@ -81,6 +81,8 @@ def _train_command(data: Path, work: Path) -> list[str]:
         "model={cell: gru, embedding_dim: 16, hidden_size: 24, bidirectional: false}",
         "--set",
         "train={epochs: 4, batch_size: 32, patience: 10}",
+        "--set",
+        "evaluate.graph_engines=false",
     ]
 
 

@@ -394,6 +394,7 @@ def test_train_model_without_prefect_reuses_what_is_prepared(names_data, dataset
             "tensorize": {"shard_rows": 2000},
             "model": small_model.model_dump(),
             "train": {"epochs": 1, "lr": 3e-3},
+            "evaluate": {"graph_engines": False},
         }
     )
     trained = train_model(cfg)

@@ -118,7 +118,14 @@ def test_an_edit_re_runs_only_the_stages_whose_code_it_changes(datasets, tmp_pat
         )
         fitted = fit_stage(data.tensorize, model=model, cfg=cfg, work_dir=work)
         evaluated = evaluate_stage(
-            data, fitted, None, preprocess=PreprocessConfig(level="char"), model=model, max_length=None, work_dir=work
+            data,
+            fitted,
+            None,
+            preprocess=PreprocessConfig(level="char"),
+            model=model,
+            max_length=None,
+            work_dir=work,
+            graph_engines=False,
         )
         return {s.stage: s.key for s in [*data.stages, fitted, evaluated]}
 

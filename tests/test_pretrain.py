@@ -58,7 +58,7 @@ def _corpus(tmp_path: Path) -> dict:
         "model": {"embedding_dim": 8, "hidden_size": 8},
         "pretrain": {"vectors": True, "epochs": 2, "min_count": 1},
         "train": {"epochs": 1},
-        "evaluate": {"baseline": False},
+        "evaluate": {"baseline": False, "graph_engines": False},
         "work_dir": str(tmp_path / "w"),
     }
 

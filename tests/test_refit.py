@@ -35,6 +35,7 @@ def refitted(tmp_path_factory):
             "work_dir": str(work / "w"),
             "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 16, "wide": True},
             "train": {"epochs": 3, "batch_size": 32, "refit": True, "lr_patience": 0, "lr": 0.01},
+            "evaluate": {"graph_engines": False},
         }
     )
     return config, train_model(config)

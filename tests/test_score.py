@@ -161,6 +161,7 @@ def word_model(tmp_path_factory):
             "tensorize": {"max_length": 12},
             "model": {"embedding_dim": 8, "hidden_size": 16, "bidirectional": True},
             "train": {"epochs": 1},
+            "evaluate": {"graph_engines": False},
         }
     )
     return train_model(config)

@@ -24,6 +24,7 @@ def test_retraining_is_logged_and_the_promoted_model_registered(datasets, tmp_pa
             "model.embedding_dim=16",
             "model.hidden_size=32",
             "train.epochs=2",
+            "evaluate.graph_engines=false",
             f"tracking.uri={uri}",
         ],
     )

@@ -119,7 +119,7 @@ def test_prune_during_a_run_removes_nothing_the_run_still_needs(datasets, tmp_pa
             "work_dir": str(tmp_path / "w"),
             "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 32},
             "train": {"epochs": 3, "batch_size": 32},
-            "evaluate": {"baseline": False},
+            "evaluate": {"baseline": False, "graph_engines": False},
         }
     )
     outcome: dict = {}

@@ -33,7 +33,7 @@ def _config(tmp_path: Path, **tune) -> TrainFlowConfig:
             "preprocess": {"level": "word"},
             "model": {"embedding_dim": 8, "hidden_size": 8},
             "train": {"epochs": 3, "batch_size": 32},
-            "evaluate": {"baseline": False},
+            "evaluate": {"baseline": False, "graph_engines": False},
             "tune": {
                 "trials": 3,
                 "space": {

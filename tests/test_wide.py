@@ -43,6 +43,7 @@ def wide_and_deep(tmp_path_factory):
             "work_dir": str(work / "w"),
             "model": {"cell": "gru", "embedding_dim": 16, "hidden_size": 16, "wide": True},
             "train": {"epochs": 2, "batch_size": 32},
+            "evaluate": {"graph_engines": False},
         }
     )
     return config, train_model(config)
