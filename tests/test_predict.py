@@ -315,6 +315,18 @@ def test_the_model_card_of_a_model_that_cannot_be_exported_measures_pytorch_and_
     assert f"Not measured: {', '.join(graphs)} (" in model_card(bundle, evaluation)
 
 
+def test_auto_scores_a_model_that_cannot_be_exported_and_says_what_it_left_out(names_data, test_rows, tmp_path):
+    """`engine: auto`, the default, measures the engines that can run the model instead of failing
+    on the graph engines' export."""
+    predictor = Predictor.from_bundle(
+        unexportable_bundle(names_data, tmp_path), engine="auto", engine_cache=tmp_path / "engines", device="cpu"
+    )
+    predictions = predictor.predict(test_rows["text"].to_pylist()[:600])
+    assert all(p.label in predictor.labels for p in predictions)
+    assert predictor.settings.engine in ("fp32", "bf16", "int8")
+    assert "not measured, the model does not export: onnx, onnx-int8, openvino" in predictor.engine_reason
+
+
 def test_two_exports_of_one_output_at_once_both_succeed(names_bundle, tmp_path):
     """Each export works in a scratch folder of its own, so neither removes nor reads the other's files,
     and nothing of either is left beside the output."""

@@ -25,7 +25,7 @@ from rnnlib.modeling.batches import ShardBatches  # noqa: E402
 from rnnlib.modeling.bundle import METRICS, load_bundle  # noqa: E402
 from rnnlib.modeling.device import DeviceChoice, default_batch_rows, pick_device  # noqa: E402
 from rnnlib.modeling.engines import GRAPH_ENGINES, available_engines  # noqa: E402
-from rnnlib.modeling.export import ExportError, export_onnx, quantise_onnx  # noqa: E402
+from rnnlib.modeling.export import export_onnx, exported_graphs, quantise_onnx  # noqa: E402
 from rnnlib.modeling.inference import EngineChoice, choose_engine, engines_for, held_out_ids  # noqa: E402
 from rnnlib.modeling.metrics import Averages, metrics  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
@@ -218,16 +218,15 @@ def measure_engines(
     cpu = torch.device("cpu")
     wanted = [name for name in available_engines(cpu) if name in GRAPH_ENGINES] if graphs else []
     with tempfile.TemporaryDirectory(prefix="rnnlib-engines-") as scratch:
-        exported, not_measured = {}, {}
-        if wanted:
-            try:
-                graph = export_onnx(bundle_dir, Path(scratch) / "model.onnx")
-                quantised = quantise_onnx(graph, Path(scratch) / "model-int8.onnx") if "onnx-int8" in wanted else None
-                exported = {name: quantised if name == "onnx-int8" else graph for name in wanted}
-            except ExportError as exc:
-                not_measured = dict.fromkeys(wanted, str(exc))
-        choice = choose_engine(engines_for(model, exported), ids, num_classes, default_batch_rows(cpu))
-    return choice.model_copy(update={"not_measured": not_measured})
+        onnx = Path(scratch) / "model.onnx"
+
+        def graph(engine: str) -> Path:
+            exported = onnx if onnx.is_file() else export_onnx(bundle_dir, onnx)
+            return quantise_onnx(exported, onnx.with_name("model-int8.onnx")) if engine == "onnx-int8" else exported
+
+        graphs, refused = exported_graphs(wanted, graph)
+        choice = choose_engine(engines_for(model, graphs), ids, num_classes, default_batch_rows(cpu))
+    return choice.leaving_out(refused)
 
 
 def halves_alone(model: RNNClassifier, test_dir: str | Path, device: torch.device) -> dict[str, float]:

@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,15 @@ def quantise_onnx(graph: str | Path, out: str | Path) -> Path:
         quantize_dynamic(folded, tmp, weight_type=QuantType.QInt8, reduce_range=True)
         durable_replace(tmp, out)
     return out
+
+
+def exported_graphs(engines: list[str], graph: Callable[[str], Path]) -> tuple[dict[str, Path], dict[str, str]]:
+    """`graph(engine)` for each of the graph `engines`, and those left out, with the reason, when
+    the exporter refuses the model: all of them, as they all run the one exported graph."""
+    graphs: dict[str, Path] = {}
+    for i, engine in enumerate(engines):
+        try:
+            graphs[engine] = graph(engine)
+        except ExportError as exc:
+            return graphs, dict.fromkeys(engines[i:], str(exc))
+    return graphs, {}

@@ -75,6 +75,13 @@ class EngineChoice(BaseModel):
     def trial(self, engine: str) -> EngineTrial:
         return next(t for t in self.trials if t.engine == engine)
 
+    def leaving_out(self, refused: dict[str, str]) -> EngineChoice:
+        """This choice, naming the engines installed but not measured (the model did not export)."""
+        if not refused:
+            return self
+        reason = f"{self.reason}; not measured, the model does not export: {', '.join(refused)}"
+        return self.model_copy(update={"not_measured": refused, "reason": reason})
+
 
 def held_out_ids(test_dir: str | Path, max_rows: int = AGREEMENT_ROWS, seed: int = 0) -> pa.ListArray:
     """The test split's token ids, or a seeded sample of `max_rows` of them."""

@@ -28,7 +28,7 @@ from rnnlib.modeling.engines import (
     graph_engine,
     torch_engine,
 )
-from rnnlib.modeling.export import export_onnx, quantise_onnx
+from rnnlib.modeling.export import export_onnx, exported_graphs, quantise_onnx
 from rnnlib.modeling.inference import EngineChoice, cached_choice, choose_engine, engines_for, predict_proba
 from rnnlib.prepare.preprocess import preprocess_table
 from rnnlib.prepare.tensorize import REJECTS_SCHEMA, encode_ids
@@ -145,12 +145,13 @@ def _auto_choice(settings: ScoringSettings, sample: pa.Table, cache_dir: str | P
         if len(ids) < MIN_CALIBRATION_ROWS:
             raise _TooFew
         on_graphs = [engine for engine in available_engines(device) if engine in GRAPH_ENGINES]
-        graphs = {engine: onnx_graph(settings, cache_dir, engine) for engine in on_graphs}  # none without ONNX Runtime
+        # none without ONNX Runtime; none, and said so, for a model the exporter refuses
+        graphs, refused = exported_graphs(on_graphs, lambda engine: onnx_graph(settings, cache_dir, engine))
         engines = engines_for(bundle.model, graphs, device)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # as a scoring worker runs: one thread each
         try:
-            return choose_engine(engines, ids, len(bundle.labels.labels), identity["batch"])
+            return choose_engine(engines, ids, len(bundle.labels.labels), identity["batch"]).leaving_out(refused)
         finally:
             torch.set_num_threads(threads)
 
