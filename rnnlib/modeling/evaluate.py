@@ -25,7 +25,7 @@ from rnnlib.modeling.batches import ShardBatches  # noqa: E402
 from rnnlib.modeling.bundle import METRICS, load_bundle  # noqa: E402
 from rnnlib.modeling.device import DeviceChoice, default_batch_rows, pick_device  # noqa: E402
 from rnnlib.modeling.engines import GRAPH_ENGINES, available_engines  # noqa: E402
-from rnnlib.modeling.export import export_onnx, exported_graphs, quantise_onnx  # noqa: E402
+from rnnlib.modeling.export import engine_graph, exported_graphs  # noqa: E402
 from rnnlib.modeling.inference import EngineChoice, choose_engine, engines_for, held_out_ids  # noqa: E402
 from rnnlib.modeling.metrics import Averages, metrics  # noqa: E402
 from rnnlib.modeling.model import RNNClassifier  # noqa: E402
@@ -219,12 +219,7 @@ def measure_engines(
     wanted = [name for name in available_engines(cpu) if name in GRAPH_ENGINES] if graphs else []
     with tempfile.TemporaryDirectory(prefix="rnnlib-engines-") as scratch:
         onnx = Path(scratch) / "model.onnx"
-
-        def graph(engine: str) -> Path:
-            exported = onnx if onnx.is_file() else export_onnx(bundle_dir, onnx)
-            return quantise_onnx(exported, onnx.with_name("model-int8.onnx")) if engine == "onnx-int8" else exported
-
-        graphs, refused = exported_graphs(wanted, graph)
+        graphs, refused = exported_graphs(wanted, lambda engine: engine_graph(bundle_dir, engine, onnx))
         choice = choose_engine(engines_for(model, graphs), ids, num_classes, default_batch_rows(cpu))
     return choice.leaving_out(refused)
 

@@ -152,6 +152,16 @@ def quantise_onnx(graph: str | Path, out: str | Path) -> Path:
     return out
 
 
+def engine_graph(bundle_dir: str | Path, engine: str, onnx: Path) -> Path:
+    """The graph `engine` runs: the bundle exported to `onnx` (reused when it is there), or for
+    onnx-int8 that graph quantised beside it (likewise)."""
+    exported = onnx if onnx.is_file() else export_onnx(bundle_dir, onnx)
+    if engine != "onnx-int8":
+        return exported
+    quantised = onnx.with_name(f"{onnx.stem}-int8.onnx")
+    return quantised if quantised.is_file() else quantise_onnx(exported, quantised)
+
+
 def exported_graphs(engines: list[str], graph: Callable[[str], Path]) -> tuple[dict[str, Path], dict[str, str]]:
     """`graph(engine)` for each of the graph `engines`, and those left out, with the reason, when
     the exporter refuses the model: all of them, as they all run the one exported graph."""

@@ -28,7 +28,7 @@ from rnnlib.modeling.engines import (
     graph_engine,
     torch_engine,
 )
-from rnnlib.modeling.export import export_onnx, exported_graphs, quantise_onnx
+from rnnlib.modeling.export import engine_graph, export_onnx, exported_graphs
 from rnnlib.modeling.inference import EngineChoice, cached_choice, choose_engine, engines_for, predict_proba
 from rnnlib.prepare.preprocess import preprocess_table
 from rnnlib.prepare.tensorize import REJECTS_SCHEMA, encode_ids
@@ -124,12 +124,7 @@ def onnx_graph(settings: ScoringSettings, cache_dir: str | Path, engine: str = "
     code's digest (rnnlib's export module and what it imports, the versions of torch, onnx and
     ONNX Runtime among them) is in the name, so an upgrade makes the graph again."""
     stem = f"model-{settings.version}-{code_version(export_onnx.__module__)[:16]}"
-    path = Path(cache_dir) / f"{stem}.onnx"
-    path = path if path.is_file() else export_onnx(settings.bundle, path)
-    if engine != "onnx-int8":
-        return path
-    quantised = path.with_name(f"{stem}-int8.onnx")
-    return quantised if quantised.is_file() else quantise_onnx(path, quantised)
+    return engine_graph(settings.bundle, engine, Path(cache_dir) / f"{stem}.onnx")
 
 
 def _auto_choice(settings: ScoringSettings, sample: pa.Table, cache_dir: str | Path) -> EngineChoice | None:
