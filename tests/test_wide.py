@@ -16,7 +16,7 @@ from rnnlib.modeling.bundle import load_bundle
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.modeling.pipeline import train_model
 from rnnlib.modeling.train import BEST
-from rnnlib.modeling.wide import WIDE_FILE, WideLinear, _tfidf, counts, fit_wide, load_wide
+from rnnlib.modeling.wide import WIDE_FILE, WideLinear, _tfidf, counts, fit_wide, load_wide, term_frequencies
 
 
 def _headlines(path: Path, rows: int = 600) -> None:
@@ -69,6 +69,17 @@ def test_the_wide_half_computes_what_it_was_fitted_on(wide_and_deep, tmp_path):
     for i, r in enumerate(rows.to_pylist()):
         ids[i, : len(r)] = torch.tensor(r)
     np.testing.assert_allclose(module(ids, lengths).numpy(), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_a_repeated_word_counts_one_plus_the_log_of_its_count():
+    """The baseline's sublinear weighting: in a long review a word said ten times must not
+    outweigh ten words said once. Padding counts for nothing."""
+    features = torch.tensor([[7, 3, 7, 7, 9, 0], [4, 4, 0, 0, 0, 0]])
+    real = torch.tensor([[True] * 5 + [False], [True, True] + [False] * 4])
+    feature, tf = term_frequencies(features, real)
+    for row, expected in enumerate([{7: 1 + np.log(3), 3: 1.0, 9: 1.0}, {4: 1 + np.log(2)}]):
+        held = {int(f): float(t) for f, t in zip(feature[row], tf[row]) if t > 0}
+        assert held == pytest.approx(expected)
 
 
 def test_the_blend_is_chosen_on_validation_and_recorded(wide_and_deep):
@@ -134,3 +145,22 @@ def test_an_even_blend_unless_validation_clearly_prefers_another(wide_and_deep):
     wrong = choose_blend(model, val, len(data.labels), 64, fitted)
     assert wrong.deep_val_accuracy < 0.5 < wrong.wide_val_accuracy and wrong.weight < 0.5
     assert wrong.val_accuracy > 0.9
+
+
+def test_a_wide_and_deep_bundle_exports_to_onnx(wide_and_deep, tmp_path):
+    """The linear half's per-text term counting (a sort, a cumulative sum and scatters) traces:
+    the exported graph gives PyTorch's probabilities on another batch shape than it was traced
+    with (`export_onnx` checks that, and raises if not), texts with repeated words included."""
+    import onnxruntime
+
+    from rnnlib.modeling.export import export_onnx
+
+    _, trained = wide_and_deep
+    path = export_onnx(trained.evaluation.bundle, tmp_path / "model.onnx")
+    model = load_bundle(trained.evaluation.bundle).model.eval()
+    ids = torch.tensor([[5, 6, 5, 5, 7, 6], [8, 8, 8, 0, 0, 0]])  # repeats, and a padded row
+    lengths = torch.tensor([6, 3])
+    got = onnxruntime.InferenceSession(str(path)).run(None, {"ids": ids.numpy(), "lengths": lengths.numpy()})[0]
+    with torch.no_grad():
+        want = model(ids, lengths).float().softmax(-1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4)

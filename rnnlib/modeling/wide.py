@@ -6,9 +6,11 @@ as good as the recurrent one and errs on other rows, so the blend beats both.
 
 Its features come from the token ids the recurrent model reads (the same n-gram hashing as
 `NgramBag`), and the fitted model is three tensors inside the bundle's weights: scoring, export
-and prediction need nothing new.
+and prediction need nothing new. Its weighting is the baseline's own (scikit-learn's
+`TfidfVectorizer(sublinear_tf=True)`): a word said ten times in a long review counts 1 + log 10,
+not 10, so on long texts the linear half is as good as the baseline rather than below it.
 
-    x_f = count_f * idf_f / sqrt(sum over the text's positions of idf^2)     (one f per position)
+    x_f = (1 + log count_f) * idf_f / ||(1 + log count) * idf||     (features the text holds)
     wide logits = x @ coef.T + intercept
 """
 
@@ -56,11 +58,24 @@ class WideLinear(nn.Module):
         self.register_buffer("intercept", torch.zeros(num_classes))
 
     def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        features, real = feature_ids(ids, lengths.to(ids.device), self.vocab_size, self.buckets)
-        weights = real.float()
-        summed = (self.scores[features].float() * weights[..., None]).sum(1)
-        norm = (self.idf_squared[features].float() * weights).sum(1, keepdim=True).clamp(min=1e-12).sqrt()
+        feature, tf = term_frequencies(*feature_ids(ids, lengths.to(ids.device), self.vocab_size, self.buckets))
+        summed = (self.scores[feature].float() * tf[..., None]).sum(1)
+        norm = (self.idf_squared[feature].float() * tf**2).sum(1, keepdim=True).clamp(min=1e-12).sqrt()
         return summed / norm + self.intercept.float()
+
+
+def term_frequencies(features: torch.Tensor, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(feature, tf) per row: each distinct feature once with 1 + log of its count, the rest of
+    the row's slots 0 with tf 0. Sorting a row puts a feature's repeats in one run; runs are
+    counted with a cumulative sum and scatters, which ONNX export supports."""
+    ordered = features.masked_fill(~real, -1).sort(1).values  # padding first, as run 0
+    starts = torch.ones_like(ordered, dtype=torch.bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    run = starts.long().cumsum(1) - 1
+    count = torch.zeros(ordered.shape, device=ordered.device).scatter_add(1, run, (ordered >= 0).float())
+    feature = torch.zeros_like(ordered).scatter(1, run, ordered.clamp(min=0))
+    tf = torch.where(count > 0, 1 + count.clamp(min=1).log(), torch.zeros_like(count))
+    return feature, tf
 
 
 class WideFit(BaseModel):
@@ -98,9 +113,12 @@ def counts(rows: pa.ListArray, vocab_size: int, buckets: int) -> sp.csr_matrix:
 
 
 def _tfidf(matrix: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
-    scaled = matrix.multiply(idf).tocsr()
-    norm = np.sqrt(matrix.multiply(idf**2).sum(1)).A1  # sum over positions of idf^2
-    return sp.diags(1 / np.maximum(norm, 1e-12)) @ scaled
+    """Rows of counts as sublinear TF-IDF, L2-normalised (what `WideLinear` computes)."""
+    tf = matrix.astype(np.float64).tocsr()
+    tf.data = 1 + np.log(tf.data)
+    scaled = tf.multiply(idf).tocsr()
+    norm = np.sqrt(scaled.multiply(scaled).sum(1)).A1
+    return (sp.diags(1 / np.maximum(norm, 1e-12)) @ scaled).tocsr()
 
 
 @dataclass(frozen=True)
