@@ -80,19 +80,31 @@ def fit_fasttext(
     original = {label.replace(" ", "_"): label for label in labels}
     grid = WORD_GRID if level == "word" else CHAR_GRID
     with tempfile.TemporaryDirectory() as folder:
-        best, best_score, best_settings = None, -1.0, {}
-        for values in itertools.product(*grid.values()):
+        ranked = []  # (validation accuracy, grid position, settings), best first once sorted
+        best, best_score = None, -1.0  # only the best model is kept: each can hold hundreds of MB
+        for position, values in enumerate(itertools.product(*grid.values())):
             settings = dict(zip(grid, values))
             try:
                 model = _train(train_docs, train_labels, level, seed, folder, **settings)
             except RuntimeError:  # "Encountered NaN": the rate is too high for this data
                 continue
             score = float(np.mean([original[p] == t for p, t in zip(_predict(model, val_docs, level), val_labels)]))
+            ranked.append((score, position, settings))
             if score > best_score:
-                best, best_score, best_settings = model, score, settings
+                best, best_score = model, score
+        ranked.sort(key=lambda entry: (-entry[0], entry[1]))
+        best_settings = ranked[0][2]
         if refit:
             train_docs, train_labels = train_docs + val_docs, train_labels + val_labels
-            best = _train(train_docs, train_labels, level, seed, folder, **best_settings)
+            best = None
+            for _, _, settings in ranked:  # a rate that held on train alone may diverge on more rows
+                try:
+                    best, best_settings = _train(train_docs, train_labels, level, seed, folder, **settings), settings
+                    break
+                except RuntimeError:
+                    continue
+            if best is None:
+                raise RuntimeError("fastText diverged on train + validation at every setting of the grid")
     index = {label: i for i, label in enumerate(labels)}
     known = [i for i, label in enumerate(test_labels) if label in index]  # as the test shards hold
     predicted = _predict(best, [test_docs[i] for i in known], level)
@@ -102,6 +114,8 @@ def fit_fasttext(
     described = ", ".join(f"{k} {v}" for k, v in best_settings.items()) + (
         ", refit on train + validation" if refit else ""
     )
+    if best_settings != ranked[0][2]:
+        described += f" (validation's first choice, {ranked[0][2]}, diverged there)"
     return PeerResult(
         features=f"fastText ({described})",
         train_rows=len(train_docs),
