@@ -8,7 +8,7 @@ Its features come from the token ids the recurrent model reads (the same n-gram 
 `NgramBag`), and the fitted model is three tensors inside the bundle's weights: scoring, export
 and prediction need nothing new. Its weighting is the baseline's own (scikit-learn's
 `TfidfVectorizer(sublinear_tf=True)`): a word said ten times in a long review counts 1 + log 10,
-not 10, so on long texts the linear half is as good as the baseline rather than below it.
+not 10, so one repeated word does not outweigh the rest of the text.
 
     x_f = (1 + log count_f) * idf_f / ||(1 + log count) * idf||     (features the text holds)
     wide logits = x @ coef.T + intercept
