@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -95,6 +96,8 @@ def test_the_blend_is_chosen_on_validation_and_recorded(wide_and_deep):
     assert float(bundle.model.blend) == pytest.approx(blend.weight, abs=1e-6)
     card = (Path(evaluation.bundle) / "README.md").read_text()
     assert "## Wide and deep" in card and f"{blend.weight:.2f} x the recurrent model's" in card
+    assert blend.wide.chosen_by == "cross-validation"  # a validation split of a hundred rows
+    assert f"C={blend.wide.C:g}, chosen by cross-validation on the training split" in card
 
 
 def test_a_wide_and_deep_bundle_scores_its_blend(wide_and_deep):
@@ -164,3 +167,36 @@ def test_a_wide_and_deep_bundle_exports_to_onnx(wide_and_deep, tmp_path):
     with torch.no_grad():
         want = model(ids, lengths).float().softmax(-1).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def _split(directory: Path, ids: list[list[int]], labels: np.ndarray) -> None:
+    directory.mkdir(parents=True)
+    pq.write_table(pa.table({"ids": ids, "label": labels.astype(np.int64)}), directory / "part-0.parquet")
+
+
+def test_a_small_validation_split_leaves_c_to_cross_validation(tmp_path):
+    """On a few hundred validation rows the best C is a coin toss, so it is chosen on folds of
+    the training split: the validation rows' labels (here turned around) cannot move it, as
+    they do when validation chooses."""
+    rng = np.random.default_rng(0)
+    vocab, weights = 300, rng.normal(size=300)
+
+    def rows(n: int) -> tuple[list[list[int]], np.ndarray]:
+        ids = rng.integers(2, vocab, size=(n, 12))
+        labels = (weights[ids].sum(1) + rng.normal(scale=2.0, size=n) > 0).astype(int)
+        return ids.tolist(), labels
+
+    (train, train_labels), (val, val_labels) = rows(600), rows(200)
+    fits = {}
+    for turned in (False, True):
+        tensors = tmp_path / f"turned-{turned}"
+        _split(tensors / "train", train, train_labels)
+        _split(tensors / "val", val, 1 - val_labels if turned else val_labels)
+        for below in (0, 1_000):  # validation chooses; cross-validation chooses
+            fits[turned, below] = fit_wide(
+                tensors, vocab, 2, 2**10, out_dir=tmp_path / f"{turned}-{below}", cross_validate_below=below
+            )
+    assert fits[False, 0].chosen_by == "validation" and fits[False, 0].C != fits[True, 0].C
+    assert fits[False, 1_000].chosen_by == fits[True, 1_000].chosen_by == "cross-validation"
+    assert fits[False, 1_000].C == fits[True, 1_000].C
+    assert 0.5 < fits[False, 1_000].cv_accuracy <= 1.0

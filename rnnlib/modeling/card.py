@@ -11,6 +11,7 @@ from rnnlib.common.storage import read_json
 from rnnlib.modeling.bundle import CONFIG, METRICS
 from rnnlib.modeling.evaluate import Evaluation
 from rnnlib.modeling.inference import MIN_AGREEMENT
+from rnnlib.modeling.wide import WideFit
 
 CARD = "README.md"
 
@@ -73,6 +74,12 @@ def _by_reason(not_measured: dict[str, str]) -> dict[str, list[str]]:
     return grouped
 
 
+def _c_choice(fit: WideFit) -> str:
+    if fit.chosen_by == "validation":
+        return "validation accuracy"
+    return f"cross-validation on the training split, mean accuracy {fit.cv_accuracy:.4f}"
+
+
 def _blend(evaluation: Evaluation) -> list[str]:
     """How a wide-and-deep model's two halves are blended, and what each does alone."""
     blend = evaluation.blend
@@ -82,9 +89,9 @@ def _blend(evaluation: Evaluation) -> list[str]:
         "## Wide and deep",
         "",
         f"Its probabilities are {blend.weight:.2f} x the recurrent model's + {1 - blend.weight:.2f} x "
-        f"a linear TF-IDF model's over the words and hashed word bigrams (C={blend.wide.C:g}, "
-        f"{blend.wide.features} features seen in training), the weight even unless the validation "
-        "split clearly prefers another:",
+        f"a linear TF-IDF model's over the words and hashed word bigrams (C={blend.wide.C:g}, chosen by "
+        f"{_c_choice(blend.wide)}; {blend.wide.features} features seen in training), the weight even "
+        "unless the validation split clearly prefers another:",
         "",
         *_table(
             ["model", "validation accuracy", "test accuracy"],
