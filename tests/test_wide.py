@@ -96,7 +96,7 @@ def test_the_blend_is_chosen_on_validation_and_recorded(wide_and_deep):
     assert float(bundle.model.blend) == pytest.approx(blend.weight, abs=1e-6)
     card = (Path(evaluation.bundle) / "README.md").read_text()
     assert "## Wide and deep" in card and f"{blend.weight:.2f} x the recurrent model's" in card
-    assert blend.wide.chosen_by == "cross-validation"  # a validation split of a hundred rows
+    assert blend.wide.chosen_by == "cross-validation"  # a validation split of 90 rows
     assert f"C={blend.wide.C:g}, chosen by cross-validation on the training split" in card
 
 
