@@ -13,13 +13,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from safetensors.torch import load_file
+from sklearn.feature_extraction.text import TfidfTransformer
 
 from rnnlib.common.storage import read_json
 from rnnlib.config import TrainFlowConfig
 from rnnlib.modeling.bundle import METRICS, load_bundle
 from rnnlib.modeling.pipeline import train_model
 from rnnlib.modeling.train import BEST, FitManifest, replayed_rates
-from rnnlib.modeling.wide import REFIT_WIDE_FILE, WIDE_FILE, _idf, counts
+from rnnlib.modeling.wide import REFIT_WIDE_FILE, WIDE_FILE, counts
 from rnnlib_flows.render import evaluation_summary
 from tests.test_wide import _headlines
 
@@ -93,7 +94,7 @@ def test_the_refit_linear_half_is_fitted_on_train_and_validation(refitted):
         split: pq.read_table(Path(data.tensorize.path) / split)["ids"].combine_chunks() for split in ("train", "val")
     }
     for file, fitted_on in ((WIDE_FILE, [rows["train"]]), (REFIT_WIDE_FILE, [rows["train"], rows["val"]])):
-        idf, _ = _idf(counts(pa.concat_arrays(fitted_on), data.vocab_size, buckets))
+        idf = TfidfTransformer().fit(counts(pa.concat_arrays(fitted_on), data.vocab_size, buckets)).idf_
         saved = load_file(str(Path(trained.wide.path) / file))["idf_squared"].double().numpy()
         np.testing.assert_allclose(saved, idf**2, rtol=1e-5)
 

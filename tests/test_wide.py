@@ -11,13 +11,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from sklearn.feature_extraction.text import TfidfTransformer
 
 from rnnlib.config import TrainFlowConfig
 from rnnlib.modeling.bundle import load_bundle
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.modeling.pipeline import train_model
 from rnnlib.modeling.train import BEST
-from rnnlib.modeling.wide import WIDE_FILE, WideLinear, _tfidf, counts, fit_wide, load_wide, term_frequencies
+from rnnlib.modeling.wide import WIDE_FILE, WideLinear, counts, fit_wide, load_wide, term_frequencies
 
 
 def _headlines(path: Path, rows: int = 600) -> None:
@@ -61,10 +62,9 @@ def test_the_wide_half_computes_what_it_was_fitted_on(wide_and_deep, tmp_path):
     module = WideLinear(data.vocab_size, len(data.labels), buckets)
     module.load_state_dict({k.removeprefix("wide."): v for k, v in load_wide(tmp_path / WIDE_FILE).items()})
     rows, train = (pq.read_table(tensors / split)["ids"].combine_chunks() for split in ("test", "train"))
-    train_counts = counts(train, data.vocab_size, buckets)
-    idf = np.log((1 + len(train)) / (1 + np.asarray((train_counts > 0).sum(0)).ravel())) + 1
-    coef = module.scores.numpy().T / idf  # the regression's coefficients
-    expected = _tfidf(counts(rows, data.vocab_size, buckets), idf) @ coef.T + module.intercept.numpy()
+    tfidf = TfidfTransformer(sublinear_tf=True).fit(counts(train, data.vocab_size, buckets))
+    coef = module.scores.numpy().T / tfidf.idf_  # the regression's coefficients
+    expected = tfidf.transform(counts(rows, data.vocab_size, buckets)) @ coef.T + module.intercept.numpy()
     lengths = torch.tensor([len(r) for r in rows.to_pylist()])
     ids = torch.zeros(len(rows), int(lengths.max()), dtype=torch.long)  # padded, as scoring batches are
     for i, r in enumerate(rows.to_pylist()):

@@ -7,9 +7,10 @@ as good as the recurrent one and errs on other rows, so the blend beats both.
 
 Its features come from the token ids the recurrent model reads (the same n-gram hashing as
 `NgramBag`), and the fitted model is three tensors inside the bundle's weights: scoring, export
-and prediction need nothing new. Its weighting is the baseline's own (scikit-learn's
-`TfidfVectorizer(sublinear_tf=True)`): a word said ten times in a long review counts 1 + log 10,
-not 10, so one repeated word does not outweigh the rest of the text.
+and prediction need nothing new. It is fitted as a scikit-learn pipeline with the baseline's
+weighting (`TfidfTransformer(sublinear_tf=True)`, then `LogisticRegression`): a word said ten
+times in a long review counts 1 + log 10, not 10, so one repeated word does not outweigh the rest
+of the text; `WideLinear` computes the same in torch.
 
     x_f = (1 + log count_f) * idf_f / ||(1 + log count) * idf||     (features the text holds)
     wide logits = x @ coef.T + intercept
@@ -119,36 +120,37 @@ def counts(rows: pa.ListArray, vocab_size: int, buckets: int) -> sp.csr_matrix:
     return matrix
 
 
-def _tfidf(matrix: sp.csr_matrix, idf: np.ndarray) -> sp.csr_matrix:
-    """Rows of counts as sublinear TF-IDF, L2-normalised (what `WideLinear` computes)."""
-    tf = matrix.astype(np.float64).tocsr()
-    tf.data = 1 + np.log(tf.data)
-    scaled = tf.multiply(idf).tocsr()
-    norm = np.sqrt(scaled.multiply(scaled).sum(1)).A1
-    return (sp.diags(1 / np.maximum(norm, 1e-12)) @ scaled).tocsr()
-
-
 @dataclass(frozen=True)
 class _Linear:
-    """A fitted logistic regression and the idf its features were scaled by."""
+    """A fitted TF-IDF + logistic regression pipeline, and how many features training held."""
 
-    model: Any
-    idf: np.ndarray
+    pipeline: Any  # sklearn Pipeline: TfidfTransformer, then LogisticRegression
     features: int
 
+    @property
+    def model(self) -> Any:
+        return self.pipeline[-1]
 
-def _idf(train_counts: sp.csr_matrix) -> tuple[np.ndarray, int]:
-    document_frequency = np.asarray((train_counts > 0).sum(0)).ravel()
-    idf = np.log((1 + train_counts.shape[0]) / (1 + document_frequency)) + 1
-    return idf, int((document_frequency > 0).sum())
+    @property
+    def idf(self) -> np.ndarray:
+        return self.pipeline[0].idf_
+
+
+def _pipeline(C: float, seed: int) -> Any:
+    """Counts -> sublinear TF-IDF, L2-normalised (what `WideLinear` computes) -> the regression."""
+    from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    return make_pipeline(TfidfTransformer(sublinear_tf=True), LogisticRegression(C=C, max_iter=2000, random_state=seed))
+
+
+def _seen_features(train_counts: sp.csr_matrix) -> int:
+    return int((train_counts.getnnz(axis=0) > 0).sum())
 
 
 def _fit(train_counts: sp.csr_matrix, labels: np.ndarray, C: float, seed: int) -> _Linear:
-    from sklearn.linear_model import LogisticRegression
-
-    idf, features = _idf(train_counts)
-    model = LogisticRegression(C=C, max_iter=2000, random_state=seed).fit(_tfidf(train_counts, idf), labels)
-    return _Linear(model=model, idf=idf, features=features)
+    return _Linear(pipeline=_pipeline(C, seed).fit(train_counts, labels), features=_seen_features(train_counts))
 
 
 def _save(fitted: _Linear, num_classes: int, path: Path) -> None:
@@ -172,20 +174,18 @@ def _save(fitted: _Linear, num_classes: int, path: Path) -> None:
 
 
 def _cross_validated(train_counts: sp.csr_matrix, labels: np.ndarray, seed: int) -> tuple[_Linear, float]:
-    """The model at the C of `C_GRID` with the best mean accuracy over stratified folds of the
-    training rows (the idf from all of them: it sees no labels), and that accuracy."""
-    from sklearn.linear_model import LogisticRegression
+    """The pipeline at the C of `C_GRID` with the best mean accuracy over stratified folds of the
+    training rows (each fold's idf from its own training rows), and that accuracy."""
     from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
-    idf, features = _idf(train_counts)
     search = GridSearchCV(
-        LogisticRegression(max_iter=2000, random_state=seed),
-        {"C": list(C_GRID)},
+        _pipeline(1.0, seed),
+        {"logisticregression__C": list(C_GRID)},
         scoring="accuracy",
         cv=StratifiedKFold(FOLDS, shuffle=True, random_state=seed),
         n_jobs=-1,
-    ).fit(_tfidf(train_counts, idf), labels)
-    return _Linear(model=search.best_estimator_, idf=idf, features=features), float(search.best_score_)
+    ).fit(train_counts, labels)
+    return _Linear(pipeline=search.best_estimator_, features=_seen_features(train_counts)), float(search.best_score_)
 
 
 def fit_wide(
@@ -209,7 +209,7 @@ def fit_wide(
     train_counts, val_counts = counts(train_rows, vocab_size, buckets), counts(val_rows, vocab_size, buckets)
 
     def val_accuracy(fitted: _Linear) -> float:
-        return float((fitted.model.predict(_tfidf(val_counts, fitted.idf)) == val_labels).mean())
+        return float((fitted.pipeline.predict(val_counts) == val_labels).mean())
 
     cv_accuracy = None
     if len(val_labels) < cross_validate_below:
