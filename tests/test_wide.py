@@ -12,6 +12,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from sklearn.feature_extraction.text import TfidfTransformer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
 
 from rnnlib.config import TrainFlowConfig
 from rnnlib.modeling.bundle import load_bundle
@@ -70,6 +72,16 @@ def test_the_wide_half_computes_what_it_was_fitted_on(wide_and_deep, tmp_path):
     for i, r in enumerate(rows.to_pylist()):
         ids[i, : len(r)] = torch.tensor(r)
     np.testing.assert_allclose(module(ids, lengths).numpy(), expected, rtol=1e-4, atol=1e-4)
+    # and what it was fitted on is the baseline's weighting: the same regression fitted here on
+    # sublinear TF-IDF rows predicts what the module does
+    reference = make_pipeline(TfidfTransformer(sublinear_tf=True), LogisticRegression(C=fitted.C, max_iter=2000)).fit(
+        counts(train, data.vocab_size, buckets), pq.read_table(tensors / "train")["label"].to_numpy()
+    )
+    np.testing.assert_allclose(
+        torch.softmax(module(ids, lengths), 1).numpy(),
+        reference.predict_proba(counts(rows, data.vocab_size, buckets)),
+        atol=1e-3,
+    )
 
 
 def test_a_repeated_word_counts_one_plus_the_log_of_its_count():
