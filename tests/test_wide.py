@@ -65,6 +65,9 @@ def test_the_wide_half_computes_what_it_was_fitted_on(wide_and_deep, tmp_path):
     module.load_state_dict({k.removeprefix("wide."): v for k, v in load_wide(tmp_path / WIDE_FILE).items()})
     rows, train = (pq.read_table(tensors / split)["ids"].combine_chunks() for split in ("test", "train"))
     tfidf = TfidfTransformer(sublinear_tf=True).fit(counts(train, data.vocab_size, buckets))
+    used = counts(train, data.vocab_size, buckets).getnnz(axis=0) > 0
+    assert fitted.features == used.sum() < len(used)  # fitted on the columns training uses, no other
+    assert not module.scores[~torch.from_numpy(used)].any()
     coef = module.scores.numpy().T / tfidf.idf_  # the regression's coefficients
     expected = tfidf.transform(counts(rows, data.vocab_size, buckets)) @ coef.T + module.intercept.numpy()
     lengths = torch.tensor([len(r) for r in rows.to_pylist()])

@@ -8,9 +8,9 @@ as good as the recurrent one and errs on other rows, so the blend beats both.
 Its features come from the token ids the recurrent model reads (the same n-gram hashing as
 `NgramBag`), and the fitted model is three tensors inside the bundle's weights: scoring, export
 and prediction need nothing new. It is fitted as a scikit-learn pipeline with the baseline's
-weighting (`TfidfTransformer(sublinear_tf=True)`, then `LogisticRegression`): a word said ten
-times in a long review counts 1 + log 10, not 10, so one repeated word does not outweigh the rest
-of the text; `WideLinear` computes the same in torch.
+weighting (`TfidfTransformer(sublinear_tf=True)`, then `LogisticRegression` on the columns the
+training rows use): a word said ten times in a long review counts 1 + log 10, not 10, so one
+repeated word does not outweigh the rest of the text; `WideLinear` computes the same in torch.
 
     x_f = (1 + log count_f) * idf_f / ||(1 + log count) * idf||     (features the text holds)
     wide logits = x @ coef.T + intercept
@@ -91,7 +91,7 @@ class WideFit(BaseModel):
     chosen_by: Literal["validation", "cross-validation"] = "validation"
     cv_accuracy: float | None = None  # mean over the training split's folds, when chosen by them
     val_accuracy: float
-    features: int  # distinct features seen in training
+    features: int  # distinct features seen in training: the columns the regression was fitted on
 
 
 def _rows(split_dir: Path) -> tuple[pa.ListArray, np.ndarray]:
@@ -122,10 +122,9 @@ def counts(rows: pa.ListArray, vocab_size: int, buckets: int) -> sp.csr_matrix:
 
 @dataclass(frozen=True)
 class _Linear:
-    """A fitted TF-IDF + logistic regression pipeline, and how many features training held."""
+    """A fitted TF-IDF -> seen columns -> logistic regression pipeline."""
 
-    pipeline: Any  # sklearn Pipeline: TfidfTransformer, then LogisticRegression
-    features: int
+    pipeline: Any  # sklearn Pipeline: TfidfTransformer, VarianceThreshold, LogisticRegression
 
     @property
     def model(self) -> Any:
@@ -135,33 +134,46 @@ class _Linear:
     def idf(self) -> np.ndarray:
         return self.pipeline[0].idf_
 
+    @property
+    def seen(self) -> np.ndarray:
+        """Which features the regression was fitted on: those that varied in its training rows."""
+        return self.pipeline[1].get_support()
+
+    @property
+    def features(self) -> int:
+        return int(self.seen.sum())
+
 
 def _pipeline(C: float, seed: int) -> Any:
-    """Counts -> sublinear TF-IDF, L2-normalised (what `WideLinear` computes) -> the regression."""
+    """Counts -> sublinear TF-IDF, L2-normalised over every feature a text holds (what
+    `WideLinear` computes) -> the columns that vary in the training rows -> the regression.
+    A feature absent from every training row would keep a zero weight anyway; dropping those
+    columns spares the solver the hashed bigrams no text used, most of the 2^18 buckets."""
     from sklearn.feature_extraction.text import TfidfTransformer
+    from sklearn.feature_selection import VarianceThreshold
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
-    return make_pipeline(TfidfTransformer(sublinear_tf=True), LogisticRegression(C=C, max_iter=2000, random_state=seed))
-
-
-def _seen_features(train_counts: sp.csr_matrix) -> int:
-    return int((train_counts.getnnz(axis=0) > 0).sum())
+    return make_pipeline(
+        TfidfTransformer(sublinear_tf=True),
+        VarianceThreshold(),
+        LogisticRegression(C=C, max_iter=2000, random_state=seed),
+    )
 
 
 def _fit(train_counts: sp.csr_matrix, labels: np.ndarray, C: float, seed: int) -> _Linear:
-    return _Linear(pipeline=_pipeline(C, seed).fit(train_counts, labels), features=_seen_features(train_counts))
+    return _Linear(pipeline=_pipeline(C, seed).fit(train_counts, labels))
 
 
 def _save(fitted: _Linear, num_classes: int, path: Path) -> None:
     """The fitted model as `WideLinear`'s tensors, one row of scores per class."""
     model, idf = fitted.model, fitted.idf
-    coef = np.zeros((num_classes, len(idf)))
+    coef = np.zeros((num_classes, len(idf)))  # zero for the features the regression never saw
     intercept = np.zeros(num_classes)
     if model.coef_.shape[0] == 1:  # two classes: one row, the second class's log-odds
-        coef[model.classes_[1]], intercept[model.classes_[1]] = model.coef_[0], model.intercept_[0]
+        coef[model.classes_[1], fitted.seen], intercept[model.classes_[1]] = model.coef_[0], model.intercept_[0]
     else:
-        coef[model.classes_], intercept[model.classes_] = model.coef_, model.intercept_
+        coef[np.ix_(model.classes_, fitted.seen)], intercept[model.classes_] = model.coef_, model.intercept_
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(
         {
@@ -185,7 +197,7 @@ def _cross_validated(train_counts: sp.csr_matrix, labels: np.ndarray, seed: int)
         cv=StratifiedKFold(FOLDS, shuffle=True, random_state=seed),
         n_jobs=-1,
     ).fit(train_counts, labels)
-    return _Linear(pipeline=search.best_estimator_, features=_seen_features(train_counts)), float(search.best_score_)
+    return _Linear(pipeline=search.best_estimator_), float(search.best_score_)
 
 
 def fit_wide(
