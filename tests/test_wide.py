@@ -4,6 +4,7 @@ the recurrent fit."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,21 @@ def test_a_wide_and_deep_bundle_exports_to_onnx(wide_and_deep, tmp_path):
     with torch.no_grad():
         want = model(ids, lengths).float().softmax(-1).numpy()
     np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_quantising_a_wide_and_deep_graph_logs_no_warning_per_integer_tensor(wide_and_deep, tmp_path, caplog):
+    """The quantiser leaves the linear half's integer and boolean tensors as they are, as it should;
+    its warning about each of them (a dozen lines a tensor, on the root logger) is not shown."""
+    from rnnlib.modeling.export import LEFT_UNQUANTISED, export_onnx, quantise_onnx
+
+    _, trained = wide_and_deep
+    graph = export_onnx(trained.evaluation.bundle, tmp_path / "model.onnx")
+    with caplog.at_level(logging.WARNING):
+        quantise_onnx(graph, tmp_path / "model-int8.onnx")
+    assert (tmp_path / "model-int8.onnx").is_file()
+    assert not [r for r in caplog.records if r.getMessage().startswith(LEFT_UNQUANTISED)]
+    logging.warning("%s: a warning after quantising still shows", LEFT_UNQUANTISED)
+    assert caplog.records[-1].getMessage().endswith("still shows")
 
 
 def _split(directory: Path, ids: list[list[int]], labels: np.ndarray) -> None:

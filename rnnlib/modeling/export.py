@@ -14,10 +14,12 @@ onnx-int8 scoring engine runs.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -147,9 +149,30 @@ def quantise_onnx(graph: str | Path, out: str | Path) -> Path:
         quant_pre_process(graph, folded, skip_symbolic_shape=True)  # the shapes are dynamic anyway
         # 7-bit weights: without VNNI units the 8-bit kernels can saturate, and the graph may be
         # made on one CPU and run on another
-        quantize_dynamic(folded, tmp, weight_type=QuantType.QInt8, reduce_range=True)
+        with _quiet_about_tensors_left_unquantised():
+            quantize_dynamic(folded, tmp, weight_type=QuantType.QInt8, reduce_range=True)
         durable_replace(tmp, out)
     return out
+
+
+LEFT_UNQUANTISED = "Inference failed or unsupported type to quantize"
+
+
+@contextmanager
+def _quiet_about_tensors_left_unquantised() -> Iterator[None]:
+    """ONNX Runtime's quantiser warns, on the root logger and a dozen lines each, for every
+    tensor that is not a float: a wide-and-deep graph's masks and indices, which it rightly leaves
+    as they are. Those warnings alone are dropped while it runs; any other still shows."""
+
+    def shown(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(LEFT_UNQUANTISED)
+
+    root = logging.getLogger()
+    root.addFilter(shown)
+    try:
+        yield
+    finally:
+        root.removeFilter(shown)
 
 
 def engine_graph(bundle_dir: str | Path, engine: str, onnx: Path) -> Path:
