@@ -37,7 +37,8 @@ def data_summary(data: PreparedData) -> list[str]:
 
 
 def evaluation_summary(result: Evaluation) -> list[str]:
-    """The test-split figures, the baseline's beside them, a blend's halves and a refit."""
+    """The test-split figures, the baseline's beside them, an ensemble's networks, a blend's halves
+    and a refit."""
     lines = [
         f"test split ({result.rows} rows): accuracy {result.accuracy:.4f}, macro F1 {result.macro.f1:.4f}, "
         f"macro recall {result.macro.recall:.4f}"
@@ -51,6 +52,8 @@ def evaluation_summary(result: Evaluation) -> list[str]:
                 if name != "weighted F1"
             )
         )
+    if (members := result.ensemble_summary()) is not None:
+        lines.append(f"the model is {members}")
     if (halves := result.blend_summary()) is not None:
         lines.append(f"the model is {halves}")
     if (refit := result.refit_summary()) is not None:

@@ -267,6 +267,13 @@ class ModelConfig(_Strict):
         "TF-IDF model's over the words and hashed word bigrams (fitted apart, its regularisation "
         "and the blend's weight: even, unless the validation split clearly prefers another)",
     )
+    ensemble: int = Field(
+        1,
+        ge=1,
+        description="train this many networks, from seeds train.seed, train.seed + 1, ..., and "
+        "average their probabilities (each trained, and refit, on its own: that many times the "
+        "training; the bundle holds them all)",
+    )
     embeddings: EmbeddingsConfig | None = Field(
         None,
         description="start the embedding rows of the tokens found in a vectors file from "

@@ -23,12 +23,9 @@ language_model_task = task(
     task_run_name="language model {model.cell} {model.num_layers}x{model.hidden_size}",
     **TASK_OPTIONS,
 )(pipeline.language_model_stage)
-fit_task = task(name="fit", task_run_name="fit {model.cell} {model.num_layers}x{model.hidden_size}", **TASK_OPTIONS)(
-    pipeline.fit_stage
-)
-refit_task = task(
-    name="refit", task_run_name="refit {model.cell} {model.num_layers}x{model.hidden_size}", **TASK_OPTIONS
-)(pipeline.refit_stage)
+NETWORK = "{model.cell} {model.num_layers}x{model.hidden_size} seed {cfg.seed}"
+fit_task = task(name="fit", task_run_name=f"fit {NETWORK}", **TASK_OPTIONS)(pipeline.fit_stage)
+refit_task = task(name="refit", task_run_name=f"refit {NETWORK}", **TASK_OPTIONS)(pipeline.refit_stage)
 wide_task = task(name="wide", task_run_name="wide tf-idf", **TASK_OPTIONS)(pipeline.wide_stage)
 baseline_task = task(name="baseline", task_run_name="baseline tf-idf {level}", **TASK_OPTIONS)(pipeline.baseline_stage)
 evaluate_task = task(name="evaluate", task_run_name="evaluate", **TASK_OPTIONS)(pipeline.evaluate_stage)

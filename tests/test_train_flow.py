@@ -100,7 +100,9 @@ def _assert_dashboard(flow_run_id, trained, metrics: dict) -> None:
     assert sum(row["test rows"] for row in per_class.values()) == 3008
     images = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", artifacts["evaluation-plots"])
     assert len(images) == 2 and all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
-    assert {"ingest", "preprocess chars", "fit gru 1x32", "baseline tf-idf char", "evaluate"} <= task_runs, task_runs
+    assert {"ingest", "preprocess chars", "fit gru 1x32 seed 0", "baseline tf-idf char", "evaluate"} <= task_runs, (
+        task_runs
+    )
     assert not [name for name in task_runs if re.fullmatch(r".+-[0-9a-f]{3}", name)], task_runs  # none left to Prefect
 
 

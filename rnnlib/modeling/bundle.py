@@ -20,7 +20,7 @@ from rnnlib.common.fingerprint import code_version, digest_json, file_digest
 from rnnlib.common.storage import read_json, write_json
 from rnnlib.config import ModelConfig, PreprocessConfig
 from rnnlib.errors import InputError
-from rnnlib.modeling.model import RNNClassifier
+from rnnlib.modeling.model import RNNClassifier, SeedEnsemble, classifier
 from rnnlib.prepare.text import with_stopword_list
 from rnnlib.prepare.vocab import LABELS_FILE, VOCAB_FILE, LabelEncoder, Vocabulary
 
@@ -34,7 +34,7 @@ class BundleError(InputError):
 
 @dataclass(frozen=True)
 class Bundle:
-    model: RNNClassifier
+    model: RNNClassifier | SeedEnsemble
     vocab: Vocabulary
     labels: LabelEncoder
     preprocess: PreprocessConfig
@@ -103,7 +103,7 @@ def load_bundle(path: str | Path, device: str | torch.device = "cpu") -> Bundle:
         raise BundleError(
             "weights are not the ones this bundle was written with (digest differs)", file=str(path / WEIGHTS)
         )
-    model = RNNClassifier(len(vocab.tokens), len(labels.labels), ModelConfig(**config["model"]))
+    model = classifier(len(vocab.tokens), len(labels.labels), ModelConfig(**config["model"]))
     state = load_file(path / WEIGHTS, device=str(torch.device(device)))
     try:
         model.load_state_dict(state)

@@ -105,6 +105,48 @@ def _blend(evaluation: Evaluation) -> list[str]:
     ]
 
 
+def _ensemble(evaluation: Evaluation) -> list[str]:
+    """A seed ensemble's networks, each alone beside the ensemble."""
+    members = evaluation.ensemble
+    if not members:
+        return []
+    refit = members[0].refit_epochs is not None
+    return [
+        "## Seed ensemble",
+        "",
+        f"Its recurrent probabilities are the average of {len(members)} networks of the configuration above, "
+        f"trained alike from seeds {members[0].seed} to {members[-1].seed}, each with its epoch chosen on "
+        "validation" + (" and refit on its own" if refit else "") + "; the training table above is the first's. "
+        "Each network alone, in the bundle's place (with the linear half at the same blend, if any), "
+        "on the test split:",
+        "",
+        *_table(
+            ["network", "epoch chosen", f"validation {members[0].selection.monitor}", "refit epochs", "test accuracy"],
+            [
+                *(
+                    [
+                        f"seed {m.seed}",
+                        m.selection.epoch,
+                        f"{m.selection.value:.4f}",
+                        m.refit_epochs if refit else "-",
+                        f"{m.test_accuracy:.4f}",
+                    ]
+                    for m in members
+                ),
+                ["**the ensemble (this bundle)**", "", "", "", f"**{evaluation.accuracy:.4f}**"],
+            ],
+        ),
+        "",
+    ]
+
+
+def _refit_length(evaluation: Evaluation) -> str:
+    refit = evaluation.refit
+    if evaluation.ensemble:
+        return "as many epochs as each network's chosen run (the table above)"
+    return f"{refit.epochs} epochs ({refit.steps} optimizer steps)"
+
+
 def _refit(evaluation: Evaluation) -> list[str]:
     """What a refit model was trained on, beside the chosen fit it replaced."""
     refit = evaluation.refit
@@ -114,8 +156,8 @@ def _refit(evaluation: Evaluation) -> list[str]:
         "## Refit on train + validation",
         "",
         f"After the epoch above was chosen on validation, the model was trained again from the start on the "
-        f"training and validation rows together ({refit.rows} rows an epoch) for {refit.epochs} epochs "
-        f"({refit.steps} optimizer steps), at the rates the chosen run used epoch by epoch"
+        f"training and validation rows together ({refit.rows} rows an epoch) for {_refit_length(evaluation)}, "
+        "at the rates the chosen run used epoch by epoch"
         + (", its linear half fitted again on the same rows with the same C" if evaluation.blend else "")
         + ". The bundle holds that model; the validation figures on this card are the chosen run's.",
         "",
@@ -156,6 +198,7 @@ def model_card(bundle_dir: str | Path, evaluation: Evaluation) -> str:
         "",
         *_training(report["history"], report["selection"]),
         *_evaluation(evaluation, report["per_class"]),
+        *_ensemble(evaluation),
         *_refit(evaluation),
         *_blend(evaluation),
         *_engines(evaluation),

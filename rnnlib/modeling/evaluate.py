@@ -28,7 +28,7 @@ from rnnlib.modeling.engines import GRAPH_ENGINES, available_engines  # noqa: E4
 from rnnlib.modeling.export import engine_graph, exported_graphs  # noqa: E402
 from rnnlib.modeling.inference import EngineChoice, choose_engine, engines_for, held_out_ids  # noqa: E402
 from rnnlib.modeling.metrics import Averages, metrics  # noqa: E402
-from rnnlib.modeling.model import RNNClassifier  # noqa: E402
+from rnnlib.modeling.model import RNNClassifier, SeedEnsemble  # noqa: E402
 from rnnlib.modeling.train import RefitManifest  # noqa: E402
 from rnnlib.modeling.wide import Blend  # noqa: E402
 
@@ -48,6 +48,7 @@ class Evaluation(BaseModel):
     engines: EngineChoice | None = None  # each scoring engine against fp32, and what `auto` picks
     blend: Blend | None = None  # wide and deep: the weight, and each half alone
     refit: Refit | None = None  # trained again on train + validation: what, and the chosen fit's figure
+    ensemble: list[Member] | None = None  # a seed ensemble's networks, each alone
 
     def blend_summary(self) -> str | None:
         """One line on a wide-and-deep model's halves, or None for a recurrent model alone."""
@@ -64,9 +65,20 @@ class Evaluation(BaseModel):
         refit = self.refit
         if refit is None:
             return None
+        length = "each network" if self.ensemble else f"{refit.epochs} epochs, {refit.steps} steps"
         return (
-            f"refit on train + validation ({refit.rows} rows, {refit.epochs} epochs, {refit.steps} steps); the run "
+            f"refit on train + validation ({refit.rows} rows, {length}); the run "
             f"chosen on validation, before it: accuracy {refit.chosen_test_accuracy:.4f}"
+        )
+
+    def ensemble_summary(self) -> str | None:
+        """One line on a seed ensemble's networks, or None for one network."""
+        if not self.ensemble:
+            return None
+        alone = ", ".join(f"{m.test_accuracy:.4f}" for m in self.ensemble)
+        return (
+            f"an ensemble of {len(self.ensemble)} seeds, {self.accuracy:.4f}; "
+            f"each network alone: {alone} (test accuracy)"
         )
 
     def comparison(self) -> list[tuple[str, float, float | None]]:
@@ -81,7 +93,9 @@ class Evaluation(BaseModel):
 
 
 @torch.no_grad()
-def predict(model: RNNClassifier, batches: ShardBatches, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    model: RNNClassifier | SeedEnsemble, batches: ShardBatches, device: torch.device
+) -> tuple[np.ndarray, np.ndarray]:
     """(true labels, predicted labels) over every batch."""
     model.eval()
     truth, predicted = [], []
@@ -131,6 +145,15 @@ class Selection(BaseModel):
     value: float
 
 
+class Member(BaseModel):
+    """One network of a seed ensemble (`model.ensemble`)."""
+
+    seed: int
+    selection: Selection  # its epoch, chosen on validation
+    refit_epochs: int | None = None  # with `train.refit`: the epochs it was trained again for
+    test_accuracy: float | None = None  # the bundle with this network alone; set by the evaluation
+
+
 class Refit(BaseModel):
     """A model trained again on train + validation after the chosen fit (`train.refit`)."""
 
@@ -149,7 +172,7 @@ class Refit(BaseModel):
         )
 
 
-def accuracy_on_test(model: RNNClassifier, tensors_dir: str | Path) -> float:
+def accuracy_on_test(model: RNNClassifier | SeedEnsemble, tensors_dir: str | Path) -> float:
     """`model`'s accuracy on the test split's shards."""
     truth, predicted = predict(model, ShardBatches(Path(tensors_dir) / "test", 512, shuffle=False), torch.device("cpu"))
     return float((truth == predicted).mean())
@@ -164,13 +187,15 @@ def evaluate_bundle(
     baseline: BaselineResult | None = None,
     blend: Blend | None = None,
     refit: Refit | None = None,
+    members: list[Member] | None = None,
     device: DeviceChoice = "auto",
     graph_engines: bool = True,
 ) -> Evaluation:
     """Score `test_dir`'s shards with the bundle; write `metrics.json` (with the training
     `history` and the epoch `selection`, the `baseline` fitted on the same rows and how each
     scoring engine compares with fp32, the `graph_engines` too; for a wide-and-deep model the
-    `blend` and each half's test accuracy alone), the confusion matrix and the learning curves
+    `blend` and each half's test accuracy alone; for a seed ensemble, its `members` and each one's
+    test accuracy alone), the confusion matrix and the learning curves
     into the bundle."""
     bundle_dir = Path(bundle_dir)
     target = pick_device(device)
@@ -184,12 +209,15 @@ def evaluate_bundle(
     )
     if blend is not None:
         blend = blend.model_copy(update=halves_alone(bundle.model, test_dir, target))
+    if members is not None:
+        members = members_alone(bundle.model, members, test_dir, target)
     report = {
         **result,
         "history": history,
         "selection": selection.model_dump(),
         "blend": blend.model_dump(mode="json") if blend else None,
         "refit": refit.model_dump(mode="json") if refit else None,
+        "ensemble": [m.model_dump(mode="json") for m in members] if members else None,
         "engines": engines.model_dump(mode="json"),
         "baseline": baseline.model_dump(mode="json", by_alias=True) if baseline else None,
     }
@@ -203,12 +231,13 @@ def evaluate_bundle(
         engines=engines,
         blend=blend,
         refit=refit,
+        ensemble=members,
         **{k: result[k] for k in ("rows", "accuracy", "macro", "weighted")},
     )
 
 
 def measure_engines(
-    bundle_dir: Path, model: RNNClassifier, ids: pa.ListArray, num_classes: int, *, graphs: bool
+    bundle_dir: Path, model: RNNClassifier | SeedEnsemble, ids: pa.ListArray, num_classes: int, *, graphs: bool
 ) -> EngineChoice:
     """The scoring engines on the CPU, on test rows: agreement with fp32 and speed, and which
     `engine: auto` would pick among them on this CPU. PyTorch's always; with `graphs` ONNX
@@ -224,7 +253,7 @@ def measure_engines(
     return choice.leaving_out(refused)
 
 
-def halves_alone(model: RNNClassifier, test_dir: str | Path, device: torch.device) -> dict[str, float]:
+def halves_alone(model: RNNClassifier | SeedEnsemble, test_dir: str | Path, device: torch.device) -> dict[str, float]:
     """The test accuracy of the deep and of the wide half of a blended model, each alone."""
     share = float(model.blend)
     accuracy = {}
@@ -234,3 +263,15 @@ def halves_alone(model: RNNClassifier, test_dir: str | Path, device: torch.devic
         accuracy[half] = round(float((truth == predicted).mean()), 4)
     model.blend.fill_(share)
     return accuracy
+
+
+def members_alone(
+    model: SeedEnsemble, members: list[Member], test_dir: str | Path, device: torch.device
+) -> list[Member]:
+    """Each network of a seed ensemble scored alone on the test split (with the linear half at
+    the same blend): what a single seed would have given, beside what the ensemble gives."""
+    scored = []
+    for index, member in enumerate(members):
+        truth, predicted = predict(model.alone(index), ShardBatches(test_dir, 512, shuffle=False), device)
+        scored.append(member.model_copy(update={"test_accuracy": round(float((truth == predicted).mean()), 4)}))
+    return scored

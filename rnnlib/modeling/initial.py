@@ -19,7 +19,7 @@ from rnnlib.common.storage import read_json
 from rnnlib.config import ConfigError, EmbeddingsConfig
 from rnnlib.errors import InputError
 from rnnlib.modeling.bundle import CONFIG, load_bundle, locate_bundle
-from rnnlib.modeling.model import RNNClassifier
+from rnnlib.modeling.model import RNNClassifier, SeedEnsemble
 from rnnlib.prepare.specials import SPECIALS
 
 log = logging.getLogger(__name__)
@@ -86,10 +86,12 @@ def warm_start(network: RNNClassifier, tokens: Sequence[str], labels: Sequence[s
     """Copy a bundle's weights into `network`: token rows (the embedding and the bag of n-grams'
     unigrams) by token; the head only when the labels are the same, in the same order; the
     hashed n-gram rows only when the vocabulary is the same (their hashes are of ids); every
-    other weight where its shape fits. What is not copied keeps its random start."""
+    other weight where its shape fits. What is not copied keeps its random start. From a seed
+    ensemble's bundle, its first network's weights."""
     path = locate_bundle(source)
     bundle = load_bundle(path)
-    old, new = bundle.model.state_dict(), network.state_dict()
+    source_network = bundle.model.members[0] if isinstance(bundle.model, SeedEnsemble) else bundle.model
+    old, new = source_network.state_dict(), network.state_dict()
     old_ids = {t: i for i, t in enumerate(bundle.vocab.tokens)}
     pairs = [(i, old_ids[t]) for i, t in enumerate(tokens) if t in old_ids]
     to_rows, from_rows = (torch.tensor(side, dtype=torch.long) for side in zip(*pairs)) if pairs else (None, None)

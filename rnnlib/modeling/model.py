@@ -14,6 +14,8 @@ kernels (cuDNN on GPU) while the directions see only real tokens.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -56,6 +58,16 @@ class NgramBag(nn.Module):
         weights = weights / weights.sum(1, keepdim=True).clamp(min=1)
         # averaged in fp32, returned in the model's own format (bf16 when it scores in bf16)
         return (embedded.float() * weights[..., None]).sum(1).to(embedded.dtype)
+
+
+def blended_log_probabilities(
+    deep: torch.Tensor, wide_logits: torch.Tensor, share: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """Wide and deep: the log of `share` x the recurrent probabilities + the rest x the linear
+    model's (log, so that softmax, as for logits, turns them back into those probabilities)."""
+    share = share.float()
+    blended = share * deep + (1 - share) * wide_logits.softmax(-1)
+    return blended.clamp(min=1e-30).log().to(dtype)
 
 
 class RNNClassifier(nn.Module):
@@ -127,10 +139,7 @@ class RNNClassifier(nn.Module):
         logits = self.head(self.dropout(torch.cat(pooled, -1)))
         if self.wide is None or self.training:
             return logits
-        # wide and deep: log of the blended probabilities (what softmax turns back into them)
-        share = self.blend.float()
-        blended = share * logits.float().softmax(-1) + (1 - share) * self.wide(ids, lengths).softmax(-1)
-        return blended.clamp(min=1e-30).log().to(logits.dtype)
+        return blended_log_probabilities(logits.float().softmax(-1), self.wide(ids, lengths), self.blend, logits.dtype)
 
     def _pool(self, kind: str, outputs: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """One summary of each sequence's outputs over its real tokens only."""
@@ -145,3 +154,53 @@ class RNNClassifier(nn.Module):
         if kind == "mean":
             return (outputs * mask).sum(1) / lengths[:, None]
         return outputs.masked_fill(~mask, float("-inf")).amax(1)
+
+
+class SeedEnsemble(nn.Module):
+    """Networks of one configuration trained from different seeds, their probabilities averaged
+    (`model.ensemble`): the spread between seeds is what averaging removes. With `model.wide`
+    the linear half is held once and blended with the average, as with one network.
+    Inference only: each member is trained on its own."""
+
+    def __init__(
+        self, members: Sequence[RNNClassifier], cfg: ModelConfig, wide: WideLinear | None, blend: torch.Tensor | None
+    ) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.members = nn.ModuleList(members)
+        self.wide = wide
+        if wide is not None:
+            self.register_buffer("blend", torch.ones(()) if blend is None else blend)
+
+    @classmethod
+    def new(cls, vocab_size: int, num_classes: int, cfg: ModelConfig) -> SeedEnsemble:
+        member = member_config(cfg)
+        members = [RNNClassifier(vocab_size, num_classes, member) for _ in range(cfg.ensemble)]
+        wide = WideLinear(vocab_size, num_classes, cfg.ngram_buckets) if cfg.wide else None
+        return cls(members, cfg, wide, None)
+
+    def alone(self, index: int) -> SeedEnsemble:
+        """Member `index` with the same linear half and blend (sharing their tensors): what one
+        seed would have given."""
+        return SeedEnsemble([self.members[index]], self.cfg, self.wide, self.blend if self.wide is not None else None)
+
+    def forward(self, ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Log of the averaged (and, with the linear half, blended) probabilities."""
+        outputs = [member(ids, lengths) for member in self.members]
+        deep = torch.stack([logits.float().softmax(-1) for logits in outputs]).mean(0)
+        if self.wide is None:
+            return deep.clamp(min=1e-30).log().to(outputs[0].dtype)
+        return blended_log_probabilities(deep, self.wide(ids, lengths), self.blend, outputs[0].dtype)
+
+
+def member_config(cfg: ModelConfig) -> ModelConfig:
+    """What each network of an ensemble is: the recurrent model alone (the linear half is fitted
+    once, apart)."""
+    return cfg.model_copy(update={"wide": False, "ensemble": 1})
+
+
+def classifier(vocab_size: int, num_classes: int, cfg: ModelConfig) -> RNNClassifier | SeedEnsemble:
+    """The inference model a configuration describes: one network, or an ensemble of them."""
+    if cfg.ensemble > 1:
+        return SeedEnsemble.new(vocab_size, num_classes, cfg)
+    return RNNClassifier(vocab_size, num_classes, cfg)

@@ -4,6 +4,9 @@ prepare stages.
     (prepare) -> [vectors] -> [language model] -> fit -> [refit], [wide], baseline -> evaluate
     (bundle, metrics beside the baseline's, plots, card)
 
+A seed ensemble (`model.ensemble`) fits (and refits) each of its networks as a stage of its own,
+keyed as that one network with its seed, so growing an ensemble reuses the networks it had.
+
 As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions one each.
 """
 
@@ -29,10 +32,10 @@ from rnnlib.config import (
 from rnnlib.modeling.baseline import BaselineResult, fit_baseline
 from rnnlib.modeling.bundle import save_bundle
 from rnnlib.modeling.card import CARD, model_card
-from rnnlib.modeling.evaluate import Evaluation, Refit, Selection, accuracy_on_test, evaluate_bundle
+from rnnlib.modeling.evaluate import Evaluation, Member, Refit, Selection, accuracy_on_test, evaluate_bundle
 from rnnlib.modeling.initial import initial_identity
 from rnnlib.modeling.language_model import ENCODER_FILE, LanguageModelManifest, pretrain_encoder
-from rnnlib.modeling.model import RNNClassifier
+from rnnlib.modeling.model import RNNClassifier, SeedEnsemble, classifier, member_config
 from rnnlib.modeling.pretrain import VECTORS_FILE, VectorsManifest, train_vectors
 from rnnlib.modeling.train import BEST, FitManifest, RefitManifest, refit, train
 from rnnlib.modeling.wide import REFIT_WIDE_FILE, WIDE_FILE, Blend, WideFit, choose_blend, fit_wide, load_wide
@@ -72,7 +75,7 @@ def fit_stage(
     """Train. Checkpoints live in `<key>.partial/` until training ends, so a killed run that is
     started again resumes from its last epoch. `on_epoch` watches the epochs (not in the key)."""
 
-    model = model.model_copy(update={"wide": False})  # fitted on its own: toggling it reuses this
+    model = member_config(model)  # the linear half is fitted on its own: toggling it reuses this
     cfg = cfg.model_copy(update={"refit": False})  # a later stage: toggling it reuses this
     params = {
         "tensors": tensors,
@@ -100,7 +103,7 @@ def refit_stage(
 ) -> StageOutput[RefitManifest]:
     """Train again on train + validation for the epochs `fitted` kept (see `refit`); resumes
     from its checkpoints like the fit."""
-    model = model.model_copy(update={"wide": False})
+    model = member_config(model)
     params = {
         "tensors": tensors,
         "fitted": fitted,
@@ -284,7 +287,7 @@ def wide_stage(
 
 def evaluate_stage(
     data: PreparedData,
-    fitted: StageOutput[FitManifest],
+    fitted: list[StageOutput[FitManifest]],
     baseline: StageOutput[BaselineResult] | None,
     *,
     preprocess: PreprocessConfig,
@@ -292,14 +295,16 @@ def evaluate_stage(
     max_length: int | None,
     work_dir: str,
     wide: StageOutput[WideFit] | None = None,
-    refitted: StageOutput[RefitManifest] | None = None,
+    refitted: list[StageOutput[RefitManifest]] | None = None,
     batch_size: int = 64,
     graph_engines: bool = True,
+    seed: int = 0,
 ) -> StageOutput[Evaluation]:
-    """Write the model bundle (best weights, vocabulary, labels, preprocessing; with `wide`, the
-    linear model too, blended at the weight best on validation; with `refitted`, the weights
-    trained again on train + validation) and evaluate it on the test split, beside the
-    `baseline` fitted on the same rows (if any); the manifest is the `Evaluation`."""
+    """Write the model bundle (best weights, vocabulary, labels, preprocessing; a seed ensemble's
+    networks, one per fit in `fitted`; with `wide`, the linear model too, blended at the weight
+    best on validation; with `refitted`, the weights trained again on train + validation) and
+    evaluate it on the test split, beside the `baseline` fitted on the same rows (if any); the
+    manifest is the `Evaluation`. `seed` is the first network's (`train.seed`)."""
     tensors, vocab = data.tensorize, data.vocab
     params = {
         "tensors": tensors,
@@ -313,6 +318,7 @@ def evaluate_stage(
         "max_length": max_length,
         "work_dir": work_dir,
         "graph_engines": graph_engines,
+        "seed": seed,
     }
 
     def build(out: Path) -> Evaluation:
@@ -320,22 +326,22 @@ def evaluate_stage(
             lineage = {
                 "tensors": tensors.key,
                 "vocab": vocab.key,
-                "fit": fitted.key,
+                **stage_keys("fit", fitted),
                 **({"wide": wide.key} if wide else {}),
-                **({"refit": refitted.key} if refitted else {}),
+                **(stage_keys("refit", refitted) if refitted else {}),
             }
             network, blend = chosen_network(fitted, wide, data, model, batch_size)
             refit_summary = None
             if refitted is not None:
                 refit_summary = Refit.of(
-                    refitted.manifest, chosen_test_accuracy=accuracy_on_test(network, tensors.path)
+                    refitted[0].manifest, chosen_test_accuracy=accuracy_on_test(network, tensors.path)
                 )
                 network = refit_network(refitted, wide, data, model, blend)
             weights = scratch / "weights.pt"
             torch.save(network.state_dict(), weights)
             save_bundle(scratch / BUNDLE, weights, Path(vocab.path), preprocess, model, max_length, lineage)
             weights.unlink()  # its tensors are in the bundle now
-            fit = fitted.manifest
+            fit = fitted[0].manifest
             evaluation = evaluate_bundle(
                 scratch / BUNDLE,
                 Path(tensors.path) / "test",
@@ -343,6 +349,7 @@ def evaluate_stage(
                 selection=Selection(monitor=fit.monitor, epoch=fit.best_epoch, value=fit.best_value),
                 blend=blend,
                 refit=refit_summary,
+                members=ensemble_members(seed, fitted, refitted) if model.ensemble > 1 else None,
                 baseline=baseline.manifest if baseline else None,
                 graph_engines=graph_engines,
             )
@@ -351,44 +358,78 @@ def evaluate_stage(
             write_json(scratch / MANIFEST, evaluation)
         return evaluation
 
-    code = [save_bundle, evaluate_bundle, model_card, choose_blend, chosen_network, refit_network]
+    code = [save_bundle, evaluate_bundle, model_card, choose_blend, chosen_network, refit_network, ensemble_members]
     return run_stage("evaluate", params, build, code=code, manifest=Evaluation)
 
 
+def stage_keys(stage: str, outputs: list[StageOutput]) -> dict[str, str]:
+    """The lineage entries of one network's stage (`fit`), or of an ensemble's (`fit 0`, ...)."""
+    if len(outputs) == 1:
+        return {stage: outputs[0].key}
+    return {f"{stage} {i}": output.key for i, output in enumerate(outputs)}
+
+
+def network_of(
+    weights: list[Path], wide: Path | None, blend: float, data: PreparedData, model: ModelConfig
+) -> RNNClassifier | SeedEnsemble:
+    """The inference model from each network's weights file (one, or an ensemble's), with the
+    linear half's weights `wide` at the recurrent share `blend`."""
+    network = classifier(data.vocab_size, len(data.labels), model)
+    states = [torch.load(path, map_location="cpu", weights_only=True) for path in weights]
+    if len(states) == 1:
+        state = states[0]
+    else:
+        state = {f"members.{i}.{name}": tensor for i, member in enumerate(states) for name, tensor in member.items()}
+    if wide is not None:
+        state = {**state, **load_wide(wide), "blend": torch.tensor(blend)}
+    network.load_state_dict(state)
+    return network.eval()
+
+
 def chosen_network(
-    fitted: StageOutput[FitManifest],
+    fitted: list[StageOutput[FitManifest]],
     wide: StageOutput[WideFit] | None,
     data: PreparedData,
     model: ModelConfig,
     batch_size: int,
-) -> tuple[RNNClassifier, Blend | None]:
-    """The fit's kept weights; with `wide`, the linear half beside them, blended at the weight
+) -> tuple[RNNClassifier | SeedEnsemble, Blend | None]:
+    """The fits' kept weights; with `wide`, the linear half beside them, blended at the weight
     best on the validation split."""
-    network = RNNClassifier(data.vocab_size, len(data.labels), model)
-    state = torch.load(Path(fitted.path) / BEST, map_location="cpu", weights_only=True)
+    wide_weights = Path(wide.path) / WIDE_FILE if wide else None
+    network = network_of([Path(f.path) / BEST for f in fitted], wide_weights, 1.0, data, model)
     if wide is None:
-        network.load_state_dict(state)
-        return network.eval(), None
-    network.load_state_dict({**state, **load_wide(Path(wide.path) / WIDE_FILE), "blend": torch.ones(())})
-    network.eval()
+        return network, None
     blend = choose_blend(network, Path(data.tensorize.path) / "val", len(data.labels), batch_size, wide.manifest)
     return network, blend
 
 
 def refit_network(
-    refitted: StageOutput[RefitManifest],
+    refitted: list[StageOutput[RefitManifest]],
     wide: StageOutput[WideFit] | None,
     data: PreparedData,
     model: ModelConfig,
     blend: Blend | None,
-) -> RNNClassifier:
+) -> RNNClassifier | SeedEnsemble:
     """The refit weights; with `wide`, its refit linear half beside them at the chosen `blend`."""
-    network = RNNClassifier(data.vocab_size, len(data.labels), model)
-    state = torch.load(Path(refitted.path) / BEST, map_location="cpu", weights_only=True)
-    if wide is not None and blend is not None:
-        state = {**state, **load_wide(Path(wide.path) / REFIT_WIDE_FILE), "blend": torch.tensor(blend.weight)}
-    network.load_state_dict(state)
-    return network.eval()
+    wide_weights = Path(wide.path) / REFIT_WIDE_FILE if wide and blend else None
+    weights = [Path(r.path) / BEST for r in refitted]
+    return network_of(weights, wide_weights, blend.weight if blend else 1.0, data, model)
+
+
+def ensemble_members(
+    seed: int, fitted: list[StageOutput[FitManifest]], refitted: list[StageOutput[RefitManifest]] | None
+) -> list[Member]:
+    """Each network of an ensemble (seeds `seed`, `seed` + 1, ...): its seed, the epoch chosen on
+    validation, its refit's epochs."""
+    refits = refitted or [None] * len(fitted)
+    return [
+        Member(
+            seed=seed + i,
+            selection=Selection(monitor=f.manifest.monitor, epoch=f.manifest.best_epoch, value=f.manifest.best_value),
+            refit_epochs=r.manifest.epochs if r else None,
+        )
+        for i, (f, r) in enumerate(zip(fitted, refits, strict=True))
+    ]
 
 
 class TrainedModel(BaseModel):
@@ -397,8 +438,8 @@ class TrainedModel(BaseModel):
     data: PreparedData
     vectors: StageOutput[VectorsManifest] | None = None  # None: pretrain.vectors is off
     language_model: StageOutput[LanguageModelManifest] | None = None  # None: pretrain.encoder is off
-    fit: StageOutput[FitManifest]
-    refit: StageOutput[RefitManifest] | None = None  # None: train.refit is off
+    fits: list[StageOutput[FitManifest]]  # one per network: more for a seed ensemble
+    refits: list[StageOutput[RefitManifest]] = []  # empty: train.refit is off
     wide: StageOutput[WideFit] | None = None  # None: model.wide is off
     baseline: StageOutput[BaselineResult] | None  # None: evaluate.baseline is off
     evaluate: StageOutput[Evaluation]
@@ -410,12 +451,21 @@ class TrainedModel(BaseModel):
             *self.data.stages,
             *([self.vectors] if self.vectors else []),
             *([self.language_model] if self.language_model else []),
-            self.fit,
-            *([self.refit] if self.refit else []),
+            *self.fits,
+            *self.refits,
             *([self.wide] if self.wide else []),
             *([self.baseline] if self.baseline else []),
             self.evaluate,
         ]
+
+    @property
+    def fit(self) -> StageOutput[FitManifest]:
+        """The (first) network's fit: its history is the one the reports show."""
+        return self.fits[0]
+
+    @property
+    def refit(self) -> StageOutput[RefitManifest] | None:
+        return self.refits[0] if self.refits else None
 
     @property
     def evaluation(self) -> Evaluation:
@@ -475,12 +525,12 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         if cfg.evaluate.baseline
         else None
     )
-    fitted = runner.run(fit_stage, data.tensorize, model=model, cfg=cfg.train, work_dir=work)
-    refitted = (
-        runner.run(refit_stage, data.tensorize, fitted, model=model, cfg=cfg.train, work_dir=work)
-        if cfg.train.refit
-        else None
-    )
+    fitted, refitted = [], []
+    for member in range(cfg.model.ensemble):  # a seed ensemble's networks, one after the other
+        train = cfg.train.model_copy(update={"seed": seed + member})
+        fitted.append(runner.run(fit_stage, data.tensorize, model=model, cfg=train, work_dir=work))
+        if cfg.train.refit:
+            refitted.append(runner.run(refit_stage, data.tensorize, fitted[-1], model=model, cfg=train, work_dir=work))
     wide = pending_wide() if pending_wide else None
     baseline = pending_baseline() if pending_baseline else None
     evaluated = runner.run(
@@ -493,16 +543,17 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         max_length=cfg.tensorize.max_length,
         work_dir=work,
         wide=wide,
-        refitted=refitted,
+        refitted=refitted or None,
         batch_size=cfg.train.batch_size,
         graph_engines=cfg.evaluate.graph_engines,
+        seed=seed,
     )
     return TrainedModel(
         data=data,
         vectors=vectors,
         language_model=language_model,
-        fit=fitted,
-        refit=refitted,
+        fits=fitted,
+        refits=refitted,
         wide=wide,
         baseline=baseline,
         evaluate=evaluated,
