@@ -119,7 +119,7 @@ def test_an_edit_re_runs_only_the_stages_whose_code_it_changes(datasets, tmp_pat
         fitted = fit_stage(data.tensorize, model=model, cfg=cfg, work_dir=work)
         evaluated = evaluate_stage(
             data,
-            fitted,
+            [fitted],
             None,
             preprocess=PreprocessConfig(level="char"),
             model=model,
