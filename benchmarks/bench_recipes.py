@@ -61,8 +61,9 @@ def main() -> int:
         )
         start = time.perf_counter()
         trained = train_model(config)
-        epochs = [*trained.history, *(trained.refit.manifest.history if trained.refit else [])]
-        minutes.append(sum(r["seconds"] for r in epochs) / 60)
+        runs = [*trained.fits, *trained.refits]  # every network of a seed ensemble, each fit and refit
+        minutes.append(sum(r["seconds"] for run in runs for r in run.manifest.history) / 60)
+        kept = ", ".join(f"{f.manifest.best_epoch} of {len(f.manifest.history)}" for f in trained.fits)
         result = trained.evaluation
         for name, value, base in result.comparison():
             if name in model:
@@ -71,9 +72,11 @@ def main() -> int:
         print(
             f"seed {seed}: model "
             + ", ".join(f"{m} {model[m][-1]:.4f}" for m in METRICS)
-            + f" | baseline accuracy {baseline['accuracy'][-1]:.4f} | best epoch {trained.best_epoch}"
-            f" of {len(trained.history)}, {minutes[-1]:.1f} min training, {time.perf_counter() - start:.0f} s in all"
+            + f" | baseline accuracy {baseline['accuracy'][-1]:.4f} | best epoch {kept},"
+            f" {minutes[-1]:.1f} min training, {time.perf_counter() - start:.0f} s in all"
         )
+        if (networks := result.ensemble_summary()) is not None:
+            print(f"  {networks}")
         if (halves := result.blend_summary()) is not None:
             print(f"  {halves}")
         if (refit := result.refit_summary()) is not None:
