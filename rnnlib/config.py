@@ -378,11 +378,23 @@ class PretrainConfig(_Strict):
     model (Dai & Le; ULMFiT), loaded as `model.encoder`."""
 
     vectors: bool = Field(False, description="learn word vectors first and start the embedding from them")
-    epochs: int = Field(5, ge=1, description="passes over the text")
+    epochs: int = Field(5, ge=1, description="passes over the text, at least")
+    min_words: int = Field(
+        3_000_000,
+        ge=0,
+        description="more passes, until this many words are read in all: a few thousand short texts are too "
+        "little for a few passes to place their words",
+    )
     window: int = Field(5, ge=1, description="context words on each side")
     min_count: int = Field(3, ge=1, description="words rarer than this get only subword vectors")
     min_n: int = Field(3, ge=1, description="shortest character n-gram of a word")
     max_n: int = Field(6, ge=1, description="longest character n-gram of a word")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="threads learning the vectors: one learns the same vectors from the same text and seed; "
+        "more are faster on a large text, but their updates interleave differently on each run, and so do the vectors",
+    )
     freeze: bool = Field(False, description="keep the learnt vectors fixed while training")
     encoder: bool = Field(
         False,

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rnnlib.config import ConfigError, ModelConfig, TrainFlowConfig
+from rnnlib.config import ConfigError, ModelConfig, PretrainConfig, TrainFlowConfig
 from rnnlib.modeling.language_model import (
     ENCODER_FILE,
     LanguageModel,
@@ -21,7 +21,7 @@ from rnnlib.modeling.language_model import (
 )
 from rnnlib.modeling.model import RNNClassifier
 from rnnlib.modeling.pipeline import train_model
-from rnnlib.modeling.pretrain import VECTORS_FILE, TokenLists
+from rnnlib.modeling.pretrain import VECTORS_FILE, TokenLists, train_vectors
 from rnnlib.prepare.pipeline import prepare
 from rnnlib.prepare.specials import SPECIALS
 from rnnlib.prepare.vocab import VOCAB_FILE, Vocabulary
@@ -56,7 +56,7 @@ def _corpus(tmp_path: Path) -> dict:
         "preprocess": {"level": "word"},
         "vocab": {"min_freq": 1},
         "model": {"embedding_dim": 8, "hidden_size": 8},
-        "pretrain": {"vectors": True, "epochs": 2, "min_count": 1},
+        "pretrain": {"vectors": True, "epochs": 2, "min_words": 0, "min_count": 1},
         "train": {"epochs": 1},
         "evaluate": {"baseline": False, "graph_engines": False},
         "work_dir": str(tmp_path / "w"),
@@ -112,6 +112,11 @@ def test_vectors_stage_feeds_the_embedding_and_is_rebuilt_only_when_its_text_cha
     other = train_model(TrainFlowConfig.model_validate({**settings, "pretrain": {**settings["pretrain"], "seed": 1}}))
     assert not other.vectors.cached
 
+    assert trained.vectors.manifest.epochs == 2
+    reading = {**settings["pretrain"], "min_words": 10 * trained.vectors.manifest.words}  # a small text: more passes
+    longer = train_model(TrainFlowConfig.model_validate({**settings, "pretrain": reading}))
+    assert not longer.vectors.cached and longer.vectors.manifest.epochs == 10
+
     with open(tmp_path / "unsup.jsonl", "a") as fh:  # more unlabelled text: new vectors, new model
         fh.write(json.dumps({"text": "great plot more text"}) + "\n")
     changed = train_model(TrainFlowConfig.model_validate(settings))
@@ -121,6 +126,31 @@ def test_vectors_stage_feeds_the_embedding_and_is_rebuilt_only_when_its_text_cha
     fit_options = {**settings["pretrain"], "freeze": True, "encoder": True}  # read by later stages only
     later = train_model(TrainFlowConfig.model_validate({**settings, "pretrain": fit_options}))
     assert later.vectors.cached and later.vectors.key == changed.vectors.key and not later.fit.cached
+
+
+def test_the_same_text_and_seed_learn_the_same_vectors(tmp_path):
+    """Threads interleave their updates differently on each run; one thread (the default) does not,
+    so a recipe's figures are reproducible and its seeds differ only by their seeds."""
+    settings = _corpus(tmp_path)
+    with open(tmp_path / "unsup.jsonl", "w") as fh:  # several of gensim's jobs an epoch, for threads to share
+        for i in range(6000):
+            fh.write(json.dumps({"text": " ".join(WORDS[(i * k) % 10] for k in range(1, 9))}) + "\n")
+    data = prepare(TrainFlowConfig.model_validate(settings))
+    cfg = PretrainConfig(vectors=True, epochs=2, min_words=0, min_count=1)
+    learnt = []
+    for run in ("first", "second"):
+        train_vectors(
+            data.preprocess.path,
+            data.split.path,
+            data.vocab.path,
+            [data.unlabelled.preprocess.path],
+            out_dir=tmp_path / run,
+            cfg=cfg,
+            dim=8,
+            seed=0,
+        )
+        learnt.append((tmp_path / run / VECTORS_FILE).read_text())
+    assert learnt[0] == learnt[1]
 
 
 @pytest.mark.usefixtures("prefect_server")

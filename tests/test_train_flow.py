@@ -176,7 +176,7 @@ def test_the_flow_runs_the_library_pipeline_of_every_recipe(recipe, tmp_path):
     unlabelled = [{"path": str(tmp_path / "unlabelled.jsonl")}] if settings["source"].get("unlabelled") else []
     settings["source"] = {"inputs": [{"path": str(tmp_path / "small.csv")}], "unlabelled": unlabelled}
     settings["train"] = {**settings.get("train", {}), "epochs": 1, "min_steps": 0}
-    settings["pretrain"] = {**settings.get("pretrain", {}), "min_count": 1}
+    settings["pretrain"] = {**settings.get("pretrain", {}), "min_count": 1, "min_words": 0}
     settings.update(work_dir=str(tmp_path / "work"), dask={"processes": False})
     config = TrainFlowConfig.model_validate(settings)
 

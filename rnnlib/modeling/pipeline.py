@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 BUNDLE = "bundle"
 # what the pretraining stages read of the pretrain and model options: a change to another re-runs
 # only the stages that read it
-VECTORS_OPTIONS = {"epochs", "window", "min_count", "min_n", "max_n"}
+VECTORS_OPTIONS = {"epochs", "min_words", "window", "min_count", "min_n", "max_n", "workers"}
 LANGUAGE_MODEL_OPTIONS = {"encoder_epochs", "encoder_lr", "encoder_max_texts", "heldout_every"}
 ENCODER_OPTIONS = {
     "cell",

@@ -9,7 +9,7 @@ too rare in that text still gets one.
 from __future__ import annotations
 
 import logging
-import os
+import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -64,7 +64,8 @@ class VectorsManifest(BaseModel):
     """The vectors stage's manifest: the text learnt from and how the vocabulary was covered."""
 
     texts: int
-    words: int
+    words: int  # in one pass
+    epochs: int  # passes: pretrain.epochs, or more to read pretrain.min_words
     dim: int
     vocabulary: int
     learnt_as_words: int
@@ -97,13 +98,14 @@ def train_vectors(
         min_count=cfg.min_count,
         min_n=cfg.min_n,
         max_n=cfg.max_n,
-        workers=os.cpu_count() or 1,
+        workers=cfg.workers,
         seed=seed,
     )
     model.build_vocab(corpus_iterable=corpus)
     if model.corpus_count == 0:
         raise InputError("no training or unlabelled text to learn word vectors from", file=str(tokens_dir))
-    model.train(corpus_iterable=corpus, total_examples=model.corpus_count, epochs=cfg.epochs)
+    epochs = max(cfg.epochs, math.ceil(cfg.min_words / max(model.corpus_total_words, 1)))
+    model.train(corpus_iterable=corpus, total_examples=model.corpus_count, epochs=epochs)
     tokens = [
         t
         for t in Vocabulary.load(Path(vocab_dir) / VOCAB_FILE).tokens[len(SPECIALS) :]
@@ -113,6 +115,7 @@ def train_vectors(
     manifest = VectorsManifest(
         texts=model.corpus_count,
         words=model.corpus_total_words,
+        epochs=epochs,
         dim=dim,
         vocabulary=len(tokens),
         learnt_as_words=known,
@@ -123,10 +126,11 @@ def train_vectors(
         _write_vectors(scratch / VECTORS_FILE, tokens, model.wv, dim)
         write_json(scratch / MANIFEST, manifest)
     log.info(
-        "word vectors from %d texts (%d words): %d of %d vocabulary tokens learnt as words, the rest "
+        "word vectors from %d texts (%d words, %d passes): %d of %d vocabulary tokens learnt as words, the rest "
         "from their character n-grams",
         manifest.texts,
         manifest.words,
+        epochs,
         known,
         len(tokens),
     )
