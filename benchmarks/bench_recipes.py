@@ -1,10 +1,12 @@
 """Recipe quality: a config trained with several seeds, each evaluated on its dataset's official
 test split beside the TF-IDF + logistic regression baseline fitted on the same training rows.
 Prints each seed, then the mean and spread (sample standard deviation) of accuracy, macro F1 and
-macro recall for the model and the baseline, and the training time.
+macro recall for the model and the baseline, and the training time. With --seed-pretraining a
+seed also seeds what is learnt before training (`pretrain.seed`: the vectors, the language model),
+so the spread covers their draw too, for a pretraining per seed.
 
 Usage: python benchmarks/bench_recipes.py CONFIG.yaml [--seeds 0 1 2] [--set KEY=VALUE ...]
-                                          [--mirror ../shared/datasets] [--work-dir DIR]
+                                          [--seed-pretraining] [--mirror ../shared/datasets] [--work-dir DIR]
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main() -> int:
     parser.add_argument("config", type=Path)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--seed-pretraining", action="store_true")
     parser.add_argument("--mirror", default=str(REPO.parent / "shared" / "datasets"))
     parser.add_argument("--work-dir", default=str(REPO / ".rnnlib"))
     args = parser.parse_args()
@@ -52,11 +55,12 @@ def main() -> int:
         config = load_config(
             TrainFlowConfig,
             args.config,
-            [  # the seed last: a --set train={...} keeps it
+            [  # the seeds last: a --set train={...} keeps them
                 f"source.mirror={args.mirror}",
                 f"work_dir={args.work_dir}",
                 *args.overrides,
                 f"train.seed={seed}",
+                *([f"pretrain.seed={seed}"] if args.seed_pretraining else []),
             ],
         )
         start = time.perf_counter()
