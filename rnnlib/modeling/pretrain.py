@@ -104,7 +104,7 @@ def train_vectors(
     model.build_vocab(corpus_iterable=corpus)
     if model.corpus_count == 0:
         raise InputError("no training or unlabelled text to learn word vectors from", file=str(tokens_dir))
-    epochs = max(cfg.epochs, math.ceil(cfg.min_words / max(model.corpus_total_words, 1)))
+    epochs = max(cfg.epochs, math.ceil(cfg.min_words / model.corpus_total_words))
     model.train(corpus_iterable=corpus, total_examples=model.corpus_count, epochs=epochs)
     tokens = [
         t
