@@ -271,8 +271,9 @@ class ModelConfig(_Strict):
         1,
         ge=1,
         description="train this many networks, from seeds train.seed, train.seed + 1, ..., and "
-        "average their probabilities (each trained, and refit, on its own: that many times the "
-        "training; the bundle holds them all)",
+        "average their probabilities (each trained, and refit, on its own, with its own pretraining "
+        "from pretrain.seed + the same offset: that many times the training and the pretraining; the "
+        "bundle holds them all)",
     )
     embeddings: EmbeddingsConfig | None = Field(
         None,
@@ -416,7 +417,8 @@ class PretrainConfig(_Strict):
     seed: int = Field(
         0,
         description="the vectors' and the language model's seed, apart from `train.seed`: the seeds "
-        "of a recipe share what was learnt before training instead of learning it again each",
+        "of a recipe share what was learnt before training instead of learning it again each (a seed "
+        "ensemble's networks take this seed, + 1, ...)",
     )
 
 

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from rnnlib.config import ConfigError, ModelConfig, PretrainConfig, TrainFlowConfig
+from rnnlib.modeling.card import CARD
 from rnnlib.modeling.language_model import (
     ENCODER_FILE,
     LanguageModel,
@@ -126,6 +127,30 @@ def test_vectors_stage_feeds_the_embedding_and_is_rebuilt_only_when_its_text_cha
     fit_options = {**settings["pretrain"], "freeze": True, "encoder": True}  # read by later stages only
     later = train_model(TrainFlowConfig.model_validate({**settings, "pretrain": fit_options}))
     assert later.vectors.cached and later.vectors.key == changed.vectors.key and not later.fit.cached
+
+
+def test_each_network_of_an_ensemble_learns_its_own_vectors(tmp_path):
+    """A seed ensemble averages over the draw of the vectors too: network i starts from vectors
+    seeded pretrain.seed + i, and is the single model of train.seed + i and pretrain.seed + i."""
+    settings = _corpus(tmp_path)
+    settings["pretrain"] = {**settings["pretrain"], "seed": 5}
+    trained = train_model(TrainFlowConfig.model_validate({**settings, "model": {**settings["model"], "ensemble": 2}}))
+    first, second = trained.vectors_sets
+    assert trained.vectors == first and first.key != second.key
+    assert (Path(first.path) / VECTORS_FILE).read_bytes() != (Path(second.path) / VECTORS_FILE).read_bytes()
+    assert [m.pretrain_seed for m in trained.evaluation.ensemble] == [5, 6]
+    assert (
+        "its own pretraining (word vectors, language model: seeds 5 to 6)"
+        in (Path(trained.evaluation.bundle) / CARD).read_text()
+    )
+
+    alone = train_model(
+        TrainFlowConfig.model_validate(
+            {**settings, "pretrain": {**settings["pretrain"], "seed": 6}, "train": {"epochs": 1, "seed": 1}}
+        )
+    )
+    assert alone.vectors.cached and alone.vectors.key == second.key
+    assert alone.fit.cached and alone.fit.key == trained.fits[1].key
 
 
 def test_the_same_text_and_seed_learn_the_same_vectors(tmp_path):

@@ -111,12 +111,19 @@ def _ensemble(evaluation: Evaluation) -> list[str]:
     if not members:
         return []
     refit = members[0].refit_epochs is not None
+    pretrained = (
+        f", each from its own pretraining (word vectors, language model: seeds {members[0].pretrain_seed} "
+        f"to {members[-1].pretrain_seed})"
+        if members[0].pretrain_seed is not None
+        else ""
+    )
     return [
         "## Seed ensemble",
         "",
         f"Its recurrent probabilities are the average of {len(members)} networks of the configuration above, "
-        f"trained alike from seeds {members[0].seed} to {members[-1].seed}, each with its epoch chosen on "
-        "validation" + (" and refit on its own" if refit else "") + "; the training table above is the first's. "
+        f"trained alike from seeds {members[0].seed} to {members[-1].seed}{pretrained}, each with its "
+        "epoch chosen on validation" + (" and refit on its own" if refit else "") + "; the training table "
+        "above is the first's. "
         "Each network alone, in the bundle's place (with the linear half at the same blend, if any), "
         "on the test split:",
         "",

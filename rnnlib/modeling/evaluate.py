@@ -149,6 +149,7 @@ class Member(BaseModel):
     """One network of a seed ensemble (`model.ensemble`)."""
 
     seed: int
+    pretrain_seed: int | None = None  # its word vectors' / language model's seed; None: nothing pretrained
     selection: Selection  # its epoch, chosen on validation
     refit_epochs: int | None = None  # with `train.refit`: the epochs it was trained again for
     test_accuracy: float | None = None  # the bundle with this network alone; set by the evaluation

@@ -5,7 +5,9 @@ prepare stages.
     (bundle, metrics beside the baseline's, plots, card)
 
 A seed ensemble (`model.ensemble`) fits (and refits) each of its networks as a stage of its own,
-keyed as that one network with its seed, so growing an ensemble reuses the networks it had.
+keyed as that one network with its seed, so growing an ensemble reuses the networks it had. Each
+network also learns its own word vectors (and language model) from its own pretraining seed:
+averaging over that draw too is what makes the ensemble steadier than one network.
 
 As in `rnnlib.prepare.pipeline`, the Prefect tasks wrap the `*_stage` functions one each.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from pydantic import BaseModel
@@ -236,6 +238,42 @@ def with_encoder(model: ModelConfig, language_model: StageOutput[LanguageModelMa
     return model.model_copy(update={"encoder": str(Path(language_model.path) / ENCODER_FILE)})
 
 
+class Pretrained(NamedTuple):
+    """What one network starts from: its word vectors and language model (None where off), and
+    the model configuration that reads them."""
+
+    vectors: StageOutput[VectorsManifest] | None
+    language_model: StageOutput[LanguageModelManifest] | None
+    model: ModelConfig
+
+
+def pretrain_stages(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess, *, seed: int) -> Pretrained:
+    """The pretraining stages that `cfg.pretrain` turns on, from `seed`: the vectors, then the
+    language model starting from them."""
+    vectors = (
+        runner.run(vectors_stage, data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=seed, work_dir=cfg.work_dir)
+        if cfg.pretrain.vectors
+        else None
+    )
+    model = with_vectors(cfg.model, vectors, cfg.pretrain)
+    language_model = (
+        runner.run(
+            language_model_stage,
+            data,
+            model=model,
+            cfg=cfg.pretrain,
+            max_length=cfg.tensorize.max_length,
+            batch_size=cfg.train.batch_size,
+            seed=seed,
+            device=cfg.train.device,
+            work_dir=cfg.work_dir,
+        )
+        if cfg.pretrain.encoder
+        else None
+    )
+    return Pretrained(vectors, language_model, with_encoder(model, language_model))
+
+
 def baseline_stage(
     data: PreparedData, *, level: str, work_dir: str, refit: bool = False
 ) -> StageOutput[BaselineResult]:
@@ -299,12 +337,14 @@ def evaluate_stage(
     batch_size: int = 64,
     graph_engines: bool = True,
     seed: int = 0,
+    pretrain_seed: int | None = None,
 ) -> StageOutput[Evaluation]:
     """Write the model bundle (best weights, vocabulary, labels, preprocessing; a seed ensemble's
     networks, one per fit in `fitted`; with `wide`, the linear model too, blended at the weight
     best on validation; with `refitted`, the weights trained again on train + validation) and
     evaluate it on the test split, beside the `baseline` fitted on the same rows (if any); the
-    manifest is the `Evaluation`. `seed` is the first network's (`train.seed`)."""
+    manifest is the `Evaluation`. `seed` is the first network's (`train.seed`), `pretrain_seed` its
+    vectors' or language model's (`pretrain.seed`; None: nothing pretrained)."""
     tensors, vocab = data.tensorize, data.vocab
     params = {
         "tensors": tensors,
@@ -319,6 +359,7 @@ def evaluate_stage(
         "work_dir": work_dir,
         "graph_engines": graph_engines,
         "seed": seed,
+        "pretrain_seed": pretrain_seed,
     }
 
     def build(out: Path) -> Evaluation:
@@ -349,7 +390,7 @@ def evaluate_stage(
                 selection=Selection(monitor=fit.monitor, epoch=fit.best_epoch, value=fit.best_value),
                 blend=blend,
                 refit=refit_summary,
-                members=ensemble_members(seed, fitted, refitted) if model.ensemble > 1 else None,
+                members=ensemble_members(seed, pretrain_seed, fitted, refitted) if model.ensemble > 1 else None,
                 baseline=baseline.manifest if baseline else None,
                 graph_engines=graph_engines,
             )
@@ -417,14 +458,18 @@ def refit_network(
 
 
 def ensemble_members(
-    seed: int, fitted: list[StageOutput[FitManifest]], refitted: list[StageOutput[RefitManifest]] | None
+    seed: int,
+    pretrain_seed: int | None,
+    fitted: list[StageOutput[FitManifest]],
+    refitted: list[StageOutput[RefitManifest]] | None,
 ) -> list[Member]:
-    """Each network of an ensemble (seeds `seed`, `seed` + 1, ...): its seed, the epoch chosen on
-    validation, its refit's epochs."""
+    """Each network of an ensemble (seeds `seed`, `seed` + 1, ...): its seed and its pretraining's
+    (`pretrain_seed` + the same offset, if any), the epoch chosen on validation, its refit's epochs."""
     refits = refitted or [None] * len(fitted)
     return [
         Member(
             seed=seed + i,
+            pretrain_seed=None if pretrain_seed is None else pretrain_seed + i,
             selection=Selection(monitor=f.manifest.monitor, epoch=f.manifest.best_epoch, value=f.manifest.best_value),
             refit_epochs=r.manifest.epochs if r else None,
         )
@@ -436,8 +481,8 @@ class TrainedModel(BaseModel):
     """The prepared data, the training run and the evaluated bundle."""
 
     data: PreparedData
-    vectors: StageOutput[VectorsManifest] | None = None  # None: pretrain.vectors is off
-    language_model: StageOutput[LanguageModelManifest] | None = None  # None: pretrain.encoder is off
+    vectors_sets: list[StageOutput[VectorsManifest]] = []  # one per network; empty: pretrain.vectors is off
+    language_models: list[StageOutput[LanguageModelManifest]] = []  # one per network; empty: pretrain.encoder is off
     fits: list[StageOutput[FitManifest]]  # one per network: more for a seed ensemble
     refits: list[StageOutput[RefitManifest]] = []  # empty: train.refit is off
     wide: StageOutput[WideFit] | None = None  # None: model.wide is off
@@ -449,14 +494,24 @@ class TrainedModel(BaseModel):
     def stages(self) -> list[StageOutput]:
         return [
             *self.data.stages,
-            *([self.vectors] if self.vectors else []),
-            *([self.language_model] if self.language_model else []),
+            *self.vectors_sets,
+            *self.language_models,
             *self.fits,
             *self.refits,
             *([self.wide] if self.wide else []),
             *([self.baseline] if self.baseline else []),
             self.evaluate,
         ]
+
+    @property
+    def vectors(self) -> StageOutput[VectorsManifest] | None:
+        """The (first) network's word vectors."""
+        return self.vectors_sets[0] if self.vectors_sets else None
+
+    @property
+    def language_model(self) -> StageOutput[LanguageModelManifest] | None:
+        """The (first) network's language model."""
+        return self.language_models[0] if self.language_models else None
 
     @property
     def fit(self) -> StageOutput[FitManifest]:
@@ -491,30 +546,6 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
     """The modelling stages in order on prepared data. `runner` runs each stage (the flows: as
     Prefect tasks, the baseline and the wide half beside the fit, as they need only the data)."""
     work, seed = cfg.work_dir, cfg.train.seed
-    vectors = (
-        runner.run(
-            vectors_stage, data, cfg=cfg.pretrain, dim=cfg.model.embedding_dim, seed=cfg.pretrain.seed, work_dir=work
-        )
-        if cfg.pretrain.vectors
-        else None
-    )
-    model = with_vectors(cfg.model, vectors, cfg.pretrain)
-    language_model = (
-        runner.run(
-            language_model_stage,
-            data,
-            model=model,
-            cfg=cfg.pretrain,
-            max_length=cfg.tensorize.max_length,
-            batch_size=cfg.train.batch_size,
-            seed=cfg.pretrain.seed,
-            device=cfg.train.device,
-            work_dir=work,
-        )
-        if cfg.pretrain.encoder
-        else None
-    )
-    model = with_encoder(model, language_model)
     pending_wide = (
         runner.start(wide_stage, data, buckets=cfg.model.ngram_buckets, seed=seed, work_dir=work, refit=cfg.train.refit)
         if cfg.model.wide
@@ -525,9 +556,11 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         if cfg.evaluate.baseline
         else None
     )
+    pretrained: list[Pretrained] = []
     fitted, refitted = [], []
     for member in range(cfg.model.ensemble):  # a seed ensemble's networks, one after the other
-        train = cfg.train.model_copy(update={"seed": seed + member})
+        pretrained.append(pretrain_stages(data, cfg, runner, seed=cfg.pretrain.seed + member))
+        model, train = pretrained[-1].model, cfg.train.model_copy(update={"seed": seed + member})
         fitted.append(runner.run(fit_stage, data.tensorize, model=model, cfg=train, work_dir=work))
         if cfg.train.refit:
             refitted.append(runner.run(refit_stage, data.tensorize, fitted[-1], model=model, cfg=train, work_dir=work))
@@ -539,7 +572,7 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         fitted,
         baseline,
         preprocess=cfg.preprocess,
-        model=model,
+        model=pretrained[0].model,
         max_length=cfg.tensorize.max_length,
         work_dir=work,
         wide=wide,
@@ -547,11 +580,12 @@ def train_on(data: PreparedData, cfg: TrainFlowConfig, runner: InProcess = IN_PR
         batch_size=cfg.train.batch_size,
         graph_engines=cfg.evaluate.graph_engines,
         seed=seed,
+        pretrain_seed=cfg.pretrain.seed if cfg.pretrain.vectors or cfg.pretrain.encoder else None,
     )
     return TrainedModel(
         data=data,
-        vectors=vectors,
-        language_model=language_model,
+        vectors_sets=[p.vectors for p in pretrained if p.vectors],
+        language_models=[p.language_model for p in pretrained if p.language_model],
         fits=fitted,
         refits=refitted,
         wide=wide,
